@@ -1,0 +1,1 @@
+"""Embedded default configuration (``zoonode.defaults``): ``default.toml``."""

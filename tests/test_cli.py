@@ -1,0 +1,91 @@
+"""The real `zoonode` console script, run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+
+from conftest import ZOONODE
+
+from zoonode import __version__
+
+
+def run(*args, cwd=None, timeout=180):
+    return subprocess.run(
+        [ZOONODE, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"zoonode {__version__}"
+
+
+def test_keygen_writes_0600_and_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "id.pem"
+    first = run("keygen", "--path", str(path))
+    assert first.returncode == 0, first.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(json.loads(first.stdout)["public_key"])) == 32
+    before = path.read_bytes()
+    second = run("keygen", "--path", str(path))
+    assert second.returncode == 1
+    assert "refusing to overwrite" in second.stderr
+    assert path.read_bytes() == before
+
+
+def test_create_then_verify_then_tamper(tmp_path):
+    record = tmp_path / "rec.zoo"
+    created = run(
+        "experience",
+        "create",
+        "Check units before adding measured values",
+        "--domain",
+        "physics.units",
+        "--confidence",
+        "0.7",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(record),
+    )
+    assert created.returncode == 0, created.stderr
+    record_id = json.loads(created.stdout)["id"]
+
+    ok = run("experience", "verify", str(record))
+    assert ok.returncode == 0, ok.stdout
+    fields = json.loads(ok.stdout)
+    assert fields["valid"] and fields["id"] == record_id
+    assert fields["text"] == "Check units before adding measured values"
+    assert fields["domain"] == "physics.units" and fields["confidence"] == 0.7
+
+    data = bytearray(record.read_bytes())
+    data[-5] ^= 0x40
+    record.write_bytes(bytes(data))
+    bad = run("experience", "verify", str(record))
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout) == {
+        "valid": False,
+        "code": "bad_signature",
+        "reason": "signature does not verify",
+    }
+
+
+def test_verify_accepts_hex_and_reports_decode_errors(tmp_path):
+    vectors = json.loads(
+        (
+            __import__("importlib").resources.files("zoonode.protocol") / "vectors" / "v1.json"
+        ).read_text()
+    )
+    good = tmp_path / "good.hex"
+    good.write_text(vectors["valid"][0]["wire_hex"] + "\n")
+    assert run("experience", "verify", str(good)).returncode == 0
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\xc1\xc1not msgpack")
+    out = run("experience", "verify", str(garbage))
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["code"] == "malformed"
+    missing = run("experience", "verify", str(tmp_path / "absent"))
+    assert missing.returncode == 2

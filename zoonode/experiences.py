@@ -1,0 +1,77 @@
+"""Build signed experiences from text: encode -> BitDelta code -> canonical record -> sign.
+
+Pure apart from the encoder's compute: the caller supplies the clock and the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.native.codec import compress_many
+from zoonode.native.encoder import Encoder
+from zoonode.protocol import Example, Experience, Op, SignedRecord, public_key_bytes, sign
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_experiences(
+    encoder: Encoder,
+    key: Ed25519PrivateKey,
+    items: Sequence[dict],
+    created_at: int | None = None,
+) -> list[SignedRecord]:
+    """Sign many lessons at once (one batched encode). Each item: text, domain, confidence,
+    and optionally examples [{input, output, correct}], source_model, parent (modify)."""
+    vectors = encoder.encode([item["text"] for item in items])
+    codes = compress_many(vectors, encoder.space_info.v_ref)
+    author = public_key_bytes(key)
+    stamp = now_ms() if created_at is None else created_at
+    records = []
+    for item, code in zip(items, codes, strict=True):
+        parent = item.get("parent")
+        exp = Experience(
+            op=Op.MODIFY if parent else Op.ADD,
+            author=author,
+            space=encoder.space,
+            created_at=stamp,
+            text=item["text"],
+            domain=item["domain"],
+            confidence=item.get("confidence", 0.5),
+            examples=tuple(Example(**e) for e in item.get("examples", ())),
+            source_model=item.get("source_model", ""),
+            code=code,
+            parent=parent,
+        )
+        records.append(sign(exp, key))
+    return records
+
+
+def create_experience(
+    encoder: Encoder,
+    key: Ed25519PrivateKey,
+    text: str,
+    domain: str,
+    confidence: float = 0.5,
+    **extra: object,
+) -> SignedRecord:
+    return create_experiences(
+        encoder, key, [{"text": text, "domain": domain, "confidence": confidence, **extra}]
+    )[0]
+
+
+def create_revocation(
+    key: Ed25519PrivateKey, space: bytes, parent: bytes, created_at: int | None = None
+) -> SignedRecord:
+    exp = Experience(
+        op=Op.REVOKE,
+        author=public_key_bytes(key),
+        space=space,
+        created_at=now_ms() if created_at is None else created_at,
+        parent=parent,
+    )
+    return sign(exp, key)
