@@ -1,0 +1,252 @@
+"""The store and replica with real database and index files, and real encoder vectors."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import lessons
+from zoonode.native.space import data_dir
+
+from zoonode.experiences import create_experiences, create_revocation
+from zoonode.knowledge import Filters, KnowledgeBase
+from zoonode.replica import INDEX_FILE
+from zoonode.store import Incoming, Outcome, Status, StoreError
+
+TEXTS = [
+    "When solving geometry problems with intersections, validate solutions lie within "
+    "bounded regions",
+    "Before dividing both sides of an inequality, check the sign of the divisor",
+    "Prefer parameterised SQL queries over string formatting to avoid injection attacks",
+    "When a unit test is flaky, look for shared state between tests before adding retries",
+    "Read the whole error message and the first traceback frame before editing code",
+    "Check the units of every quantity before adding measured values together",
+]
+PARAPHRASE = (
+    "When solving geometry problems involving intersections, validate that solutions "
+    "lie within the bounded regions"
+)
+
+
+@pytest.fixture()
+def kb(tmp_path, encoder):
+    base = KnowledgeBase(tmp_path / "node", encoder.space, encoder.space_info.hidden)
+    yield base
+    base.close()
+
+
+def test_insert_is_idempotent_and_durable(tmp_path, encoder, key):
+    items = lessons(encoder, key, TEXTS)
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    first = kb.ingest(items)
+    assert [r.outcome for r in first] == [Outcome.ACCEPTED] * len(TEXTS)
+    again = kb.ingest(items + items[:1])
+    assert [r.outcome for r in again] == [Outcome.DUPLICATE] * (len(TEXTS) + 1)
+    assert [r.seq for r in again[: len(TEXTS)]] == [r.seq for r in first]
+    assert kb.store.counts()["active"] == len(TEXTS)
+    kb.close()
+    reopened = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    for item in items:
+        row = reopened.get(item.record.id)
+        assert row is not None and row.wire == item.record.wire
+    reopened.close()
+
+
+def test_search_finds_the_matching_lesson(kb, encoder, key):
+    kb.ingest(lessons(encoder, key, TEXTS))
+    query = encoder.encode_compact("how do I avoid SQL injection")[0]
+    hits = kb.search(query, k=3)
+    assert "SQL" in decode_text(hits[0])
+    assert hits[0].score == pytest.approx(float(hits[0].vector @ query), abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def decode_text(hit):
+    from zoonode.protocol import decode
+
+    return decode(hit.row.wire).experience.text
+
+
+def test_revoke_hides_and_only_the_author_may(kb, encoder, key):
+    items = lessons(encoder, key, TEXTS)
+    kb.ingest(items)
+    target = items[2].record
+    query = items[2].vector
+    stranger = Ed25519PrivateKey.generate()
+    forged = create_revocation(stranger, encoder.space, target.id)
+    [res] = kb.ingest([Incoming(forged, None)])
+    assert res.outcome is Outcome.REJECTED and res.reason == "not_author"
+    assert kb.search(query, k=1)[0].row.id == target.id
+
+    [res] = kb.ingest([Incoming(create_revocation(key, encoder.space, target.id), None)])
+    assert res.outcome is Outcome.ACCEPTED
+    assert kb.get(target.id).status is Status.REVOKED
+    assert all(h.row.id != target.id for h in kb.search(query, k=6))
+
+
+def test_modify_supersedes_its_parent(kb, encoder, key):
+    [old] = lessons(encoder, key, TEXTS[:1])
+    kb.ingest([old])
+    [new_record] = create_experiences(
+        encoder, key, [{"text": PARAPHRASE, "domain": "math.geometry", "parent": old.record.id}]
+    )
+    new = Incoming(new_record, encoder.encode_compact(PARAPHRASE)[0])
+    assert kb.ingest([new])[0].outcome is Outcome.ACCEPTED
+    assert kb.get(old.record.id).status is Status.SUPERSEDED
+    hits = kb.search(new.vector, k=5)
+    assert [h.row.id for h in hits] == [new_record.id]
+
+
+def test_revoke_arriving_before_its_parent_applies_on_arrival(kb, encoder, key):
+    [item] = lessons(encoder, key, TEXTS[:1])
+    revoke = create_revocation(key, encoder.space, item.record.id)
+    forged = create_revocation(Ed25519PrivateKey.generate(), encoder.space, item.record.id)
+    kb.ingest([Incoming(forged, None), Incoming(revoke, None)])
+    kb.ingest([item])
+    assert kb.get(item.record.id).status is Status.REVOKED
+    assert kb.get(forged.id).status is Status.INVALID
+    assert kb.search(item.vector, k=5) == []
+
+
+def test_near_duplicates_form_one_cluster(kb, encoder, key):
+    other = Ed25519PrivateKey.generate()
+    items = lessons(encoder, key, TEXTS)
+    kb.ingest(items)
+    [dup] = lessons(encoder, other, [PARAPHRASE])
+    cos = float(dup.vector @ encoder.encode_compact(TEXTS[0])[0])
+    assert cos >= 0.9, cos
+    kb.ingest([dup])
+    first = kb.get(items[0].record.id)
+    assert kb.get(dup.record.id).cluster == first.cluster
+    hits = kb.search(dup.vector, k=10)
+    assert len(hits) == len(TEXTS)
+    assert len({h.row.cluster for h in hits}) == len(hits)
+    assert hits[0].cluster_size == 2
+    assert len(kb.search(dup.vector, k=10, dedupe=False)) == len(hits) + 1
+
+
+def test_duplicates_within_one_batch_are_linked(kb, encoder, key):
+    items = lessons(encoder, key, [TEXTS[0], PARAPHRASE])
+    kb.ingest(items)
+    a, b = (kb.get(i.record.id) for i in items)
+    assert a.cluster == b.cluster == a.seq
+
+
+def test_filters(kb, encoder, key):
+    other = Ed25519PrivateKey.generate()
+    kb.ingest(
+        lessons(encoder, key, TEXTS[:3], domain="math.algebra", confidence=0.9, created_at=1000)
+    )
+    kb.ingest(
+        lessons(
+            encoder, other, TEXTS[3:], domain="software.testing", confidence=0.3, created_at=2000
+        )
+    )
+    q = encoder.encode_compact("check your work")[0]
+    assert {h.row.domain for h in kb.search(q, 10, Filters(domain="math"))} == {"math.algebra"}
+    assert kb.search(q, 10, Filters(domain="mat")) == []
+    assert {
+        h.row.author
+        for h in kb.search(q, 10, Filters(author=other.public_key().public_bytes_raw()))
+    } == {other.public_key().public_bytes_raw()}
+    assert all(h.row.confidence >= 0.5 for h in kb.search(q, 10, Filters(min_confidence=0.5)))
+    assert len(kb.search(q, 10, Filters(created_after=1500))) == 3
+    assert len(kb.search(q, 10, Filters(created_before=1500))) == 3
+
+
+def test_eviction_removes_lowest_value_first_and_reports_it(tmp_path, encoder, key):
+    evicted = []
+    kb = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, capacity=4, on_evict=evicted.extend
+    )
+    low = lessons(encoder, key, TEXTS[:2], confidence=0.1)
+    high = lessons(encoder, key, TEXTS[2:5], confidence=0.9)
+    kb.ingest(low + high)
+    assert kb.store.counts()["active"] == 4
+    assert [v.id for v in evicted] == [low[0].record.id]
+    kb.ingest([Incoming(create_revocation(key, encoder.space, high[0].record.id), None)])
+    kb.ingest(lessons(encoder, key, TEXTS[5:], confidence=0.5))
+    assert evicted[-1].id == high[0].record.id  # revoked goes before any active lesson
+    kb.close()
+
+
+def test_snapshot_then_replay(tmp_path, encoder, key):
+    items = lessons(encoder, key, TEXTS)
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden, snapshot_every=3)
+    kb.ingest(items[:4])  # crosses snapshot_every: snapshot at seq 4
+    kb.ingest(items[4:])  # not yet snapshotted
+    assert (tmp_path / INDEX_FILE).exists() and kb.replica.snapshot_seq == 4
+    kb.store.close()  # simulate a crash: no final snapshot
+    reopened = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    assert reopened.replica.snapshot_seq == 4 and len(reopened.replica) == len(TEXTS)
+    for item in items:
+        assert reopened.search(item.vector, k=1)[0].row.id == item.record.id
+    assert reopened.rebuild() == len(TEXTS)
+    reopened.close()
+
+
+def test_store_of_another_space_is_refused(tmp_path, encoder):
+    KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden).close()
+    with pytest.raises(StoreError, match="space"):
+        KnowledgeBase(tmp_path, b"\x01" * 16, encoder.space_info.hidden)
+
+
+def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder):
+    texts = (data_dir() / "reference_corpus.txt").read_text().splitlines()[:400]
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    np.save(tmp_path / "vectors.npy", encoder.encode_compact(texts))
+    writer = Path(__file__).with_name("crash_writer.py")
+    node_dir = tmp_path / "node"
+    acked: list[str] = []
+    rng = random.Random(1)
+    kills = 0
+    while True:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(writer),
+                str(node_dir),
+                str(tmp_path / "vectors.npy"),
+                str(tmp_path / "texts.txt"),
+                str(len(acked)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
+        target = len(acked) + rng.randint(5, 60)
+        done = False
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if line == "done":
+                done = True
+                break
+            acked.append(line)
+            if len(acked) >= target and kills < 8:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+        proc.wait(timeout=60)
+        if done:
+            break
+    assert kills == 8
+    assert len(acked) == len(texts)
+    kb = KnowledgeBase(node_dir, encoder.space, encoder.space_info.hidden)
+    vectors = np.load(tmp_path / "vectors.npy")
+    ids = [bytes.fromhex(a) for a in acked]
+    for i, record_id in enumerate(ids):
+        row = kb.get(record_id)
+        assert row is not None, f"acknowledged record {i} lost"
+        assert kb.replica.contains(row.seq), f"record {i} missing from the replica"
+        hits = kb.search(vectors[i], k=3)
+        assert row.cluster in {h.row.cluster for h in hits}, f"record {i} not searchable"
+    assert kb.store.counts()["total"] == len(texts)
+    kb.close()

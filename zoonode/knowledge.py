@@ -1,0 +1,271 @@
+"""What a node knows: the durable store plus its HNSW replica, kept consistent.
+
+Write path: verified records with their exact compact vectors -> near-duplicate cluster
+lookup -> one store transaction (durable: the acknowledgement) -> replica -> eviction.
+Read path: replica candidates -> store rows (status and filters in SQL) -> one hit per
+near-duplicate cluster -> top k by exact inner product.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zoonode.protocol import Op
+from zoonode.replica import Replica
+from zoonode.store import Incoming, InsertResult, Outcome, Row, Status, Store
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "experiences.sqlite"
+
+
+@dataclass(frozen=True)
+class Filters:
+    domain: str | None = None  # prefix on dotted words: "math" matches "math.geometry"
+    author: bytes | None = None
+    min_confidence: float | None = None
+    created_after: int | None = None  # ms, inclusive
+    created_before: int | None = None  # ms, exclusive
+
+    def sql(self) -> tuple[str, list]:
+        clauses, params = ["op != 2"], []
+        if self.domain:
+            clauses.append("(domain = ? OR domain LIKE ? ESCAPE '\\')")
+            escaped = self.domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params += [self.domain, escaped + ".%"]
+        if self.author is not None:
+            clauses.append("author = ?")
+            params.append(self.author)
+        if self.min_confidence is not None:
+            clauses.append("confidence >= ?")
+            params.append(self.min_confidence)
+        if self.created_after is not None:
+            clauses.append("created_at >= ?")
+            params.append(self.created_after)
+        if self.created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(self.created_before)
+        return " AND ".join(clauses), params
+
+    def match(self, row: Row) -> bool:
+        if self.domain and not (
+            row.domain == self.domain or row.domain.startswith(self.domain + ".")
+        ):
+            return False
+        if self.author is not None and row.author != self.author:
+            return False
+        if self.min_confidence is not None and row.confidence < self.min_confidence:
+            return False
+        if self.created_after is not None and row.created_at < self.created_after:
+            return False
+        return self.created_before is None or row.created_at < self.created_before
+
+    @property
+    def empty(self) -> bool:
+        return self == Filters()
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: Row
+    score: float  # exact inner product with the query (cosine: both unit vectors)
+    cluster_size: int
+    vector: np.ndarray = field(repr=False)
+
+
+class KnowledgeBase:
+    def __init__(
+        self,
+        directory: Path,
+        space: bytes,
+        dim: int,
+        *,
+        capacity: int = 1_000_000,
+        duplicate_cosine: float = 0.9,
+        snapshot_every: int = 10_000,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef_search: int = 128,
+        durable: bool = True,
+        on_evict: Callable[[list[Row]], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self.duplicate_cosine = duplicate_cosine
+        self.snapshot_every = snapshot_every
+        self.on_evict = on_evict
+        self.store = Store(directory / DB_FILE, space, durable=durable)
+        self.replica = Replica.load(
+            directory, dim, m=hnsw_m, ef_construction=hnsw_ef_construction, ef_search=hnsw_ef_search
+        )
+        self._replay()
+
+    def _replay(self) -> None:
+        """Bring the replica up to the store: add every lesson accepted after the snapshot."""
+        replayed = 0
+        for seqs, vectors in self.store.vectors_since(self.replica.snapshot_seq):
+            self.replica.add(seqs, vectors)
+            replayed += len(seqs)
+        if replayed:
+            log.info(
+                "replica: replayed %d records after snapshot seq %d",
+                replayed,
+                self.replica.snapshot_seq,
+            )
+
+    def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
+        """Drop the replica and rebuild it from the store's vectors (``zoonode index rebuild``)."""
+        old = self.replica
+        self.replica = Replica(
+            old.dim, m=old.m, ef_construction=old.ef_construction, ef_search=old.ef_search
+        )
+        total = 0
+        for seqs, vectors in self.store.vectors_since(0):
+            self.replica.add(seqs, vectors)
+            total += len(seqs)
+            if progress:
+                progress(len(seqs))
+        self.replica.save(self.directory)
+        return total
+
+    def close(self) -> None:
+        if self.replica.max_seq > self.replica.snapshot_seq:
+            self.replica.save(self.directory)
+        self.store.close()
+
+    # -- writes -------------------------------------------------------------------------------
+    def ingest(self, items: Sequence[Incoming]) -> list[InsertResult]:
+        """Store a batch durably, then index it. Returns one result per item, in order."""
+        fresh = [it for it in items if not self.store.has(it.record.id)]
+        hinted = self._with_cluster_hints(fresh)
+        by_id = {r.id: r for r in self.store.insert(hinted)}
+        accepted = [
+            it
+            for it in hinted
+            if by_id[it.record.id].outcome is Outcome.ACCEPTED and it.vector is not None
+        ]
+        if accepted:
+            self.replica.add(
+                np.array([by_id[it.record.id].seq for it in accepted]),
+                np.stack([it.vector for it in accepted]),
+            )
+        self._evict()
+        if self.replica.max_seq - self.replica.snapshot_seq >= self.snapshot_every:
+            self.replica.save(self.directory)
+        results = []
+        for it in items:
+            res = by_id.get(it.record.id)
+            if res is None:  # already known before this batch
+                row = self.store.get(it.record.id)
+                res = InsertResult(it.record.id, Outcome.DUPLICATE, row.seq if row else None)
+            results.append(res)
+        return results
+
+    def _with_cluster_hints(self, items: list[Incoming]) -> list[Incoming]:
+        """Link each lesson to an active near-duplicate (cos >= threshold), in the replica or
+        earlier in the same batch, so queries and selection count the cluster once."""
+        out: list[Incoming] = []
+        batch_vectors: list[np.ndarray] = []
+        batch_ids: list[bytes] = []
+        for it in items:
+            if it.vector is None or it.record.experience.op is Op.REVOKE:
+                out.append(it)
+                continue
+            hint: int | bytes | None = self._nearest_active_cluster(it.vector)
+            if hint is None and batch_vectors:
+                sims = np.stack(batch_vectors) @ it.vector
+                j = int(np.argmax(sims))
+                if sims[j] >= self.duplicate_cosine:
+                    hint = batch_ids[j]
+            out.append(Incoming(it.record, it.vector, it.peer, hint))
+            batch_vectors.append(it.vector)
+            batch_ids.append(it.record.id)
+        return out
+
+    def _nearest_active_cluster(self, vector: np.ndarray) -> int | None:
+        seqs, sims = self.replica.search(vector, k=8)
+        close = [int(s) for s, sim in zip(seqs, sims, strict=True) if sim >= self.duplicate_cosine]
+        if not close:
+            return None
+        rows = self.store.rows_by_seq(close)
+        for seq in close:
+            row = rows.get(seq)
+            if row is not None and row.status is Status.ACTIVE and row.cluster is not None:
+                return row.cluster
+        return None
+
+    def _evict(self) -> None:
+        victims = self.store.evict_over(self.capacity)
+        if victims and self.on_evict:
+            self.on_evict(victims)
+
+    # -- reads --------------------------------------------------------------------------------
+    def search(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        filters: Filters | None = None,
+        candidates: int | None = None,
+        dedupe: bool = True,
+    ) -> list[Hit]:
+        """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster."""
+        filters = filters or Filters()
+        query = np.asarray(query, np.float32)
+        fetch = max(candidates or 0, 4 * k, 32)
+        while True:
+            seqs, sims = self.replica.search(query, k=fetch)
+            hits = self._keep(seqs, sims, filters, dedupe)
+            exhausted = len(seqs) < fetch
+            if len(hits) >= k or exhausted:
+                return (
+                    hits[:k]
+                    if len(hits) >= k or filters.empty
+                    else self._exact(query, k, filters, dedupe)
+                )
+            if fetch >= 4096:
+                return self._exact(query, k, filters, dedupe)
+            fetch *= 4
+
+    def _keep(
+        self, seqs: np.ndarray, sims: np.ndarray, filters: Filters, dedupe: bool
+    ) -> list[Hit]:
+        rows = self.store.rows_by_seq(list(seqs))
+        best: dict[int, tuple[Row, float]] = {}
+        order: list[int] = []
+        for seq, sim in zip(seqs, sims, strict=True):
+            row = rows.get(int(seq))
+            if row is None or row.status is not Status.ACTIVE or not filters.match(row):
+                continue
+            group = row.cluster if dedupe and row.cluster is not None else -row.seq
+            if group not in best:
+                best[group] = (row, float(sim))
+                order.append(group)
+        sizes = self.store.cluster_sizes([g for g in order if g > 0]) if dedupe else {}
+        vectors = self._vectors([best[g][0].seq for g in order])
+        return [
+            Hit(best[g][0], best[g][1], sizes.get(g, 1), vectors[best[g][0].seq]) for g in order
+        ]
+
+    def _vectors(self, seqs: list[int]) -> dict[int, np.ndarray]:
+        if not seqs:
+            return {}
+        items = self.replica.index.get_items(seqs, return_type="numpy")
+        return {s: np.asarray(v, np.float32) for s, v in zip(seqs, items, strict=True)}
+
+    def _exact(self, query: np.ndarray, k: int, filters: Filters, dedupe: bool) -> list[Hit]:
+        """Brute force over the rows that match a selective filter."""
+        where, params = filters.sql()
+        seqs, vectors = self.store.filtered_vectors(where, params)
+        if len(seqs) == 0:
+            return []
+        sims = vectors @ query
+        order = np.argsort(-sims)
+        return self._keep(seqs[order], sims[order], filters, dedupe)[:k]
+
+    def get(self, record_id: bytes) -> Row | None:
+        return self.store.get(record_id)

@@ -1,0 +1,393 @@
+"""The durable experience store: one SQLite file in WAL mode, the node's source of truth.
+
+Why SQLite: it is in the standard library, one file plus its WAL, crash-safe by design
+(a committed transaction survives kill -9; ``synchronous=FULL`` also survives power loss), and
+its SQL gives the query filters (domain prefix, author, confidence, time) for free. LMDB would
+be faster for raw puts, but a batch of ~100 records per transaction already makes the fsync
+cost negligible (see benchmarks/replica.py).
+
+Rules applied here (protocol SPEC section 1): ids are unique (insert is idempotent), only a
+record's author may modify or revoke it, a revoke hides its target, a modify supersedes its
+parent, and children that arrive before their parent are applied when it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+
+from zoonode.protocol import Op, SignedRecord
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order; the replica's label
+    id BLOB NOT NULL UNIQUE,
+    wire BLOB NOT NULL,                     -- canonical signed bytes, exactly as received
+    op INTEGER NOT NULL,
+    author BLOB NOT NULL,
+    domain TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    created_at INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    peer TEXT,
+    parent BLOB,
+    status INTEGER NOT NULL,
+    cluster INTEGER,                        -- seq of the near-duplicate cluster's first member
+    vector BLOB                             -- compact float32 vector (exact, from the text)
+);
+CREATE INDEX IF NOT EXISTS records_parent ON records(parent) WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_author ON records(author);
+CREATE INDEX IF NOT EXISTS records_created ON records(created_at);
+CREATE INDEX IF NOT EXISTS records_evict ON records(op, status, confidence, created_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+class Status(IntEnum):
+    ACTIVE = 0
+    REVOKED = 1
+    SUPERSEDED = 2
+    INVALID = 3  # a modify/revoke by someone who is not the parent's author
+
+
+class Outcome(IntEnum):
+    ACCEPTED = 0
+    DUPLICATE = 1
+    REJECTED = 2
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A verified record with the exact compact vector of its text (None for revokes)."""
+
+    record: SignedRecord
+    vector: np.ndarray | None
+    peer: str | None = None
+    # A near-duplicate found by the caller: the cluster id (a seq) of a stored record, or the
+    # id of an earlier record in the same batch.
+    cluster_hint: int | bytes | None = None
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    id: bytes
+    outcome: Outcome
+    seq: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    id: bytes
+    wire: bytes
+    op: Op
+    author: bytes
+    domain: str
+    confidence: float
+    created_at: int
+    accepted_at: int
+    peer: str | None
+    parent: bytes | None
+    status: Status
+    cluster: int | None
+
+
+_ROW_COLUMNS = (
+    "seq, id, wire, op, author, domain, confidence, created_at, accepted_at, peer, "
+    "parent, status, cluster"
+)
+
+
+def _row(values: tuple) -> Row:
+    return Row(
+        values[0],
+        values[1],
+        values[2],
+        Op(values[3]),
+        values[4],
+        values[5],
+        values[6],
+        values[7],
+        values[8],
+        values[9],
+        values[10],
+        Status(values[11]),
+        values[12],
+    )
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be opened or belongs to another space."""
+
+
+class Store:
+    """SQLite-backed record store. Not thread-safe: one owner calls it."""
+
+    def __init__(self, path: Path, space: bytes, *, durable: bool = True) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        stored = self.get_meta("space")
+        if stored is None:
+            self.set_meta("space", space)
+        elif stored != space:
+            raise StoreError(
+                f"store {path} holds space {stored.hex()}, the encoder is {space.hex()}"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- writes -------------------------------------------------------------------------------
+    def insert(self, items: Sequence[Incoming]) -> list[InsertResult]:
+        """Insert a batch in ONE transaction; when this returns, accepted rows are durable."""
+        now = time.time_ns() // 1_000_000
+        results: list[InsertResult] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for item in items:
+                results.append(self._insert_one(item, now))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return results
+
+    def _insert_one(self, item: Incoming, now: int) -> InsertResult:
+        record, exp = item.record, item.record.experience
+        existing = self.db.execute("SELECT seq FROM records WHERE id = ?", (record.id,)).fetchone()
+        if existing:
+            return InsertResult(record.id, Outcome.DUPLICATE, existing[0])
+        status = Status.ACTIVE
+        if exp.op is not Op.ADD:
+            assert exp.parent is not None
+            parent = self.db.execute(
+                "SELECT author, status FROM records WHERE id = ?", (exp.parent,)
+            ).fetchone()
+            if parent is not None and parent[0] != exp.author:
+                return InsertResult(record.id, Outcome.REJECTED, reason="not_author")
+            if parent is not None and parent[1] == Status.ACTIVE:
+                new = Status.REVOKED if exp.op is Op.REVOKE else Status.SUPERSEDED
+                self.db.execute("UPDATE records SET status = ? WHERE id = ?", (new, exp.parent))
+        if exp.op is not Op.REVOKE:
+            status = self._status_from_early_children(record.id, exp.author)
+        vector = None if item.vector is None else np.asarray(item.vector, "<f4").tobytes()
+        cluster = item.cluster_hint
+        if isinstance(cluster, bytes):
+            found = self.db.execute(
+                "SELECT cluster FROM records WHERE id = ?", (cluster,)
+            ).fetchone()
+            cluster = found[0] if found else None
+        cur = self.db.execute(
+            "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
+            "accepted_at, peer, parent, status, cluster, vector) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.wire,
+                int(exp.op),
+                exp.author,
+                exp.domain,
+                exp.confidence,
+                exp.created_at,
+                now,
+                item.peer,
+                exp.parent,
+                int(status),
+                cluster,
+                vector,
+            ),
+        )
+        seq = cur.lastrowid
+        if cluster is None and exp.op is not Op.REVOKE:
+            self.db.execute("UPDATE records SET cluster = seq WHERE seq = ?", (seq,))
+        return InsertResult(record.id, Outcome.ACCEPTED, seq)
+
+    def _status_from_early_children(self, record_id: bytes, author: bytes) -> Status:
+        """A revoke or modify may arrive before its parent: apply it now, or void it."""
+        status = Status.ACTIVE
+        for child_seq, op, child_author in self.db.execute(
+            "SELECT seq, op, author FROM records WHERE parent = ?", (record_id,)
+        ).fetchall():
+            if child_author != author:
+                self.db.execute(
+                    "UPDATE records SET status = ? WHERE seq = ?", (Status.INVALID, child_seq)
+                )
+            elif op == Op.REVOKE:
+                status = Status.REVOKED
+            elif status is Status.ACTIVE:
+                status = Status.SUPERSEDED
+        return status
+
+    def evict_over(self, capacity: int) -> list[Row]:
+        """Delete the lowest-value lessons above ``capacity`` and return them (for logs and
+        metrics). Order: inactive (revoked, superseded, invalid) first, then lowest confidence,
+        then oldest. Revoke records are never evicted: they must keep stopping re-delivery."""
+        (count,) = self.db.execute(
+            "SELECT count(*) FROM records WHERE op != ?", (Op.REVOKE,)
+        ).fetchone()
+        excess = count - capacity
+        if excess <= 0:
+            return []
+        victims = [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM records WHERE op != ? "
+                "ORDER BY status = 0, confidence, created_at LIMIT ?",
+                (Op.REVOKE, excess),
+            )
+        ]
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
+        self.db.execute("COMMIT")
+        for victim in victims:
+            log.info(
+                "evicted %s (status %s, confidence %.2f): store over capacity %d",
+                victim.id.hex()[:16],
+                victim.status.name.lower(),
+                victim.confidence,
+                capacity,
+            )
+        return victims
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, record_id: bytes) -> Row | None:
+        row = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE id = ?", (record_id,)
+        ).fetchone()
+        return _row(row) if row else None
+
+    def has(self, record_id: bytes) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM records WHERE id = ?", (record_id,)).fetchone()
+            is not None
+        )
+
+    def rows_by_seq(self, seqs: Sequence[int]) -> dict[int, Row]:
+        out: dict[int, Row] = {}
+        for start in range(0, len(seqs), 900):  # SQLite's bound-parameter limit
+            chunk = [int(s) for s in seqs[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM records WHERE seq IN ({marks})", chunk
+            ):
+                out[r[0]] = _row(r)
+        return out
+
+    def vectors_since(self, seq: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(seqs, vectors) of every stored lesson with seq > ``seq``, in batches: what the
+        replica replays after its snapshot."""
+        last = seq
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, vector FROM records WHERE seq > ? AND vector IS NOT NULL "
+                "ORDER BY seq LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield (
+                np.array([r[0] for r in rows], dtype=np.int64),
+                np.stack([np.frombuffer(r[1], "<f4") for r in rows]),
+            )
+
+    def filtered_vectors(self, where: str, params: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.db.execute(
+            f"SELECT seq, vector FROM records WHERE vector IS NOT NULL AND status = 0 AND {where}",
+            params,
+        ).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return (
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.stack([np.frombuffer(r[1], "<f4") for r in rows]),
+        )
+
+    def count_where(self, where: str, params: Sequence) -> int:
+        return self.db.execute(f"SELECT count(*) FROM records WHERE {where}", params).fetchone()[0]
+
+    def cluster_sizes(self, clusters: Sequence[int]) -> dict[int, int]:
+        if not clusters:
+            return {}
+        marks = ",".join("?" * len(clusters))
+        return dict(
+            self.db.execute(
+                f"SELECT cluster, count(*) FROM records WHERE status = 0 AND cluster IN ({marks}) "
+                "GROUP BY cluster",
+                [int(c) for c in clusters],
+            ).fetchall()
+        )
+
+    def max_seq(self) -> int:
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT op, status, count(*) FROM records GROUP BY op, status")
+        out = {
+            "total": 0,
+            "active": 0,
+            "revoked": 0,
+            "superseded": 0,
+            "invalid": 0,
+            "revocations": 0,
+        }
+        for op, status, n in rows:
+            out["total"] += n
+            if op == Op.REVOKE:
+                out["revocations"] += n
+            else:
+                out[Status(status).name.lower()] += n
+        return out
+
+    def ids_between(self, start_ms: int, end_ms: int, limit: int) -> list[bytes]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM records WHERE created_at >= ? AND created_at < ? ORDER BY id LIMIT ?",
+                (start_ms, end_ms, limit),
+            )
+        ]
+
+    def wires(self, ids: Sequence[bytes]) -> list[bytes]:
+        out = []
+        for record_id in ids:
+            row = self.db.execute("SELECT wire FROM records WHERE id = ?", (record_id,)).fetchone()
+            if row:
+                out.append(row[0])
+        return out
+
+    def iter_wires(self, batch: int = 1000) -> Iterator[bytes]:
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, wire FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield from (r[1] for r in rows)
