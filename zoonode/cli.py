@@ -84,6 +84,51 @@ def _encoder(cfg):
 
 
 @app.command()
+def start(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    listen: Annotated[
+        list[str] | None, typer.Option(help="Multiaddr to listen on (repeatable).")
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="Peer multiaddr to dial (repeatable).")
+    ] = None,
+) -> None:
+    """Run a node: identity, encoder, store + replica, libp2p host. Ctrl-C stops it cleanly."""
+    import trio
+
+    from zoonode.logs import setup_logging
+    from zoonode.node import run_node
+
+    cfg = _config(
+        config, data_dir, network={"listen": listen or None, "bootstrap": bootstrap or None}
+    )
+    setup_logging(cfg.node.log_level, cfg.node.log_format)
+    trio.run(run_node, cfg)
+
+
+index_app = typer.Typer(help="The local HNSW replica.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("rebuild")
+def index_rebuild(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Rebuild the replica from the store (stop the node first)."""
+    from tqdm import tqdm
+
+    from zoonode.native.space import load_space
+    from zoonode.node import open_knowledge
+
+    cfg = _config(config, data_dir)
+    space = load_space(cfg.encoder.space_manifest or None)
+    kb = open_knowledge(cfg, space.id, space.hidden)
+    with tqdm(total=kb.store.counts()["total"], desc="indexing", unit="exp") as bar:
+        total = kb.rebuild(progress=bar.update)
+    kb.close()
+    typer.echo(json.dumps({"indexed": total, "data_dir": str(cfg.data_path)}))
+
+
+@app.command()
 def keygen(
     path: Annotated[
         Path | None,

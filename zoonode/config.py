@@ -80,7 +80,8 @@ class Config:
 
     @property
     def data_path(self) -> Path:
-        return Path(self.node.data_dir or platformdirs.user_data_dir("zoonode")).expanduser()
+        path = self.node.data_dir or platformdirs.user_data_dir("zoonode")
+        return Path(path).expanduser().resolve()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

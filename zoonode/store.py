@@ -368,7 +368,8 @@ class Store:
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT id FROM records WHERE created_at >= ? AND created_at < ? ORDER BY id LIMIT ?",
+                "SELECT id FROM records WHERE created_at >= ? AND created_at < ? "
+                "ORDER BY id LIMIT ?",
                 (start_ms, end_ms, limit),
             )
         ]

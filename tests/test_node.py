@@ -1,0 +1,66 @@
+"""`zoonode start` as a real process: a real libp2p host dials it; restart keeps identity."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+
+import trio
+from conftest import ZOONODE
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.net.host import make_host
+
+ADDR_RE = re.compile(r"listening on (\S+)")
+
+
+def start_node(data_dir):
+    proc = subprocess.Popen(
+        [ZOONODE, "start", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = ADDR_RE.search(line)
+        if match:
+            return proc, match.group(1)
+    raise AssertionError(f"node exited: {proc.wait()} {proc.stderr.read()}")
+
+
+async def dial(addr: str) -> str:
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    host = make_host(Ed25519PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"])
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(10):
+            await host.connect(info)
+        connected = host.get_network().connections.get(info.peer_id)
+        await host.close()
+        assert connected, "no connection after connect()"
+        return info.peer_id.to_string()
+
+
+def stop(proc) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def test_start_dial_stop_restart(tmp_path):
+    proc, addr = start_node(tmp_path)
+    try:
+        peer_id = trio.run(dial, addr)
+        assert addr.endswith(f"/p2p/{peer_id}")
+    finally:
+        assert stop(proc) == 0
+    assert (tmp_path / "identity.pem").exists()
+    assert (tmp_path / "experiences.sqlite").exists()
+    proc, addr2 = start_node(tmp_path)
+    try:
+        assert addr2.split("/p2p/")[1] == peer_id  # same identity after restart
+    finally:
+        assert stop(proc) == 0
