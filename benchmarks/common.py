@@ -26,8 +26,13 @@ def machine() -> dict[str, Any]:
         pass
     import numpy
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform(), "numpy": numpy.__version__}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+    }
     try:
         import torch
 
@@ -66,7 +71,10 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               **payload}
+    payload = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **payload,
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -33,8 +33,22 @@ def fetch(cache: Path = CACHE) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     have = {p.name for p in cache.glob("*.tar.gz")}
     if not {"eg-1.2.3.tar.gz", "cheat-2.5.1.tar.gz"} <= have:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--no-binary", ":all:", "-d", str(cache), *PACKAGES], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(cache),
+                *PACKAGES,
+            ],
+            check=True,
+        )
     for archive in cache.glob("*.tar.gz"):
         target = cache / archive.name.removesuffix(".tar.gz")
         if not target.exists():
@@ -94,6 +108,8 @@ def load(cache: Path = CACHE) -> RetrievalSet:
 
 if __name__ == "__main__":
     data = load()
-    print(f"{len(data.queries)} queries over {len(set(data.query_command))} commands; "
-          f"corpus {len(data.corpus)} tips from {len(set(data.corpus_command))} cheatsheets")
+    print(
+        f"{len(data.queries)} queries over {len(set(data.query_command))} commands; "
+        f"corpus {len(data.corpus)} tips from {len(set(data.corpus_command))} cheatsheets"
+    )
     print(data.queries[:3], data.corpus[:3])

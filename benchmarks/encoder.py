@@ -23,7 +23,6 @@ from collections import Counter
 import numpy as np
 from common import table, write_json
 from datasets import load
-
 from zoonode.native import codec
 from zoonode.native.encoder import Encoder
 from zoonode.native.head import lift, normalize, truncate
@@ -42,8 +41,11 @@ def ranking_metrics(scores: np.ndarray, data, k: int = 10) -> dict[str, float]:
         ideal = sum(1.0 / math.log2(r + 2) for r in range(min(len(rel), k)))
         ndcg.append(dcg / ideal if ideal else 0.0)
         recall.append(sum(hits) / min(len(rel), k) if rel else 0.0)
-    return {"MRR@10": float(np.mean(mrr)), "nDCG@10": float(np.mean(ndcg)),
-            "Recall@10": float(np.mean(recall))}
+    return {
+        "MRR@10": float(np.mean(mrr)),
+        "nDCG@10": float(np.mean(ndcg)),
+        "Recall@10": float(np.mean(recall)),
+    }
 
 
 def tfidf_scores(queries: list[str], corpus: list[str]) -> np.ndarray:
@@ -93,29 +95,43 @@ def codec_study(vectors: np.ndarray, v_ref: np.ndarray, n_queries: int) -> list[
     delta = corpus - v_ref
     signs = np.where(delta >= 0, 1.0, -1.0).astype(np.float32)
     rows = []
-    for name, scale in (("mean |d| (BitDelta, ours)", np.abs(delta).mean(1)),
-                        ("RMS of d", np.sqrt((delta ** 2).mean(1))),
-                        ("max |d| / 127 (paper, 8-bit formula)", np.abs(delta).max(1) / 127)):
+    for name, scale in (
+        ("mean |d| (BitDelta, ours)", np.abs(delta).mean(1)),
+        ("RMS of d", np.sqrt((delta**2).mean(1))),
+        ("max |d| / 127 (paper, 8-bit formula)", np.abs(delta).max(1) / 127),
+    ):
         v_hat = v_ref + scale[:, None] * signs
         err = np.linalg.norm(corpus - v_hat, axis=1) / np.linalg.norm(corpus, axis=1)
         cos = (corpus * v_hat).sum(1) / np.linalg.norm(v_hat, axis=1)
-        rows.append({"scale": name, "rel L2 error": float(np.median(err)),
-                     "cos(v, v_hat)": float(np.median(cos)),
-                     "recall@10 q.v_hat": neighbour_recall(queries @ v_hat.T, exact),
-                     "recall@10 cos(q, v_hat)": neighbour_recall(
-                         queries @ normalize(v_hat).T, exact)})
+        rows.append(
+            {
+                "scale": name,
+                "rel L2 error": float(np.median(err)),
+                "cos(v, v_hat)": float(np.median(cos)),
+                "recall@10 q.v_hat": neighbour_recall(queries @ v_hat.T, exact),
+                "recall@10 cos(q, v_hat)": neighbour_recall(queries @ normalize(v_hat).T, exact),
+            }
+        )
     codes = codec.compress_many(corpus, v_ref)
     qcodes = codec.compress_many(queries, v_ref)
     ham = np.stack([-codec.hamming(c, codes).astype(np.float32) for c in qcodes])
     from_codes = code_scores(queries, codes, v_ref)
-    rows.append({"scale": "Hamming between codes", "recall@10 q.v_hat": neighbour_recall(
-        ham, exact)})
+    rows.append(
+        {"scale": "Hamming between codes", "recall@10 q.v_hat": neighbour_recall(ham, exact)}
+    )
     for depth in (20, 50):
-        rows.append({"scale": f"code top {depth} + float rerank",
-                     "recall@10 q.v_hat": neighbour_recall(rerank(from_codes, exact, depth),
-                                                           exact)})
-    in_top = np.mean([len(set(np.argsort(-h)[:20]) & set(np.argsort(-e)[:10])) / 10
-                      for h, e in zip(ham, exact, strict=True)])
+        rows.append(
+            {
+                "scale": f"code top {depth} + float rerank",
+                "recall@10 q.v_hat": neighbour_recall(rerank(from_codes, exact, depth), exact),
+            }
+        )
+    in_top = np.mean(
+        [
+            len(set(np.argsort(-h)[:20]) & set(np.argsort(-e)[:10])) / 10
+            for h, e in zip(ham, exact, strict=True)
+        ]
+    )
     rows.append({"scale": "true top 10 inside Hamming top 20", "recall@10 q.v_hat": float(in_top)})
     return rows
 
@@ -130,16 +146,22 @@ def speed(enc: Encoder, texts: list[str], batches: tuple[int, ...], repeats: int
         for _ in range(repeats):  # interleaved so that machine noise hits both alike
             t = time.perf_counter()
             for i in range(0, len(sample), batch):
-                normalize(enc.backbone.embed(sample[i:i + batch]))
+                normalize(enc.backbone.embed(sample[i : i + batch]))
             bare.append(len(sample) / (time.perf_counter() - t))
             t = time.perf_counter()
             for i in range(0, len(sample), batch):
-                v = lift(normalize(enc.backbone.embed(sample[i:i + batch])), head)
+                v = lift(normalize(enc.backbone.embed(sample[i : i + batch])), head)
                 codec.compress_many(v, v_ref)
             native.append(len(sample) / (time.perf_counter() - t))
         b, n = statistics.median(bare), statistics.median(native)
-        rows.append({"batch": batch, "bare texts/s": b, "native texts/s": n,
-                     "native overhead": f"{(b / n - 1) * 100:+.1f}%"})
+        rows.append(
+            {
+                "batch": batch,
+                "bare texts/s": b,
+                "native texts/s": n,
+                "native overhead": f"{(b / n - 1) * 100:+.1f}%",
+            }
+        )
     return rows
 
 
@@ -159,39 +181,72 @@ def main() -> None:
     codes = codec.compress_many(cn, v_ref)
     from_codes = code_scores(qn, codes, v_ref)
     retrieval = [
-        {"method": "TF-IDF (baseline)", **ranking_metrics(tfidf_scores(data.queries,
-                                                                       data.corpus), data)},
+        {
+            "method": "TF-IDF (baseline)",
+            **ranking_metrics(tfidf_scores(data.queries, data.corpus), data),
+        },
         {"method": "bare backbone 384-d", **ranking_metrics(qc @ cc.T, data)},
         {"method": "native 7680-d", **ranking_metrics(exact, data)},
         {"method": "code only (964 B)", **ranking_metrics(from_codes, data)},
-        {"method": "code top 20 + float rerank", **ranking_metrics(
-            rerank(from_codes, exact, 20), data)},
+        {
+            "method": "code top 20 + float rerank",
+            **ranking_metrics(rerank(from_codes, exact, 20), data),
+        },
     ]
     for dims in (4096, 2048, 1024):
-        retrieval.append({"method": f"Matryoshka view {dims}-d", **ranking_metrics(
-            truncate(qn, dims) @ truncate(cn, dims).T, data)})
+        retrieval.append(
+            {
+                "method": f"Matryoshka view {dims}-d",
+                **ranking_metrics(truncate(qn, dims) @ truncate(cn, dims).T, data),
+            }
+        )
     print(f"\nRetrieval: {len(data.queries)} eg queries vs {len(data.corpus)} cheat tips")
     print(table(retrieval, ["method", "MRR@10", "nDCG@10", "Recall@10"]))
 
     reference = (data_dir() / "reference_corpus.txt").read_text().splitlines()
     pool = np.concatenate([qn, cn, enc.encode(reference, batch_size=64)])
     codec_rows = codec_study(pool, v_ref, n_queries=len(qn))
-    print(f"\nBitDelta on {len(pool) - len(qn)} real vectors, {len(qn)} held-out queries "
-          "(median error and cosine; recall = overlap with the exact float top 10)")
-    print(table(codec_rows, ["scale", "rel L2 error", "cos(v, v_hat)", "recall@10 q.v_hat",
-                             "recall@10 cos(q, v_hat)"]))
+    print(
+        f"\nBitDelta on {len(pool) - len(qn)} real vectors, {len(qn)} held-out queries "
+        "(median error and cosine; recall = overlap with the exact float top 10)"
+    )
+    print(
+        table(
+            codec_rows,
+            [
+                "scale",
+                "rel L2 error",
+                "cos(v, v_hat)",
+                "recall@10 q.v_hat",
+                "recall@10 cos(q, v_hat)",
+            ],
+        )
+    )
 
     words = [t for t in reference if len(t.split()) >= 8]
-    texts = [" ".join([words[i], words[(i * 7 + 3) % len(words)],
-                       words[(i * 13 + 5) % len(words)]]) for i in range(len(words))]
+    texts = [
+        " ".join([words[i], words[(i * 7 + 3) % len(words)], words[(i * 13 + 5) % len(words)]])
+        for i in range(len(words))
+    ]
     rows = speed(enc, texts, (1, 32, 128), repeats=2 if args.quick else 5)
     mean_words = float(np.mean([len(t.split()) for t in texts[:512]]))
-    print(f"\nSpeed: texts of {mean_words:.0f} words on average, torch threads "
-          f"{enc.backbone.model.device} x {__import__('torch').get_num_threads()}")
+    print(
+        f"\nSpeed: texts of {mean_words:.0f} words on average, torch threads "
+        f"{enc.backbone.model.device} x {__import__('torch').get_num_threads()}"
+    )
     print(table(rows, ["batch", "bare texts/s", "native texts/s", "native overhead"]))
-    path = write_json("encoder", {"retrieval": retrieval, "codec": codec_rows, "speed": rows,
-                                  "speed_mean_words": mean_words, "space": enc.space_info.hex,
-                                  "queries": len(data.queries), "corpus": len(data.corpus)})
+    path = write_json(
+        "encoder",
+        {
+            "retrieval": retrieval,
+            "codec": codec_rows,
+            "speed": rows,
+            "speed_mean_words": mean_words,
+            "space": enc.space_info.hex,
+            "queries": len(data.queries),
+            "corpus": len(data.corpus),
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -45,7 +45,7 @@ def test_batching_and_order_do_not_change_vectors(encoder):
     np.testing.assert_allclose(one_by_one, batched, atol=2e-5)
 
 
-def test_same_text_same_vector_across_processes(encoder):
+def test_same_text_same_vector_across_processes(encoder, tmp_path):
     script = (
         "import json, numpy as np; from zoonode.native.encoder import Encoder;"
         f"e = Encoder.default(); v = e.encode([{TEXTS[2]!r}])[0];"

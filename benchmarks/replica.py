@@ -1,0 +1,180 @@
+"""Store + HNSW replica at scale: ingest, memory, recall, query latency, build time.
+
+    python benchmarks/replica.py [--sizes 10000 100000 1000000]
+
+Vectors: the real encoder vectors of every text we have (eg/cheat set + reference corpus,
+~2.9k), plus synthetic ones drawn to match them: Gaussian with the real vectors' mean and
+covariance in the 384-d compact coordinates, L2-normalised (so cosines have the real
+distribution's spread). Records are real signed protocol records around those vectors.
+
+Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
+(hnswlib M16, efC 200, 384-d compact coordinates) + near-duplicate lookup.
+Recall@10: replica search (ef 128) against exact brute force over the same vectors.
+Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import table, write_json
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from datasets import load
+from zoonode.native.codec import compress_many
+from zoonode.native.encoder import Encoder
+from zoonode.native.head import lift
+from zoonode.native.space import Space, data_dir
+from zoonode.protocol import Experience, Op, decode, public_key_bytes, sign
+
+from zoonode.knowledge import KnowledgeBase
+from zoonode.replica import INDEX_FILE
+from zoonode.store import Incoming
+
+BATCH = 256
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def real_vectors(enc: Encoder) -> np.ndarray:
+    data = load()
+    reference = (data_dir() / "reference_corpus.txt").read_text().splitlines()
+    return enc.encode_compact(data.queries + data.corpus + reference, batch_size=64)
+
+
+def synthetic(real: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    mean = real.mean(0)
+    cov = np.cov(real, rowvar=False)
+    x = rng.multivariate_normal(mean, cov, size=n, method="cholesky").astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def wires_for(vectors: np.ndarray, space: Space, keys: list[Ed25519PrivateKey]) -> list[bytes]:
+    """Signed records carrying the real BitDelta code of each vector."""
+    out = []
+    for start in range(0, len(vectors), 4096):
+        chunk = vectors[start : start + 4096]
+        codes = compress_many(lift(chunk, space.head), space.v_ref)
+        for j, code in enumerate(codes):
+            i = start + j
+            key = keys[i % len(keys)]
+            exp = Experience(
+                op=Op.ADD,
+                author=public_key_bytes(key),
+                space=space.id,
+                created_at=1_700_000_000_000 + i,
+                text=f"synthetic lesson {i}",
+                domain="bench.replica",
+                confidence=float((i % 10) / 10),
+                code=code,
+            )
+            out.append(sign(exp, key).wire)
+    return out
+
+
+def run_size(
+    n: int, real: np.ndarray, queries: np.ndarray, space_info: Space, rng: np.random.Generator
+) -> dict:
+    space, hidden = space_info.id, space_info.hidden
+    vectors = np.concatenate([real, synthetic(real, max(0, n - len(real)), rng)])[:n]
+    keys = [Ed25519PrivateKey.generate() for _ in range(64)]
+    wires = wires_for(vectors, space_info, keys)
+    work = Path(tempfile.mkdtemp(prefix="zoo-replica-"))
+    try:
+        rss0 = rss_mb()
+        kb = KnowledgeBase(
+            work, space, hidden, capacity=n + 1, snapshot_every=10 * n, hnsw_ef_search=128
+        )
+        t0 = time.perf_counter()
+        for start in range(0, n, BATCH):
+            items = [
+                Incoming(decode(w), v)
+                for w, v in zip(
+                    wires[start : start + BATCH], vectors[start : start + BATCH], strict=True
+                )
+            ]
+            kb.ingest(items)
+        ingest_s = time.perf_counter() - t0
+        rss_delta = rss_mb() - rss0
+        t0 = time.perf_counter()
+        kb.replica.save(work)
+        snapshot_s = time.perf_counter() - t0
+        index_bytes = (work / INDEX_FILE).stat().st_size
+
+        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1  # seq = row + 1
+        recalls, latencies = [], []
+        for q, truth in zip(queries, exact, strict=True):
+            t = time.perf_counter()
+            hits = kb.search(q, k=10, dedupe=False)
+            latencies.append((time.perf_counter() - t) * 1000)
+            recalls.append(len({h.row.seq for h in hits} & set(truth.tolist())) / 10)
+        kb.close()
+
+        t0 = time.perf_counter()
+        rebuilt = KnowledgeBase(work, space, hidden)
+        (work / INDEX_FILE).unlink()
+        rebuilt.rebuild()
+        build_s = time.perf_counter() - t0
+        rebuilt.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "n": n,
+        "ingest/s": n / ingest_s,
+        "RAM/exp (B)": rss_delta * 1024 * 1024 / n,
+        "index file/exp (B)": index_bytes / n,
+        "recall@10": float(np.mean(recalls)),
+        "p50 ms": float(np.percentile(latencies, 50)),
+        "p99 ms": float(np.percentile(latencies, 99)),
+        "rebuild s": build_s,
+        "snapshot s": snapshot_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=500)
+    args = parser.parse_args()
+    enc = Encoder.default()
+    real = real_vectors(enc)
+    rng = np.random.default_rng(7)
+    # Queries: real held-out vectors (first 443 are eg queries) topped up with synthetic ones.
+    queries = np.concatenate([real[:443], synthetic(real, max(0, args.queries - 443), rng)])
+    queries = queries[: args.queries]
+    rows = []
+    for n in args.sizes:
+        row = run_size(n, real, queries, enc.space_info, rng)
+        rows.append(row)
+        print(table([row], list(row)), flush=True)
+    print(f"\nReplica: {len(real)} real vectors + synthetic to size; {len(queries)} queries")
+    print(table(rows, list(rows[0])))
+    path = write_json(
+        "replica",
+        {
+            "rows": rows,
+            "real_vectors": len(real),
+            "settings": {
+                "M": 16,
+                "ef_construction": 200,
+                "ef": 128,
+                "batch": BATCH,
+                "synchronous": "FULL",
+            },
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
