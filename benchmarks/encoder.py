@@ -165,12 +165,37 @@ def speed(enc: Encoder, texts: list[str], batches: tuple[int, ...], repeats: int
     return rows
 
 
+def run_speed(enc: Encoder, quick: bool) -> tuple[list[dict], float]:
+    """~30-word texts: three real reference sentences joined."""
+    reference = (data_dir() / "reference_corpus.txt").read_text().splitlines()
+    words = [t for t in reference if len(t.split()) >= 8]
+    texts = [
+        " ".join([words[i], words[(i * 7 + 3) % len(words)], words[(i * 13 + 5) % len(words)]])
+        for i in range(len(words))
+    ]
+    rows = speed(enc, texts, (1, 32, 128), repeats=2 if quick else 5)
+    mean_words = float(np.mean([len(t.split()) for t in texts[:512]]))
+    import torch
+
+    print(
+        f"\nSpeed: texts of {mean_words:.0f} words on average, {enc.backbone.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(table(rows, ["batch", "bare texts/s", "native texts/s", "native overhead"]))
+    return rows, mean_words
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--speed-only", action="store_true", help="only the speed table")
     args = parser.parse_args()
     enc = Encoder.default(threads=args.threads or None)
+    if args.speed_only:
+        rows, words = run_speed(enc, args.quick)
+        write_json("encoder-speed", {"speed": rows, "speed_mean_words": words})
+        return
     data = load()
     v_ref = enc.space_info.v_ref
 

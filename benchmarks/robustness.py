@@ -112,7 +112,7 @@ def methods(floor: float) -> dict:
         return x[int(np.argmin(krum_scores(x, f=len(x) // 3)))]
 
     def multi_krum_centre(x):
-        return x[np.argsort(krum_scores(x, f=len(x) // 3))[: len(x) // 2]].mean(0)
+        return x[np.argsort(krum_scores(x, f=len(x) // 3))[: max(1, len(x) // 2)]].mean(0)
 
     def ours_ungrouped(pool):
         return centred(lambda x: geometric_median(x).median)(pool)

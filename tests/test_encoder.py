@@ -52,7 +52,11 @@ def test_same_text_same_vector_across_processes(encoder, tmp_path):
         "print(json.dumps({'space': e.space.hex(), 'v': v[:64].tolist()}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
         cwd=tmp_path,  # not the repo root: there `zoonode/` would shadow the installed package
     ).stdout
     other = json.loads(out.strip().splitlines()[-1])

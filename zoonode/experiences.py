@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.native.codec import compress_many
 from zoonode.native.encoder import Encoder
+from zoonode.native.head import lift
 from zoonode.protocol import Example, Experience, Op, SignedRecord, public_key_bytes, sign
 
 
@@ -27,7 +29,19 @@ def create_experiences(
 ) -> list[SignedRecord]:
     """Sign many lessons at once (one batched encode). Each item: text, domain, confidence,
     and optionally examples [{input, output, correct}], source_model, parent (modify)."""
-    vectors = encoder.encode([item["text"] for item in items])
+    compact = encoder.encode_compact([item["text"] for item in items])
+    return sign_lessons(encoder, key, items, compact, created_at)
+
+
+def sign_lessons(
+    encoder: Encoder,
+    key: Ed25519PrivateKey,
+    items: Sequence[dict],
+    compact: np.ndarray,
+    created_at: int | None = None,
+) -> list[SignedRecord]:
+    """Like create_experiences, with the texts' compact vectors already computed."""
+    vectors = lift(compact, encoder.space_info.head)
     codes = compress_many(vectors, encoder.space_info.v_ref)
     author = public_key_bytes(key)
     stamp = now_ms() if created_at is None else created_at

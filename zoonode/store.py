@@ -49,6 +49,13 @@ CREATE INDEX IF NOT EXISTS records_author ON records(author);
 CREATE INDEX IF NOT EXISTS records_created ON records(created_at);
 CREATE INDEX IF NOT EXISTS records_evict ON records(op, status, confidence, created_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- ids we hold no record for on purpose (evicted, or rejected after the embedding check):
+-- sync counts them as known so that they are never fetched again.
+CREATE TABLE IF NOT EXISTS tombstones (
+    id BLOB PRIMARY KEY, created_at INTEGER NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL,
+                                   at INTEGER NOT NULL);
 """
 
 
@@ -263,6 +270,10 @@ class Store:
         ]
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
+        self.db.executemany(
+            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, 'evicted')",
+            [(v.id, v.created_at) for v in victims],
+        )
         self.db.execute("COMMIT")
         for victim in victims:
             log.info(
@@ -273,6 +284,33 @@ class Store:
                 capacity,
             )
         return victims
+
+    def add_tombstone(self, record_id: bytes, created_at: int, reason: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)", (record_id, created_at, reason)
+        )
+
+    def ban(self, author: bytes, reason: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO banned VALUES (?, ?, ?)",
+            (author, reason, time.time_ns() // 1_000_000),
+        )
+
+    def banned_authors(self) -> set[bytes]:
+        return {r[0] for r in self.db.execute("SELECT author FROM banned")}
+
+    def known(self, record_id: bytes) -> bool:
+        """Held, or deliberately not held (tombstone): either way, not worth fetching."""
+        return (
+            self.has(record_id)
+            or self.db.execute("SELECT 1 FROM tombstones WHERE id = ?", (record_id,)).fetchone()
+            is not None
+        )
+
+    def all_ids(self) -> Iterator[tuple[bytes, int]]:
+        """(id, created_at) of every record and tombstone: what the sync digest covers."""
+        yield from self.db.execute("SELECT id, created_at FROM records")
+        yield from self.db.execute("SELECT id, created_at FROM tombstones")
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, record_id: bytes) -> Row | None:

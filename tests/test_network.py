@@ -1,0 +1,258 @@
+"""Real libp2p nodes on 127.0.0.1: gossip, validation and scoring, sync, restart."""
+
+from __future__ import annotations
+
+import itertools
+
+import trio
+from netutil import run_trio, start_nodes, wait_meshed, wait_until
+
+LESSON = {
+    "text": "When solving geometry problems with intersections, validate solutions lie "
+    "within bounded regions, not extensions",
+    "domain": "math.geometry",
+    "confidence": 0.8,
+}
+
+
+def test_two_nodes_exchange_a_record(tmp_path, encoder):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, encoder, [tmp_path / "a", tmp_path / "b"])
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            [(record_id, outcome)] = await a.publish([LESSON])
+            assert outcome == "accepted"
+            await wait_until(lambda: b.kb.store.has(record_id), what="delivery to b")
+            row = b.kb.get(record_id)
+            assert row.peer == a.peer_id
+            selection, records = await b.query(
+                "validate solutions of geometry problems with intersections"
+            )
+            assert selection.selected[0].candidate.id == record_id
+            assert records[record_id].experience.text == LESSON["text"]
+            unrelated, _ = await b.query("how to bake sourdough bread")
+            assert unrelated.selected == []  # below the 0.6 similarity floor
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_line_of_eight_delivers_to_all(tmp_path, encoder):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nodes = await start_nodes(nursery, encoder, [tmp_path / f"n{i}" for i in range(8)])
+            for left, right in itertools.pairwise(nodes):
+                await right.connect(left.info().addrs[0])
+            for left, right in itertools.pairwise(nodes):
+                await wait_meshed(left, right)
+            ids = [
+                rid
+                for rid, _ in await nodes[0].publish(
+                    [
+                        LESSON,
+                        {
+                            "text": "Before dividing both sides of an inequality, check the "
+                            "sign of the divisor",
+                            "domain": "math.algebra",
+                            "confidence": 0.9,
+                        },
+                    ]
+                )
+            ]
+            for node in nodes[1:]:
+                await wait_until(
+                    lambda n=node: all(n.kb.store.has(i) for i in ids),
+                    what=f"delivery to {node.peer_id}",
+                )
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+
+
+def _attacker_wires(encoder, key):
+    """Records a Byzantine peer might send, each broken in one way."""
+    import struct
+
+    from zoonode.native.codec import compress
+    from zoonode.protocol import Experience, Op, public_key_bytes, sign
+
+    from zoonode.experiences import create_experience
+
+    good = create_experience(
+        encoder, key, "Read the whole error message before editing code", "software.debugging", 0.7
+    )
+    flipped = bytearray(good.wire)
+    flipped[-1] ^= 1
+    other_space = sign(
+        Experience(
+            op=Op.ADD,
+            author=public_key_bytes(key),
+            space=b"\x01" * 16,
+            created_at=good.experience.created_at,
+            text="x",
+            domain="a.b",
+            confidence=0.5,
+            code=struct.pack("<f", 0.01) + bytes(960),
+        ),
+        key,
+    )
+    popular = encoder.encode("how do I fix a failing build")[0]
+    hijack = sign(
+        Experience(
+            op=Op.ADD,
+            author=public_key_bytes(key),
+            space=encoder.space,
+            created_at=good.experience.created_at,
+            text="Buy cheap watches at example dot com today",
+            domain="spam.ads",
+            confidence=1.0,
+            code=compress(popular, encoder.space_info.v_ref),
+        ),
+        key,
+    )
+    return bytes(flipped), other_space.wire, hijack
+
+
+def test_invalid_records_are_not_forwarded_and_cost_the_sender(tmp_path, encoder):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from zoonode.net.validation import encode_batch
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            attacker, b, c = await start_nodes(
+                nursery, encoder, [tmp_path / "attacker", tmp_path / "b", tmp_path / "c"]
+            )
+            # The attacker skips its own validation, as a Byzantine peer would.
+            attacker.gossip.pubsub.set_topic_validator(
+                attacker.gossip.topic, lambda *_: True, False
+            )
+            await b.connect(attacker.info().addrs[0])
+            await c.connect(b.info().addrs[0])
+            await wait_meshed(attacker, b)
+            await wait_meshed(b, c)
+            key = Ed25519PrivateKey.generate()
+            bad_sig, wrong_space, hijack = _attacker_wires(encoder, key)
+            topic = attacker.gossip.topic
+            attacker_id = attacker.host.get_id()
+            for payload in (
+                encode_batch([bad_sig]),
+                encode_batch([wrong_space]),
+                encode_batch([b"\x00" * 600_000]),
+                b"\xc1 not msgpack",
+            ):
+                await attacker.gossip.pubsub.publish(topic, payload)
+            # P4 weight 10 per invalid message: 4 of them take the score to about -40.
+            await wait_until(
+                lambda: b.gossip.router.scorer.score(attacker_id, [topic]) <= -30,
+                what="attacker's score to drop",
+            )
+            verdicts = b.gossip.stats.verdicts
+            assert verdicts["reject:bad_signature"] == 1
+            assert verdicts["reject:wrong_space"] == 1
+            assert verdicts["reject:oversize_batch"] == 1
+            assert verdicts["reject:malformed_batch"] == 1
+            assert not any(k.startswith("reject") for k in c.gossip.stats.verdicts)
+
+            # Embedding hijack: structurally valid, so forwarded once, but never stored, and
+            # its author is banned: the next record by that author is not even forwarded.
+            await attacker.gossip.pubsub.publish(topic, encode_batch([hijack.wire]))
+            await wait_until(
+                lambda: (
+                    hijack.experience.author in b.banned and hijack.experience.author in c.banned
+                ),
+                what="author banned",
+            )
+            assert not b.kb.store.has(hijack.id) and not c.kb.store.has(hijack.id)
+            assert b.kb.store.known(hijack.id)  # tombstoned: sync will not fetch it
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+
+
+def test_late_node_converges_by_sync(tmp_path, encoder, key):
+    texts = [
+        f"Lesson {i}: " + t
+        for i, t in enumerate(
+            [
+                "check the sign of the divisor before dividing an inequality",
+                "prefer parameterised SQL queries to string formatting",
+                "look for shared state when a unit test is flaky",
+                "read the first frame of a traceback before editing code",
+                "check units before adding measured values",
+            ]
+        )
+    ]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [b] = await start_nodes(nursery, encoder, [tmp_path / "b"])
+            # b learnt these while c was away, long enough ago that no gossip history holds
+            # them: stored on b without gossip, so only sync can bring them to c.
+            from helpers import lessons
+
+            items = lessons(encoder, key, texts)
+            await b._in_kb(b.kb.ingest, items)
+            b._note_stored([i.record for i in items])
+            ids = [i.record.id for i in items]
+            [c] = await start_nodes(nursery, encoder, [tmp_path / "c"])
+            await c.connect(b.info().addrs[0])
+            await wait_until(
+                lambda: all(c.kb.store.has(i) for i in ids),
+                timeout=30,
+                what="sync to the late node",
+            )
+            assert c.counters["sync:accept:ok"] == len(ids)
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+
+
+def test_restart_keeps_identity_data_and_delivery(tmp_path, encoder):
+    """A real process restart: same peer id, same data, and its new messages still arrive
+    (message ids are content hashes, so a restarted sender is never taken for a replay)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("node_proc.py")
+
+    async def run_a(addr: str, text: str) -> tuple[trio.Process, str, bytes]:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, str(script), str(tmp_path / "a"), addr, text], stdout=subprocess.PIPE
+        )
+        buf, peer, record_id = b"", None, None
+        while record_id is None:
+            chunk = await proc.stdout.receive_some()
+            assert chunk, f"node process exited: {await proc.wait()}"
+            buf += chunk
+            for line in buf.decode().splitlines():
+                if line.startswith("peer "):
+                    peer = line.split()[1]
+                if line.startswith("published "):
+                    record_id = bytes.fromhex(line.split()[1])
+        return proc, peer, record_id
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [b] = await start_nodes(nursery, encoder, [tmp_path / "b"])
+            addr = b.info().addrs[0]
+            proc, first_peer, rid = await run_a(addr, "Restart test: the first lesson")
+            await wait_until(lambda: b.kb.store.has(rid), what="first delivery")
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+            proc, second_peer, rid2 = await run_a(addr, "Restart test: a lesson after restart")
+            assert second_peer == first_peer
+            await wait_until(lambda: b.kb.store.has(rid2), what="delivery after restart")
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+    from zoonode.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase(tmp_path / "a", encoder.space, encoder.space_info.hidden)
+    assert kb.store.counts()["active"] == 2  # the first lesson survived the restart
+    kb.close()

@@ -1,0 +1,236 @@
+"""GossipSub for experiences: one topic per space, batched messages, validated and scored.
+
+Choices against py-libp2p 0.8.1's defaults (notes/py-libp2p-0.8.1.md):
+- explicit mesh degree (D 6, D_lo 4, D_hi 12) and a 1 s heartbeat (the default is 120 s);
+- the built-in spam limit (10 msgs/s per topic, which drops our own publishes) is off; floods
+  are scored instead: a peer sending more than ``flood_rate`` messages/s gets a negative
+  application score (P6) that pushes it under the graylist threshold;
+- invalid messages (P4, weight 10) push a peer under the graylist threshold (-80) after ~8;
+- the eclipse "IP diversity" heuristic is off: on one machine every peer is 127.0.0.1;
+- message id = SHA-256 of the payload (content-addressed): a restarted node's new messages are
+  never mistaken for old ones (pitfall 5), and a batch seen twice is dropped once;
+- batches of up to 128 records, flushed by size or after 50 ms; publishing waits while a peer's
+  outbound queue is more than half full instead of letting the library drop (pitfall 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from zoonode.net.validation import (
+    AuthorLimiter,
+    Checked,
+    Policy,
+    Verdict,
+    check_record,
+    decode_batch,
+    encode_batch,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 128
+FLUSH_SECONDS = 0.05
+
+
+def topic_for(space: bytes) -> str:
+    return f"/zoo/dso/1/{space.hex()}/experiences"
+
+
+def content_message_id(msg) -> bytes:
+    return hashlib.sha256(msg.data).digest()
+
+
+@dataclass
+class GossipStats:
+    """Counters the node exports as metrics."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    records_out: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class FloodMeter:
+    """Messages per second per forwarding peer, over a sliding window: the P6 input."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self.seen: dict[object, deque[float]] = defaultdict(deque)
+
+    def hit(self, peer: object, now: float) -> None:
+        times = self.seen[peer]
+        times.append(now)
+        while times and times[0] < now - self.window:
+            times.popleft()
+
+    def rate(self, peer: object, now: float) -> float:
+        times = self.seen.get(peer)
+        if not times:
+            return 0.0
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return len(times) / self.window
+
+
+def score_params(flood_rate: float, meter: FloodMeter):
+    from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+
+    def app_score(peer) -> float:
+        excess = meter.rate(peer, time.monotonic()) - flood_rate
+        return -excess if excess > 0 else 0.0
+
+    return ScoreParams(
+        p1_time_in_mesh=TopicScoreParams(weight=0.01, cap=10.0, decay=0.99),
+        p2_first_message_deliveries=TopicScoreParams(weight=0.1, cap=20.0, decay=0.95),
+        p4_invalid_messages=TopicScoreParams(weight=10.0, cap=100.0, decay=0.999),
+        p6_appl_slack_weight=10.0,
+        p6_appl_slack_decay=1.0,
+        publish_threshold=-50.0,
+        gossip_threshold=-20.0,
+        graylist_threshold=-80.0,
+        accept_px_threshold=0.0,
+        app_specific_score_fn=app_score,
+    )
+
+
+class Gossip:
+    """Subscribes to the space's topic, validates every message, batches what we publish.
+
+    ``on_records`` receives the ACCEPTed records of each valid message with the forwarding
+    peer; it must return quickly (the node queues them durably for the embedding check).
+    """
+
+    def __init__(
+        self,
+        host,
+        policy: Policy,
+        known: Callable[[bytes], bool],
+        banned: Callable[[bytes], bool],
+        on_records: Callable[[list[Checked], str], Awaitable[None]],
+        *,
+        flood_rate: float = 50.0,
+    ) -> None:
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+        from libp2p.pubsub.pubsub import Pubsub
+
+        self.host = host
+        self.policy = policy
+        self.known = known
+        self.banned = banned
+        self.on_records = on_records
+        self.topic = topic_for(policy.space)
+        self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
+        self.meter = FloodMeter()
+        self.stats = GossipStats()
+        self.router = GossipSub(
+            # 1.1 and 1.0 only: without IDONTWANT the library roughly doubles throughput
+            # (notes, "Numbers"), and 1.1 is enough for scoring and PRUNE backoff.
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            heartbeat_initial_delay=0.1,
+            time_to_live=30,
+            gossip_window=3,
+            gossip_history=5,
+            score_params=score_params(flood_rate, self.meter),
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub = Pubsub(
+            host,
+            self.router,
+            strict_signing=True,
+            msg_id_constructor=content_message_id,
+            seen_ttl=300,
+            validation_cache_size=4096,
+        )
+        self.pubsub.counter = time.time_ns()  # pitfall 5, in case ids ever use seqno
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[bytes](10_000)
+        self._pending: dict[bytes, tuple[list[Checked], str]] = {}
+
+    # -- validation -----------------------------------------------------------------------
+    def _validate(self, forwarder, msg) -> bool:
+        """Sync validator, run on every message (ours too) before it is forwarded."""
+        self.meter.hit(forwarder, time.monotonic())
+        self.stats.messages_in += 1
+        try:
+            wires = decode_batch(msg.data)
+        except ValueError as exc:
+            self.stats.verdicts[f"reject:{exc.args[0]}"] += 1
+            log.debug("reject batch from %s: %s", forwarder, exc.args[0])
+            return False
+        now_ms = time.time_ns() // 1_000_000
+        accepted: list[Checked] = []
+        for wire in wires:
+            checked = check_record(wire, self.policy, now_ms, self.known, self.limiter, self.banned)
+            self.stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
+            if checked.verdict is Verdict.REJECT:
+                log.debug("reject record from %s: %s", forwarder, checked.reason)
+                return False
+            if checked.verdict is Verdict.ACCEPT:
+                accepted.append(checked)
+        self._pending[content_message_id(msg)] = (accepted, str(forwarder))
+        return True
+
+    # -- running --------------------------------------------------------------------------
+    async def run_services(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Start pubsub + router (before the host listens: pitfall 3), then serve forever."""
+        from libp2p.tools.anyio_service import background_trio_service
+
+        async with background_trio_service(self.pubsub), background_trio_service(self.router):
+            await self.pubsub.wait_until_ready()
+            self.pubsub.set_topic_validator(self.topic, self._validate, False)
+            subscription = await self.pubsub.subscribe(self.topic)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, subscription)
+                nursery.start_soon(self._flush_loop)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def _receive(self, subscription) -> None:
+        while True:
+            msg = await subscription.get()
+            accepted, forwarder = self._pending.pop(content_message_id(msg), ([], ""))
+            if accepted:
+                await self.on_records(accepted, forwarder)
+
+    async def publish(self, wires: list[bytes]) -> None:
+        for wire in wires:
+            await self._outbox_send.send(wire)
+
+    async def _flush_loop(self) -> None:
+        batch: list[bytes] = []
+        while True:
+            with trio.move_on_after(FLUSH_SECONDS):
+                while len(batch) < BATCH_RECORDS:
+                    batch.append(await self._outbox_recv.receive())
+            if batch:
+                await self._wait_for_room()
+                await self.pubsub.publish(self.topic, encode_batch(batch))
+                self.stats.messages_out += 1
+                self.stats.records_out += len(batch)
+                batch = []
+
+    async def _wait_for_room(self, limit: int = 16, timeout: float = 5.0) -> None:
+        """Backpressure: the library drops RPCs when a peer's queue (32) is full."""
+        with trio.move_on_after(timeout):
+            while any(len(q) > limit for q in self.pubsub.peer_queues.values()):
+                await trio.sleep(0.005)
+
+    def peer_scores(self) -> dict[str, float]:
+        scorer = self.router.scorer
+        peers = list(self.pubsub.peers) if hasattr(self.pubsub, "peers") else []
+        return {str(p): scorer.score(p, [self.topic]) for p in peers}
+
+    def mesh_peers(self) -> list[str]:
+        return [str(p) for p in self.router.mesh.get(self.topic, ())]
