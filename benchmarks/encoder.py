@@ -21,12 +21,14 @@ import time
 from collections import Counter
 
 import numpy as np
-from common import table, write_json
-from datasets import load
+
 from zoonode.native import codec
 from zoonode.native.encoder import Encoder
 from zoonode.native.head import lift, normalize, truncate
 from zoonode.native.space import data_dir
+
+from common import table, write_json
+from datasets import load
 
 
 def ranking_metrics(scores: np.ndarray, data, k: int = 10) -> dict[str, float]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 
 import nacl.signing
-from common import rate, table, write_json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.experiences import create_experiences
 from zoonode.native.encoder import Encoder
 from zoonode.native.space import data_dir
 from zoonode.protocol import content_id, decode, encode_unsigned, sign, signing_message
 
-from zoonode.experiences import create_experiences
+from common import rate, table, write_json
 
 
 def main() -> None:

@@ -23,18 +23,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import table, write_json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from datasets import load
+
+from zoonode.knowledge import KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.encoder import Encoder
 from zoonode.native.head import lift
 from zoonode.native.space import Space, data_dir
 from zoonode.protocol import Experience, Op, decode, public_key_bytes, sign
-
-from zoonode.knowledge import KnowledgeBase
 from zoonode.replica import INDEX_FILE
 from zoonode.store import Incoming
+
+from common import table, write_json
+from datasets import load
 
 BATCH = 256
 

@@ -27,10 +27,8 @@ import hashlib
 import time
 
 import numpy as np
-from common import table, write_json
-from datasets import load
-from zoonode.native.encoder import Encoder
 
+from zoonode.native.encoder import Encoder
 from zoonode.selection import (
     Candidate,
     SelectionSettings,
@@ -42,6 +40,9 @@ from zoonode.selection import (
     select,
     trimmed_mean,
 )
+
+from common import table, write_json
+from datasets import load
 
 HONEST_AUTHORS = 100
 POOL = 150

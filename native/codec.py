@@ -12,6 +12,7 @@ Pure functions: no I/O.
 from __future__ import annotations
 
 import numpy as np
+
 from zoonode.protocol import CODE_BYTES, CODE_SIGN_BYTES, check_code
 
 from .head import CANONICAL_DIM

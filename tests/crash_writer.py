@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.knowledge import KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
 from zoonode.native.space import load_space
 from zoonode.protocol import Experience, Op, public_key_bytes, sign
-
-from zoonode.knowledge import KnowledgeBase
 from zoonode.store import Incoming, Outcome
 
 data_dir, vectors_path, texts_path, start = sys.argv[1:5]

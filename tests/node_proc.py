@@ -9,9 +9,9 @@ import sys
 import trio
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from netutil import node_config, wait_until
-
 from zoonode.node import Node
+
+from netutil import node_config, wait_until
 
 
 async def main(data_dir: str, peer_addr: str, text: str) -> None:

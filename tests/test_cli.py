@@ -6,9 +6,9 @@ import json
 import stat
 import subprocess
 
-from conftest import ZOONODE
-
 from zoonode import __version__
+
+from conftest import ZOONODE
 
 
 def run(*args, cwd=None, timeout=180):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from zoonode.native.encoder import EncoderError
 from zoonode.native.head import CANONICAL_DIM, lower, truncate
 from zoonode.native.space import SpaceError, load_space

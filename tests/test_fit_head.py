@@ -7,11 +7,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ZOONODE
+
 from zoonode.native.encoder import Backbone, Encoder, resolve_backbone
 from zoonode.native.space import SpaceError, data_dir
-
 from zoonode.spacetools import read_corpus
+
+from conftest import ZOONODE
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import trio
+
 from netutil import run_trio, start_nodes, wait_meshed, wait_until
 
 LESSON = {
@@ -74,10 +75,9 @@ def _attacker_wires(encoder, key):
     """Records a Byzantine peer might send, each broken in one way."""
     import struct
 
+    from zoonode.experiences import create_experience
     from zoonode.native.codec import compress
     from zoonode.protocol import Experience, Op, public_key_bytes, sign
-
-    from zoonode.experiences import create_experience
 
     good = create_experience(
         encoder, key, "Read the whole error message before editing code", "software.debugging", 0.7
@@ -228,7 +228,9 @@ def test_restart_keeps_identity_data_and_delivery(tmp_path, encoder):
             chunk = await proc.stdout.receive_some()
             assert chunk, f"node process exited: {await proc.wait()}"
             buf += chunk
-            for line in buf.decode().splitlines():
+            *lines, rest = buf.decode().split("\n")  # only complete lines
+            buf = rest.encode()
+            for line in lines:
                 if line.startswith("peer "):
                     peer = line.split()[1]
                 if line.startswith("published "):

@@ -7,10 +7,11 @@ import signal
 import subprocess
 
 import trio
-from conftest import ZOONODE
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.net.host import make_host
+
+from conftest import ZOONODE
 
 ADDR_RE = re.compile(r"listening on (\S+)")
 

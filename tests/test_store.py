@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import lessons
-from zoonode.native.space import data_dir
 
 from zoonode.experiences import create_experiences, create_revocation
 from zoonode.knowledge import Filters, KnowledgeBase
+from zoonode.native.space import data_dir
 from zoonode.replica import INDEX_FILE
 from zoonode.store import Incoming, Outcome, Status, StoreError
+
+from helpers import lessons
 
 TEXTS = [
     "When solving geometry problems with intersections, validate solutions lie within "

@@ -60,6 +60,12 @@ class NetworkConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
+    embedding_threshold: float = 0.9
+    max_future_s: int = 300
+    horizon_days: int = 365
+    author_rate: float = 20.0
+    author_burst: float = 200.0
+    flood_rate: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,6 @@ log = logging.getLogger("zoonode.node")
 
 INGEST_BATCH = 64
 SYNC_INTERVAL = 30.0
-# cos(W^T v_hat, u) of an honest record is 0.95-0.99; benchmarks/embedding_check.py measures
-# honest vs hijacked codes on real text and justifies this threshold.
-EMBEDDING_THRESHOLD = 0.9
 
 
 def encoder_from_config(cfg: Config) -> Encoder:
@@ -115,7 +112,17 @@ class Node:
         self.kb = open_knowledge(cfg, self.encoder.space, self.encoder.space_info.hidden)
         self.digest = Digest.build(self.kb.store.all_ids())
         self.banned = self.kb.store.banned_authors()
-        self.policy = Policy(space=self.encoder.space)
+        net = cfg.network
+        self.policy = Policy(
+            space=self.encoder.space,
+            max_future_ms=net.max_future_s * 1000,
+            horizon_ms=net.horizon_days * 86_400_000,
+            author_rate=net.author_rate,
+            author_burst=net.author_burst,
+        )
+        # cos(W^T v_hat, u): honest records 0.963-0.985 on real text; a random text's code
+        # median 0.09 (benchmarks/embedding_check.py).
+        self.embedding_threshold = net.embedding_threshold
         self.host = make_host(self.key, cfg.network.listen, (), cfg.network.mdns)
         self.gossip = Gossip(
             self.host, self.policy, self.kb.store.known, self.banned.__contains__, self._on_gossip
@@ -274,7 +281,7 @@ class Node:
                 self.encoder.space_info.v_ref,
             )
             for (record, peer), vector, agree in zip(lessons, compact, agreement, strict=True):
-                if agree >= EMBEDDING_THRESHOLD:
+                if agree >= self.embedding_threshold:
                     items.append(Incoming(record, vector, peer))
                     continue
                 self.counters[f"reject:{Reason.EMBEDDING_MISMATCH}"] += 1
@@ -389,7 +396,7 @@ class Node:
         compact, agree = await self._in_kb(embed)
         out = []
         for record, vector, ok in zip(valid, compact, agree, strict=True):
-            if ok >= EMBEDDING_THRESHOLD:
+            if ok >= self.embedding_threshold:
                 cluster = -int.from_bytes(record.id[:6], "big")  # unknown locally: own group
                 out.append(
                     (
