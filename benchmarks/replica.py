@@ -83,6 +83,25 @@ def wires_for(vectors: np.ndarray, space: Space, keys: list[Ed25519PrivateKey]) 
     return out
 
 
+def loaded_rss_per_exp(work: Path, space_info: Space, n: int) -> float:
+    """RSS a fresh process gains by opening the knowledge base (snapshot loaded), per record:
+    measured in a subprocess so memory freed earlier in this one cannot hide it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from replica import rss_mb;"
+        "from zoonode.knowledge import KnowledgeBase;"
+        "before = rss_mb();"
+        f"kb = KnowledgeBase(Path({str(work)!r}), bytes.fromhex({space_info.id.hex()!r}), "
+        f"{space_info.hidden});"
+        "print(rss_mb() - before)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent).stdout
+    return float(out.strip().splitlines()[-1]) * 1024 * 1024 / n
+
+
 def run_size(
     n: int, real: np.ndarray, queries: np.ndarray, space_info: Space, rng: np.random.Generator
 ) -> dict:
@@ -121,6 +140,7 @@ def run_size(
             recalls.append(len({h.row.seq for h in hits} & set(truth.tolist())) / 10)
         kb.close()
 
+        loaded_rss = loaded_rss_per_exp(work, space_info, n)
         t0 = time.perf_counter()
         rebuilt = KnowledgeBase(work, space, hidden)
         (work / INDEX_FILE).unlink()
@@ -132,7 +152,8 @@ def run_size(
     return {
         "n": n,
         "ingest/s": n / ingest_s,
-        "RAM/exp (B)": rss_delta * 1024 * 1024 / n,
+        "RAM/exp (B)": loaded_rss,
+        "RSS growth while ingesting/exp (B)": rss_delta * 1024 * 1024 / n,
         "index file/exp (B)": index_bytes / n,
         "recall@10": float(np.mean(recalls)),
         "p50 ms": float(np.percentile(latencies, 50)),

@@ -33,17 +33,19 @@ class Replica:
         ef_search: int = 128,
         capacity: int = 1024,
         threads: int = 1,
+        init: bool = True,  # False: load_index() follows and allocates the index
     ) -> None:
         self.dim, self.m, self.ef_construction = dim, m, ef_construction
         self.ef_search = ef_search
         self.index = hnswlib.Index(space="ip", dim=dim)
-        self.index.init_index(
-            max_elements=max(capacity, 16),
-            M=m,
-            ef_construction=ef_construction,
-            allow_replace_deleted=False,
-        )
-        self.index.set_ef(ef_search)
+        if init:
+            self.index.init_index(
+                max_elements=max(capacity, 16),
+                M=m,
+                ef_construction=ef_construction,
+                allow_replace_deleted=False,
+            )
+            self.index.set_ef(ef_search)
         self.index.set_num_threads(threads)
         self.snapshot_seq = 0
         self.max_seq = 0
@@ -96,11 +98,11 @@ class Replica:
     @classmethod
     def load(cls, directory: Path, dim: int, **kwargs: int) -> Replica:
         """The last snapshot, or an empty replica if there is none or it is unusable."""
-        replica = cls(dim, **kwargs)
         try:
             meta = json.loads((directory / META_FILE).read_text())
             if meta["dim"] != dim:
-                return replica
+                return cls(dim, **kwargs)
+            replica = cls(dim, init=False, **kwargs)
             replica.index.load_index(
                 str(directory / INDEX_FILE), max_elements=max(meta["count"] + 1024, 16)
             )
