@@ -97,8 +97,13 @@ def loaded_rss_per_exp(work: Path, space_info: Space, n: int) -> float:
         f"{space_info.hidden});"
         "print(rss_mb() - before)"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+    ).stdout
     return float(out.strip().splitlines()[-1]) * 1024 * 1024 / n
 
 

@@ -33,7 +33,7 @@ def test_two_nodes_exchange_a_record(tmp_path, encoder):
             assert selection.selected[0].candidate.id == record_id
             assert records[record_id].experience.text == LESSON["text"]
             unrelated, _ = await b.query("how to bake sourdough bread")
-            assert unrelated.selected == []  # below the 0.6 similarity floor
+            assert unrelated.selected == []  # below the similarity floor (0.4)
             nursery.cancel_scope.cancel()
 
     run_trio(main)

@@ -93,15 +93,22 @@ def start(
     bootstrap: Annotated[
         list[str] | None, typer.Option(help="Peer multiaddr to dial (repeatable).")
     ] = None,
+    api: Annotated[
+        str | None, typer.Option(help="HTTP API host:port (port 0: any free; '' turns it off).")
+    ] = None,
 ) -> None:
-    """Run a node: identity, encoder, store + replica, libp2p host. Ctrl-C stops it cleanly."""
+    """Run a node: identity, encoder, store + replica, libp2p host, local HTTP API.
+    Ctrl-C (or SIGTERM) stops it cleanly."""
     import trio
 
     from zoonode.logs import setup_logging
     from zoonode.node import run_node
 
     cfg = _config(
-        config, data_dir, network={"listen": listen or None, "bootstrap": bootstrap or None}
+        config,
+        data_dir,
+        network={"listen": listen or None, "bootstrap": bootstrap or None},
+        api={"listen": api},
     )
     setup_logging(cfg.node.log_level, cfg.node.log_format)
     trio.run(run_node, cfg)
@@ -210,6 +217,105 @@ def experience_create(
         typer.echo(json.dumps({"id": record.id_hex, "path": str(out), "size": len(record.wire)}))
     else:
         typer.echo(record.wire.hex())
+
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Node API URL (default: from the data dir's api.url).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="ZOONODE_TOKEN", help="API bearer token (default: api.token)."),
+]
+
+
+def _client(url: str | None, token: str | None, data_dir: Path | None, config: Path | None):
+    from zoonode.client import Client, ClientError
+
+    if url:
+        return Client(url, token)
+    try:
+        client = Client.from_data_dir(_config(config, data_dir).data_path)
+    except ClientError as exc:
+        raise _fail(str(exc)) from exc
+    if token:
+        client.http.headers["authorization"] = f"Bearer {token}"
+    return client
+
+
+def _call(fn, *args, **kwargs):
+    from zoonode.client import ClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def publish(
+    text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
+    domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
+    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    source_model: Annotated[str, typer.Option()] = "",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Share an experience through a running node (signed with the node's identity)."""
+    client = _client(url, token, data_dir, config)
+    typer.echo(json.dumps(_call(client.share, text, domain, confidence, source_model=source_model)))
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="The task or question.")],
+    k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
+    domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
+    federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Robustly selected experiences for a task, with their explanations (JSON)."""
+    client = _client(url, token, data_dir, config)
+    typer.echo(
+        json.dumps(_call(client.query, text, k=k, domain=domain, federated=federated), indent=2)
+    )
+
+
+@app.command()
+def peers(url: UrlOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Connected peers with their gossip scores."""
+    typer.echo(json.dumps(_call(_client(url, None, data_dir, config).peers), indent=2))
+
+
+@app.command()
+def status(url: UrlOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """The running node's identity, space, counts and peers."""
+    typer.echo(json.dumps(_call(_client(url, None, data_dir, config).status), indent=2))
+
+
+@app.command()
+def devnet(
+    nodes: Annotated[int, typer.Option("--nodes", min=2, max=30, help="How many nodes.")] = 3,
+    base_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the nodes keep their data (default: a new temporary folder)."),
+    ] = None,
+) -> None:
+    """Start N real nodes on 127.0.0.1, wired in a line, seeded with real lessons."""
+    import tempfile
+
+    import trio
+
+    from zoonode.devnet import run_devnet
+    from zoonode.logs import setup_logging
+
+    setup_logging("warning")
+    base = (base_dir or Path(tempfile.mkdtemp(prefix="zoonode-devnet-"))).resolve()
+    trio.run(run_devnet, nodes, base)
 
 
 @space_app.command("info")

@@ -69,10 +69,15 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8780"  # empty: no HTTP API
+
+
+@dataclass(frozen=True)
 class SelectionConfig:
     k: int = 5
     candidates: int = 150
-    min_similarity: float = 0.6
+    min_similarity: float = 0.4
     author_cap: float = 1.0
 
 
@@ -83,6 +88,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     @property
     def data_path(self) -> Path:

@@ -47,6 +47,7 @@ from zoonode.store import Incoming, Outcome
 log = logging.getLogger("zoonode.node")
 
 INGEST_BATCH = 64
+API_URL_FILE = "api.url"
 SYNC_INTERVAL = 30.0
 
 
@@ -87,6 +88,7 @@ class NodeInfo:
     space: str
     data_dir: str
     counts: dict[str, int]
+    api: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -134,6 +136,7 @@ class Node:
         )
         self._synced: dict[str, float] = {}
         self._cancel: trio.CancelScope | None = None
+        self.api_url: str | None = None
         self.started = trio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -148,6 +151,7 @@ class Node:
             self.encoder.space_info.hex,
             str(self.cfg.data_path),
             self.kb.store.counts(),
+            self.api_url,
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -166,6 +170,12 @@ class Node:
                     try:
                         nursery.start_soon(self._ingest_loop)
                         nursery.start_soon(self._sync_loop)
+                        if self.cfg.api.listen:
+                            from zoonode.api import serve_api
+
+                            urls = await nursery.start(serve_api, self, self.cfg.api.listen)
+                            self.api_url = urls[0]
+                            (self.cfg.data_path / API_URL_FILE).write_text(self.api_url + "\n")
                         await self.dial_bootstrap(self.cfg.network.bootstrap)
                         self.started.set()
                         task_status.started(self.info())
@@ -236,6 +246,8 @@ class Node:
         fresh = [
             r for r, res in zip(records, results, strict=True) if res.outcome is Outcome.ACCEPTED
         ]
+        for res in results:
+            self.counters[f"publish:{res.outcome.name.lower()}"] += 1
         self._note_stored(fresh)
         await self.gossip.publish([r.wire for r in fresh])
         return [(res.id, res.outcome.name.lower()) for res in results]
@@ -331,6 +343,7 @@ class Node:
                 h.row.author,
                 h.row.cluster or -h.row.seq,
                 h.row.confidence,
+                cluster_size=h.cluster_size,
             )
             for h in hits
         ]
@@ -552,4 +565,6 @@ def _print_info(info: NodeInfo) -> None:
         f"  space {info.space}  data {info.data_dir}  experiences {info.counts['active']}",
         flush=True,
     )
+    if info.api:
+        print(f"  HTTP API {info.api}  (token in {info.data_dir}/api.token)", flush=True)
     print(json.dumps({"event": "started", **info.as_dict()}), file=sys.stderr, flush=True)

@@ -155,6 +155,7 @@ class Candidate:
     cluster: int  # near-duplicate cluster id (from the store)
     confidence: float = 0.5
     reputation: float = 1.0  # in [0, 1]; 1 = no information against the author
+    cluster_size: int = 1  # active members of its near-duplicate cluster in the store
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def select(
                 rep.relevance,
                 agreement,
                 distance,
-                len(groups[group_ids[i]]),
+                max(len(groups[group_ids[i]]), *(c.cluster_size for c in groups[group_ids[i]])),
                 float(weights[i]),
             )
         )

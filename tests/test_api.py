@@ -1,0 +1,141 @@
+"""The HTTP API and the CLI against a real `zoonode start` process (real HTTP via httpx)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import ZOONODE
+
+API_RE = re.compile(r"HTTP API (\S+)")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    data = tmp_path_factory.mktemp("apinode")
+    proc = subprocess.Popen(
+        [ZOONODE, "start", "--data-dir", str(data), "--api", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = None
+    for line in proc.stdout:
+        match = API_RE.search(line)
+        if match:
+            url = match.group(1)
+            break
+    assert url, f"node exited: {proc.wait()} {proc.stderr.read()}"
+    token = (data / "api.token").read_text().strip()
+    assert (data / "api.token").stat().st_mode & 0o777 == 0o600
+    yield url, token, data
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_writes_need_the_token(node):
+    url, _, _ = node
+    lesson = {"text": "Check units before adding measured values", "domain": "physics.units"}
+    refused = httpx.post(f"{url}/v1/experiences", json=lesson)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    wrong = httpx.post(
+        f"{url}/v1/experiences", json=lesson, headers={"authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "bad_json"),
+        (b"[1, 2]", 400, "bad_json"),
+        (json.dumps({"domain": "a.b"}).encode(), 422, "missing_field"),
+        (json.dumps({"text": "x", "domain": "Not A Domain"}).encode(), 422, "bad_domain"),
+        (json.dumps({"text": "x", "domain": "a.b", "confidence": 7}).encode(), 422, "out_of_range"),
+        (b"{" + b" " * 70_000 + b"}", 413, "too_large"),
+    ],
+)
+def test_bad_requests_get_json_errors(node, body, status, code):
+    url, token, _ = node
+    r = httpx.post(
+        f"{url}/v1/experiences",
+        content=body,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_share_query_get_revoke_and_metrics(node):
+    url, token, _ = node
+    auth = {"authorization": f"Bearer {token}"}
+    before = httpx.get(f"{url}/metrics").text
+    lesson = {
+        "text": "Use parameterised SQL queries instead of string formatting to avoid injection",
+        "domain": "software.security",
+        "confidence": 0.9,
+    }
+    created = httpx.post(f"{url}/v1/experiences", json=lesson, headers=auth, timeout=30)
+    assert created.status_code == 201
+    record_id = created.json()["id"]
+    again = httpx.post(f"{url}/v1/experiences", json=lesson, headers=auth, timeout=30)
+    assert again.status_code in (200, 201)  # same text, new timestamp: a near-duplicate
+
+    result = httpx.post(
+        f"{url}/v1/query", json={"text": "how do I avoid SQL injection"}, timeout=30
+    ).json()
+    assert result["selected"], result
+    top = result["selected"][0]
+    assert top["text"] == lesson["text"] and top["relevance"] >= 0.4
+    assert {"agreement", "distance_to_centre", "group_size"} <= set(top)
+    assert top["group_size"] == 2  # the two copies form one near-duplicate cluster
+
+    got = httpx.get(f"{url}/v1/experiences/{record_id}").json()
+    assert got["status"] == "active" and got["domain"] == "software.security"
+    assert httpx.get(f"{url}/v1/experiences/{'0' * 64}").status_code == 404
+    assert httpx.get(f"{url}/v1/experiences/xyz").status_code == 400
+
+    revoked = httpx.post(f"{url}/v1/experiences/{record_id}/revoke", headers=auth)
+    assert revoked.status_code == 200
+    assert httpx.get(f"{url}/v1/experiences/{record_id}").json()["status"] == "revoked"
+    after = httpx.get(f"{url}/metrics").text
+    assert 'zoonode_events_total{kind="publish",reason="accepted"} 2' in after
+    assert "zoonode_replica_size 0" in before and "zoonode_replica_size 2" in after
+
+
+def test_cli_against_the_node(node):
+    _, _, data = node
+
+    def cli(*args):
+        out = subprocess.run(
+            [ZOONODE, *args, "--data-dir", str(data)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    shared = cli(
+        "publish",
+        "Before dividing an inequality, check the sign of the divisor",
+        "--domain",
+        "math.algebra",
+        "--confidence",
+        "0.8",
+    )
+    assert len(shared["id"]) == 64
+    found = cli("query", "dividing both sides of an inequality")
+    assert found["selected"][0]["id"] == shared["id"]
+    assert cli("status")["counts"]["active"] >= 1
+    assert cli("peers") == []
+    missing = subprocess.run(
+        [ZOONODE, "status", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "unreachable" in missing.stderr
