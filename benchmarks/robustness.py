@@ -298,7 +298,7 @@ def main() -> None:
     under = {a: results[a]["zoonode (groups + caps + GM)"]["recall@5"] for a in attacks}
     print("\nzoonode recall@5 under each attack:", {a: round(v, 3) for a, v in under.items()})
     path = write_json(
-        "robustness",
+        f"robustness-floor{args.floor}",
         {
             "targets": [int(t) for t in targets],
             "floor": args.floor,

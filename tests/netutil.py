@@ -18,6 +18,7 @@ def node_config(data_dir: Path, **sections):
     overrides = {
         "node": {"data_dir": str(data_dir)},
         "network": {"listen": ["/ip4/127.0.0.1/tcp/0"]},
+        "api": {"listen": ""},  # several nodes per test: no fixed API port
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

@@ -546,15 +546,17 @@ def _decode_row(wire: bytes) -> SignedRecord:
 async def run_node(cfg: Config, *, announce: Callable[[NodeInfo], None] | None = None) -> None:
     """``zoonode start``: run until SIGINT/SIGTERM, then shut down cleanly."""
     node = Node(cfg)
-    async with trio.open_nursery() as nursery:
-        info = await nursery.start(node.run)
-        log.info("node started: peer %s, author %s", info.peer_id, node.author.hex())
-        (announce or _print_info)(info)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The receiver is open before anything is announced: a signal sent as soon as the
+    # addresses appear must still mean "shut down cleanly".
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(node.run)
+            log.info("node started: peer %s, author %s", info.peer_id, node.author.hex())
+            (announce or _print_info)(info)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
-        node.stop()
+            node.stop()
 
 
 def _print_info(info: NodeInfo) -> None:
