@@ -67,20 +67,9 @@ def _config(config: Path | None, data_dir: Path | None, **sections: dict):
 
 
 def _encoder(cfg):
-    from zoonode.native.encoder import Encoder, EncoderSettings
+    from zoonode.node import encoder_from_config
 
-    e = cfg.encoder
-    return Encoder.from_settings(
-        EncoderSettings(
-            backbone=e.backbone,
-            adapter=e.adapter or None,
-            space_manifest=e.space_manifest or None,
-            threads=e.threads or None,
-            device=e.device,
-            precision=e.precision,
-            batch_size=e.batch_size,
-        )
-    )
+    return encoder_from_config(cfg)
 
 
 @app.command()
