@@ -65,3 +65,17 @@ def test_start_dial_stop_restart(tmp_path):
         assert addr2.split("/p2p/")[1] == peer_id  # same identity after restart
     finally:
         assert stop(proc) == 0
+
+
+def test_operator_errors_are_one_clear_line(tmp_path):
+    from zoonode.identity import generate_identity
+
+    generate_identity(tmp_path / "identity.pem")
+    (tmp_path / "identity.pem").chmod(0o644)
+    out = subprocess.run(
+        [ZOONODE, "start", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"error: {tmp_path / 'identity.pem'} is readable by others; chmod 600 it"
+    assert "Traceback" not in out.stderr

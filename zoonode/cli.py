@@ -100,7 +100,33 @@ def start(
         api={"listen": api},
     )
     setup_logging(cfg.node.log_level, cfg.node.log_format)
-    trio.run(run_node, cfg)
+    try:
+        trio.run(run_node, cfg)
+    except BaseException as exc:  # operator errors become one clear line
+        error = _operator_error(exc, cfg)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
+    """The innermost cause of a failed start, said plainly; None for anything unexpected."""
+    from zoonode.identity import IdentityError
+    from zoonode.native.encoder import EncoderError
+    from zoonode.native.space import SpaceError
+    from zoonode.store import StoreError
+
+    inner = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    if isinstance(inner, OSError) and inner.errno == 98:
+        return _fail(
+            f"address in use ({inner}); the HTTP API wants {cfg.api.listen}: "
+            "pass --api 127.0.0.1:0 (any free port) or another port"
+        )
+    if isinstance(inner, IdentityError | EncoderError | SpaceError | StoreError | OSError):
+        return _fail(str(inner))
+    return None
 
 
 index_app = typer.Typer(help="The local HNSW replica.", no_args_is_help=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +37,7 @@ from zoonode.net.validation import (
 log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 128
+MAX_PENDING = 4096
 FLUSH_SECONDS = 0.05
 
 
@@ -156,7 +157,9 @@ class Gossip:
         )
         self.pubsub.counter = time.time_ns()  # pitfall 5, in case ids ever use seqno
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[bytes](10_000)
-        self._pending: dict[bytes, tuple[list[Checked], str]] = {}
+        # Validated messages wait here for the subscription reader; bounded, oldest dropped
+        # (a message validated but never delivered, e.g. a duplicate, must not leak).
+        self._pending: OrderedDict[bytes, tuple[list[Checked], str]] = OrderedDict()
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, forwarder, msg) -> bool:
@@ -180,6 +183,8 @@ class Gossip:
             if checked.verdict is Verdict.ACCEPT:
                 accepted.append(checked)
         self._pending[content_message_id(msg)] = (accepted, str(forwarder))
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
         return True
 
     # -- running --------------------------------------------------------------------------
