@@ -8,8 +8,8 @@ covariance in the 384-d compact coordinates, L2-normalised (so cosines have the 
 distribution's spread). Records are real signed protocol records around those vectors.
 
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
-(hnswlib M16, efC 200, 384-d compact coordinates) + near-duplicate lookup.
-Recall@10: replica search (ef 128) against exact brute force over the same vectors.
+(hnswlib M16, efC 200, ef 256, 2 threads, 384-d compact coordinates) + near-duplicate lookup.
+Recall@10: replica search (ef 256) against exact brute force over the same vectors.
 Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
 """
 
@@ -194,7 +194,7 @@ def main() -> None:
             "settings": {
                 "M": 16,
                 "ef_construction": 200,
-                "ef": 128,
+                "ef": 256,
                 "batch": BATCH,
                 "synchronous": "FULL",
             },

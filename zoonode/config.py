@@ -52,7 +52,7 @@ class StoreConfig:
     snapshot_every: int = 10_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
 
 
 @dataclass(frozen=True)

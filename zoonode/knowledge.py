@@ -90,7 +90,7 @@ class KnowledgeBase:
         snapshot_every: int = 10_000,
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
-        hnsw_ef_search: int = 128,
+        hnsw_ef_search: int = 256,
         durable: bool = True,
         on_evict: Callable[[list[Row]], None] | None = None,
     ) -> None:
@@ -168,15 +168,27 @@ class KnowledgeBase:
 
     def _with_cluster_hints(self, items: list[Incoming]) -> list[Incoming]:
         """Link each lesson to an active near-duplicate (cos >= threshold), in the replica or
-        earlier in the same batch, so queries and selection count the cluster once."""
+        earlier in the same batch, so queries and selection count the cluster once. One
+        batched replica query and one store read for the whole batch."""
+        lessons = [
+            i
+            for i, it in enumerate(items)
+            if it.vector is not None and it.record.experience.op is not Op.REVOKE
+        ]
+        stored = (
+            self._nearest_active_clusters(np.stack([items[i].vector for i in lessons]))
+            if lessons
+            else []
+        )
+        hints: dict[int, int | bytes | None] = dict(zip(lessons, stored, strict=True))
         out: list[Incoming] = []
         batch_vectors: list[np.ndarray] = []
         batch_ids: list[bytes] = []
-        for it in items:
-            if it.vector is None or it.record.experience.op is Op.REVOKE:
+        for i, it in enumerate(items):
+            if i not in hints:
                 out.append(it)
                 continue
-            hint: int | bytes | None = self._nearest_active_cluster(it.vector)
+            hint = hints[i]
             if hint is None and batch_vectors:
                 sims = np.stack(batch_vectors) @ it.vector
                 j = int(np.argmax(sims))
@@ -187,17 +199,25 @@ class KnowledgeBase:
             batch_ids.append(it.record.id)
         return out
 
-    def _nearest_active_cluster(self, vector: np.ndarray) -> int | None:
-        seqs, sims = self.replica.search(vector, k=8)
-        close = [int(s) for s, sim in zip(seqs, sims, strict=True) if sim >= self.duplicate_cosine]
-        if not close:
-            return None
-        rows = self.store.rows_by_seq(close)
-        for seq in close:
-            row = rows.get(seq)
-            if row is not None and row.status is Status.ACTIVE and row.cluster is not None:
-                return row.cluster
-        return None
+    def _nearest_active_clusters(self, vectors: np.ndarray) -> list[int | None]:
+        """For each vector, the cluster of an active stored record with cos >= threshold."""
+        labels, sims = self.replica.search_many(vectors, k=4, ef=64)
+        close = [
+            [int(s) for s, sim in zip(row_l, row_s, strict=True) if sim >= self.duplicate_cosine]
+            for row_l, row_s in zip(labels, sims, strict=True)
+        ]
+        wanted = sorted({s for row in close for s in row})
+        rows = self.store.rows_by_seq(wanted) if wanted else {}
+        out: list[int | None] = []
+        for row in close:
+            found = None
+            for seq in row:
+                r = rows.get(seq)
+                if r is not None and r.status is Status.ACTIVE and r.cluster is not None:
+                    found = r.cluster
+                    break
+            out.append(found)
+        return out
 
     def _evict(self) -> None:
         victims = self.store.evict_over(self.capacity)

@@ -32,7 +32,7 @@ class Replica:
         ef_construction: int = 200,
         ef_search: int = 128,
         capacity: int = 1024,
-        threads: int = 1,
+        threads: int = 2,
         init: bool = True,  # False: load_index() follows and allocates the index
     ) -> None:
         self.dim, self.m, self.ef_construction = dim, m, ef_construction
@@ -80,6 +80,18 @@ class Replica:
         self.index.set_ef(max(ef or self.ef_search, k))
         labels, distances = self.index.knn_query(np.asarray(query, np.float32)[None, :], k=k)
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
+
+    def search_many(
+        self, queries: np.ndarray, k: int, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One knn_query for many vectors (hnswlib spreads it over its threads)."""
+        n = len(self)
+        if n == 0 or len(queries) == 0:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+        k = min(k, n)
+        self.index.set_ef(max(ef or self.ef_search, k))
+        labels, distances = self.index.knn_query(np.asarray(queries, np.float32), k=k)
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
     # -- snapshots ----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
