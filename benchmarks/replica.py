@@ -118,7 +118,7 @@ def run_size(
     try:
         rss0 = rss_mb()
         kb = KnowledgeBase(
-            work, space, hidden, capacity=n + 1, snapshot_every=10 * n, hnsw_ef_search=128
+            work, space, hidden, capacity=n + 1, snapshot_every=10 * n, hnsw_ef_search=256
         )
         t0 = time.perf_counter()
         for start in range(0, n, BATCH):
