@@ -272,29 +272,7 @@ def main() -> None:
         )
     )
 
-    words = [t for t in reference if len(t.split()) >= 8]
-    texts = [
-        " ".join([words[i], words[(i * 7 + 3) % len(words)], words[(i * 13 + 5) % len(words)]])
-        for i in range(len(words))
-    ]
-    rows = speed(enc, texts, (1, 32, 128), repeats=2 if args.quick else 5)
-    mean_words = float(np.mean([len(t.split()) for t in texts[:512]]))
-    print(
-        f"\nSpeed: texts of {mean_words:.0f} words on average, torch threads "
-        f"{enc.backbone.model.device} x {__import__('torch').get_num_threads()}"
-    )
-    print(
-        table(
-            rows,
-            [
-                "batch",
-                "bare texts/s",
-                "native texts/s",
-                "native added ms/text",
-                "added share of backbone",
-            ],
-        )
-    )
+    rows, mean_words = run_speed(enc, args.quick)
     path = write_json(
         "encoder",
         {
