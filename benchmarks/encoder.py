@@ -143,7 +143,6 @@ def speed(enc: Encoder, texts: list[str], batches: tuple[int, ...], repeats: int
     and, because machine noise (+-20 % here) swamps a sub-1 % effect, the added work timed
     alone on the same batches."""
     v_ref = enc.space_info.v_ref
-    head = enc.space_info.head
     rows = []
     for batch in batches:
         sample = texts[: max(batch * 4, 64)] if batch > 1 else texts[:48]
@@ -157,12 +156,12 @@ def speed(enc: Encoder, texts: list[str], batches: tuple[int, ...], repeats: int
             bare.append(len(sample) / (time.perf_counter() - t))
             t = time.perf_counter()
             for i in range(0, len(sample), batch):
-                v = lift(normalize(enc.backbone.embed(sample[i : i + batch])), head)
+                v = enc.lift(normalize(enc.backbone.embed(sample[i : i + batch])))
                 codec.compress_many(v, v_ref)
             native.append(len(sample) / (time.perf_counter() - t))
             t = time.perf_counter()
             for out in outs:
-                codec.compress_many(lift(out, head), v_ref)
+                codec.compress_many(enc.lift(out), v_ref)
             added.append((time.perf_counter() - t) / len(sample) * 1000)
         b, n = statistics.median(bare), statistics.median(native)
         a = statistics.median(added)

@@ -109,3 +109,12 @@ def test_unknown_backbone_is_a_clear_error():
 
     with pytest.raises(EncoderError, match="cannot load backbone"):
         Backbone("/nonexistent/model/folder")
+
+
+def test_torch_lift_equals_the_numpy_reference(encoder):
+    from zoonode.native.head import lift
+
+    compact = encoder.encode_compact(TEXTS)
+    np.testing.assert_allclose(
+        encoder.lift(compact), lift(compact, encoder.space_info.head), atol=1e-6
+    )

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.native.codec import compress_many
 from zoonode.native.encoder import Encoder
-from zoonode.native.head import lift
 from zoonode.protocol import Example, Experience, Op, SignedRecord, public_key_bytes, sign
 
 
@@ -41,7 +40,7 @@ def sign_lessons(
     created_at: int | None = None,
 ) -> list[SignedRecord]:
     """Like create_experiences, with the texts' compact vectors already computed."""
-    vectors = lift(compact, encoder.space_info.head)
+    vectors = encoder.lift(compact)
     codes = compress_many(vectors, encoder.space_info.v_ref)
     author = public_key_bytes(key)
     stamp = now_ms() if created_at is None else created_at
