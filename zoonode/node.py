@@ -517,14 +517,6 @@ class Node:
             log.info("sync: fetched %d records from %s", fetched, peer)
         return fetched
 
-    async def wait_idle(self, timeout: float = 30.0) -> None:
-        """Wait until the ingest queue is drained (tests and tools)."""
-        with trio.fail_after(timeout):
-            while self._ingest_recv.statistics().current_buffer_used:
-                await trio.sleep(0.02)
-            async with self._kb_lock:
-                pass
-
     def metrics(self) -> dict[str, Any]:
         verdicts = dict(self.gossip.stats.verdicts)
         return {

@@ -366,9 +366,6 @@ class Store:
             np.stack([np.frombuffer(r[1], "<f4") for r in rows]),
         )
 
-    def count_where(self, where: str, params: Sequence) -> int:
-        return self.db.execute(f"SELECT count(*) FROM records WHERE {where}", params).fetchone()[0]
-
     def cluster_sizes(self, clusters: Sequence[int]) -> dict[int, int]:
         if not clusters:
             return {}
@@ -419,14 +416,3 @@ class Store:
             if row:
                 out.append(row[0])
         return out
-
-    def iter_wires(self, batch: int = 1000) -> Iterator[bytes]:
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT seq, wire FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
-            ).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield from (r[1] for r in rows)
