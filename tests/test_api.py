@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
 import subprocess
 
 import httpx
 import pytest
 
 from conftest import ZOONODE
-
-API_RE = re.compile(r"HTTP API (\S+)")
+from nodeproc import running_node
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     data = tmp_path_factory.mktemp("apinode")
-    proc = subprocess.Popen(
-        [ZOONODE, "start", "--data-dir", str(data), "--api", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = None
-    for line in proc.stdout:
-        match = API_RE.search(line)
-        if match:
-            url = match.group(1)
-            break
-    assert url, f"node exited: {proc.wait()} {proc.stderr.read()}"
-    token = (data / "api.token").read_text().strip()
-    assert (data / "api.token").stat().st_mode & 0o777 == 0o600
-    yield url, token, data
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    with running_node(data) as running:
+        assert (data / "api.token").stat().st_mode & 0o777 == 0o600
+        yield running.url, running.token, data
 
 
 def test_writes_need_the_token(node):
@@ -85,16 +67,21 @@ def test_share_query_get_revoke_and_metrics(node):
     assert created.status_code == 201
     record_id = created.json()["id"]
     again = httpx.post(f"{url}/v1/experiences", json=lesson, headers=auth, timeout=30)
-    assert again.status_code in (200, 201)  # same text, new timestamp: a near-duplicate
+    assert again.status_code == 200  # sharing the same lesson again: the existing id
+    assert again.json() == {"id": record_id, "outcome": "duplicate"}
+    reworded = {**lesson, "text": lesson["text"].replace("Use", "Always use")}
+    near = httpx.post(f"{url}/v1/experiences", json=reworded, headers=auth, timeout=30)
+    assert near.status_code == 201 and near.json()["id"] != record_id
 
     result = httpx.post(
         f"{url}/v1/query", json={"text": "how do I avoid SQL injection"}, timeout=30
     ).json()
     assert result["selected"], result
     top = result["selected"][0]
-    assert top["text"] == lesson["text"] and top["relevance"] >= 0.4
+    assert top["text"] in (lesson["text"], reworded["text"]) and top["relevance"] >= 0.4
     assert {"agreement", "distance_to_centre", "group_size"} <= set(top)
-    assert top["group_size"] == 2  # the two copies form one near-duplicate cluster
+    assert top["group_size"] == 2  # the two wordings form one near-duplicate cluster
+    assert len(result["selected"]) == 1  # ... and take one slot, not two
 
     got = httpx.get(f"{url}/v1/experiences/{record_id}").json()
     assert got["status"] == "active" and got["domain"] == "software.security"
@@ -105,8 +92,21 @@ def test_share_query_get_revoke_and_metrics(node):
     assert revoked.status_code == 200
     assert httpx.get(f"{url}/v1/experiences/{record_id}").json()["status"] == "revoked"
     after = httpx.get(f"{url}/metrics").text
-    assert 'zoonode_events_total{kind="publish",reason="accepted"} 2' in after
-    assert "zoonode_replica_size 0" in before and "zoonode_replica_size 2" in after
+    assert metric(after, 'zoonode_events_total{kind="publish",reason="accepted"}') == 2
+    assert metric(after, 'zoonode_events_total{kind="publish",reason="duplicate"}') == 1
+    assert metric(before, "zoonode_replica_size") == 0
+    assert metric(after, "zoonode_replica_size") == 2
+    queries = 'zoonode_request_seconds_count{endpoint="query"}'
+    assert metric(after, queries) == metric(before, queries, default=0) + 1
+
+
+def metric(text: str, name: str, default: float | None = None) -> float:
+    """The value of one sample in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    assert default is not None, f"{name} not in metrics"
+    return default
 
 
 def test_cli_against_the_node(node):

@@ -60,6 +60,16 @@ def test_insert_is_idempotent_and_durable(tmp_path, encoder, key):
     reopened.close()
 
 
+def test_one_id_twice_in_a_batch_is_stored_and_indexed_once(kb, encoder, key):
+    items = lessons(encoder, key, TEXTS[:2])
+    results = kb.ingest([items[0], items[1], items[0]])
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.DUPLICATE]
+    assert results[2].seq == results[0].seq
+    assert len(kb.replica) == 2  # the first copy was indexed, not dropped for the repeat
+    hits = kb.search(items[0].vector, k=1)
+    assert hits and hits[0].row.id == items[0].record.id
+
+
 def test_search_finds_the_matching_lesson(kb, encoder, key):
     kb.ingest(lessons(encoder, key, TEXTS))
     query = encoder.encode_compact("how do I avoid SQL injection")[0]

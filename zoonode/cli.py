@@ -319,6 +319,113 @@ def status(url: UrlOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = 
 
 
 @app.command()
+def context(
+    task: Annotated[str, typer.Argument(help="The task the agent is about to do.")],
+    k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
+    domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
+    federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
+    url: UrlOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the DSO context-injection prompt for TASK (experiences, then the task)."""
+    client = _client(url, None, data_dir, config)
+    typer.echo(_call(client.context, task, k=k, domain=domain, federated=federated)["prompt"])
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="JSON lines: lessons, or an export's records.")],
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Items per request.")] = 64,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import experiences from a JSON-lines file through a running node.
+
+    A line with a "wire" (as `zoonode export` writes) is a signed record and keeps its author;
+    any other line is a lesson {text, domain, confidence, examples, source_model} that this
+    node signs. Bad lines are reported with their line numbers and the good ones are kept;
+    the exit status is 1 if any line failed.
+    """
+    from tqdm import tqdm
+
+    from zoonode.transfer import import_lines
+
+    client = _client(url, token, data_dir, config)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read {file}: {exc}", code=2) from exc
+    with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as bar:
+        report = _call(import_lines, client, lines, batch, bar.update)
+    for line_no, message in report.errors:
+        typer.echo(f"{file}:{line_no}: {message}", err=True)
+    typer.echo(json.dumps(report.summary()))
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Option("--out", help="File (default: stdout).")] = None,
+    domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
+    url: UrlOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write every active lesson as JSON lines, each with its signed wire (re-importable)."""
+    from tqdm import tqdm
+
+    from zoonode.client import ClientError
+
+    client = _client(url, None, data_dir, config)
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    n = 0
+    try:
+        with tqdm(unit="rec", file=sys.stderr, disable=None if out else True) as bar:
+            for item in client.export(domain):
+                sink.write(json.dumps(item) + "\n")
+                n += 1
+                bar.update()
+    except ClientError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        if out:
+            sink.close()
+    typer.echo(f"exported {n} experiences", err=True)
+
+
+@app.command()
+def mcp(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve MCP on stdin/stdout for an agent host, backed by the running node's API.
+
+    Tools: search_experiences, share_experience, get_experience; prompt: inject_experiences.
+    """
+    from zoonode.client import AsyncClient, ClientError
+    from zoonode.logs import setup_logging
+    from zoonode.mcpserver import run_stdio
+
+    setup_logging("warning")  # stdout is the protocol: logs go to stderr only
+    if url:
+        client = AsyncClient(url, token)
+    else:
+        try:
+            client = AsyncClient.from_data_dir(_config(config, data_dir).data_path)
+        except ClientError as exc:
+            raise _fail(str(exc)) from exc
+        if token:
+            client.http.headers["authorization"] = f"Bearer {token}"
+    run_stdio(client)
+
+
+@app.command()
 def devnet(
     nodes: Annotated[int, typer.Option("--nodes", min=2, max=30, help="How many nodes.")] = 3,
     base_dir: Annotated[

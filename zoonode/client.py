@@ -1,13 +1,16 @@
-"""Python client for a running node's local HTTP API (httpx, synchronous).
+"""Python clients for a running node's local HTTP API (httpx): ``Client`` and ``AsyncClient``.
 
 from zoonode.client import Client
 c = Client.from_data_dir()            # reads api.url and api.token from the data dir
 c.share("Check units before adding measured values", domain="physics.units")
 c.query("how do I add two lengths?")["selected"]
+
+Both classes build the same requests (``_Requests``) and differ only in how they send them.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,55 +18,143 @@ import httpx
 
 
 class ClientError(RuntimeError):
-    """The node answered an error (``code`` and ``status`` from its JSON body)."""
+    """The node answered an error (``code`` and ``status`` from its JSON body), or could not
+    be reached (status 0)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}")
-        self.status, self.code = status, code
+        self.status, self.code, self.message = status, code, message
+
+
+def _node_location(data_dir: str | Path | None) -> tuple[str, str | None]:
+    from zoonode.api import TOKEN_FILE
+    from zoonode.config import load_config
+    from zoonode.node import API_URL_FILE
+
+    base = Path(data_dir) if data_dir else load_config().data_path
+    try:
+        url = (base / API_URL_FILE).read_text().strip()
+    except FileNotFoundError as exc:
+        raise ClientError(
+            0,
+            "no_node",
+            f"no running node found in {base} (no {API_URL_FILE}); start one with `zoonode start`",
+        ) from exc
+    token_path = base / TOKEN_FILE
+    return url, token_path.read_text().strip() if token_path.exists() else None
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _answer(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            err = {"code": "http_error", "message": response.text[:200]}
+        raise ClientError(response.status_code, err["code"], err["message"])
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    return response.text
+
+
+class _Requests:
+    """(method, path, kwargs) for each API call: the one place the API's shape lives."""
+
+    @staticmethod
+    def status() -> tuple:
+        return "GET", "/v1/status", {}
+
+    @staticmethod
+    def peers() -> tuple:
+        return "GET", "/v1/peers", {}
+
+    @staticmethod
+    def share(text, domain, confidence, examples, source_model) -> tuple:
+        body = {
+            "text": text,
+            "domain": domain,
+            "confidence": confidence,
+            "examples": examples or [],
+            "source_model": source_model,
+        }
+        return "POST", "/v1/experiences", {"json": body}
+
+    @staticmethod
+    def share_many(items: list[dict]) -> tuple:
+        return "POST", "/v1/experiences/batch", {"json": {"experiences": items}}
+
+    @staticmethod
+    def import_records(wires: list[str]) -> tuple:
+        return "POST", "/v1/records", {"json": {"wires": wires}}
+
+    @staticmethod
+    def get(record_id: str) -> tuple:
+        return "GET", f"/v1/experiences/{record_id}", {}
+
+    @staticmethod
+    def revoke(record_id: str) -> tuple:
+        return "POST", f"/v1/experiences/{record_id}/revoke", {}
+
+    @staticmethod
+    def query(text, k, domain, min_confidence, federated) -> tuple:
+        body = {
+            "text": text,
+            "k": k,
+            "domain": domain,
+            "min_confidence": min_confidence,
+            "federated": federated,
+        }
+        return "POST", "/v1/query", {"json": body}
+
+    @staticmethod
+    def context(task, k, domain, federated) -> tuple:
+        body = {"task": task, "k": k, "domain": domain, "federated": federated}
+        return "POST", "/v1/context", {"json": body}
+
+    @staticmethod
+    def export(domain: str | None) -> tuple:
+        return "GET", "/v1/export", {"params": {"domain": domain} if domain else {}}
+
+    @staticmethod
+    def metrics() -> tuple:
+        return "GET", "/metrics", {}
 
 
 class Client:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+    """Synchronous client. Every method returns the API's JSON (a dict) or raises ClientError."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path | None = None) -> Client:
-        from zoonode.api import TOKEN_FILE
-        from zoonode.config import load_config
-        from zoonode.node import API_URL_FILE
+        return cls(*_node_location(data_dir))
 
-        base = Path(data_dir) if data_dir else load_config().data_path
-        try:
-            url = (base / API_URL_FILE).read_text().strip()
-        except FileNotFoundError as exc:
-            raise ClientError(
-                0,
-                "no_node",
-                f"no running node found in {base} (no "
-                f"{API_URL_FILE}); start one with `zoonode start`",
-            ) from exc
-        token_path = base / TOKEN_FILE
-        return cls(url, token_path.read_text().strip() if token_path.exists() else None)
+    def __enter__(self) -> Client:
+        return self
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, request: tuple) -> Any:
+        method, path, kwargs = request
         try:
-            response = self.http.request(method, path, **kwargs)
+            return _answer(self.http.request(method, path, **kwargs))
         except httpx.HTTPError as exc:
-            raise ClientError(0, "unreachable", f"{self.http.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                err = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                err = {"code": "http_error", "message": response.text[:200]}
-            raise ClientError(response.status_code, err["code"], err["message"])
-        return response.json() if path != "/metrics" else response.text
+            raise ClientError(0, "unreachable", f"{self.url}: {exc}") from exc
 
     def status(self) -> dict:
-        return self._call("GET", "/v1/status")
+        return self._call(_Requests.status())
 
     def peers(self) -> list[dict]:
-        return self._call("GET", "/v1/peers")["peers"]
+        return self._call(_Requests.peers())["peers"]
 
     def share(
         self,
@@ -73,23 +164,21 @@ class Client:
         examples: list[dict] | None = None,
         source_model: str = "",
     ) -> dict:
-        return self._call(
-            "POST",
-            "/v1/experiences",
-            json={
-                "text": text,
-                "domain": domain,
-                "confidence": confidence,
-                "examples": examples or [],
-                "source_model": source_model,
-            },
-        )
+        return self._call(_Requests.share(text, domain, confidence, examples, source_model))
+
+    def share_many(self, items: list[dict]) -> list[dict]:
+        """Share up to 64 lessons in one request; one result per item (id or error)."""
+        return self._call(_Requests.share_many(items))["results"]
+
+    def import_records(self, wires: list[str]) -> list[dict]:
+        """Ingest signed records (hex wire bytes, as ``export`` writes them)."""
+        return self._call(_Requests.import_records(wires))["results"]
 
     def get(self, record_id: str) -> dict:
-        return self._call("GET", f"/v1/experiences/{record_id}")
+        return self._call(_Requests.get(record_id))
 
     def revoke(self, record_id: str) -> dict:
-        return self._call("POST", f"/v1/experiences/{record_id}/revoke")
+        return self._call(_Requests.revoke(record_id))
 
     def query(
         self,
@@ -99,17 +188,126 @@ class Client:
         min_confidence: float | None = None,
         federated: bool = False,
     ) -> dict:
-        return self._call(
-            "POST",
-            "/v1/query",
-            json={
-                "text": text,
-                "k": k,
-                "domain": domain,
-                "min_confidence": min_confidence,
-                "federated": federated,
-            },
-        )
+        return self._call(_Requests.query(text, k, domain, min_confidence, federated))
+
+    def context(
+        self, task: str, k: int | None = None, domain: str | None = None, federated: bool = False
+    ) -> dict:
+        """The DSO context-injection prompt for ``task`` (``prompt``) and what it holds."""
+        return self._call(_Requests.context(task, k, domain, federated))
+
+    def export(self, domain: str | None = None) -> Iterator[dict]:
+        """Every active lesson the node holds, as JSON objects with their signed ``wire``."""
+        import json
+
+        method, path, kwargs = _Requests.export(domain)
+        try:
+            with self.http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _answer(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "unreachable", f"{self.url}: {exc}") from exc
 
     def metrics(self) -> str:
-        return self._call("GET", "/metrics")
+        return self._call(_Requests.metrics())
+
+
+class AsyncClient:
+    """The same calls, awaitable (any event loop httpx supports: asyncio or trio)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.AsyncClient(
+            base_url=self.url, headers=_headers(token), timeout=timeout, transport=transport
+        )
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | Path | None = None) -> AsyncClient:
+        return cls(*_node_location(data_dir))
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, request: tuple) -> Any:
+        method, path, kwargs = request
+        try:
+            return _answer(await self.http.request(method, path, **kwargs))
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "unreachable", f"{self.url}: {exc}") from exc
+
+    async def status(self) -> dict:
+        return await self._call(_Requests.status())
+
+    async def peers(self) -> list[dict]:
+        return (await self._call(_Requests.peers()))["peers"]
+
+    async def share(
+        self,
+        text: str,
+        domain: str,
+        confidence: float = 0.5,
+        examples: list[dict] | None = None,
+        source_model: str = "",
+    ) -> dict:
+        return await self._call(_Requests.share(text, domain, confidence, examples, source_model))
+
+    async def share_many(self, items: list[dict]) -> list[dict]:
+        return (await self._call(_Requests.share_many(items)))["results"]
+
+    async def import_records(self, wires: list[str]) -> list[dict]:
+        return (await self._call(_Requests.import_records(wires)))["results"]
+
+    async def get(self, record_id: str) -> dict:
+        return await self._call(_Requests.get(record_id))
+
+    async def revoke(self, record_id: str) -> dict:
+        return await self._call(_Requests.revoke(record_id))
+
+    async def query(
+        self,
+        text: str,
+        k: int | None = None,
+        domain: str | None = None,
+        min_confidence: float | None = None,
+        federated: bool = False,
+    ) -> dict:
+        return await self._call(_Requests.query(text, k, domain, min_confidence, federated))
+
+    async def context(
+        self, task: str, k: int | None = None, domain: str | None = None, federated: bool = False
+    ) -> dict:
+        return await self._call(_Requests.context(task, k, domain, federated))
+
+    async def export(self, domain: str | None = None) -> AsyncIterator[dict]:
+        import json
+
+        method, path, kwargs = _Requests.export(domain)
+        try:
+            async with self.http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _answer(response)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "unreachable", f"{self.url}: {exc}") from exc
+
+    async def metrics(self) -> str:
+        return await self._call(_Requests.metrics())

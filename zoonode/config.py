@@ -71,6 +71,7 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class ApiConfig:
     listen: str = "127.0.0.1:8780"  # empty: no HTTP API
+    mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Pure apart from the encoder's compute: the caller supplies the clock and the key
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Sequence
 
@@ -88,3 +89,24 @@ def create_revocation(
         parent=parent,
     )
     return sign(exp, key)
+
+
+_PLACEHOLDER_CODE = struct.pack("<f", 1.0) + bytes(960)
+
+
+def check_lesson(item: dict, space: bytes) -> None:
+    """Raise ProtocolError/TypeError/ValueError if ``item`` could not be signed as a lesson:
+    the same checks as signing, without encoding (a batch can reject one bad item early)."""
+    Experience(
+        op=Op.MODIFY if item.get("parent") else Op.ADD,
+        author=bytes(32),
+        space=space,
+        created_at=now_ms(),
+        text=item["text"],
+        domain=item["domain"],
+        confidence=item.get("confidence", 0.5),
+        examples=tuple(Example(**e) for e in item.get("examples", ())),
+        source_model=item.get("source_model", ""),
+        code=_PLACEHOLDER_CODE,
+        parent=item.get("parent"),
+    )

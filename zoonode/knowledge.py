@@ -141,7 +141,13 @@ class KnowledgeBase:
     # -- writes -------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Incoming]) -> list[InsertResult]:
         """Store a batch durably, then index it. Returns one result per item, in order."""
-        fresh = [it for it in items if not self.store.has(it.record.id)]
+        # The same id twice in one batch: the first copy is the one stored and indexed.
+        first = {it.record.id: i for i, it in reversed(list(enumerate(items)))}
+        fresh = [
+            it
+            for i, it in enumerate(items)
+            if first[it.record.id] == i and not self.store.has(it.record.id)
+        ]
         hinted = self._with_cluster_hints(fresh)
         by_id = {r.id: r for r in self.store.insert(hinted)}
         accepted = [
@@ -158,9 +164,9 @@ class KnowledgeBase:
         if self.replica.max_seq - self.replica.snapshot_seq >= self.snapshot_every:
             self.replica.save(self.directory)
         results = []
-        for it in items:
-            res = by_id.get(it.record.id)
-            if res is None:  # already known before this batch
+        for i, it in enumerate(items):
+            res = by_id.get(it.record.id) if first[it.record.id] == i else None
+            if res is None:  # already known before this batch, or a repeat within it
                 row = self.store.get(it.record.id)
                 res = InsertResult(it.record.id, Outcome.DUPLICATE, row.seq if row else None)
             results.append(res)

@@ -29,7 +29,12 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
-    root = logging.getLogger("zoonode")
+    ours = logging.getLogger("zoonode")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    # Libraries (libp2p, hypercorn, mcp) log warnings and worse in the same format. A handler
+    # on the root logger also keeps libraries' logging.basicConfig() calls from taking over.
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)

@@ -42,7 +42,7 @@ from zoonode.net.validation import (
 )
 from zoonode.protocol import Op, SignedRecord, public_key_bytes
 from zoonode.selection import Candidate, Selection, SelectionSettings, select
-from zoonode.store import Incoming, Outcome
+from zoonode.store import Incoming, InsertResult, Outcome
 
 log = logging.getLogger("zoonode.node")
 
@@ -234,23 +234,67 @@ class Node:
         """Encode, sign, store and gossip our own lessons. Returns (id, outcome) per item;
         a duplicate returns the existing id."""
 
-        def work() -> tuple[list[SignedRecord], list]:
-            compact = self.encoder.encode_compact([i["text"] for i in items])
-            records = sign_lessons(self.encoder, self.key, items, compact)
-            results = self.kb.ingest(
-                [Incoming(r, v, "local") for r, v in zip(records, compact, strict=True)]
-            )
-            return records, results
+        def work() -> tuple[list[SignedRecord], list[InsertResult]]:
+            results: list[InsertResult | None] = [self._own_copy(item) for item in items]
+            todo = [i for i, res in enumerate(results) if res is None]
+            records: list[SignedRecord] = []
+            if todo:
+                compact = self.encoder.encode_compact([items[i]["text"] for i in todo])
+                records = sign_lessons(self.encoder, self.key, [items[i] for i in todo], compact)
+                stored = self.kb.ingest(
+                    [Incoming(r, v, "local") for r, v in zip(records, compact, strict=True)]
+                )
+                for i, res in zip(todo, stored, strict=True):
+                    results[i] = res
+            return records, [r for r in results if r is not None]
 
         records, results = await self._in_kb(work)
-        fresh = [
-            r for r, res in zip(records, results, strict=True) if res.outcome is Outcome.ACCEPTED
-        ]
+        accepted = {res.id for res in results if res.outcome is Outcome.ACCEPTED}
+        fresh = [r for r in records if r.id in accepted]
         for res in results:
             self.counters[f"publish:{res.outcome.name.lower()}"] += 1
         self._note_stored(fresh)
         await self.gossip.publish([r.wire for r in fresh])
         return [(res.id, res.outcome.name.lower()) for res in results]
+
+    def _own_copy(self, item: dict) -> InsertResult | None:
+        """Sharing a lesson we already hold (same text and domain, still active) returns the
+        existing id instead of signing a second copy."""
+        if item.get("parent") or not isinstance(item.get("text"), str):
+            return None
+        for row in self.kb.store.own_active(self.author, str(item.get("domain")), item["text"]):
+            if _decode_row(row.wire).experience.text == item["text"]:
+                return InsertResult(row.id, Outcome.DUPLICATE, row.seq, "already shared")
+        return None
+
+    async def import_records(self, wires: Sequence[bytes]) -> list[tuple[bytes | None, str]]:
+        """Ingest signed records from a file (another node's export): the gossip checks, the
+        embedding check, the store, then gossip onward. Returns (id, outcome) per wire, the
+        outcome being accepted, duplicate or ``rejected:<reason>``."""
+        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # a file, not a live flood
+        out: list[tuple[bytes | None, str]] = []
+        fresh: list[tuple[SignedRecord, str]] = []
+        for wire in wires:
+            checked = check_record(
+                wire, self.policy, now_ms(), lambda _id: False, limiter, self.banned.__contains__
+            )
+            if checked.verdict is not Verdict.ACCEPT:
+                out.append((None, f"rejected:{checked.reason}"))
+                continue
+            record = checked.record
+            out.append((record.id, "pending"))
+            fresh.append((record, "import"))
+        outcomes: dict[bytes, str] = {}
+        stored = await self._in_kb(self._check_and_store, fresh, outcomes) if fresh else []
+        self._note_stored(stored)
+        await self.gossip.publish([r.wire for r in stored])
+        out = [
+            (record_id, outcomes.get(record_id, "duplicate") if outcome == "pending" else outcome)
+            for record_id, outcome in out
+        ]
+        for _, outcome in out:
+            self.counters[f"import:{outcome}"] += 1
+        return out
 
     async def revoke(self, record_id: bytes) -> str:
         record = create_revocation(self.key, self.encoder.space, record_id)
@@ -279,8 +323,15 @@ class Node:
             stored = await self._in_kb(self._check_and_store, batch)
             self._note_stored(stored)
 
-    def _check_and_store(self, batch: list[tuple[SignedRecord, str]]) -> list[SignedRecord]:
-        """Runs in the worker thread. Returns the records newly stored."""
+    def _check_and_store(
+        self, batch: list[tuple[SignedRecord, str]], outcomes: dict[bytes, str] | None = None
+    ) -> list[SignedRecord]:
+        """Runs in the worker thread. Returns the records newly stored; fills ``outcomes``
+        (id -> accepted / duplicate / rejected:<reason>) when given."""
+        outcomes = {} if outcomes is None else outcomes
+        for r, _ in batch:
+            if self.kb.store.known(r.id):
+                outcomes[r.id] = "duplicate"
         batch = [(r, p) for r, p in batch if not self.kb.store.known(r.id)]
         lessons = [(r, p) for r, p in batch if r.experience.op is not Op.REVOKE]
         items = [Incoming(r, None, p) for r, p in batch if r.experience.op is Op.REVOKE]
@@ -297,6 +348,7 @@ class Node:
                     items.append(Incoming(record, vector, peer))
                     continue
                 self.counters[f"reject:{Reason.EMBEDDING_MISMATCH}"] += 1
+                outcomes[record.id] = f"rejected:{Reason.EMBEDDING_MISMATCH}"
                 log.warning(
                     "embedding mismatch (agreement %.3f) in %s by author %s from %s: author banned",
                     agree,
@@ -313,6 +365,10 @@ class Node:
         stored = []
         for item, result in zip(items, results, strict=True):
             self.counters[f"store:{result.outcome.name.lower()}"] += 1
+            outcome = result.outcome.name.lower()
+            outcomes[item.record.id] = (
+                f"rejected:{result.reason}" if result.outcome is Outcome.REJECTED else outcome
+            )
             if result.outcome is Outcome.ACCEPTED:
                 stored.append(item.record)
         return stored
@@ -516,6 +572,13 @@ class Node:
         if fetched:
             log.info("sync: fetched %d records from %s", fetched, peer)
         return fetched
+
+    async def export_page(
+        self, after_seq: int, limit: int, domain: str | None = None
+    ) -> list[tuple[int, SignedRecord]]:
+        """Active lessons after ``after_seq``, in acceptance order: a page of ``export``."""
+        rows = await self._in_kb(self.kb.store.active_page, after_seq, limit, domain)
+        return [(row.seq, _decode_row(row.wire)) for row in rows]
 
     def metrics(self) -> dict[str, Any]:
         verdicts = dict(self.gossip.stats.verdicts)

@@ -416,3 +416,25 @@ class Store:
             if row:
                 out.append(row[0])
         return out
+
+    def active_page(self, after_seq: int, limit: int, domain: str | None = None) -> list[Row]:
+        """Active lessons with seq > ``after_seq`` in seq order: what ``export`` streams."""
+        where, params = "op != 2 AND status = 0 AND seq > ?", [after_seq]
+        if domain:
+            where += " AND (domain = ? OR substr(domain, 1, ?) = ?)"
+            params += [domain, len(domain) + 1, domain + "."]
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE {where} ORDER BY seq LIMIT ?",
+            [*params, limit],
+        )
+        return [_row(r) for r in rows]
+
+    def own_active(self, author: bytes, domain: str, text: str) -> list[Row]:
+        """An author's active lessons in one domain whose bytes contain ``text``: the
+        candidates for a re-shared lesson (the caller compares the decoded text)."""
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE author = ? AND domain = ? "
+            "AND op != 2 AND status = 0 AND instr(wire, ?) > 0",
+            (author, domain, text.encode()),
+        )
+        return [_row(r) for r in rows]

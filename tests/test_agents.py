@@ -1,0 +1,251 @@
+"""What agents and operators touch, against real `zoonode start` processes: the OpenAPI
+contract checked on real answers, /v1/context, batch sharing, export -> import between two
+nodes, the async client, and MCP through a real MCP client over stdio and streamable HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import jsonschema
+import pytest
+
+from zoonode.api import create_app, openapi_document
+from zoonode.client import AsyncClient
+
+from conftest import ZOONODE
+from nodeproc import running_node
+
+LESSONS = [
+    {
+        "text": "When solving geometry problems with intersections, validate that solutions lie "
+        "within the bounded segments, not on their extensions",
+        "domain": "math.geometry",
+        "confidence": 0.9,
+    },
+    {
+        "text": "Before dividing both sides of an inequality, check the sign of the divisor",
+        "domain": "math.algebra",
+        "confidence": 0.8,
+    },
+    {
+        "text": "When a unit test is flaky, look for state shared between tests before adding "
+        "retries",
+        "domain": "software.testing",
+        "confidence": 0.7,
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    with (
+        running_node(tmp_path_factory.mktemp("agent_a")) as a,
+        running_node(tmp_path_factory.mktemp("agent_b")) as b,
+    ):
+        yield a, b
+
+
+def conforms(answer, schema_name: str) -> None:
+    """Validate a real answer against the checked-in OpenAPI document's schema."""
+    doc = openapi_document()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": doc["components"]}
+    jsonschema.validate(answer, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_openapi_document_lists_exactly_the_served_routes(nodes):
+    a, _ = nodes
+    served = httpx.get(f"{a.url}/openapi.json").json()
+    assert served == openapi_document()
+    jsonschema.Draft202012Validator.check_schema({"components": served["components"]})
+    documented = {(path, method.upper()) for path, ops in served["paths"].items() for method in ops}
+    routes = set()
+    for route in create_app(None, "token", mcp=True).routes:
+        methods = route.methods or {"GET"}
+        routes |= {(route.path, m) for m in methods if m in ("GET", "POST")}
+    assert routes == documented
+
+
+def test_batch_share_keeps_good_items_and_reports_bad_ones(nodes):
+    a, _ = nodes
+    bad = {"text": "x", "domain": "Not A Domain"}
+    r = httpx.post(
+        f"{a.url}/v1/experiences/batch",
+        json={"experiences": [*LESSONS, bad, LESSONS[0]]},
+        headers=a.auth,
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    conforms(r.json(), "BatchResults")
+    results = r.json()["results"]
+    assert [x.get("outcome") for x in results] == ["accepted"] * 3 + [None, "duplicate"]
+    assert results[3]["error"]["code"] == "bad_domain"
+    assert results[4]["id"] == results[0]["id"]
+    assert httpx.post(f"{a.url}/v1/experiences/batch", json={"experiences": []}).status_code == 401
+    status = httpx.get(f"{a.url}/v1/status").json()
+    conforms(status, "Status")
+    assert status["counts"]["active"] == 3
+
+
+def test_query_get_and_errors_conform(nodes):
+    a, _ = nodes
+    answer = httpx.post(
+        f"{a.url}/v1/query",
+        json={"text": "geometry problem with intersecting segments"},
+        timeout=60,
+    ).json()
+    conforms(answer, "Selection")
+    assert answer["selected"][0]["domain"] == "math.geometry"
+    got = httpx.get(f"{a.url}/v1/experiences/{answer['selected'][0]['id']}").json()
+    conforms(got, "StoredRecord")
+    assert got["peer"] == "local"
+    conforms(httpx.get(f"{a.url}/v1/peers").json(), "Peers")
+    for bad in (
+        httpx.post(f"{a.url}/v1/query", json={"text": "x", "k": 0}),
+        httpx.post(f"{a.url}/v1/query", content=b"{"),
+        httpx.get(f"{a.url}/v1/experiences/{'ab' * 32}"),
+    ):
+        assert bad.status_code in (400, 404, 422)
+        conforms(bad.json(), "Error")
+
+
+def test_context_is_the_dso_injection_prompt(nodes):
+    a, _ = nodes
+    task = "Solve this geometry problem: where do the segments AB and CD intersect?"
+    r = httpx.post(f"{a.url}/v1/context", json={"task": task, "k": 2}, timeout=60)
+    conforms(r.json(), "Context")
+    prompt = r.json()["prompt"]
+    lines = prompt.splitlines()
+    assert lines[0] == "# Learned Experiences"
+    assert lines[3].startswith("1. When solving geometry problems")
+    assert prompt.endswith(f"# Task\n{task}")
+    assert 1 <= len(r.json()["experiences"]) <= 2
+    # The CLI prints the same prompt; nothing relevant -> just the task, no empty heading.
+    out = a.cli("context", task, "--k", "2").stdout
+    assert out.startswith("# Learned Experiences") and task in out
+    unrelated = "zzzz qqqq xxxx"
+    r = httpx.post(f"{a.url}/v1/context", json={"task": unrelated}, timeout=60).json()
+    assert r == {"prompt": unrelated, "experiences": []}
+
+
+def test_export_then_import_into_another_node_keeps_authorship(nodes, tmp_path):
+    a, b = nodes
+    dump = tmp_path / "a.jsonl"
+    a.cli("export", "--out", str(dump))
+    exported = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(exported) >= 3 and all(len(x["wire"]) > 1900 for x in exported)
+    for line in exported:
+        conforms(line, "ExportLine")
+
+    # A hand-edited file: one line of broken JSON, one forged wire, the rest good.
+    forged = dict(exported[0])
+    forged["wire"] = forged["wire"][:-2] + ("00" if forged["wire"][-2:] != "00" else "01")
+    lines = [json.dumps(x) for x in exported] + ["{not json", json.dumps(forged)]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(lines) + "\n")
+    out = b.cli("import", str(mixed), check=False)
+    assert out.returncode == 1
+    n = len(exported)
+    assert f"mixed.jsonl:{n + 1}: " in out.stderr and "not JSON" in out.stderr
+    assert f"mixed.jsonl:{n + 2}: bad_signature" in out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": n, "errors": 2}
+
+    a_author = httpx.get(f"{a.url}/v1/status").json()["author"]
+    copy = httpx.get(f"{b.url}/v1/experiences/{exported[0]['id']}").json()
+    assert copy["author"] == a_author and copy["peer"] == "import"
+    again = b.cli("import", str(dump))  # idempotent
+    assert json.loads(again.stdout.splitlines()[-1]) == {"duplicate": n, "errors": 0}
+
+
+def test_import_of_plain_lessons_signs_them_here(nodes, tmp_path):
+    _, b = nodes
+    path = tmp_path / "lessons.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "text": "Read the first traceback frame before editing code",
+                "domain": "software.debugging",
+            }
+        )
+        + "\n\n"
+        + json.dumps({"text": "", "domain": "software.debugging"})
+        + "\n"
+    )
+    out = b.cli("import", str(path), check=False)
+    assert out.returncode == 1 and "lessons.jsonl:3: bad_text" in out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": 1, "errors": 1}
+
+
+def test_async_client(nodes):
+    a, _ = nodes
+
+    async def main():
+        async with AsyncClient(a.url, a.token) as client:
+            status = await client.status()
+            found = await client.query("flaky unit tests", k=1)
+            exported = [x async for x in client.export(domain="software")]
+            return status, found, exported
+
+    status, found, exported = anyio.run(main)
+    assert status["api"] == a.url
+    assert found["selected"][0]["domain"] == "software.testing"
+    assert exported and all(x["domain"].startswith("software") for x in exported)
+
+
+def test_mcp_over_stdio_with_a_real_mcp_client(nodes):
+    from mcp import Client, StdioServerParameters
+
+    a, _ = nodes
+    params = StdioServerParameters(command=ZOONODE, args=["mcp", "--data-dir", str(a.data)])
+
+    async def main():
+        async with Client(params) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            shared = await client.call_tool(
+                "share_experience",
+                {
+                    "text": "Pin dependency versions in CI so that a new release cannot break "
+                    "an unchanged commit",
+                    "domain": "software.ci",
+                    "confidence": 0.8,
+                },
+            )
+            found = await client.call_tool(
+                "search_experiences", {"query": "CI broke without any code change", "k": 3}
+            )
+            bad = await client.call_tool("get_experience", {"id": "nope"})
+            prompt = await client.get_prompt(
+                "inject_experiences", {"task": "CI broke without any code change"}
+            )
+            return tools, shared, found, bad, prompt
+
+    tools, shared, found, bad, prompt = anyio.run(main)
+    assert {"search_experiences", "share_experience", "get_experience"} <= tools
+    assert not shared.is_error
+    record_id = json.loads(shared.content[0].text)["id"]
+    hits = json.loads(found.content[0].text)["experiences"]
+    assert hits[0]["id"] == record_id
+    assert bad.is_error and "bad_id" in bad.content[0].text
+    text = prompt.messages[0].content.text
+    assert text.startswith("# Learned Experiences") and "Pin dependency versions" in text
+
+
+def test_mcp_over_streamable_http_on_the_node(nodes):
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    a, _ = nodes
+    assert httpx.post(f"{a.url}/mcp", json={}).status_code == 401
+
+    async def main():
+        async with (
+            httpx2.AsyncClient(headers=a.auth) as http,
+            Client(streamable_http_client(f"{a.url}/mcp", http_client=http)) as client,
+        ):
+            found = await client.call_tool("search_experiences", {"query": "inequality", "k": 1})
+            return json.loads(found.content[0].text)["experiences"]
+
+    hits = anyio.run(main)
+    assert hits and hits[0]["domain"] == "math.algebra"
