@@ -426,6 +426,41 @@ def mcp(
 
 
 @app.command()
+def simulate(
+    scenario_file: Annotated[Path, typer.Argument(help="Scenario TOML (simulations/scenarios).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results folder (default ./sim-results/NAME).")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="scale | real | both (default: the scenario's).")
+    ] = None,
+) -> None:
+    """Run an adversarial network scenario; write metrics.json, plots and report.md."""
+    from tqdm import tqdm
+
+    from zoonode.config import ConfigError
+    from zoonode.logs import setup_logging
+    from zoonode.sim.run import simulate as run_simulation
+    from zoonode.sim.scenario import load_scenario
+
+    setup_logging("warning")
+    try:
+        scenario = load_scenario(scenario_file)
+    except ConfigError as exc:
+        raise _fail(str(exc), code=2) from exc
+    if mode not in (None, "scale", "real", "both"):
+        raise _fail(f"--mode must be scale, real or both, got {mode!r}", code=2)
+    target = out or Path("sim-results") / scenario.name
+    with tqdm(total=1000, unit="‰", file=sys.stderr, disable=None) as bar:
+
+        def progress(fraction: float) -> None:
+            bar.update(max(0, int(fraction * 1000) - bar.n))
+
+        report = run_simulation(scenario, target, mode, progress)
+    typer.echo(str(report))
+
+
+@app.command()
 def devnet(
     nodes: Annotated[int, typer.Option("--nodes", min=2, max=30, help="How many nodes.")] = 3,
     base_dir: Annotated[

@@ -129,7 +129,7 @@ def load_config(
             merged.setdefault(section, {}).update(
                 {k: v for k, v in values.items() if v is not None}
             )
-    return _build(Config, merged, "")
+    return build_dataclass(Config, merged, "")
 
 
 def _from_env(env: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -146,7 +146,7 @@ class _EnvValue(str):
     """A raw environment string, converted to the field's type when the object is built."""
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
@@ -157,7 +157,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         hint = hints[name]
         label = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, label)  # type: ignore[arg-type]
+            kwargs[name] = build_dataclass(hint, value, label)  # type: ignore[arg-type]
         else:
             kwargs[name] = _coerce(hint, value, label)
     return cls(**kwargs)

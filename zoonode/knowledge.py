@@ -242,10 +242,10 @@ class KnowledgeBase:
         """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
-        fetch = max(candidates or 0, 4 * k, 32)
+        fetch = max(candidates or 0, 2 * k, 32)
         while True:
             seqs, sims = self.replica.search(query, k=fetch)
-            hits = self._keep(seqs, sims, filters, dedupe)
+            hits = self._keep(seqs, sims, filters, dedupe, limit=k)
             exhausted = len(seqs) < fetch
             if len(hits) >= k or exhausted:
                 return (
@@ -258,8 +258,14 @@ class KnowledgeBase:
             fetch *= 4
 
     def _keep(
-        self, seqs: np.ndarray, sims: np.ndarray, filters: Filters, dedupe: bool
+        self,
+        seqs: np.ndarray,
+        sims: np.ndarray,
+        filters: Filters,
+        dedupe: bool,
+        limit: int | None = None,
     ) -> list[Hit]:
+        """The first ``limit`` active, matching hits, one per cluster, with their vectors."""
         rows = self.store.rows_by_seq(list(seqs))
         best: dict[int, tuple[Row, float]] = {}
         order: list[int] = []
@@ -271,6 +277,8 @@ class KnowledgeBase:
             if group not in best:
                 best[group] = (row, float(sim))
                 order.append(group)
+                if limit is not None and len(order) >= limit:
+                    break
         sizes = self.store.cluster_sizes([g for g in order if g > 0]) if dedupe else {}
         vectors = self._vectors([best[g][0].seq for g in order])
         return [
@@ -291,7 +299,7 @@ class KnowledgeBase:
             return []
         sims = vectors @ query
         order = np.argsort(-sims)
-        return self._keep(seqs[order], sims[order], filters, dedupe)[:k]
+        return self._keep(seqs[order], sims[order], filters, dedupe, limit=k)
 
     def get(self, record_id: bytes) -> Row | None:
         return self.store.get(record_id)

@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS records_parent ON records(parent) WHERE parent IS NOT
 CREATE INDEX IF NOT EXISTS records_author ON records(author);
 CREATE INDEX IF NOT EXISTS records_created ON records(created_at);
 CREATE INDEX IF NOT EXISTS records_evict ON records(op, status, confidence, created_at);
+CREATE INDEX IF NOT EXISTS records_cluster ON records(cluster) WHERE cluster IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- ids we hold no record for on purpose (evicted, or rejected after the embedding check):
 -- sync counts them as known so that they are never fetched again.

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from zoonode.net.scoring import RULES, ScoreRules
 from zoonode.net.validation import (
     AuthorLimiter,
     Checked,
@@ -81,7 +82,7 @@ class FloodMeter:
         return len(times) / self.window
 
 
-def score_params(flood_rate: float, meter: FloodMeter):
+def score_params(flood_rate: float, meter: FloodMeter, rules: ScoreRules = RULES):
     from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
     def app_score(peer) -> float:
@@ -89,14 +90,20 @@ def score_params(flood_rate: float, meter: FloodMeter):
         return -excess if excess > 0 else 0.0
 
     return ScoreParams(
-        p1_time_in_mesh=TopicScoreParams(weight=0.01, cap=10.0, decay=0.99),
-        p2_first_message_deliveries=TopicScoreParams(weight=0.1, cap=20.0, decay=0.95),
-        p4_invalid_messages=TopicScoreParams(weight=10.0, cap=100.0, decay=0.999),
-        p6_appl_slack_weight=10.0,
+        p1_time_in_mesh=TopicScoreParams(
+            weight=rules.p1_weight, cap=rules.p1_cap, decay=rules.p1_decay
+        ),
+        p2_first_message_deliveries=TopicScoreParams(
+            weight=rules.p2_weight, cap=rules.p2_cap, decay=rules.p2_decay
+        ),
+        p4_invalid_messages=TopicScoreParams(
+            weight=rules.p4_weight, cap=rules.p4_cap, decay=rules.p4_decay
+        ),
+        p6_appl_slack_weight=rules.p6_weight,
         p6_appl_slack_decay=1.0,
-        publish_threshold=-50.0,
-        gossip_threshold=-20.0,
-        graylist_threshold=-80.0,
+        publish_threshold=rules.publish_threshold,
+        gossip_threshold=rules.gossip_threshold,
+        graylist_threshold=rules.graylist_threshold,
         accept_px_threshold=0.0,
         app_specific_score_fn=app_score,
     )

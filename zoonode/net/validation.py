@@ -119,9 +119,12 @@ def check_record(
     known: Callable[[bytes], bool],
     limiter: AuthorLimiter,
     banned: Callable[[bytes], bool] = lambda a: False,
+    decoder: Callable[[bytes], SignedRecord] = decode,
 ) -> Checked:
+    """``decoder`` is the strict decode + signature check; the simulator passes a memoised
+    one (it is a pure function of the bytes)."""
     try:
-        record = decode(wire)
+        record = decoder(wire)
     except ProtocolError as exc:
         return Checked(Verdict.REJECT, exc.code.value)
     exp = record.experience

@@ -1,0 +1,96 @@
+"""Simulations: the scenario format, a scale-mode run of 1,000+ nodes, a tiny real-mode run
+of real processes, and the CLI's results folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from zoonode.config import ConfigError
+from zoonode.sim.metrics import summarise
+from zoonode.sim.scale import run_scale
+from zoonode.sim.scenario import parse_scenario
+
+from conftest import ZOONODE
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "simulations" / "scenarios"
+
+
+def test_scenario_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        parse_scenario("[nodes]\nhonst = 3\n")
+    with pytest.raises(ConfigError, match="unknown roles"):
+        parse_scenario('[nodes]\nadversarial = 1\nroles = ["wizard"]\n')
+    with pytest.raises(ConfigError, match="mode"):
+        parse_scenario('mode = "quantum"\n')
+    assert parse_scenario("seed = 3\n").seed == 3
+
+
+def test_scale_mode_thousand_nodes_defences_beat_the_undefended_baseline(encoder):
+    scenario = parse_scenario(
+        """
+        name = "ci-scale"
+        seed = 11
+        duration_s = 8
+        [nodes]
+        honest = 850
+        adversarial = 150
+        roles = ["sybil", "forger", "hijack", "malformed"]
+        [workload]
+        lessons_per_node = 1
+        publish_window_s = 3
+        targets = 6
+        query_nodes = 4
+        [attack]
+        records_per_attacker = 10
+        """
+    )
+    raw = run_scale(scenario, encoder)
+    m = summarise(raw)
+    assert m["nodes"] == 1000
+    assert m["delivery_rate"] > 0.95, m
+    assert m["forged_delivered"] == 0
+    assert m["rejected"]["bad_signature"] > 0
+    assert m["rejected"]["embedding_mismatch"] > 0
+    assert m["attack_success"] < m["attack_success_undefended"]
+    assert m["relevant_hit_rate"] > m["relevant_hit_rate_undefended"]
+    assert m["attackers_graylisted"] > 0  # forgers and floods fall under the threshold
+
+
+def test_tiny_real_and_scale_agree_and_write_a_report(tmp_path):
+    scenario = SCENARIOS / "tiny-both.toml"  # the shipped agreement scenario
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [ZOONODE, "simulate", str(scenario), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    scale, real = (run["metrics"] for run in metrics["runs"])
+    assert real["mode"] == "real" and real["nodes"] == 6
+    for m in (scale, real):
+        assert m["forged_delivered"] == 0
+        assert m["attack_success"] < m["attack_success_undefended"]
+    # The agreement that makes the scale mode believable (tolerances in simulations/README).
+    assert abs(scale["delivery_rate"] - real["delivery_rate"]) <= 0.05
+    assert abs(scale["attack_success"] - real["attack_success"]) <= 0.1
+    assert abs(scale["relevant_hit_rate"] - real["relevant_hit_rate"]) <= 0.2
+    report = (out / "report.md").read_text()
+    assert "| attack_success |" in report
+    for plot in ("latency_cdf.png", "attack_success.png"):
+        assert (out / plot).stat().st_size > 1000
+
+
+def test_bad_scenario_file_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nodes]\nhonest = 'many'\n")
+    done = subprocess.run(
+        [ZOONODE, "simulate", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "nodes.honest" in done.stderr and "Traceback" not in done.stderr

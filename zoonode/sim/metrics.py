@@ -1,0 +1,74 @@
+"""Outcome metrics of a run, the same for both engines (pure: raw outcome in, numbers out)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw``: published {id: t}, holdings {node: {id: t}}, rejected Counter, bytes_sent,
+    graylisted_at {attacker: t}, attackers, rejoined {node: t}, agents, forged_ids."""
+    published: dict[bytes, float] = raw["published"]
+    holdings: dict[int, dict[bytes, float]] = raw["holdings"]
+    latencies, delivered, expected = [], 0, 0
+    for node, held in holdings.items():
+        for rid, t_pub in published.items():
+            if raw.get("publisher_of", {}).get(rid) == node:
+                continue
+            expected += 1
+            if rid in held:
+                delivered += 1
+                latencies.append(max(0.0, held[rid] - t_pub))
+    forged = set(raw.get("forged_ids", ()))
+    forged_delivered = sum(len(forged & set(held)) for held in holdings.values())
+    graylist_times = sorted(t - raw.get("warmup_s", 0.0) for a, t in raw["graylisted_at"].items())
+    convergence = []
+    for node, t_back in raw.get("rejoined", {}).items():
+        held = holdings.get(node, {})
+        missing = [rid for rid, t in published.items() if t <= t_back and rid not in held]
+        if missing:
+            convergence.append(None)
+            continue
+        caught_up = [held[rid] for rid, t in published.items() if t <= t_back and rid in held]
+        convergence.append(max(0.0, max(caught_up, default=t_back) - t_back))
+    rejected = Counter({str(k): int(v) for k, v in raw["rejected"].items()})
+    agents = raw["agents"]
+    return {
+        "mode": raw["mode"],
+        "nodes": raw["nodes"],
+        "honest_nodes": len(holdings),
+        "attackers": len(raw["attackers"]),
+        "honest_records": len(published),
+        "delivery_rate": delivered / expected if expected else None,
+        "latency_p50_s": _percentile(latencies, 50),
+        "latency_p99_s": _percentile(latencies, 99),
+        "attack_success": agents["defended"],
+        "attack_success_undefended": agents["undefended"],
+        "relevant_hit_rate": agents["hit_defended"],
+        "relevant_hit_rate_undefended": agents["hit_undefended"],
+        "agent_queries": agents["queries"],
+        "forged_delivered": forged_delivered,
+        "rejected": dict(rejected.most_common()),
+        "bytes_per_node": float(np.mean(raw["bytes_sent"])) if raw["bytes_sent"] else None,
+        "attackers_graylisted": len(graylist_times),
+        "time_to_graylist_p50_s": _percentile(graylist_times, 50),
+        "churn_rejoined": len(convergence),
+        "churn_converged": sum(c is not None for c in convergence),
+        "churn_convergence_p50_s": _percentile([c for c in convergence if c is not None], 50),
+    }
+
+
+def latency_samples(raw: dict[str, Any]) -> list[float]:
+    out = []
+    for node, held in raw["holdings"].items():
+        for rid, t_pub in raw["published"].items():
+            if rid in held and raw.get("publisher_of", {}).get(rid) != node:
+                out.append(max(0.0, held[rid] - t_pub))
+    return out

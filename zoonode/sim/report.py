@@ -1,0 +1,135 @@
+"""A run's results folder: metrics.json, plots (matplotlib, headless) and report.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from zoonode.sim.metrics import latency_samples
+
+
+def _plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    made = []
+    main = runs[0]
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for run in runs:
+        samples = sorted(latency_samples(run["raw"]))
+        if samples:
+            ax.plot(samples, np.linspace(0, 1, len(samples)), label=run["label"])
+    ax.set_xlabel("propagation latency to an honest node (s)")
+    ax.set_ylabel("CDF")
+    ax.set_title("Delivery latency")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_cdf.png", dpi=110)
+    plt.close(fig)
+    made.append("latency_cdf.png")
+
+    rejected = main["metrics"]["rejected"]
+    if rejected:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.barh(list(rejected), list(rejected.values()))
+        ax.set_xscale("log")
+        ax.set_xlabel("records/messages rejected or ignored (all honest nodes)")
+        ax.set_title("Rejections by reason")
+        fig.tight_layout()
+        fig.savefig(out / "rejected_by_reason.png", dpi=110)
+        plt.close(fig)
+        made.append("rejected_by_reason.png")
+
+    scores = main["raw"].get("attacker_scores") or []
+    if scores:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([t for t, _ in scores], [s for _, s in scores])
+        ax.axhline(-80, color="red", linestyle="--", label="graylist threshold")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("mean score of attackers at honest peers")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "attacker_score.png", dpi=110)
+        plt.close(fig)
+        made.append("attacker_score.png")
+
+    scale = [r for r in runs if r["metrics"]["mode"] == "scale"] or runs
+    points = sorted(((r["metrics"]["attackers"], r["metrics"]) for r in scale), key=lambda x: x[0])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [m["attackers"] / max(1, m["attackers"] + m["honest_nodes"]) * 100 for _, m in points]
+    ax.plot(xs, [m["attack_success"] * 100 for _, m in points], "o-", label="zoonode")
+    ax.plot(
+        xs,
+        [m["attack_success_undefended"] * 100 for _, m in points],
+        "s--",
+        label="undefended (no checks, plain top-k)",
+    )
+    ax.set_xlabel("adversarial nodes (%)")
+    ax.set_ylabel("attack success: adversarial share of top-5 (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "attack_success.png", dpi=110)
+    plt.close(fig)
+    made.append("attack_success.png")
+    return made
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def write_results(out: Path, scenario, runs: list[dict[str, Any]], seconds: float) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "scenario": scenario.to_dict(),
+                "runs": [{"label": r["label"], "metrics": r["metrics"]} for r in runs],
+                "wall_seconds": seconds,
+                "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+            },
+            indent=2,
+        )
+    )
+    plots = _plots(out, runs)
+    keys = [k for k in runs[0]["metrics"] if k != "rejected"]
+    lines = [
+        f"# Simulation report: {scenario.name}",
+        "",
+        scenario.description or "",
+        "",
+        f"Mode(s): {', '.join(r['label'] for r in runs)}; seed {scenario.seed}; "
+        f"{scenario.duration_s:g} s after warm-up; wall time {seconds:.0f} s.",
+        "",
+        "| metric | " + " | ".join(r["label"] for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(r["metrics"][key]) for r in runs) + " |")
+    lines += ["", "Rejected or ignored, by reason (first run):", ""]
+    for reason, count in runs[0]["metrics"]["rejected"].items():
+        lines.append(f"- {reason}: {count}")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Scenario", "", "```toml", _toml(scenario.to_dict()), "```", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
+
+
+def _toml(d: dict, prefix: str = "") -> str:
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    tables = [
+        f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.")
+        for k, v in d.items()
+        if isinstance(v, dict)
+    ]
+    return "\n".join(scalars) + "".join(tables)

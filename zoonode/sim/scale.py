@@ -1,0 +1,420 @@
+"""Scale mode: thousands of nodes as a discrete-event simulation on SimPy.
+
+What is real here: the signed records and their bytes, the gossip message decoding
+(``decode_batch``), the record validation (``check_record``: strict decode, signature, space,
+time horizon, known, banned, per-author rate), the embedding check (``embedding_agreement`` on
+real encoder vectors), the peer-scoring rules (``PeerScores`` with the node's ``ScoreRules``)
+and the selection an agent's query runs (``select``). What is modelled: the network (lognormal
+link latency, per-node uplink bandwidth), the GossipSub mesh (D random peers, eager push to
+the mesh, IHAVE/IWANT lazy gossip to ``lazy_degree`` other peers per heartbeat, graylisted
+peers ignored and pruned) and the anti-entropy sync of a node that rejoins.
+
+Pure decode+verify is memoised per byte string (it is a pure function); everything that
+depends on a node's state runs per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import simpy
+
+from zoonode.native.encoder import Encoder
+from zoonode.net.gossip import FloodMeter
+from zoonode.net.scoring import PeerScores
+from zoonode.net.validation import (
+    AuthorLimiter,
+    Policy,
+    Reason,
+    Verdict,
+    check_record,
+    decode_batch,
+    embedding_agreement,
+    encode_batch,
+)
+from zoonode.protocol import decode
+from zoonode.sim.scenario import Scenario
+from zoonode.sim.workload import Workload, build_workload
+
+WARMUP_S = 2.0
+EMBEDDING_THRESHOLD = 0.9
+WINDOW_HEARTBEATS = 3  # IHAVE advertises messages seen in the last 3 heartbeats
+FLOOD_RATE = 50.0  # messages/s per peer before the P6 penalty (the node's default)
+
+
+@dataclass(eq=False)
+class Message:
+    data: bytes
+    origin: int
+    sent_at: float
+    id: bytes = b""
+    # Earliest arrival scheduled per node: a copy that would arrive later is counted on the
+    # wire but not simulated (the receiver drops it as seen), which keeps events ~O(nodes).
+    first_arrival: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = hashlib.sha256(self.data).digest()
+
+
+@dataclass(eq=False)
+class SimNode:
+    index: int
+    honest: bool
+    role: str | None
+    peers: set[int] = field(default_factory=set)
+    mesh: set[int] = field(default_factory=set)
+    online: bool = True
+    seen: set[bytes] = field(default_factory=set)
+    window: list[list[Message]] = field(default_factory=lambda: [[]])
+    known: set[bytes] = field(default_factory=set)  # record ids held (or tombstoned)
+    stored: dict[bytes, float] = field(default_factory=dict)  # record id -> time accepted
+    banned: set[bytes] = field(default_factory=set)
+    rejected: Counter = field(default_factory=Counter)
+    scores: PeerScores = field(default_factory=PeerScores)
+    meter: FloodMeter = field(default_factory=FloodMeter)  # the node's P6 input
+    bytes_sent: int = 0
+    limiter: AuthorLimiter | None = None
+
+
+class ScaleSim:
+    def __init__(self, scenario: Scenario, workload: Workload, policy: Policy, space_info) -> None:
+        self.sc = scenario
+        self.wl = workload
+        self.policy = policy
+        self.space_info = space_info
+        self.rng = random.Random(scenario.seed)
+        self.env = simpy.Environment()
+        self.t0_ms = 0
+        n = scenario.nodes.honest + scenario.nodes.adversarial
+        self.nodes = [
+            SimNode(
+                i,
+                i < scenario.nodes.honest,
+                workload.roles.get(i),
+                limiter=AuthorLimiter(policy.author_rate, policy.author_burst),
+            )
+            for i in range(n)
+        ]
+        self._latency: dict[tuple[int, int], float] = {}
+        self.decode = functools.lru_cache(maxsize=None)(decode)
+        self._agreement: dict[bytes, float] = {}
+        self.published: dict[bytes, float] = {}  # honest record id -> publish time
+        self.graylisted_at: dict[int, float] = {}  # attacker -> first time an honest node did
+        self.attacker_scores: list[tuple[float, float]] = []  # (t, mean score of attackers)
+        self.rejoined: dict[int, float] = {}
+        self._build_topology()
+
+    # -- network model -----------------------------------------------------------------------
+    def _build_topology(self) -> None:
+        top, n_h = self.sc.topology, self.sc.nodes.honest
+        honest = list(range(n_h))
+        for i in honest:
+            for j in self.rng.sample(honest, min(top.connections, n_h - 1) + 1):
+                if j != i:
+                    self._connect(i, j)
+        victim = self.sc.attack.eclipse_victim % n_h
+        for node in self.nodes[n_h:]:
+            if node.role == "eclipse":
+                targets = [victim]
+            else:
+                targets = self.rng.sample(honest, min(top.attacker_connections, n_h))
+            for j in targets:
+                self._connect(node.index, j)
+        for node in self.nodes:
+            self._refill_mesh(node)
+
+    def _connect(self, a: int, b: int) -> None:
+        self.nodes[a].peers.add(b)
+        self.nodes[b].peers.add(a)
+
+    def _refill_mesh(self, node: SimNode) -> None:
+        """GossipSub mesh upkeep: drop graylisted peers, graft up to D from the others."""
+        d = self.sc.topology.degree
+        for p in [p for p in node.mesh if node.scores.graylisted(p)]:
+            node.mesh.discard(p)
+            self.nodes[p].mesh.discard(node.index)
+        if len(node.mesh) >= d:
+            return
+        options = [p for p in node.peers if p not in node.mesh and not node.scores.graylisted(p)]
+        for p in self.rng.sample(options, min(d - len(node.mesh), len(options))):
+            node.mesh.add(p)
+            self.nodes[p].mesh.add(node.index)  # GRAFT is symmetric
+
+    def latency(self, a: int, b: int) -> float:
+        key = (a, b) if a < b else (b, a)
+        if key not in self._latency:
+            top = self.sc.topology
+            self._latency[key] = top.latency_ms / 1000 * math.exp(self.rng.gauss(0.0, top.jitter))
+        return self._latency[key]
+
+    def send(self, msg: Message, frm: int, to: int, extra_delay: float = 0.0) -> None:
+        sender = self.nodes[frm]
+        sender.bytes_sent += len(msg.data)
+        transmit = len(msg.data) * 8 / (self.sc.topology.bandwidth_mbps * 1e6)
+        delay = self.latency(frm, to) + transmit + extra_delay
+        arrival = self.env.now + delay
+        if arrival >= msg.first_arrival.get(to, math.inf) or msg.id in self.nodes[to].seen:
+            return
+        msg.first_arrival[to] = arrival
+        ev = self.env.timeout(delay)
+        ev.callbacks.append(lambda _ev: self.receive(msg, frm, to))
+
+    # -- a node receiving a message ------------------------------------------------------------
+    def receive(self, msg: Message, frm: int, to: int) -> None:
+        node = self.nodes[to]
+        if msg.first_arrival.get(to) == self.env.now:
+            del msg.first_arrival[to]  # a later copy may be scheduled again (e.g. churn)
+        if not node.online or msg.id in node.seen:
+            return
+        if not node.honest:
+            node.seen.add(msg.id)
+            return  # adversaries forward nothing they did not make
+        if node.scores.graylisted(frm):
+            node.rejected["graylisted"] += 1
+            if not self.nodes[frm].honest:
+                self.graylisted_at.setdefault(frm, self.env.now)
+            return
+        node.seen.add(msg.id)
+        node.meter.hit(frm, self.env.now)
+        node.scores.set_flood_excess(frm, node.meter.rate(frm, self.env.now) - FLOOD_RATE)
+        if not self._validate(node, msg, frm):
+            node.scores.invalid_message(frm)
+            if node.scores.graylisted(frm) and not self.nodes[frm].honest:
+                self.graylisted_at.setdefault(frm, self.env.now)
+            return
+        node.scores.first_delivery(frm)
+        node.window[-1].append(msg)
+        for p in node.mesh:
+            if p != frm:
+                self.send(msg, to, p)
+
+    def _validate(self, node: SimNode, msg: Message, frm: int) -> bool:
+        """The node's gossip validator: False rejects (and penalises) the whole message."""
+        try:
+            wires = decode_batch(msg.data)
+        except ValueError as exc:
+            node.rejected[str(exc.args[0])] += 1
+            return False
+        now_ms = self.t0_ms + int(self.env.now * 1000)
+        for wire in wires:
+            checked = check_record(
+                wire,
+                self.policy,
+                now_ms,
+                node.known.__contains__,
+                node.limiter,
+                node.banned.__contains__,
+                decoder=self.decode,
+            )
+            if checked.verdict is Verdict.REJECT:
+                node.rejected[checked.reason] += 1
+                return False
+            if checked.verdict is Verdict.IGNORE:
+                node.rejected[checked.reason] += 1
+                continue
+            record = checked.record
+            # The ingest path: the embedding check, then the store.
+            if self._agrees(record) < EMBEDDING_THRESHOLD:
+                node.rejected[Reason.EMBEDDING_MISMATCH] += 1
+                node.banned.add(record.experience.author)
+                node.known.add(record.id)
+                continue
+            node.known.add(record.id)
+            node.stored[record.id] = self.env.now
+        return True
+
+    def _agrees(self, record) -> float:
+        if record.id not in self._agreement:
+            text = record.experience.text
+            vector = self.wl.text_vectors[text]
+            [agree] = embedding_agreement(
+                [record.experience.code],
+                vector[None],
+                self.space_info.head,
+                self.space_info.v_ref,
+            )
+            self._agreement[record.id] = float(agree)
+        return self._agreement[record.id]
+
+    # -- processes -----------------------------------------------------------------------------
+    def publish(self, index: int, data: bytes) -> None:
+        node = self.nodes[index]
+        msg = Message(data, index, self.env.now)
+        node.seen.add(msg.id)
+        if node.honest:
+            if not self._validate(node, msg, index):
+                return
+            node.window[-1].append(msg)
+        targets = node.mesh if node.honest else node.peers  # attackers push to every peer
+        for p in targets:
+            self.send(msg, index, p)
+
+    def honest_publisher(self, index: int):
+        records = self.wl.honest[index]
+        yield self.env.timeout(WARMUP_S + self.rng.random() * self.sc.workload.publish_window_s)
+        for r in records:
+            self.published[r.id] = self.env.now
+        self.publish(index, encode_batch([r.wire for r in records]))
+
+    def attacker(self, index: int):
+        node = self.nodes[index]
+        items = self.wl.attacks.get(index, [])
+        yield self.env.timeout(WARMUP_S + self.rng.random() * self.sc.workload.publish_window_s)
+        if node.role == "malformed":
+            for data in items:
+                self.publish(index, data)
+                yield self.env.timeout(0.05)
+        elif node.role == "spam":
+            gap = 1.0 / self.sc.attack.spam_rate
+            for wire in items:
+                self.publish(index, encode_batch([wire]))
+                yield self.env.timeout(gap)
+        else:
+            for wire in items:  # one record per message: each is judged on its own
+                self.publish(index, encode_batch([wire]))
+                yield self.env.timeout(0.02)
+
+    def heartbeat(self):
+        period = self.sc.topology.heartbeat_s
+        lazy = self.sc.topology.lazy_degree
+        while True:
+            yield self.env.timeout(period)
+            for node in self.nodes:
+                if not node.honest or not node.online:
+                    continue
+                node.scores.heartbeat(node.mesh)
+                self._refill_mesh(node)
+                # IHAVE to a few non-mesh peers; an honest receiver missing a message asks
+                # for it (IWANT) and gets it one round trip later.
+                recent = {m.id: m for batch in node.window for m in batch}
+                if recent:
+                    others = [p for p in node.peers if p not in node.mesh]
+                    for p in self.rng.sample(others, min(lazy, len(others))):
+                        peer = self.nodes[p]
+                        if not peer.honest or not peer.online or node.scores.graylisted(p):
+                            continue
+                        rtt = 2 * self.latency(node.index, p)
+                        for mid in recent.keys() - peer.seen:
+                            self.send(recent[mid], node.index, p, extra_delay=rtt)
+                node.window.append([])
+                if len(node.window) > WINDOW_HEARTBEATS:
+                    node.window.pop(0)
+            attackers = [n.index for n in self.nodes if not n.honest]
+            if attackers:
+                sample = attackers[:200]
+                total, count = 0.0, 0
+                for a in sample:
+                    for p in self.nodes[a].peers:
+                        if self.nodes[p].honest:
+                            total += self.nodes[p].scores.score(a)
+                            count += 1
+                self.attacker_scores.append((self.env.now, total / max(count, 1)))
+
+    def churn(self):
+        ch = self.sc.churn
+        honest = [n for n in self.nodes if n.honest]
+        leaving = self.rng.sample(honest[1:], int(ch.share * len(honest)))
+        yield self.env.timeout(WARMUP_S + ch.leave_s)
+        for node in leaving:
+            node.online = False
+        yield self.env.timeout(ch.rejoin_s - ch.leave_s)
+        for node in leaving:
+            node.online = True
+            self.rejoined[node.index] = self.env.now
+            self._sync(node)
+
+    def _sync(self, node: SimNode) -> None:
+        """Anti-entropy on rejoin: fetch what one online honest peer holds, validated."""
+        peers = [p for p in node.peers if self.nodes[p].honest and self.nodes[p].online]
+        if not peers:
+            return
+        peer = self.nodes[self.rng.choice(peers)]
+        missing = [rid for rid in peer.stored if rid not in node.known]
+        wires = [self._wire_of[rid] for rid in missing if rid in self._wire_of]
+        for start in range(0, len(wires), 128):
+            msg = Message(encode_batch(wires[start : start + 128]), peer.index, self.env.now)
+            self.send(
+                msg, peer.index, node.index, extra_delay=2 * self.latency(node.index, peer.index)
+            )
+
+    # -- run ---------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> None:
+        self._wire_of = {r.id: r.wire for rs in self.wl.honest.values() for r in rs}
+        for i in self.wl.honest:
+            self.env.process(self.honest_publisher(i))
+        for i in self.wl.attacks:
+            self.env.process(self.attacker(i))
+        self.env.process(self.heartbeat())
+        if self.sc.churn.share > 0:
+            self.env.process(self.churn())
+        end = WARMUP_S + self.sc.duration_s
+        step = end / 50
+        t = 0.0
+        while t < end:
+            t = min(end, t + step)
+            self.env.run(until=t)
+            if progress:
+                progress(t / end)
+
+
+def run_scale(
+    scenario: Scenario, encoder: Encoder, progress: Callable[[float], None] | None = None
+) -> dict:
+    """Run one scale-mode simulation; returns the raw outcome for ``metrics.summarise``."""
+    from zoonode.experiences import now_ms
+    from zoonode.sim.agents import agent_outcomes
+
+    t0_ms = now_ms()
+    workload = build_workload(scenario, encoder, t0_ms)
+    policy = Policy(space=encoder.space)
+    sim = ScaleSim(scenario, workload, policy, encoder.space_info)
+    sim.t0_ms = t0_ms
+    sim.run(progress)
+    honest = [n for n in sim.nodes if n.honest]
+    holdings = {n.index: n.stored for n in honest}
+    queriers = [n.index for n in honest if n.online][: scenario.workload.query_nodes]
+    bad = attack_records(sim.decode, workload)
+    records_by_id = {r.id: r for rs in workload.honest.values() for r in rs}
+    records_by_id |= {r.id: r for r in bad}
+    agents = agent_outcomes(
+        workload,
+        {i: list(holdings[i]) for i in queriers},
+        records_by_id,
+        scenario.workload.k,
+        attack_records=bad,
+    )
+    return {
+        "mode": "scale",
+        "nodes": len(sim.nodes),
+        "published": sim.published,
+        "publisher_of": {r.id: i for i, rs in workload.honest.items() for r in rs},
+        "holdings": holdings,
+        "rejected": sum((n.rejected for n in honest), Counter()),
+        "bytes_sent": [n.bytes_sent for n in honest],
+        "graylisted_at": sim.graylisted_at,
+        "attackers": [n.index for n in sim.nodes if not n.honest],
+        "attacker_scores": sim.attacker_scores,
+        "rejoined": sim.rejoined,
+        "agents": agents,
+        "forged_ids": workload.forged_ids,
+        "warmup_s": WARMUP_S,
+    }
+
+
+def attack_records(sim_decode: Callable, workload: Workload) -> list:
+    """Every attack record that decodes (what a node without validation would keep)."""
+    out = []
+    for i, items in workload.attacks.items():
+        if workload.roles[i] in ("malformed", "forger"):
+            continue
+        for wire in items:
+            with contextlib.suppress(ValueError):
+                out.append(sim_decode(wire))
+    return out

@@ -1,0 +1,116 @@
+"""Scenario files (TOML): who runs, over which network, doing what, for how long.
+
+Typed like the node's config: unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoonode.config import ConfigError, build_dataclass
+
+ROLES = (
+    "poison",  # PoisonedRAG-style: valid, signed, near the target queries, wrong advice
+    "sybil",  # like poison, one fresh identity per record, near-duplicates of one text
+    "forger",  # records with broken signatures
+    "replay",  # old records (beyond the horizon) and re-sent known ones
+    "wrong_space",  # records signed for another space
+    "malformed",  # oversize and malformed gossip messages
+    "spam",  # one author publishing far over the normal rate
+    "hijack",  # a popular query's vector attached to unrelated text
+    "eclipse",  # connect only to one victim, forward nothing
+)
+
+
+@dataclass(frozen=True)
+class Nodes:
+    honest: int = 10
+    adversarial: int = 0
+    roles: list[str] = field(default_factory=lambda: ["poison"])  # split evenly
+
+
+@dataclass(frozen=True)
+class Topology:
+    degree: int = 6  # GossipSub mesh degree D
+    connections: int = 12  # peers each honest node dials at random
+    attacker_connections: int = 12  # honest peers each adversary dials
+    latency_ms: float = 20.0  # median one-way link latency (scale mode)
+    jitter: float = 0.5  # lognormal sigma of link latency
+    bandwidth_mbps: float = 100.0  # per-node uplink (scale mode)
+    heartbeat_s: float = 1.0
+    lazy_degree: int = 6  # peers sent IHAVE per heartbeat
+
+
+@dataclass(frozen=True)
+class Workload:
+    lessons_per_node: int = 2  # honest experiences each honest node publishes
+    publish_window_s: float = 10.0  # spread over this window after warm-up
+    targets: int = 10  # target queries (from the shipped list)
+    query_nodes: int = 10  # honest nodes whose agents ask every target query
+    k: int = 5
+
+
+@dataclass(frozen=True)
+class Attack:
+    poison_per_target: int = 5  # crafted texts per target (poison and sybil)
+    records_per_attacker: int = 5  # bad records each forger/replay/wrong_space/hijack sends
+    spam_records: int = 400  # records the spammer publishes
+    spam_rate: float = 200.0  # per second
+    eclipse_victim: int = 0  # index of the honest node eclipse attackers surround
+
+
+@dataclass(frozen=True)
+class Churn:
+    share: float = 0.0  # honest nodes that leave ...
+    leave_s: float = 5.0  # ... at this time (after warm-up) ...
+    rejoin_s: float = 20.0  # ... and come back, then sync
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "scenario"
+    description: str = ""
+    mode: str = "scale"  # scale | real | both
+    seed: int = 1
+    duration_s: float = 30.0  # simulated (scale) or wall-clock (real) seconds after warm-up
+    nodes: Nodes = field(default_factory=Nodes)
+    topology: Topology = field(default_factory=Topology)
+    workload: Workload = field(default_factory=Workload)
+    attack: Attack = field(default_factory=Attack)
+    churn: Churn = field(default_factory=Churn)
+    sweep_adversarial: list[int] = field(default_factory=list)  # extra runs (scale mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+def parse_scenario(text: str, source: str = "scenario") -> Scenario:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    scenario = build_dataclass(Scenario, raw, "")
+    if scenario.mode not in ("scale", "real", "both"):
+        raise ConfigError(f"{source}: mode must be scale, real or both, got {scenario.mode!r}")
+    unknown = set(scenario.nodes.roles) - set(ROLES)
+    if unknown:
+        raise ConfigError(f"{source}: unknown roles {sorted(unknown)}; known: {list(ROLES)}")
+    if scenario.nodes.honest < 2:
+        raise ConfigError(f"{source}: nodes.honest must be at least 2")
+    if scenario.nodes.adversarial and not scenario.nodes.roles:
+        raise ConfigError(f"{source}: adversarial nodes need at least one role")
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scenario {path}: {exc}") from exc
+    return parse_scenario(text, str(path))
