@@ -40,6 +40,7 @@ from zoonode.selection import (
     select,
     trimmed_mean,
 )
+from zoonode.sim.agents import clusters_in_order
 
 from common import table, write_json
 from datasets import load
@@ -75,21 +76,6 @@ TEMPLATES = [
 
 def author(tag: str) -> bytes:
     return hashlib.sha256(tag.encode()).digest()
-
-
-def greedy_clusters(vectors: np.ndarray, threshold: float = 0.9) -> np.ndarray:
-    """Cluster ids by the store's rule, in arrival order."""
-    ids = np.arange(len(vectors))
-    reps: list[int] = []
-    for i in range(len(vectors)):
-        if reps:
-            sims = vectors[reps] @ vectors[i]
-            j = int(np.argmax(sims))
-            if sims[j] >= threshold:
-                ids[i] = ids[reps[j]]
-                continue
-        reps.append(i)
-    return ids
 
 
 def rank_by_centre(
@@ -167,7 +153,7 @@ def build_pool(
         "author": [authors[i] for i in order],
         "adv": adversarial[order],
         "index": order,
-        "cluster": greedy_clusters(vec[order]),
+        "cluster": np.asarray(clusters_in_order(vec[order])),
     }
 
 

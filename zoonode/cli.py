@@ -249,13 +249,17 @@ TokenOpt = Annotated[
 ]
 
 
-def _client(url: str | None, token: str | None, data_dir: Path | None, config: Path | None):
+def _client(
+    url: str | None, token: str | None, data_dir: Path | None, config: Path | None, kind=None
+):
+    """A ``Client`` (or ``kind``, e.g. AsyncClient) for --url, or the node in the data dir."""
     from zoonode.client import Client, ClientError
 
+    kind = kind or Client
     if url:
-        return Client(url, token)
+        return kind(url, token)
     try:
-        client = Client.from_data_dir(_config(config, data_dir).data_path)
+        client = kind.from_data_dir(_config(config, data_dir).data_path)
     except ClientError as exc:
         raise _fail(str(exc)) from exc
     if token:
@@ -408,21 +412,12 @@ def mcp(
 
     Tools: search_experiences, share_experience, get_experience; prompt: inject_experiences.
     """
-    from zoonode.client import AsyncClient, ClientError
+    from zoonode.client import AsyncClient
     from zoonode.logs import setup_logging
     from zoonode.mcpserver import run_stdio
 
     setup_logging("warning")  # stdout is the protocol: logs go to stderr only
-    if url:
-        client = AsyncClient(url, token)
-    else:
-        try:
-            client = AsyncClient.from_data_dir(_config(config, data_dir).data_path)
-        except ClientError as exc:
-            raise _fail(str(exc)) from exc
-        if token:
-            client.http.headers["authorization"] = f"Bearer {token}"
-    run_stdio(client)
+    run_stdio(_client(url, token, data_dir, config, kind=AsyncClient))
 
 
 @app.command()
