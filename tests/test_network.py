@@ -171,6 +171,49 @@ def test_invalid_records_are_not_forwarded_and_cost_the_sender(tmp_path, encoder
     run_trio(main, 180)
 
 
+def test_messages_of_only_ignored_records_are_not_forwarded_nor_penalised(tmp_path, encoder):
+    """Lighthouse's "ignore": a relay drops a message whose records it already holds, without
+    charging the sender, and forwards the next message with a fresh record."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from zoonode.experiences import create_experience
+    from zoonode.net.validation import encode_batch
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sender, b, c = await start_nodes(
+                nursery, encoder, [tmp_path / "sender", tmp_path / "b", tmp_path / "c"]
+            )
+            sender.gossip.pubsub.set_topic_validator(sender.gossip.topic, lambda *_: True, False)
+            await b.connect(sender.info().addrs[0])
+            await c.connect(b.info().addrs[0])
+            await wait_meshed(sender, b)
+            await wait_meshed(b, c)
+            key = Ed25519PrivateKey.generate()
+            first, fresh = (
+                create_experience(encoder, key, text, "software.debugging", 0.7)
+                for text in (
+                    "Read the whole error message before editing code",
+                    "Reproduce a failing test alone before changing the code it covers",
+                )
+            )
+            topic = sender.gossip.topic
+            await sender.gossip.pubsub.publish(topic, encode_batch([first.wire]))
+            await wait_until(lambda: c.kb.store.has(first.id), what="first record at c")
+            c_messages = c.gossip.stats.messages_in
+            # New bytes (a new message id), nothing new inside: b ignores and keeps it.
+            await sender.gossip.pubsub.publish(topic, encode_batch([first.wire, first.wire]))
+            await wait_until(lambda: b.gossip.stats.not_forwarded == 1, what="b to ignore it")
+            await sender.gossip.pubsub.publish(topic, encode_batch([fresh.wire]))
+            await wait_until(lambda: c.kb.store.has(fresh.id), what="fresh record at c")
+            assert c.gossip.stats.messages_in == c_messages + 1  # only the fresh one
+            assert b.gossip.stats.verdicts["ignore:known"] == 2
+            assert b.gossip.router.scorer.score(sender.host.get_id(), [topic]) >= 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+
+
 def test_late_node_converges_by_sync(tmp_path, encoder, key):
     texts = [
         f"Lesson {i}: " + t

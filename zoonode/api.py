@@ -133,6 +133,11 @@ class _NodeCollector:
         yield CounterMetricFamily(
             "zoonode_gossip_messages_out", "Gossip messages published", value=m["messages_out"]
         )
+        yield CounterMetricFamily(
+            "zoonode_gossip_messages_not_forwarded",
+            "Gossip messages accepted but not forwarded: all their records were ignored",
+            value=m["messages_not_forwarded"],
+        )
         yield GaugeMetricFamily("zoonode_replica_size", "Vectors in the replica", m["replica"])
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
 
@@ -200,7 +205,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
             raise ApiError(401, "unauthorized", "write endpoints need the node's bearer token")
 
     async def status(request: Request) -> Response:
-        info = node.info()
+        info = await node.current_info()
         return JSONResponse(
             {
                 **info.as_dict(),

@@ -242,7 +242,9 @@ class KnowledgeBase:
         """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
-        fetch = max(candidates or 0, 2 * k, 32)
+        # A quarter more than asked covers filtered-out and same-cluster hits in the common
+        # case; the loop below widens the search when it does not.
+        fetch = max(candidates or 0, k + max(k // 4, 16), 32)
         while True:
             seqs, sims = self.replica.search(query, k=fetch)
             hits = self._keep(seqs, sims, filters, dedupe, limit=k)
@@ -266,30 +268,24 @@ class KnowledgeBase:
         limit: int | None = None,
     ) -> list[Hit]:
         """The first ``limit`` active, matching hits, one per cluster, with their vectors."""
-        rows = self.store.rows_by_seq(list(seqs))
-        best: dict[int, tuple[Row, float]] = {}
+        rows = self.store.rows_with_vectors(list(seqs))
+        best: dict[int, tuple[Row, float, np.ndarray]] = {}
         order: list[int] = []
         for seq, sim in zip(seqs, sims, strict=True):
-            row = rows.get(int(seq))
-            if row is None or row.status is not Status.ACTIVE or not filters.match(row):
+            found = rows.get(int(seq))
+            if found is None:
+                continue
+            row, vector = found
+            if row.status is not Status.ACTIVE or not filters.match(row):
                 continue
             group = row.cluster if dedupe and row.cluster is not None else -row.seq
             if group not in best:
-                best[group] = (row, float(sim))
+                best[group] = (row, float(sim), vector)
                 order.append(group)
                 if limit is not None and len(order) >= limit:
                     break
         sizes = self.store.cluster_sizes([g for g in order if g > 0]) if dedupe else {}
-        vectors = self._vectors([best[g][0].seq for g in order])
-        return [
-            Hit(best[g][0], best[g][1], sizes.get(g, 1), vectors[best[g][0].seq]) for g in order
-        ]
-
-    def _vectors(self, seqs: list[int]) -> dict[int, np.ndarray]:
-        if not seqs:
-            return {}
-        items = self.replica.index.get_items(seqs, return_type="numpy")
-        return {s: np.asarray(v, np.float32) for s, v in zip(seqs, items, strict=True)}
+        return [Hit(best[g][0], best[g][1], sizes.get(g, 1), best[g][2]) for g in order]
 
     def _exact(self, query: np.ndarray, k: int, filters: Filters, dedupe: bool) -> list[Hit]:
         """Brute force over the rows that match a selective filter."""

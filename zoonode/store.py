@@ -67,6 +67,9 @@ class Status(IntEnum):
     INVALID = 3  # a modify/revoke by someone who is not the parent's author
 
 
+_STATUSES = {int(status): status for status in Status}
+
+
 class Outcome(IntEnum):
     ACCEPTED = 0
     DUPLICATE = 1
@@ -116,12 +119,15 @@ _ROW_COLUMNS = (
 )
 
 
+_OPS = {int(op): op for op in Op}  # a dict lookup is ~20x cheaper than Op(value)
+
+
 def _row(values: tuple) -> Row:
     return Row(
         values[0],
         values[1],
         values[2],
-        Op(values[3]),
+        _OPS[values[3]],
         values[4],
         values[5],
         values[6],
@@ -129,7 +135,7 @@ def _row(values: tuple) -> Row:
         values[8],
         values[9],
         values[10],
-        Status(values[11]),
+        _STATUSES[values[11]],
         values[12],
     )
 
@@ -335,6 +341,22 @@ class Store:
                 f"SELECT {_ROW_COLUMNS} FROM records WHERE seq IN ({marks})", chunk
             ):
                 out[r[0]] = _row(r)
+        return out
+
+    def rows_with_vectors(self, seqs: Sequence[int]) -> dict[int, tuple[Row, np.ndarray]]:
+        """Rows and their stored compact vectors in one read: the query path's candidates.
+
+        Reading the vector column here is ~2x cheaper than ``hnswlib.get_items`` afterwards."""
+        out: dict[int, tuple[Row, np.ndarray]] = {}
+        for start in range(0, len(seqs), 900):
+            chunk = [int(s) for s in seqs[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(
+                f"SELECT {_ROW_COLUMNS}, vector FROM records "
+                f"WHERE seq IN ({marks}) AND vector IS NOT NULL",
+                chunk,
+            ):
+                out[r[0]] = (_row(r), np.frombuffer(r[-1], np.float32))
         return out
 
     def vectors_since(self, seq: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:

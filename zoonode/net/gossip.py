@@ -10,7 +10,11 @@ Choices against py-libp2p 0.8.1's defaults (notes/py-libp2p-0.8.1.md):
 - message id = SHA-256 of the payload (content-addressed): a restarted node's new messages are
   never mistaken for old ones (pitfall 5), and a batch seen twice is dropped once;
 - batches of up to 128 records, flushed by size or after 50 ms; publishing waits while a peer's
-  outbound queue is more than half full instead of letting the library drop (pitfall 6).
+  outbound queue is more than half full instead of letting the library drop (pitfall 6);
+- "ignore" (Lighthouse's middle verdict, which py-libp2p's bool validators lack): a message
+  whose records are all ignored (known, too old, banned author, author over its rate) is
+  accepted without penalty but not forwarded. Forwarding it made honest relays carry a
+  spammer's flood, and their neighbours' flood score (P6) then graylisted the relays.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class GossipStats:
     messages_in: int = 0
     messages_out: int = 0
     records_out: int = 0
+    not_forwarded: int = 0  # messages whose records were all ignored
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -167,6 +172,19 @@ class Gossip:
         # Validated messages wait here for the subscription reader; bounded, oldest dropped
         # (a message validated but never delivered, e.g. a duplicate, must not leak).
         self._pending: OrderedDict[bytes, tuple[list[Checked], str]] = OrderedDict()
+        # Ids of messages the validator ignored: the router's forwarding skips them.
+        self._ignored: OrderedDict[bytes, None] = OrderedDict()
+        forward = self.router.publish
+
+        async def forward_unless_ignored(msg_forwarder, msg) -> None:
+            message_id = content_message_id(msg)
+            if message_id in self._ignored:
+                del self._ignored[message_id]
+                self.stats.not_forwarded += 1
+                return
+            await forward(msg_forwarder, msg)
+
+        self.router.publish = forward_unless_ignored
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, forwarder, msg) -> bool:
@@ -189,9 +207,15 @@ class Gossip:
                 return False
             if checked.verdict is Verdict.ACCEPT:
                 accepted.append(checked)
-        self._pending[content_message_id(msg)] = (accepted, str(forwarder))
-        while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
+        message_id = content_message_id(msg)
+        if accepted:
+            self._pending[message_id] = (accepted, str(forwarder))
+            while len(self._pending) > MAX_PENDING:
+                self._pending.popitem(last=False)
+        elif forwarder != self.host.get_id():  # our own publishes of stored records go out
+            self._ignored[message_id] = None
+            while len(self._ignored) > MAX_PENDING:
+                self._ignored.popitem(last=False)
         return True
 
     # -- running --------------------------------------------------------------------------

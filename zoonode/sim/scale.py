@@ -59,8 +59,22 @@ class Message:
     # wire but not simulated (the receiver drops it as seen), which keeps events ~O(nodes).
     first_arrival: dict[int, float] = field(default_factory=dict)
 
+    _wires: list[bytes] | None = None
+    _malformed: str | None = None
+
     def __post_init__(self) -> None:
         self.id = hashlib.sha256(self.data).digest()
+
+    def wires(self) -> list[bytes]:
+        """``decode_batch`` once per message (a pure function of its bytes)."""
+        if self._wires is None and self._malformed is None:
+            try:
+                self._wires = decode_batch(self.data)
+            except ValueError as exc:
+                self._malformed = str(exc.args[0])
+        if self._malformed is not None:
+            raise ValueError(self._malformed)
+        return self._wires
 
 
 @dataclass(eq=False)
@@ -69,6 +83,7 @@ class SimNode:
     honest: bool
     role: str | None
     peers: set[int] = field(default_factory=set)
+    links: dict[int, float] = field(default_factory=dict)  # peer -> one-way latency (s)
     mesh: set[int] = field(default_factory=set)
     online: bool = True
     seen: set[bytes] = field(default_factory=set)
@@ -103,6 +118,7 @@ class ScaleSim:
             for i in range(n)
         ]
         self._latency: dict[tuple[int, int], float] = {}
+        self._seconds_per_byte = 8 / (scenario.topology.bandwidth_mbps * 1e6)
         self.decode = functools.lru_cache(maxsize=None)(decode)
         self._agreement: dict[bytes, float] = {}
         self.published: dict[bytes, float] = {}  # honest record id -> publish time
@@ -133,13 +149,20 @@ class ScaleSim:
     def _connect(self, a: int, b: int) -> None:
         self.nodes[a].peers.add(b)
         self.nodes[b].peers.add(a)
+        self.nodes[a].links[b] = self.nodes[b].links[a] = self.latency(a, b)
 
     def _refill_mesh(self, node: SimNode) -> None:
-        """GossipSub mesh upkeep: drop graylisted peers, graft up to D from the others."""
+        """GossipSub mesh upkeep: drop graylisted peers, prune a mesh grown past D_hi back to D
+        (keeping the best-scored), graft up to D from the others."""
         d = self.sc.topology.degree
         for p in [p for p in node.mesh if node.scores.graylisted(p)]:
             node.mesh.discard(p)
             self.nodes[p].mesh.discard(node.index)
+        if len(node.mesh) > self.sc.topology.degree_high:
+            ranked = sorted(node.mesh, key=lambda p: (-node.scores.score(p), self.rng.random()))
+            for p in ranked[d:]:
+                node.mesh.discard(p)
+                self.nodes[p].mesh.discard(node.index)
         if len(node.mesh) >= d:
             return
         options = [p for p in node.peers if p not in node.mesh and not node.scores.graylisted(p)]
@@ -156,9 +179,9 @@ class ScaleSim:
 
     def send(self, msg: Message, frm: int, to: int, extra_delay: float = 0.0) -> None:
         sender = self.nodes[frm]
-        sender.bytes_sent += len(msg.data)
-        transmit = len(msg.data) * 8 / (self.sc.topology.bandwidth_mbps * 1e6)
-        delay = self.latency(frm, to) + transmit + extra_delay
+        size = len(msg.data)
+        sender.bytes_sent += size
+        delay = sender.links[to] + size * self._seconds_per_byte + extra_delay
         arrival = self.env.now + delay
         if arrival >= msg.first_arrival.get(to, math.inf) or msg.id in self.nodes[to].seen:
             return
@@ -184,24 +207,29 @@ class ScaleSim:
         node.seen.add(msg.id)
         node.meter.hit(frm, self.env.now)
         node.scores.set_flood_excess(frm, node.meter.rate(frm, self.env.now) - FLOOD_RATE)
-        if not self._validate(node, msg, frm):
+        verdict = self._validate(node, msg, frm)
+        if verdict is Verdict.REJECT:
             node.scores.invalid_message(frm)
             if node.scores.graylisted(frm) and not self.nodes[frm].honest:
                 self.graylisted_at.setdefault(frm, self.env.now)
             return
         node.scores.first_delivery(frm)
+        if verdict is Verdict.IGNORE:
+            return  # every record ignored: not forwarded, as the node's gossip does
         node.window[-1].append(msg)
         for p in node.mesh:
             if p != frm:
                 self.send(msg, to, p)
 
-    def _validate(self, node: SimNode, msg: Message, frm: int) -> bool:
-        """The node's gossip validator: False rejects (and penalises) the whole message."""
+    def _validate(self, node: SimNode, msg: Message, frm: int) -> Verdict:
+        """The node's gossip validator: REJECT penalises the forwarder; IGNORE (every record
+        ignored) is not forwarded; ACCEPT is forwarded."""
         try:
-            wires = decode_batch(msg.data)
+            wires = msg.wires()
         except ValueError as exc:
             node.rejected[str(exc.args[0])] += 1
-            return False
+            return Verdict.REJECT
+        accepted = False
         now_ms = self.t0_ms + int(self.env.now * 1000)
         for wire in wires:
             checked = check_record(
@@ -215,10 +243,11 @@ class ScaleSim:
             )
             if checked.verdict is Verdict.REJECT:
                 node.rejected[checked.reason] += 1
-                return False
+                return Verdict.REJECT
             if checked.verdict is Verdict.IGNORE:
                 node.rejected[checked.reason] += 1
                 continue
+            accepted = True
             record = checked.record
             # The ingest path: the embedding check, then the store.
             if self._agrees(record) < EMBEDDING_THRESHOLD:
@@ -228,7 +257,7 @@ class ScaleSim:
                 continue
             node.known.add(record.id)
             node.stored[record.id] = self.env.now
-        return True
+        return Verdict.ACCEPT if accepted else Verdict.IGNORE
 
     def _agrees(self, record) -> float:
         if record.id not in self._agreement:
@@ -249,7 +278,7 @@ class ScaleSim:
         msg = Message(data, index, self.env.now)
         node.seen.add(msg.id)
         if node.honest:
-            if not self._validate(node, msg, index):
+            if self._validate(node, msg, index) is Verdict.REJECT:
                 return
             node.window[-1].append(msg)
         targets = node.mesh if node.honest else node.peers  # attackers push to every peer

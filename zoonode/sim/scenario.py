@@ -35,6 +35,7 @@ class Nodes:
 @dataclass(frozen=True)
 class Topology:
     degree: int = 6  # GossipSub mesh degree D
+    degree_high: int = 12  # D_hi: a mesh grown past this by GRAFTs is pruned back to D
     connections: int = 12  # peers each honest node dials at random
     attacker_connections: int = 12  # honest peers each adversary dials
     latency_ms: float = 20.0  # median one-way link latency (scale mode)
