@@ -63,11 +63,12 @@ def test_scale_mode_thousand_nodes_defences_beat_the_undefended_baseline(encoder
 def test_tiny_real_and_scale_agree_and_write_a_report(tmp_path):
     scenario = SCENARIOS / "tiny-both.toml"  # the shipped agreement scenario
     out = tmp_path / "results"
-    done = subprocess.run(
-        [ZOONODE, "simulate", str(scenario), "--out", str(out)],
+    done = subprocess.run(  # a relative --out, as a user types it: node processes must cope
+        [ZOONODE, "simulate", str(scenario), "--out", "results"],
         capture_output=True,
         text=True,
         timeout=400,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -32,6 +32,7 @@ def simulate(scenario: Scenario, out: Path, mode: str | None = None, progress=No
     from zoonode.sim.report import write_results
 
     started = time.monotonic()
+    out = Path(out).resolve()  # node processes run in their own directories
     encoder = Encoder.default()
     runs: list[dict[str, Any]] = []
     todo = plan(scenario, mode)
