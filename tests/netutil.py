@@ -35,8 +35,8 @@ async def wait_until(
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def start_nodes(nursery, encoder, dirs: list[Path]) -> list[Node]:
-    nodes = [Node(node_config(d), encoder=encoder) for d in dirs]
+async def start_nodes(nursery, encoder, dirs: list[Path], **sections) -> list[Node]:
+    nodes = [Node(node_config(d, **sections), encoder=encoder) for d in dirs]
     for node in nodes:
         await nursery.start(node.run)
     return nodes

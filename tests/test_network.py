@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import trio
 
@@ -212,6 +213,69 @@ def test_messages_of_only_ignored_records_are_not_forwarded_nor_penalised(tmp_pa
             nursery.cancel_scope.cancel()
 
     run_trio(main, 180)
+
+
+def test_flood_score_counts_only_messages_that_bring_nothing_new(tmp_path, encoder):
+    """P6 on real hosts: a peer sending many fresh valid messages keeps its score (a relay
+    under a Sybil flood of valid records must not be cut off), while the same number of
+    messages of records b already holds, over ``flood_rate``, takes it under the publish
+    threshold, where the library drops its messages unread."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from zoonode.experiences import create_experience
+    from zoonode.net.scoring import RULES
+    from zoonode.net.validation import encode_batch
+
+    n = 100
+    key = Ed25519PrivateKey.generate()
+    records = [
+        create_experience(
+            encoder, key, f"Lesson {i}: rerun the failing test alone first", "software", 0.7
+        )
+        for i in range(n)
+    ]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sender, b, c = await start_nodes(
+                nursery,
+                encoder,
+                [tmp_path / "sender", tmp_path / "b", tmp_path / "c"],
+                network={"flood_rate": 0.5},
+            )
+            sender.gossip.pubsub.set_topic_validator(sender.gossip.topic, lambda *_: True, False)
+            await b.connect(sender.info().addrs[0])
+            await c.connect(b.info().addrs[0])
+            await wait_meshed(sender, b)
+            await wait_meshed(b, c)
+            topic, sender_id = sender.gossip.topic, sender.host.get_id()
+
+            async def send_all(batches: list[bytes]) -> None:
+                for data in batches:
+                    await sender.gossip._wait_for_room()
+                    await sender.gossip.pubsub.publish(topic, data)
+
+            await send_all([encode_batch([r.wire]) for r in records])  # n fresh: news
+            await wait_until(lambda: b.gossip.stats.messages_in >= n, what="b to see them")
+            assert b.gossip.meter.rate(sender_id, time.monotonic()) == 0.0
+            assert b.gossip.router.scorer.score(sender_id, [topic]) >= 0
+            await wait_until(lambda: all(c.kb.store.has(r.id) for r in records), 60, "c")
+            c_messages = c.gossip.stats.messages_in
+
+            await send_all([encode_batch([r.wire, r.wire]) for r in records])  # n repeats
+            await wait_until(
+                lambda: not b.gossip.router.scorer.allow_publish(sender_id, [topic]),
+                what="the repeating sender under the publish threshold",
+            )
+            # A few repeats were ignored, then rejected unread as a flood (P4), and the
+            # library now drops the rest before validation.
+            assert b.gossip.stats.not_forwarded > 0
+            assert b.gossip.stats.verdicts["reject:flood"] > 0
+            assert b.gossip.router.scorer.score(sender_id, [topic]) < RULES.publish_threshold
+            assert c.gossip.stats.messages_in == c_messages  # none of the repeats went on
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 240)
 
 
 def test_late_node_converges_by_sync(tmp_path, encoder, key):

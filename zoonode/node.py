@@ -127,7 +127,12 @@ class Node:
         self.embedding_threshold = net.embedding_threshold
         self.host = make_host(self.key, cfg.network.listen, (), cfg.network.mdns)
         self.gossip = Gossip(
-            self.host, self.policy, self.kb.store.known, self.banned.__contains__, self._on_gossip
+            self.host,
+            self.policy,
+            self.kb.store.known,
+            self.banned.__contains__,
+            self._on_gossip,
+            flood_rate=net.flood_rate,
         )
         self.counters: dict[str, int] = defaultdict(int)
         self._kb_lock = trio.CapacityLimiter(1)

@@ -3,8 +3,14 @@
 Choices against py-libp2p 0.8.1's defaults (notes/py-libp2p-0.8.1.md):
 - explicit mesh degree (D 6, D_lo 4, D_hi 12) and a 1 s heartbeat (the default is 120 s);
 - the built-in spam limit (10 msgs/s per topic, which drops our own publishes) is off; floods
-  are scored instead: a peer sending more than ``flood_rate`` messages/s gets a negative
-  application score (P6) that pushes it under the graylist threshold;
+  are scored instead. A peer sending more than ``flood_rate`` messages/s *that bring nothing
+  new* (every record ignored) gets a negative application score (P6), and while it is over
+  the rate its messages are rejected unread (reason ``flood``, P4). The P4 step is needed
+  because py-libp2p 0.8.1's publish gate (``allow_publish``, one topic) reads only the topic
+  score: P6 lowers the graylist score (no GRAFT, no gossip) but never stops a message from
+  being validated. Valid news is never counted as flood: under a 4,000-Sybil flood of valid
+  records, counting every message made honest relays the ones cut off (simulations/results/
+  sybil-1000-4000), since a relay forwards what its peers publish;
 - invalid messages (P4, weight 10) push a peer under the graylist threshold (-80) after ~8;
 - the eclipse "IP diversity" heuristic is off: on one machine every peer is 127.0.0.1;
 - message id = SHA-256 of the payload (content-addressed): a restarted node's new messages are
@@ -33,6 +39,7 @@ from zoonode.net.validation import (
     AuthorLimiter,
     Checked,
     Policy,
+    Reason,
     Verdict,
     check_record,
     decode_batch,
@@ -66,7 +73,8 @@ class GossipStats:
 
 
 class FloodMeter:
-    """Messages per second per forwarding peer, over a sliding window: the P6 input."""
+    """Messages per second per forwarding peer that brought nothing new, over a sliding
+    window: the P6 input."""
 
     def __init__(self, window: float = 10.0) -> None:
         self.window = window
@@ -142,6 +150,7 @@ class Gossip:
         self.topic = topic_for(policy.space)
         self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
         self.meter = FloodMeter()
+        self.flood_rate = flood_rate
         self.stats = GossipStats()
         self.router = GossipSub(
             # 1.1 and 1.0 only: without IDONTWANT the library roughly doubles throughput
@@ -189,8 +198,11 @@ class Gossip:
     # -- validation -----------------------------------------------------------------------
     def _validate(self, forwarder, msg) -> bool:
         """Sync validator, run on every message (ours too) before it is forwarded."""
-        self.meter.hit(forwarder, time.monotonic())
         self.stats.messages_in += 1
+        if self.meter.rate(forwarder, time.monotonic()) > self.flood_rate:
+            self.stats.verdicts[f"reject:{Reason.FLOOD}"] += 1
+            log.debug("reject message from %s: flood", forwarder)
+            return False
         try:
             wires = decode_batch(msg.data)
         except ValueError as exc:
@@ -213,6 +225,7 @@ class Gossip:
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
+            self.meter.hit(forwarder, time.monotonic())  # nothing new: counts toward a flood
             self._ignored[message_id] = None
             while len(self._ignored) > MAX_PENDING:
                 self._ignored.popitem(last=False)

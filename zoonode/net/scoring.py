@@ -63,14 +63,24 @@ class PeerScores:
             for peer in counters:
                 counters[peer] *= decay
 
-    def score(self, peer: object) -> float:
+    def topic_score(self, peer: object) -> float:
         r = self.rules
         return (
             r.p1_weight * min(self.mesh_time.get(peer, 0.0), r.p1_cap)
             + r.p2_weight * min(self.first.get(peer, 0.0), r.p2_cap)
             - r.p4_weight * min(self.invalid.get(peer, 0.0), r.p4_cap)
-            + r.p6_weight * self.app.get(peer, 0.0)
         )
 
+    def score(self, peer: object) -> float:
+        return self.topic_score(peer) + self.rules.p6_weight * self.app.get(peer, 0.0)
+
     def graylisted(self, peer: object) -> bool:
+        """Under the graylist: pruned from the mesh, no GRAFT, no gossip to it."""
         return self.score(peer) < self.rules.graylist_threshold
+
+    def excluded(self, peer: object) -> bool:
+        """Under the publish threshold: py-libp2p drops the peer's messages unread (before
+        validation). Its single-topic gate reads the topic score only (P1, P2, P4: not P6),
+        and a graylisted peer's messages are still read, so this, not the graylist, is where
+        an attacker is cut off."""
+        return self.topic_score(peer) < self.rules.publish_threshold

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     AUTHOR_RATE = "author_rate"
     AUTHOR_BANNED = "author_banned"
     EMBEDDING_MISMATCH = "embedding_mismatch"
+    FLOOD = "flood"  # the forwarder sends more than flood_rate messages/s of nothing new
     # plus every protocol ErrorCode value (bad_signature, oversize, ...), used as is
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoonode.native.encoder import Encoder
+from zoonode.net.scoring import RULES
 from zoonode.protocol import decode
 from zoonode.sim.agents import agent_outcomes
 from zoonode.sim.scenario import Scenario
@@ -139,16 +140,16 @@ def _raw(scenario, workload, results, peer_ids, bad_records) -> dict[str, Any]:
                 rejected[name.split(":", 1)[1]] += count
     attackers = list(range(n_h, len(results)))
     attacker_ids = {peer_ids[a]: a for a in attackers}
-    graylisted_at: dict[int, float] = {}
+    excluded_at: dict[int, float] = {}
     series: dict[float, list[float]] = {}
     for i in honest:
         for t, scores in results[i]["scores"]:
             for pid, score in scores.items():
                 if pid in attacker_ids and score is not None:
                     series.setdefault(round(t), []).append(score)
-                    if score < -80:
+                    if score < RULES.publish_threshold:  # its messages now dropped unread
                         a = attacker_ids[pid]
-                        graylisted_at[a] = min(graylisted_at.get(a, t), t)
+                        excluded_at[a] = min(excluded_at.get(a, t), t)
     # Agents: the real nodes' own answers (Node.query) for the defended side; the same
     # undefended baseline as scale mode.
     bad_authors = {a.hex() for a in workload.adversarial_authors}
@@ -180,7 +181,7 @@ def _raw(scenario, workload, results, peer_ids, bad_records) -> dict[str, Any]:
         "holdings": holdings,
         "rejected": rejected,
         "bytes_sent": [],  # not measured per node in real mode (benchmarks/network.py does)
-        "graylisted_at": graylisted_at,
+        "excluded_at": excluded_at,
         "attackers": attackers,
         "attacker_scores": sorted((t, sum(v) / len(v)) for t, v in series.items()),
         "rejoined": {},

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from zoonode.net.scoring import RULES
 from zoonode.sim.metrics import latency_samples
 
 
@@ -50,7 +51,10 @@ def _plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     if scores:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([t for t, _ in scores], [s for _, s in scores])
-        ax.axhline(-80, color="red", linestyle="--", label="graylist threshold")
+        ax.axhline(
+            RULES.publish_threshold, color="orange", linestyle="--", label="publish threshold"
+        )
+        ax.axhline(RULES.graylist_threshold, color="red", linestyle="--", label="graylist")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("mean score of attackers at honest peers")
         ax.legend(fontsize=7)

@@ -46,7 +46,7 @@ from zoonode.sim.workload import Workload, build_workload
 WARMUP_S = 2.0
 EMBEDDING_THRESHOLD = 0.9
 WINDOW_HEARTBEATS = 3  # IHAVE advertises messages seen in the last 3 heartbeats
-FLOOD_RATE = 50.0  # messages/s per peer before the P6 penalty (the node's default)
+FLOOD_RATE = 50.0  # messages/s of nothing new per peer before the P6 penalty (the default)
 
 
 @dataclass(eq=False)
@@ -122,7 +122,7 @@ class ScaleSim:
         self.decode = functools.lru_cache(maxsize=None)(decode)
         self._agreement: dict[bytes, float] = {}
         self.published: dict[bytes, float] = {}  # honest record id -> publish time
-        self.graylisted_at: dict[int, float] = {}  # attacker -> first time an honest node did
+        self.excluded_at: dict[int, float] = {}  # attacker -> first time an honest node did
         self.attacker_scores: list[tuple[float, float]] = []  # (t, mean score of attackers)
         self.rejoined: dict[int, float] = {}
         self._build_topology()
@@ -199,22 +199,28 @@ class ScaleSim:
         if not node.honest:
             node.seen.add(msg.id)
             return  # adversaries forward nothing they did not make
-        if node.scores.graylisted(frm):
-            node.rejected["graylisted"] += 1
+        # P6 is computed when asked, as the real scorer does: a flood's score recovers once
+        # its window has passed.
+        node.scores.set_flood_excess(frm, node.meter.rate(frm, self.env.now) - FLOOD_RATE)
+        if node.scores.excluded(frm):  # the library's gate: dropped before validation
+            node.rejected["below_publish_threshold"] += 1
             if not self.nodes[frm].honest:
-                self.graylisted_at.setdefault(frm, self.env.now)
+                self.excluded_at.setdefault(frm, self.env.now)
             return
         node.seen.add(msg.id)
-        node.meter.hit(frm, self.env.now)
-        node.scores.set_flood_excess(frm, node.meter.rate(frm, self.env.now) - FLOOD_RATE)
-        verdict = self._validate(node, msg, frm)
+        if node.meter.rate(frm, self.env.now) > FLOOD_RATE:  # the validator's first rule
+            node.rejected[Reason.FLOOD] += 1
+            verdict = Verdict.REJECT
+        else:
+            verdict = self._validate(node, msg, frm)
         if verdict is Verdict.REJECT:
             node.scores.invalid_message(frm)
-            if node.scores.graylisted(frm) and not self.nodes[frm].honest:
-                self.graylisted_at.setdefault(frm, self.env.now)
+            if node.scores.excluded(frm) and not self.nodes[frm].honest:
+                self.excluded_at.setdefault(frm, self.env.now)
             return
-        node.scores.first_delivery(frm)
+        node.scores.first_delivery(frm)  # the library credits every message that validates
         if verdict is Verdict.IGNORE:
+            node.meter.hit(frm, self.env.now)  # nothing new: the flood score's input
             return  # every record ignored: not forwarded, as the node's gossip does
         node.window[-1].append(msg)
         for p in node.mesh:
@@ -427,7 +433,7 @@ def run_scale(
         "holdings": holdings,
         "rejected": sum((n.rejected for n in honest), Counter()),
         "bytes_sent": [n.bytes_sent for n in honest],
-        "graylisted_at": sim.graylisted_at,
+        "excluded_at": sim.excluded_at,
         "attackers": [n.index for n in sim.nodes if not n.honest],
         "attacker_scores": sim.attacker_scores,
         "rejoined": sim.rejoined,
