@@ -187,27 +187,28 @@ class KnowledgeBase:
             else []
         )
         hints: dict[int, int | bytes | None] = dict(zip(lessons, stored, strict=True))
+        # Within the batch: one Gram matrix; a lesson links to the most similar *earlier* one.
+        if lessons:
+            matrix = np.stack([items[i].vector for i in lessons])
+            gram = matrix @ matrix.T
+            gram[np.triu_indices(len(lessons))] = -np.inf  # only earlier lessons count
+            nearest = np.argmax(gram, axis=1)
+        position = {i: p for p, i in enumerate(lessons)}
         out: list[Incoming] = []
-        batch_vectors: list[np.ndarray] = []
-        batch_ids: list[bytes] = []
         for i, it in enumerate(items):
             if i not in hints:
                 out.append(it)
                 continue
-            hint = hints[i]
-            if hint is None and batch_vectors:
-                sims = np.stack(batch_vectors) @ it.vector
-                j = int(np.argmax(sims))
-                if sims[j] >= self.duplicate_cosine:
-                    hint = batch_ids[j]
+            hint, p = hints[i], position[i]
+            if hint is None and p > 0 and gram[p, nearest[p]] >= self.duplicate_cosine:
+                hint = items[lessons[nearest[p]]].record.id
             out.append(Incoming(it.record, it.vector, it.peer, hint))
-            batch_vectors.append(it.vector)
-            batch_ids.append(it.record.id)
         return out
 
     def _nearest_active_clusters(self, vectors: np.ndarray) -> list[int | None]:
         """For each vector, the cluster of an active stored record with cos >= threshold."""
-        labels, sims = self.replica.search_many(vectors, k=4, ef=64)
+        # cos >= 0.9 neighbours are the easiest for HNSW to find: a small ef suffices.
+        labels, sims = self.replica.search_many(vectors, k=4, ef=32)
         close = [
             [int(s) for s, sim in zip(row_l, row_s, strict=True) if sim >= self.duplicate_cosine]
             for row_l, row_s in zip(labels, sims, strict=True)
