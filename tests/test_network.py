@@ -278,6 +278,30 @@ def test_flood_score_counts_only_messages_that_bring_nothing_new(tmp_path, encod
     run_trio(main, 240)
 
 
+def test_mdns_nodes_find_each_other_without_bootstrap(tmp_path, encoder, key):
+    """Two nodes with ``mdns = true`` and no bootstrap list connect and gossip on their own
+    (zeroconf multicast on this machine's loopback, as on a LAN)."""
+    from helpers import lessons
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(
+                nursery, encoder, [tmp_path / "a", tmp_path / "b"], network={"mdns": True}
+            )
+            await wait_until(
+                lambda: b.host.get_id() in a.connected_peers(), 30, "a to dial what mDNS found"
+            )
+            await wait_meshed(a, b)
+            assert a.counters["discovery:dialled"] + b.counters["discovery:dialled"] >= 1
+            [item] = lessons(encoder, key, ["Check units before adding measured values"])
+            await a._in_kb(a.kb.ingest, [item])
+            await a.gossip.publish([item.record.wire])
+            await wait_until(lambda: b.kb.store.has(item.record.id), 30, "gossip over mDNS link")
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
+
+
 def test_late_node_converges_by_sync(tmp_path, encoder, key):
     texts = [
         f"Lesson {i}: " + t

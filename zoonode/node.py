@@ -49,6 +49,8 @@ log = logging.getLogger("zoonode.node")
 INGEST_BATCH = 64
 API_URL_FILE = "api.url"
 SYNC_INTERVAL = 30.0
+DISCOVERY_INTERVAL = 2.0  # seconds between dials of peers mDNS found
+DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried again
 
 
 def encoder_from_config(cfg: Config) -> Encoder:
@@ -180,6 +182,8 @@ class Node:
                     try:
                         nursery.start_soon(self._ingest_loop)
                         nursery.start_soon(self._sync_loop)
+                        if self.cfg.network.mdns:
+                            nursery.start_soon(self._dial_discovered_loop)
                         if self.cfg.api.listen:
                             from zoonode.api import serve_api
 
@@ -534,6 +538,37 @@ class Node:
 
     def connected_peers(self) -> list:
         return list(self.host.get_network().connections.keys())
+
+    async def _dial_discovered_loop(self) -> None:
+        """mDNS (zeroconf, in the library) only fills the peerstore; this dials what it
+        found. A peer that fails is retried after ``DIAL_BACKOFF`` seconds."""
+        from libp2p.peer.peerinfo import PeerInfo
+
+        failed_at: dict[str, float] = {}
+        store = self.host.get_peerstore()
+        while True:
+            connected = set(self.connected_peers())
+            for peer in store.peer_ids():
+                key = str(peer)
+                if peer == self.host.get_id() or peer in connected:
+                    continue
+                if time.monotonic() - failed_at.get(key, -1e9) < DIAL_BACKOFF:
+                    continue
+                addrs = store.addrs(peer)
+                if not addrs:
+                    continue
+                try:
+                    with trio.fail_after(10):
+                        await self.host.connect(PeerInfo(peer, addrs))
+                    self.counters["discovery:dialled"] += 1
+                    log.info("connected to discovered peer %s", key)
+                except BaseException as exc:
+                    if isinstance(exc, trio.Cancelled):
+                        raise
+                    failed_at[key] = time.monotonic()
+                    self.counters["discovery:failed"] += 1
+                    log.debug("discovered peer %s did not answer: %s", key, _unwrap(exc))
+            await trio.sleep(DISCOVERY_INTERVAL)
 
     async def _sync_loop(self) -> None:
         while True:
