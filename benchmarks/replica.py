@@ -8,7 +8,8 @@ covariance in the 384-d compact coordinates, L2-normalised (so cosines have the 
 distribution's spread). Records are real signed protocol records around those vectors.
 
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
-(hnswlib M16, efC 200, ef 256, 2 threads, 384-d compact coordinates) + near-duplicate lookup.
+(hnswlib M16, efC from the store config or --ef-construction, ef 256, 2 threads, 384-d
+compact coordinates) + near-duplicate lookup.
 Recall@10: replica search (ef 256) against exact brute force over the same vectors.
 Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from zoonode.config import StoreConfig
 from zoonode.knowledge import KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.encoder import Encoder
@@ -108,7 +110,12 @@ def loaded_rss_per_exp(work: Path, space_info: Space, n: int) -> float:
 
 
 def run_size(
-    n: int, real: np.ndarray, queries: np.ndarray, space_info: Space, rng: np.random.Generator
+    n: int,
+    real: np.ndarray,
+    queries: np.ndarray,
+    space_info: Space,
+    rng: np.random.Generator,
+    ef_construction: int,
 ) -> dict:
     space, hidden = space_info.id, space_info.hidden
     vectors = np.concatenate([real, synthetic(real, max(0, n - len(real)), rng)])[:n]
@@ -118,7 +125,13 @@ def run_size(
     try:
         rss0 = rss_mb()
         kb = KnowledgeBase(
-            work, space, hidden, capacity=n + 1, snapshot_every=10 * n, hnsw_ef_search=256
+            work,
+            space,
+            hidden,
+            capacity=n + 1,
+            snapshot_every=10 * n,
+            hnsw_ef_construction=ef_construction,
+            hnsw_ef_search=256,
         )
         t0 = time.perf_counter()
         for start in range(0, n, BATCH):
@@ -147,7 +160,7 @@ def run_size(
 
         loaded_rss = loaded_rss_per_exp(work, space_info, n)
         t0 = time.perf_counter()
-        rebuilt = KnowledgeBase(work, space, hidden)
+        rebuilt = KnowledgeBase(work, space, hidden, hnsw_ef_construction=ef_construction)
         (work / INDEX_FILE).unlink()
         rebuilt.rebuild()
         build_s = time.perf_counter() - t0
@@ -156,6 +169,7 @@ def run_size(
         shutil.rmtree(work, ignore_errors=True)
     return {
         "n": n,
+        "efC": ef_construction,
         "ingest/s": n / ingest_s,
         "RAM/exp (B)": loaded_rss,
         "RSS growth while ingesting/exp (B)": rss_delta * 1024 * 1024 / n,
@@ -172,6 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        nargs="+",
+        default=[StoreConfig.hnsw_ef_construction],
+        help="one row per value, side by side on the same vectors",
+    )
     args = parser.parse_args()
     enc = Encoder.default()
     real = real_vectors(enc)
@@ -181,9 +202,11 @@ def main() -> None:
     queries = queries[: args.queries]
     rows = []
     for n in args.sizes:
-        row = run_size(n, real, queries, enc.space_info, rng)
-        rows.append(row)
-        print(table([row], list(row)), flush=True)
+        for ef_construction in args.ef_construction:
+            rng_n = np.random.default_rng(n)  # the same vectors for every efC
+            row = run_size(n, real, queries, enc.space_info, rng_n, ef_construction)
+            rows.append(row)
+            print(table([row], list(row)), flush=True)
     print(f"\nReplica: {len(real)} real vectors + synthetic to size; {len(queries)} queries")
     print(table(rows, list(rows[0])))
     path = write_json(
@@ -193,7 +216,7 @@ def main() -> None:
             "real_vectors": len(real),
             "settings": {
                 "M": 16,
-                "ef_construction": 200,
+                "ef_construction": args.ef_construction,
                 "ef": 256,
                 "batch": BATCH,
                 "synchronous": "FULL",
