@@ -14,7 +14,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw``: published {id: t}, holdings {node: {id: t}}, rejected Counter, bytes_sent,
-    excluded_at {attacker: t}, attackers, rejoined {node: t}, agents, forged_ids."""
+    excluded_at {attacker: t}, graylisted_at {attacker: t}, attackers, rejoined {node: t},
+    agents, forged_ids."""
     published: dict[bytes, float] = raw["published"]
     holdings: dict[int, dict[bytes, float]] = raw["holdings"]
     latencies, delivered, expected = [], 0, 0
@@ -28,7 +29,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                 latencies.append(max(0.0, held[rid] - t_pub))
     forged = set(raw.get("forged_ids", ()))
     forged_delivered = sum(len(forged & set(held)) for held in holdings.values())
-    exclude_times = sorted(t - raw.get("warmup_s", 0.0) for a, t in raw["excluded_at"].items())
+    warmup = raw.get("warmup_s", 0.0)
+    exclude_times = sorted(t - warmup for t in raw["excluded_at"].values())
+    graylist_times = sorted(t - warmup for t in raw.get("graylisted_at", {}).values())
     convergence = []
     for node, t_back in raw.get("rejoined", {}).items():
         held = holdings.get(node, {})
@@ -59,6 +62,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "bytes_per_node": float(np.mean(raw["bytes_sent"])) if raw["bytes_sent"] else None,
         "attackers_excluded": len(exclude_times),  # under the publish threshold somewhere
         "time_to_exclude_p50_s": _percentile(exclude_times, 50),
+        "attackers_graylisted": len(graylist_times),  # under −80: no GRAFT, no gossip
+        "time_to_graylist_p50_s": _percentile(graylist_times, 50),
         "churn_rejoined": len(convergence),
         "churn_converged": sum(c is not None for c in convergence),
         "churn_convergence_p50_s": _percentile([c for c in convergence if c is not None], 50),

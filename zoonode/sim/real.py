@@ -141,15 +141,20 @@ def _raw(scenario, workload, results, peer_ids, bad_records) -> dict[str, Any]:
     attackers = list(range(n_h, len(results)))
     attacker_ids = {peer_ids[a]: a for a in attackers}
     excluded_at: dict[int, float] = {}
+    graylisted_at: dict[int, float] = {}
     series: dict[float, list[float]] = {}
     for i in honest:
         for t, scores in results[i]["scores"]:
             for pid, score in scores.items():
                 if pid in attacker_ids and score is not None:
                     series.setdefault(round(t), []).append(score)
+                    # The node reports the combined score (P6 included); the library's
+                    # publish gate reads the topic score, which our flood rule moves with P6.
+                    a = attacker_ids[pid]
                     if score < RULES.publish_threshold:  # its messages now dropped unread
-                        a = attacker_ids[pid]
                         excluded_at[a] = min(excluded_at.get(a, t), t)
+                    if score < RULES.graylist_threshold:
+                        graylisted_at[a] = min(graylisted_at.get(a, t), t)
     # Agents: the real nodes' own answers (Node.query) for the defended side; the same
     # undefended baseline as scale mode.
     bad_authors = {a.hex() for a in workload.adversarial_authors}
@@ -182,6 +187,7 @@ def _raw(scenario, workload, results, peer_ids, bad_records) -> dict[str, Any]:
         "rejected": rejected,
         "bytes_sent": [],  # not measured per node in real mode (benchmarks/network.py does)
         "excluded_at": excluded_at,
+        "graylisted_at": graylisted_at,
         "attackers": attackers,
         "attacker_scores": sorted((t, sum(v) / len(v)) for t, v in series.items()),
         "rejoined": {},

@@ -123,6 +123,7 @@ class ScaleSim:
         self._agreement: dict[bytes, float] = {}
         self.published: dict[bytes, float] = {}  # honest record id -> publish time
         self.excluded_at: dict[int, float] = {}  # attacker -> first time an honest node did
+        self.graylisted_at: dict[int, float] = {}  # attacker -> first time one graylisted it
         self.attacker_scores: list[tuple[float, float]] = []  # (t, mean score of attackers)
         self.rejoined: dict[int, float] = {}
         self._build_topology()
@@ -215,8 +216,11 @@ class ScaleSim:
             verdict = self._validate(node, msg, frm)
         if verdict is Verdict.REJECT:
             node.scores.invalid_message(frm)
-            if node.scores.excluded(frm) and not self.nodes[frm].honest:
-                self.excluded_at.setdefault(frm, self.env.now)
+            if not self.nodes[frm].honest:
+                if node.scores.excluded(frm):
+                    self.excluded_at.setdefault(frm, self.env.now)
+                if node.scores.graylisted(frm):
+                    self.graylisted_at.setdefault(frm, self.env.now)
             return
         node.scores.first_delivery(frm)  # the library credits every message that validates
         if verdict is Verdict.IGNORE:
@@ -434,6 +438,7 @@ def run_scale(
         "rejected": sum((n.rejected for n in honest), Counter()),
         "bytes_sent": [n.bytes_sent for n in honest],
         "excluded_at": sim.excluded_at,
+        "graylisted_at": sim.graylisted_at,
         "attackers": [n.index for n in sim.nodes if not n.honest],
         "attacker_scores": sim.attacker_scores,
         "rejoined": sim.rejoined,
