@@ -10,7 +10,8 @@ distribution's spread). Records are real signed protocol records around those ve
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
 (hnswlib M16, efC from the store config or --ef-construction, ef 256, 2 threads, 384-d
 compact coordinates) + near-duplicate lookup.
-Recall@10: replica search (ef 256) against exact brute force over the same vectors.
+Recall@10: replica search (ef 256, or each --ef-search) against exact brute force over the
+same vectors.
 Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
 """
 
@@ -116,6 +117,8 @@ def run_size(
     space_info: Space,
     rng: np.random.Generator,
     ef_construction: int,
+    ef_searches: list[int],
+    rebuild: bool = True,
 ) -> dict:
     space, hidden = space_info.id, space_info.hidden
     vectors = np.concatenate([real, synthetic(real, max(0, n - len(real)), rng)])[:n]
@@ -150,36 +153,45 @@ def run_size(
         index_bytes = (work / INDEX_FILE).stat().st_size
 
         exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1  # seq = row + 1
-        recalls, latencies = [], []
-        for q, truth in zip(queries, exact, strict=True):
-            t = time.perf_counter()
-            hits = kb.search(q, k=10, dedupe=False)
-            latencies.append((time.perf_counter() - t) * 1000)
-            recalls.append(len({h.row.seq for h in hits} & set(truth.tolist())) / 10)
+        by_ef = {}
+        for ef in ef_searches:  # the same index, searched wider
+            kb.replica.ef_search = ef
+            recalls, latencies = [], []
+            for q, truth in zip(queries, exact, strict=True):
+                t = time.perf_counter()
+                hits = kb.search(q, k=10, dedupe=False)
+                latencies.append((time.perf_counter() - t) * 1000)
+                recalls.append(len({h.row.seq for h in hits} & set(truth.tolist())) / 10)
+            by_ef[ef] = (
+                float(np.mean(recalls)),
+                float(np.percentile(latencies, 50)),
+                float(np.percentile(latencies, 99)),
+            )
         kb.close()
 
         loaded_rss = loaded_rss_per_exp(work, space_info, n)
-        t0 = time.perf_counter()
-        rebuilt = KnowledgeBase(work, space, hidden, hnsw_ef_construction=ef_construction)
-        (work / INDEX_FILE).unlink()
-        rebuilt.rebuild()
-        build_s = time.perf_counter() - t0
-        rebuilt.close()
+        build_s = float("nan")
+        if rebuild:
+            t0 = time.perf_counter()
+            rebuilt = KnowledgeBase(work, space, hidden, hnsw_ef_construction=ef_construction)
+            (work / INDEX_FILE).unlink()
+            rebuilt.rebuild()
+            build_s = time.perf_counter() - t0
+            rebuilt.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {
+    row = {
         "n": n,
         "efC": ef_construction,
         "ingest/s": n / ingest_s,
         "RAM/exp (B)": loaded_rss,
         "RSS growth while ingesting/exp (B)": rss_delta * 1024 * 1024 / n,
         "index file/exp (B)": index_bytes / n,
-        "recall@10": float(np.mean(recalls)),
-        "p50 ms": float(np.percentile(latencies, 50)),
-        "p99 ms": float(np.percentile(latencies, 99)),
-        "rebuild s": build_s,
-        "snapshot s": snapshot_s,
     }
+    for i, (ef, (recall, p50, p99)) in enumerate(by_ef.items()):
+        suffix = "" if i == 0 else f" ef{ef}"
+        row |= {f"recall@10{suffix}": recall, f"p50 ms{suffix}": p50, f"p99 ms{suffix}": p99}
+    return row | {"rebuild s": build_s, "snapshot s": snapshot_s}
 
 
 def main() -> None:
@@ -193,6 +205,14 @@ def main() -> None:
         default=[StoreConfig.hnsw_ef_construction],
         help="one row per value, side by side on the same vectors",
     )
+    parser.add_argument(
+        "--ef-search",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="search widths measured on the same index; the first one is the headline",
+    )
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild timing")
     args = parser.parse_args()
     enc = Encoder.default()
     real = real_vectors(enc)
@@ -204,7 +224,16 @@ def main() -> None:
     for n in args.sizes:
         for ef_construction in args.ef_construction:
             rng_n = np.random.default_rng(n)  # the same vectors for every efC
-            row = run_size(n, real, queries, enc.space_info, rng_n, ef_construction)
+            row = run_size(
+                n,
+                real,
+                queries,
+                enc.space_info,
+                rng_n,
+                ef_construction,
+                args.ef_search,
+                rebuild=not args.no_rebuild,
+            )
             rows.append(row)
             print(table([row], list(row)), flush=True)
     print(f"\nReplica: {len(real)} real vectors + synthetic to size; {len(queries)} queries")
@@ -217,7 +246,7 @@ def main() -> None:
             "settings": {
                 "M": 16,
                 "ef_construction": args.ef_construction,
-                "ef": 256,
+                "ef": args.ef_search,
                 "batch": BATCH,
                 "synchronous": "FULL",
             },
