@@ -9,7 +9,9 @@ distribution's spread). Records are real signed protocol records around those ve
 
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
 (hnswlib M16, efC from the store config or --ef-construction, ef 256, 2 threads, 384-d
-compact coordinates) + near-duplicate lookup.
+compact coordinates) + near-duplicate lookup + the index snapshots a node writes on the
+way (zoonode.knowledge.snapshot_due; results/replica-1m-*.json predate this and leave
+them out).
 Recall@10: replica search (ef 256, or each --ef-search) against exact brute force over the
 same vectors.
 Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
@@ -132,7 +134,7 @@ def run_size(
             space,
             hidden,
             capacity=n + 1,
-            snapshot_every=10 * n,
+            snapshot_every=StoreConfig.snapshot_every,  # the node's snapshots are ingest cost
             hnsw_ef_construction=ef_construction,
             hnsw_ef_search=256,
         )

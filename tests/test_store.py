@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, create_revocation
-from zoonode.knowledge import Filters, KnowledgeBase
+from zoonode.knowledge import Filters, KnowledgeBase, snapshot_due
 from zoonode.native.space import data_dir
 from zoonode.replica import INDEX_FILE
 from zoonode.store import Incoming, Outcome, Status, StoreError
@@ -201,6 +201,14 @@ def test_snapshot_then_replay(tmp_path, encoder, key):
         assert reopened.search(item.vector, k=1)[0].row.id == item.record.id
     assert reopened.rebuild() == len(TEXTS)
     reopened.close()
+
+
+def test_snapshot_interval_grows_with_the_index():
+    assert snapshot_due(10_000, 50_000, 10_000)  # small index: the configured interval
+    assert not snapshot_due(9_999, 50_000, 10_000)
+    assert not snapshot_due(10_000, 1_000_000, 10_000)  # 1M: every 50k (5 %), not 10k
+    assert snapshot_due(50_000, 1_000_000, 10_000)
+    assert snapshot_due(3, 0, 3)
 
 
 def test_store_of_another_space_is_refused(tmp_path, encoder):

@@ -1,0 +1,151 @@
+"""HNSW libraries side by side on the replica's workload: can another one ingest faster?
+
+    pip install usearch faiss-cpu   # not zoonode dependencies: only this script needs them
+    python benchmarks/ann_backends.py [--sizes 300000 1000000] [--backends hnswlib usearch-i8]
+
+The replica's ingest at 1M records misses its 1000/s goal (benchmarks/replica.py); this
+measures the index alone, the part that slows down as it grows. Every backend gets the same
+384-d compact vectors (the real encoder vectors of every text we have, topped up with
+replica.py's synthetic ones), added in batches of 256 as the node does, on 2 threads, M 16,
+efConstruction 200, inner product. Recall@10 against exact brute force for the 443 real eg
+queries, at search widths 256, 512 and 1024. ``usearch-i8`` stores 1-byte coordinates, so its
+distances are approximate: it is also scored the way the node would use it, the top 50
+reranked with the exact float vectors (which the store already returns with the rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from replica import real_vectors, rss_mb, synthetic
+
+from zoonode.native.encoder import Encoder
+
+from common import table, write_json
+from datasets import load
+
+BATCH = 256
+WIDTHS = (256, 512, 1024)
+RERANK = 50
+
+Search = Callable[[np.ndarray, int, int], np.ndarray]  # (query, k, ef) -> labels
+
+
+def open_backend(name: str, n: int) -> tuple[Callable[[np.ndarray, np.ndarray], None], Search]:
+    """(add(ids, vectors), search(query, k, ef)) for one library."""
+    if name == "hnswlib":
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=384)
+        index.init_index(max_elements=n, M=16, ef_construction=200)
+        index.set_num_threads(2)
+
+        def search(q: np.ndarray, k: int, ef: int) -> np.ndarray:
+            index.set_ef(max(ef, k))
+            return index.knn_query(q[None], k=k)[0][0]
+
+        return lambda ids, x: index.add_items(x, ids), search
+    if name.startswith("usearch-"):
+        from usearch.index import Index
+
+        uindex = Index(
+            ndim=384,
+            metric="ip",
+            dtype=name.split("-", 1)[1],
+            connectivity=16,
+            expansion_add=200,
+            expansion_search=256,
+        )
+
+        def usearch(q: np.ndarray, k: int, ef: int) -> np.ndarray:
+            uindex.expansion_search = max(ef, k)
+            return uindex.search(q, k).keys
+
+        return lambda ids, x: uindex.add(ids, x, threads=2), usearch
+    if name == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(2)
+        findex = faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT)
+        findex.hnsw.efConstruction = 200
+
+        def fsearch(q: np.ndarray, k: int, ef: int) -> np.ndarray:
+            findex.hnsw.efSearch = max(ef, k)
+            return findex.search(q[None], k)[1][0]
+
+        return lambda ids, x: findex.add(x), fsearch
+    raise SystemExit(f"unknown backend {name!r}")
+
+
+def measure(name: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+    n = len(vectors)
+    rss0 = rss_mb()
+    add, search = open_backend(name, n)
+    t0 = time.perf_counter()
+    marks = []
+    for start in range(0, n, BATCH):
+        add(np.arange(start, min(start + BATCH, n)), vectors[start : start + BATCH])
+        if (start + BATCH) % 100_000 < BATCH:
+            marks.append(time.perf_counter() - t0)
+    build_s = time.perf_counter() - t0
+    row: dict = {
+        "backend": name,
+        "n": n,
+        "add/s": n / build_s,
+        "add/s last 100k": 100_000 / (marks[-1] - marks[-2]) if len(marks) > 1 else None,
+        "RSS/vec (B)": (rss_mb() - rss0) * 2**20 / n,
+    }
+    rerank = name == "usearch-i8"
+    for ef in WIDTHS:
+        recalls, latencies = [], []
+        for q, true in zip(queries, truth, strict=True):
+            t = time.perf_counter()
+            labels = np.asarray(search(q, RERANK if rerank else 10, ef), np.int64)
+            if rerank:  # exact scores for the candidates, as the store's rows carry them
+                labels = labels[np.argsort(-(vectors[labels] @ q))[:10]]
+            latencies.append((time.perf_counter() - t) * 1000)
+            recalls.append(len(set(labels.tolist()) & set(true.tolist())) / 10)
+        row[f"recall@10 ef{ef}"] = float(np.mean(recalls))
+        row[f"p50 ms ef{ef}"] = float(np.median(latencies))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300_000])
+    parser.add_argument(
+        "--backends", nargs="+", default=["hnswlib", "faiss", "usearch-f32", "usearch-i8"]
+    )
+    args = parser.parse_args()
+    enc = Encoder.default()
+    real = real_vectors(enc)
+    queries = enc.encode_compact(load().queries, batch_size=64).astype(np.float32)
+    extra = synthetic(real, max(args.sizes), np.random.default_rng(7))
+    every = np.concatenate([real, extra]).astype(np.float32)
+    rows = []
+    for n in args.sizes:
+        vectors = every[:n]
+        truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+        for name in args.backends:
+            rows.append(measure(name, vectors, queries, truth))
+            print(table(rows[-1:], list(rows[-1])), flush=True)
+    print("\nHNSW backends, index alone, batches of 256, 2 threads, M 16, efC 200")
+    print(table(rows, list(rows[0])))
+    path = write_json(
+        f"ann-backends-{'-'.join(str(n) for n in args.sizes)}",
+        {
+            "rows": rows,
+            "settings": {"batch": BATCH, "threads": 2, "M": 16, "efConstruction": 200},
+            "rerank_top_for_i8": RERANK,
+            "vectors": f"{len(real)} real + synthetic (replica.py)",
+        },
+    )
+    print(f"\nwrote {Path(path)}")
+
+
+if __name__ == "__main__":
+    main()
