@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from replica import real_vectors, rss_mb, synthetic
@@ -144,7 +143,7 @@ def main() -> None:
             "vectors": f"{len(real)} real + synthetic (replica.py)",
         },
     )
-    print(f"\nwrote {Path(path)}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

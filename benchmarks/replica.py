@@ -10,8 +10,8 @@ distribution's spread). Records are real signed protocol records around those ve
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
 (hnswlib M16, efC from the store config or --ef-construction, ef 256, 2 threads, 384-d
 compact coordinates) + near-duplicate lookup + the index snapshots a node writes on the
-way (zoonode.knowledge.snapshot_due; results/replica-1m-*.json predate this and leave
-them out).
+way (zoonode.knowledge.snapshot_due; the results/replica*.json committed so far predate
+this and leave them out).
 Recall@10: replica search (ef 256, or each --ef-search) against exact brute force over the
 same vectors.
 Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
