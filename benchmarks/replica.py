@@ -8,13 +8,14 @@ covariance in the 384-d compact coordinates, L2-normalised (so cosines have the 
 distribution's spread). Records are real signed protocol records around those vectors.
 
 Ingest = decode + verify + store (SQLite WAL, synchronous=FULL, batches of 256) + index
-(hnswlib M16, efC from the store config or --ef-construction, ef 256, 2 threads, 384-d
-compact coordinates) + near-duplicate lookup + the index snapshots a node writes on the
-way (zoonode.knowledge.snapshot_due; the results/replica*.json committed so far predate
+(the store config's replica backend or each --backends: usearch int8 or hnswlib float32; M16,
+efC from the store config or --ef-construction, 2 threads, 384-d compact coordinates) +
+near-duplicate lookup + the index snapshots a node writes on the way
+(zoonode.knowledge.snapshot_due; results/replica-100k.json, replica-1m-efc*.json predate
 this and leave them out).
-Recall@10: replica search (ef 256, or each --ef-search) against exact brute force over the
-same vectors.
-Latency: KnowledgeBase.search(k=10) end to end (replica + SQLite rows), p50/p99.
+Recall@10: KnowledgeBase.search(k=10) (replica at ef 256, or each --ef-search, then the
+exact rerank of its candidates) against exact brute force over the same vectors.
+Latency: the same calls end to end (replica + SQLite rows + rerank), p50/p99.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.config import StoreConfig
-from zoonode.knowledge import KnowledgeBase
+from zoonode.knowledge import RERANK_CANDIDATES, KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.encoder import Encoder
 from zoonode.native.head import lift
 from zoonode.native.space import Space, data_dir
 from zoonode.protocol import Experience, Op, decode, public_key_bytes, sign
-from zoonode.replica import INDEX_FILE
+from zoonode.replica import BACKENDS, INDEX_FILES
 from zoonode.store import Incoming
 
 from common import table, write_json
@@ -88,7 +89,7 @@ def wires_for(vectors: np.ndarray, space: Space, keys: list[Ed25519PrivateKey]) 
     return out
 
 
-def loaded_rss_per_exp(work: Path, space_info: Space, n: int) -> float:
+def loaded_rss_per_exp(work: Path, space_info: Space, n: int, backend: str) -> float:
     """RSS a fresh process gains by opening the knowledge base (snapshot loaded), per record:
     measured in a subprocess so memory freed earlier in this one cannot hide it."""
     import subprocess
@@ -99,7 +100,7 @@ def loaded_rss_per_exp(work: Path, space_info: Space, n: int) -> float:
         "from zoonode.knowledge import KnowledgeBase;"
         "before = rss_mb();"
         f"kb = KnowledgeBase(Path({str(work)!r}), bytes.fromhex({space_info.id.hex()!r}), "
-        f"{space_info.hidden});"
+        f"{space_info.hidden}, replica_backend={backend!r});"
         "print(rss_mb() - before)"
     )
     out = subprocess.run(
@@ -118,6 +119,7 @@ def run_size(
     queries: np.ndarray,
     space_info: Space,
     rng: np.random.Generator,
+    backend: str,
     ef_construction: int,
     ef_searches: list[int],
     rebuild: bool = True,
@@ -137,6 +139,7 @@ def run_size(
             snapshot_every=StoreConfig.snapshot_every,  # the node's snapshots are ingest cost
             hnsw_ef_construction=ef_construction,
             hnsw_ef_search=256,
+            replica_backend=backend,
         )
         t0 = time.perf_counter()
         for start in range(0, n, BATCH):
@@ -152,7 +155,7 @@ def run_size(
         t0 = time.perf_counter()
         kb.replica.save(work)
         snapshot_s = time.perf_counter() - t0
-        index_bytes = (work / INDEX_FILE).stat().st_size
+        index_bytes = (work / INDEX_FILES[backend]).stat().st_size
 
         exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1  # seq = row + 1
         by_ef = {}
@@ -171,12 +174,18 @@ def run_size(
             )
         kb.close()
 
-        loaded_rss = loaded_rss_per_exp(work, space_info, n)
+        loaded_rss = loaded_rss_per_exp(work, space_info, n, backend)
         build_s = float("nan")
         if rebuild:
             t0 = time.perf_counter()
-            rebuilt = KnowledgeBase(work, space, hidden, hnsw_ef_construction=ef_construction)
-            (work / INDEX_FILE).unlink()
+            rebuilt = KnowledgeBase(
+                work,
+                space,
+                hidden,
+                hnsw_ef_construction=ef_construction,
+                replica_backend=backend,
+            )
+            (work / INDEX_FILES[backend]).unlink()
             rebuilt.rebuild()
             build_s = time.perf_counter() - t0
             rebuilt.close()
@@ -184,6 +193,7 @@ def run_size(
         shutil.rmtree(work, ignore_errors=True)
     row = {
         "n": n,
+        "backend": backend,
         "efC": ef_construction,
         "ingest/s": n / ingest_s,
         "RAM/exp (B)": loaded_rss,
@@ -214,6 +224,13 @@ def main() -> None:
         default=[256],
         help="search widths measured on the same index; the first one is the headline",
     )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=[StoreConfig.replica_backend],
+        help="one row per backend, side by side on the same vectors",
+    )
     parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild timing")
     args = parser.parse_args()
     enc = Encoder.default()
@@ -224,20 +241,22 @@ def main() -> None:
     queries = queries[: args.queries]
     rows = []
     for n in args.sizes:
-        for ef_construction in args.ef_construction:
-            rng_n = np.random.default_rng(n)  # the same vectors for every efC
-            row = run_size(
-                n,
-                real,
-                queries,
-                enc.space_info,
-                rng_n,
-                ef_construction,
-                args.ef_search,
-                rebuild=not args.no_rebuild,
-            )
-            rows.append(row)
-            print(table([row], list(row)), flush=True)
+        for backend in args.backends:
+            for ef_construction in args.ef_construction:
+                rng_n = np.random.default_rng(n)  # the same vectors for every row
+                row = run_size(
+                    n,
+                    real,
+                    queries,
+                    enc.space_info,
+                    rng_n,
+                    backend,
+                    ef_construction,
+                    args.ef_search,
+                    rebuild=not args.no_rebuild,
+                )
+                rows.append(row)
+                print(table([row], list(row)), flush=True)
     print(f"\nReplica: {len(real)} real vectors + synthetic to size; {len(queries)} queries")
     print(table(rows, list(rows[0])))
     path = write_json(
@@ -247,6 +266,8 @@ def main() -> None:
             "real_vectors": len(real),
             "settings": {
                 "M": 16,
+                "backends": args.backends,
+                "rerank_candidates_min": RERANK_CANDIDATES,
                 "ef_construction": args.ef_construction,
                 "ef": args.ef_search,
                 "batch": BATCH,

@@ -16,6 +16,10 @@ Attacks (per target):
 - sybil: 1000 fresh identities, each posting one of 20 near-duplicate variants of one poison;
 - alie: 20 % colluders post subtle variants of honest relevant tips ("tip && harmful"),
   i.e. poison inside the honest spread (A Little Is Enough).
+Standing: honest authors have been known to the node for longer than the maturity
+(standing 1); every attacking identity is fresh (standing 0), as the issue's attacks are.
+"zoonode, no standing" ignores it, and is exactly what every attack scores when its
+identities were aged past the maturity beforehand (sleepers): standing is then 1 for all.
 Metrics: attack success = adversarial share of the top-5 slots, averaged over targets;
 honest recall@5 = relevant tips (same command) in the top 5 / min(5, relevant).
 """
@@ -28,6 +32,7 @@ import time
 
 import numpy as np
 
+from zoonode.config import SelectionConfig
 from zoonode.native.encoder import Encoder
 from zoonode.selection import (
     Candidate,
@@ -46,6 +51,7 @@ from common import table, write_json
 from datasets import load
 
 HONEST_AUTHORS = 100
+OURS = "zoonode (groups + caps + GM + standing)"
 POOL = 150
 K = 5
 HARMFUL = [
@@ -85,9 +91,13 @@ def rank_by_centre(
     return np.argsort(-(query_rel * np.maximum(vecs @ centre, 0) ** alpha))
 
 
-def methods(floor: float) -> dict:
+def methods(floor: float, newcomer_weight: float) -> dict:
     def plain(pool):
         return np.argsort(-pool["rel"])[:K]
+
+    def plain_standing(pool):
+        factor = newcomer_weight + (1 - newcomer_weight) * pool["standing"]
+        return np.argsort(-(pool["rel"] * factor))[:K]
 
     def centred(estimator):
         def run(pool):
@@ -104,19 +114,26 @@ def methods(floor: float) -> dict:
     def ours_ungrouped(pool):
         return centred(lambda x: geometric_median(x).median)(pool)
 
-    def ours(pool):
-        cands = [
-            Candidate(
-                id=i.to_bytes(4, "big"),
-                vector=pool["vec"][i],
-                relevance=float(pool["rel"][i]),
-                author=pool["author"][i],
-                cluster=int(pool["cluster"][i]),
+    def zoonode(with_standing: bool):
+        def run(pool):
+            cands = [
+                Candidate(
+                    id=i.to_bytes(4, "big"),
+                    vector=pool["vec"][i],
+                    relevance=float(pool["rel"][i]),
+                    author=pool["author"][i],
+                    cluster=int(pool["cluster"][i]),
+                    reputation=float(pool["standing"][i]) if with_standing else 1.0,
+                )
+                for i in range(len(pool["rel"]))
+            ]
+            settings = SelectionSettings(k=K, min_similarity=floor, newcomer_weight=newcomer_weight)
+            result = select(pool["q"], cands, settings)
+            return np.array(
+                [int.from_bytes(s.candidate.id, "big") for s in result.selected], dtype=int
             )
-            for i in range(len(pool["rel"]))
-        ]
-        result = select(pool["q"], cands, SelectionSettings(k=K, min_similarity=floor))
-        return np.array([int.from_bytes(s.candidate.id, "big") for s in result.selected], dtype=int)
+
+        return run
 
     return {
         "plain top-k": plain,
@@ -127,7 +144,9 @@ def methods(floor: float) -> dict:
         "Krum": centred(krum_centre),
         "Multi-Krum": centred(multi_krum_centre),
         "geometric median, no grouping": ours_ungrouped,
-        "zoonode (groups + caps + GM)": ours,
+        "zoonode, no standing (= sleepers)": zoonode(with_standing=False),
+        "top-k x standing": plain_standing,
+        "zoonode (groups + caps + GM + standing)": zoonode(with_standing=True),
     }
 
 
@@ -139,9 +158,12 @@ def build_pool(
     poison_authors: list[bytes],
     floor: float,
 ) -> dict:
+    """The POOL candidates most similar to ``q``; honest authors are established (standing 1),
+    poison comes from fresh identities (standing 0)."""
     vec = np.concatenate([honest_vec, poison_vec]) if len(poison_vec) else honest_vec
     authors = honest_authors + poison_authors
     adversarial = np.array([False] * len(honest_vec) + [True] * len(poison_vec))
+    standing = np.where(adversarial, 0.0, 1.0)
     rel = vec @ q
     top = np.argsort(-rel)[:POOL]
     top = top[rel[top] >= floor]
@@ -152,6 +174,7 @@ def build_pool(
         "rel": rel[order],
         "author": [authors[i] for i in order],
         "adv": adversarial[order],
+        "standing": standing[order],
         "index": order,
         "cluster": np.asarray(clusters_in_order(vec[order])),
     }
@@ -169,6 +192,12 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=40)
     parser.add_argument("--floor", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--newcomer-weight",
+        type=float,
+        default=SelectionConfig.newcomer_weight,
+        help="score factor of a fresh identity (standing 0)",
+    )
     args = parser.parse_args()
     t_start = time.time()
     enc = Encoder.default()
@@ -231,7 +260,7 @@ def main() -> None:
         else {}
     )
 
-    all_methods = methods(args.floor)
+    all_methods = methods(args.floor, args.newcomer_weight)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for attack, runs in attacks.items():
         results[attack] = {}
@@ -278,16 +307,17 @@ def main() -> None:
     columns = ["method", "recall@5 clean", "recall vs plain", *[a for a in attacks if a != "none"]]
     print(
         f"\nAttack success (adversarial share of top-{K}), {len(targets)} targets, "
-        f"floor {args.floor}, pool {POOL}"
+        f"floor {args.floor}, pool {POOL}, newcomer weight {args.newcomer_weight}"
     )
     print(table(rows, columns))
-    under = {a: results[a]["zoonode (groups + caps + GM)"]["recall@5"] for a in attacks}
+    under = {a: results[a][OURS]["recall@5"] for a in attacks}
     print("\nzoonode recall@5 under each attack:", {a: round(v, 3) for a, v in under.items()})
     path = write_json(
         f"robustness-floor{args.floor}",
         {
             "targets": [int(t) for t in targets],
             "floor": args.floor,
+            "newcomer_weight": args.newcomer_weight,
             "pool": POOL,
             "results": results,
             "table": rows,

@@ -32,6 +32,7 @@ def test_layers_override_in_order(tmp_path):
         ("", {"ZOONODE_SELECTION__K": "five"}, "not a"),
         ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
         ("[selection\n", {}, "node.toml"),
+        ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend must be one of"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, env, match):

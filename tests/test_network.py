@@ -33,6 +33,10 @@ def test_two_nodes_exchange_a_record(tmp_path, encoder):
             )
             assert selection.selected[0].candidate.id == record_id
             assert records[record_id].experience.text == LESSON["text"]
+            # b has just met a's identity (standing ~0); a's own lessons are established.
+            assert selection.selected[0].candidate.reputation < 0.01
+            own, _ = await a.query("validate solutions of geometry problems with intersections")
+            assert own.selected[0].candidate.reputation == 1.0
             unrelated, _ = await b.query("how to bake sourdough bread")
             assert unrelated.selected == []  # below the similarity floor (0.4)
             nursery.cancel_scope.cancel()

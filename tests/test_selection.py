@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from zoonode.selection import (
     Candidate,
     SelectionSettings,
+    author_standing,
     coordinate_median,
     geometric_median,
     krum_scores,
@@ -182,3 +185,48 @@ def test_floor_and_author_slots():
     assert result.down_weighted["below_similarity_floor"] == 1
     assert result.down_weighted["author_slot_limit"] == 3
     assert select(topic, low).selected == []
+
+
+def test_author_standing_grows_with_time_known_and_cannot_be_negative():
+    day = 86_400_000
+    now = 100 * day
+    assert author_standing(None, now, 7 * day) == 0.0  # never seen: a newcomer
+    assert author_standing(now, now, 7 * day) == 0.0
+    assert author_standing(now - 3.5 * day, now, 7 * day) == pytest.approx(0.5)
+    assert author_standing(now - 30 * day, now, 7 * day) == 1.0
+    assert author_standing(now + day, now, 7 * day) == 0.0  # a clock step back
+    assert author_standing(now, now, 0) == 1.0  # maturity 0: everyone is established
+
+
+def test_fresh_identities_lose_to_established_authors():
+    """Colluders outnumber the honest authors near the query and copy its wording: without
+    standing they take the top slots; fresh identities (standing 0) do not."""
+    rng = np.random.default_rng(5)
+    topic = unit(rng.normal(size=32))
+    honest = [
+        make(i, topic + 0.8 * unit(rng.normal(size=32)), 0.55, bytes([i]) * 32) for i in range(6)
+    ]
+    poison = [
+        make(50 + j, topic + 0.2 * unit(rng.normal(size=32)), 0.9, bytes([50 + j]) * 32)
+        for j in range(10)
+    ]
+    fresh = [replace(c, reputation=0.0) for c in poison]
+    blind = select(topic, honest + poison, SelectionSettings(k=5, min_similarity=0.4))
+    assert all(s.candidate.id in {c.id for c in poison} for s in blind.selected)
+    aware = select(
+        topic, honest + fresh, SelectionSettings(k=5, min_similarity=0.4, newcomer_weight=0.2)
+    )
+    assert len(aware.selected) == 5
+    assert not {s.candidate.id for s in aware.selected} & {c.id for c in poison}
+    assert aware.down_weighted["low_reputation"] == 10
+    # With nothing established to offer, newcomers still answer: down-weighted, not banned.
+    alone = select(topic, fresh, SelectionSettings(k=5, min_similarity=0.4, newcomer_weight=0.2))
+    assert len(alone.selected) == 5
+
+
+def test_a_fresh_variant_does_not_speak_for_an_established_group():
+    topic = unit(np.ones(8))
+    established = make(1, topic, 0.7, b"h" * 32, cluster=7)
+    variant = replace(make(2, topic, 0.8, b"s" * 32, cluster=7), reputation=0.0)
+    result = select(topic, [established, variant], SelectionSettings(k=1, newcomer_weight=0.2))
+    assert result.selected[0].candidate.id == established.id

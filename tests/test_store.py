@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from zoonode.experiences import create_experiences, create_revocation
 from zoonode.knowledge import Filters, KnowledgeBase, snapshot_due
 from zoonode.native.space import data_dir
-from zoonode.replica import INDEX_FILE
+from zoonode.protocol import public_key_bytes
+from zoonode.replica import BACKENDS, INDEX_FILES, META_FILE
 from zoonode.store import Incoming, Outcome, Status, StoreError
 
 from helpers import lessons
@@ -188,19 +191,78 @@ def test_eviction_removes_lowest_value_first_and_reports_it(tmp_path, encoder, k
     kb.close()
 
 
-def test_snapshot_then_replay(tmp_path, encoder, key):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_snapshot_then_replay(tmp_path, encoder, key, backend):
     items = lessons(encoder, key, TEXTS)
-    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden, snapshot_every=3)
+    space, hidden = encoder.space, encoder.space_info.hidden
+    kb = KnowledgeBase(tmp_path, space, hidden, snapshot_every=3, replica_backend=backend)
     kb.ingest(items[:4])  # crosses snapshot_every: snapshot at seq 4
     kb.ingest(items[4:])  # not yet snapshotted
-    assert (tmp_path / INDEX_FILE).exists() and kb.replica.snapshot_seq == 4
+    assert (tmp_path / INDEX_FILES[backend]).exists() and kb.replica.snapshot_seq == 4
     kb.store.close()  # simulate a crash: no final snapshot
-    reopened = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    reopened = KnowledgeBase(tmp_path, space, hidden, replica_backend=backend)
     assert reopened.replica.snapshot_seq == 4 and len(reopened.replica) == len(TEXTS)
     for item in items:
         assert reopened.search(item.vector, k=1)[0].row.id == item.record.id
     assert reopened.rebuild() == len(TEXTS)
     reopened.close()
+
+
+def test_snapshot_replayed_twice_is_indexed_once(tmp_path, encoder, key):
+    """A crash between the index file's rename and the meta file's: the snapshot already
+    holds records the meta says to replay."""
+    items = lessons(encoder, key, TEXTS)
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    kb.ingest(items)
+    kb.close()
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    (tmp_path / META_FILE).write_text(json.dumps(meta | {"seq": 2}))
+    reopened = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    assert len(reopened.replica) == len(TEXTS)
+    assert reopened.search(items[3].vector, k=1)[0].row.id == items[3].record.id
+    reopened.close()
+
+
+def test_switching_backend_rebuilds_the_replica_from_the_store(tmp_path, encoder, key):
+    items = lessons(encoder, key, TEXTS)
+    space, hidden = encoder.space, encoder.space_info.hidden
+    old = KnowledgeBase(tmp_path, space, hidden, replica_backend="hnswlib")
+    old.ingest(items)
+    old.close()
+    assert (tmp_path / INDEX_FILES["hnswlib"]).exists()
+    kb = KnowledgeBase(tmp_path, space, hidden, replica_backend="usearch-i8")
+    assert kb.replica.backend == "usearch-i8" and len(kb.replica) == len(TEXTS)
+    for item in items:
+        assert kb.search(item.vector, k=1)[0].row.id == item.record.id
+    kb.close()
+    assert (tmp_path / INDEX_FILES["usearch-i8"]).exists()
+    assert not (tmp_path / INDEX_FILES["hnswlib"]).exists()  # the dead snapshot is removed
+    assert json.loads((tmp_path / META_FILE).read_text())["backend"] == "usearch-i8"
+
+
+def test_unreadable_snapshot_is_rebuilt_from_the_store(tmp_path, encoder, key):
+    items = lessons(encoder, key, TEXTS)
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    kb.ingest(items)
+    kb.close()
+    (tmp_path / INDEX_FILES["usearch-i8"]).write_bytes(b"not an index")
+    reopened = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    assert len(reopened.replica) == len(TEXTS)
+    assert reopened.search(items[0].vector, k=1)[0].row.id == items[0].record.id
+    reopened.close()
+
+
+def test_search_scores_are_exact_after_the_int8_index(kb, encoder, key):
+    """The default index stores 1-byte coordinates; what the caller sees is the exact
+    inner product of the stored float vectors, best first."""
+    kb.ingest(lessons(encoder, key, TEXTS))
+    assert not kb.replica.exact_scores
+    query = encoder.encode_compact("geometry intersections inside bounded regions")[0]
+    hits = kb.search(query, k=len(TEXTS), dedupe=False)
+    assert len(hits) == len(TEXTS)
+    exact = [float(h.vector @ query) for h in hits]
+    assert [h.score for h in hits] == pytest.approx(exact, abs=1e-6)
+    assert exact == sorted(exact, reverse=True)
 
 
 def test_snapshot_interval_grows_with_the_index():
@@ -217,7 +279,8 @@ def test_store_of_another_space_is_refused(tmp_path, encoder):
         KnowledgeBase(tmp_path, b"\x01" * 16, encoder.space_info.hidden)
 
 
-def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder, backend):
     texts = (data_dir() / "reference_corpus.txt").read_text().splitlines()[:400]
     (tmp_path / "texts.txt").write_text("\n".join(texts))
     np.save(tmp_path / "vectors.npy", encoder.encode_compact(texts))
@@ -235,6 +298,7 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder):
                 str(tmp_path / "vectors.npy"),
                 str(tmp_path / "texts.txt"),
                 str(len(acked)),
+                backend,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -258,7 +322,7 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder):
             break
     assert kills == 8
     assert len(acked) == len(texts)
-    kb = KnowledgeBase(node_dir, encoder.space, encoder.space_info.hidden)
+    kb = KnowledgeBase(node_dir, encoder.space, encoder.space_info.hidden, replica_backend=backend)
     vectors = np.load(tmp_path / "vectors.npy")
     ids = [bytes.fromhex(a) for a in acked]
     for i, record_id in enumerate(ids):
@@ -269,3 +333,18 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder):
         assert row.cluster in {h.row.cluster for h in hits}, f"record {i} not searchable"
     assert kb.store.counts()["total"] == len(texts)
     kb.close()
+
+
+def test_authors_first_seen_is_the_first_acceptance_on_our_clock(kb, encoder, key):
+    """Standing's basis: when *this node* accepted an author's first lesson, whatever
+    created_at the author claims (a backdated record gains nothing)."""
+    other = Ed25519PrivateKey.generate()
+    before = int(time.time() * 1000)
+    kb.ingest(lessons(encoder, key, TEXTS[:2]))
+    kb.ingest(lessons(encoder, other, TEXTS[2:3], created_at=1_000))  # claims 1970
+    after = int(time.time() * 1000)
+    ours = public_key_bytes(key)
+    theirs = public_key_bytes(other)
+    seen = kb.authors_first_seen([ours, theirs, b"\x00" * 32, ours])
+    assert set(seen) == {ours, theirs}  # an author we hold nothing from is absent
+    assert before <= seen[ours] <= seen[theirs] <= after

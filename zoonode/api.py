@@ -178,6 +178,7 @@ def _selection_json(selection: Any, records: dict) -> dict[str, Any]:
                 "agreement": s.agreement,
                 "distance_to_centre": s.distance_to_centre,
                 "group_size": s.group_size,
+                "standing": s.candidate.reputation,
                 "score": s.score,
             }
             for s in selection.selected

@@ -53,6 +53,16 @@ class StoreConfig:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
+    replica_backend: str = "usearch-i8"  # or "hnswlib" (README: the two side by side)
+
+    def __post_init__(self) -> None:
+        from zoonode.replica import BACKENDS
+
+        if self.replica_backend not in BACKENDS:
+            raise ConfigError(
+                f"store.replica_backend must be one of {', '.join(BACKENDS)}, "
+                f"got {self.replica_backend!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,18 @@ class SelectionConfig:
     candidates: int = 150
     min_similarity: float = 0.4
     author_cap: float = 1.0
+    maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
+    newcomer_weight: float = 0.2  # score factor of an author this node has just met
+    trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
+
+    def __post_init__(self) -> None:
+        for key in self.trusted_authors:
+            if len(key) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in key):
+                raise ConfigError(
+                    f"selection.trusted_authors: {key!r} is not a 64-hex-digit public key"
+                )
+        if not 0.0 <= self.newcomer_weight <= 1.0:
+            raise ConfigError("selection.newcomer_weight must be between 0 and 1")
 
 
 @dataclass(frozen=True)

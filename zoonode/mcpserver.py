@@ -28,7 +28,17 @@ INSTRUCTIONS = (
 
 
 def _brief(item: dict) -> dict:
-    keep = ("id", "text", "domain", "confidence", "author", "relevance", "group_size", "examples")
+    keep = (
+        "id",
+        "text",
+        "domain",
+        "confidence",
+        "author",
+        "relevance",
+        "group_size",
+        "standing",
+        "examples",
+    )
     return {k: item[k] for k in keep if k in item}
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,13 @@ from zoonode.net.validation import (
     embedding_agreement,
 )
 from zoonode.protocol import Op, SignedRecord, public_key_bytes
-from zoonode.selection import Candidate, Selection, SelectionSettings, select
+from zoonode.selection import (
+    Candidate,
+    Selection,
+    SelectionSettings,
+    author_standing,
+    select,
+)
 from zoonode.store import Incoming, InsertResult, Outcome
 
 log = logging.getLogger("zoonode.node")
@@ -80,6 +86,7 @@ def open_knowledge(cfg: Config, space: bytes, hidden: int) -> KnowledgeBase:
         hnsw_m=s.hnsw_m,
         hnsw_ef_construction=s.hnsw_ef_construction,
         hnsw_ef_search=s.hnsw_ef_search,
+        replica_backend=s.replica_backend,
     )
 
 
@@ -112,6 +119,7 @@ class Node:
         self.cfg = cfg
         self.key = load_or_create_identity(cfg.data_path / IDENTITY_FILE)
         self.author = public_key_bytes(self.key)
+        self.trusted_authors = {bytes.fromhex(a) for a in cfg.selection.trusted_authors}
         self.encoder = encoder or encoder_from_config(cfg)
         self.kb = open_knowledge(cfg, self.encoder.space, self.encoder.space_info.hidden)
         self.digest = Digest.build(self.kb.store.all_ids())
@@ -401,11 +409,12 @@ class Node:
         Returns the selection and the decoded records of the selected experiences."""
         sel = self.cfg.selection
 
-        def local() -> tuple[np.ndarray, list]:
+        def local() -> tuple[np.ndarray, list, dict[bytes, int]]:
             q = self.encoder.encode_compact(text)[0] if vector is None else vector
-            return q, self.kb.search(q, k=sel.candidates, filters=filters)
+            found = self.kb.search(q, k=sel.candidates, filters=filters)
+            return q, found, self.kb.authors_first_seen([h.row.author for h in found])
 
-        q, hits = await self._in_kb(local)
+        q, hits, first_seen = await self._in_kb(local)
         # Only the selected few are decoded (and their signatures checked again): decoding all
         # 150 candidates cost ~17 ms per query, more than the search itself.
         wires = {h.row.id: h.row.wire for h in hits}
@@ -418,20 +427,25 @@ class Node:
                 h.row.author,
                 h.row.cluster or -h.row.seq,
                 h.row.confidence,
+                reputation=self.standing(h.row.author, first_seen),
                 cluster_size=h.cluster_size,
             )
             for h in hits
         ]
         if federated:
             extra = await self.federated_candidates(q, sel.candidates)
+            known = await self._in_kb(self.kb.authors_first_seen, [c.author for _, c in extra])
             seen = set(wires)
             for record, cand in extra:
                 if cand.id not in seen:
                     records[cand.id] = record
-                    candidates.append(cand)
+                    candidates.append(replace(cand, reputation=self.standing(cand.author, known)))
                     seen.add(cand.id)
         settings = SelectionSettings(
-            k=k or sel.k, min_similarity=sel.min_similarity, author_cap=sel.author_cap
+            k=k or sel.k,
+            min_similarity=sel.min_similarity,
+            author_cap=sel.author_cap,
+            newcomer_weight=sel.newcomer_weight,
         )
         selection = select(q, candidates, settings)
         chosen = {
@@ -439,6 +453,14 @@ class Node:
             for s in selection.selected
         }
         return selection, chosen
+
+    def standing(self, author: bytes, first_seen: dict[bytes, int]) -> float:
+        """An author's standing with this node (selection.author_standing): our own identity
+        and the operator's trusted authors are established at once."""
+        if author == self.author or author in self.trusted_authors:
+            return 1.0
+        maturity_ms = int(self.cfg.selection.maturity_days * 86_400_000)
+        return author_standing(first_seen.get(author), now_ms(), maturity_ms)
 
     async def federated_candidates(
         self, q: np.ndarray, k: int

@@ -1,9 +1,17 @@
-"""The local HNSW replica (hnswlib): derived from the store, rebuildable, snapshotted.
+"""The local HNSW replica: derived from the store, rebuildable, snapshotted.
 
 It indexes *compact* coordinates (the head's 384-d basis), not the 7680-d vectors: the head is
-orthonormal, so inner products, and hence the ranking, are the canonical 7680-d ones exactly,
-while memory drops from ~31 KB to ~1.7 KB per experience (notes/ann-and-codes.md,
-benchmarks/replica.py). Labels are the store's ``seq``.
+orthonormal, so inner products, and hence the ranking, are the canonical 7680-d ones exactly.
+Labels are the store's ``seq``.
+
+Two HNSW libraries, chosen by ``store.replica_backend`` (measured side by side in README):
+
+- ``usearch-i8`` (default): usearch with 1-byte coordinates, 0.6 KB per experience, ~1.8x
+  hnswlib's insertion rate near 1M records. Its scores are approximate (|error| ~0.003), so
+  the knowledge base reranks every candidate with the exact float vectors the store returns
+  with the rows, and checks near-duplicates against them.
+- ``hnswlib``: float32 coordinates (the design card's library), exact scores, 1.8 KB per
+  experience; cannot add 1000 vectors/s near 1M records on 2 cores.
 
 Crash safety: a snapshot is written to a temporary file, fsynced and renamed, with the highest
 seq it contains beside it; after a crash the node loads the last snapshot and replays
@@ -13,14 +21,126 @@ seq it contains beside it; after a crash the node loads the last snapshot and re
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
-import hnswlib
 import numpy as np
 
-INDEX_FILE = "replica.hnsw"
+log = logging.getLogger(__name__)
+
 META_FILE = "replica.json"
+BACKENDS = ("usearch-i8", "hnswlib")
+INDEX_FILES = {"usearch-i8": "replica.usearch", "hnswlib": "replica.hnsw"}
+# Snapshots written before the backend was recorded are hnswlib's.
+_LEGACY_BACKEND = "hnswlib"
+
+
+class _Index(Protocol):
+    """What the replica needs from an HNSW library."""
+
+    exact_scores: bool
+
+    def __len__(self) -> int: ...
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
+    def contains(self, key: int) -> bool: ...
+    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def save(self, path: Path) -> None: ...
+
+
+class _Hnswlib:
+    exact_scores = True
+
+    def __init__(self, dim: int, m: int, ef_construction: int, threads: int) -> None:
+        import hnswlib
+
+        self.index = hnswlib.Index(space="ip", dim=dim)
+        self.index.init_index(max_elements=1024, M=m, ef_construction=ef_construction)
+        self.index.set_num_threads(threads)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, count: int, threads: int) -> _Hnswlib:
+        import hnswlib
+
+        self = cls.__new__(cls)
+        self.index = hnswlib.Index(space="ip", dim=dim)
+        self.index.load_index(str(path), max_elements=max(count + 1024, 16))
+        self.index.set_num_threads(threads)
+        return self
+
+    def __len__(self) -> int:
+        return self.index.get_current_count()
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        needed = len(self) + len(keys)
+        if needed > self.index.get_max_elements():
+            self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
+        self.index.add_items(vectors, keys)  # a known label is replaced: replay is idempotent
+
+    def contains(self, key: int) -> bool:
+        try:
+            self.index.get_items([key])
+        except RuntimeError:
+            return False
+        return True
+
+    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        self.index.set_ef(ef)
+        labels, distances = self.index.knn_query(queries, k=k)
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        self.index.save_index(str(path))
+
+
+class _UsearchI8:
+    exact_scores = False
+
+    def __init__(self, dim: int, m: int, ef_construction: int, threads: int) -> None:
+        from usearch.index import Index
+
+        # "cos" on unit vectors is the inner product, scaled back from usearch's int8 units.
+        self.index = Index(
+            ndim=dim, metric="cos", dtype="i8", connectivity=m, expansion_add=ef_construction
+        )
+        self.threads = threads
+
+    @classmethod
+    def load(cls, path: Path, dim: int, m: int, ef_construction: int, threads: int) -> _UsearchI8:
+        self = cls(dim, m, ef_construction, threads)
+        self.index.load(str(path))
+        if self.index.ndim != dim:
+            raise ValueError(f"snapshot has {self.index.ndim} dimensions, expected {dim}")
+        self.index.expansion_add = ef_construction  # not kept in the file
+        return self
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        fresh = ~np.asarray(self.index.contains(keys), bool)  # replay may repeat a few keys
+        if fresh.any():
+            self.index.add(keys[fresh], vectors[fresh], threads=self.threads)
+
+    def contains(self, key: int) -> bool:
+        return bool(self.index.contains(key))
+
+    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        self.index.expansion_search = ef
+        found = self.index.search(queries, k, threads=self.threads)
+        keys = np.full((len(queries), k), -1, np.int64)  # -1: fewer than k reachable
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        # One query answers Matches (only what was found), several BatchMatches (+ counts).
+        counts = getattr(found, "counts", [len(found.keys)])
+        got = np.asarray(found.keys).reshape(len(queries), -1)
+        dist = np.asarray(found.distances).reshape(len(queries), -1)
+        for row, count in enumerate(counts):
+            keys[row, :count], sims[row, :count] = got[row, :count], 1.0 - dist[row, :count]
+        return keys, sims
+
+    def save(self, path: Path) -> None:
+        self.index.save(str(path))
 
 
 class Replica:
@@ -28,99 +148,118 @@ class Replica:
         self,
         dim: int,
         *,
+        backend: str = "usearch-i8",
         m: int = 16,
         ef_construction: int = 200,
         ef_search: int = 128,
-        capacity: int = 1024,
         threads: int = 2,
-        init: bool = True,  # False: load_index() follows and allocates the index
+        _index: _Index | None = None,
     ) -> None:
-        self.dim, self.m, self.ef_construction = dim, m, ef_construction
-        self.ef_search = ef_search
-        self.index = hnswlib.Index(space="ip", dim=dim)
-        if init:
-            self.index.init_index(
-                max_elements=max(capacity, 16),
-                M=m,
-                ef_construction=ef_construction,
-                allow_replace_deleted=False,
-            )
-            self.index.set_ef(ef_search)
-        self.index.set_num_threads(threads)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown replica backend {backend!r}; choose one of {BACKENDS}")
+        self.dim, self.backend, self.m = dim, backend, m
+        self.ef_construction, self.ef_search, self.threads = ef_construction, ef_search, threads
+        if _index is not None:
+            self.index: _Index = _index
+        elif backend == "hnswlib":
+            self.index = _Hnswlib(dim, m, ef_construction, threads)
+        else:
+            self.index = _UsearchI8(dim, m, ef_construction, threads)
         self.snapshot_seq = 0
         self.max_seq = 0
 
+    @property
+    def exact_scores(self) -> bool:
+        """False: search scores are approximate and callers rerank with the exact vectors."""
+        return self.index.exact_scores
+
     def __len__(self) -> int:
-        return self.index.get_current_count()
+        return len(self.index)
 
     def add(self, seqs: np.ndarray, vectors: np.ndarray) -> None:
         if len(seqs) == 0:
             return
-        needed = len(self) + len(seqs)
-        if needed > self.index.get_max_elements():
-            self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
-        self.index.add_items(np.asarray(vectors, np.float32), np.asarray(seqs, np.int64))
+        self.index.add(np.asarray(seqs, np.int64), np.asarray(vectors, np.float32))
         self.max_seq = max(self.max_seq, int(np.max(seqs)))
 
     def contains(self, seq: int) -> bool:
-        try:
-            self.index.get_items([seq])
-        except RuntimeError:
-            return False
-        return True
+        return self.index.contains(int(seq))
 
     def search(
         self, query: np.ndarray, k: int, ef: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(seqs, inner products), best first. ``ef`` >= k is raised automatically."""
-        n = len(self)
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        k = min(k, n)
-        self.index.set_ef(max(ef or self.ef_search, k))
-        labels, distances = self.index.knn_query(np.asarray(query, np.float32)[None, :], k=k)
-        return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
+        seqs, sims = self.search_many(np.asarray(query, np.float32)[None, :], k, ef)
+        keep = seqs[0] >= 0
+        return seqs[0][keep], sims[0][keep]
 
     def search_many(
         self, queries: np.ndarray, k: int, ef: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One knn_query for many vectors (hnswlib spreads it over its threads)."""
+        """One search for many vectors, spread over the library's threads. Rows are padded
+        with seq -1 and score -inf where fewer than ``k`` were found."""
         n = len(self)
         if n == 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         k = min(k, n)
-        self.index.set_ef(max(ef or self.ef_search, k))
-        labels, distances = self.index.knn_query(np.asarray(queries, np.float32), k=k)
-        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+        return self.index.search(np.asarray(queries, np.float32), k, max(ef or self.ef_search, k))
 
     # -- snapshots ----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (INDEX_FILE + ".tmp")
-        self.index.save_index(str(tmp))
+        name = INDEX_FILES[self.backend]
+        tmp = directory / (name + ".tmp")
+        self.index.save(tmp)
         _fsync(tmp)
-        os.replace(tmp, directory / INDEX_FILE)
-        meta = {"seq": self.max_seq, "dim": self.dim, "m": self.m, "count": len(self)}
+        os.replace(tmp, directory / name)
+        meta = {
+            "seq": self.max_seq,
+            "dim": self.dim,
+            "m": self.m,
+            "count": len(self),
+            "backend": self.backend,
+        }
         tmp_meta = directory / (META_FILE + ".tmp")
         tmp_meta.write_text(json.dumps(meta))
         _fsync(tmp_meta)
         os.replace(tmp_meta, directory / META_FILE)
         self.snapshot_seq = self.max_seq
+        for other, stale in INDEX_FILES.items():  # a snapshot of the other backend is dead
+            if other != self.backend:
+                (directory / stale).unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, directory: Path, dim: int, **kwargs: int) -> Replica:
-        """The last snapshot, or an empty replica if there is none or it is unusable."""
+    def load(
+        cls,
+        directory: Path,
+        dim: int,
+        *,
+        backend: str = "usearch-i8",
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        threads: int = 2,
+    ) -> Replica:
+        """The last snapshot, or an empty replica (the caller replays the store into it) if
+        there is none, it is unusable, or it was written by another backend."""
+        settings = dict(m=m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
         try:
             meta = json.loads((directory / META_FILE).read_text())
-            if meta["dim"] != dim:
-                return cls(dim, **kwargs)
-            replica = cls(dim, init=False, **kwargs)
-            replica.index.load_index(
-                str(directory / INDEX_FILE), max_elements=max(meta["count"] + 1024, 16)
-            )
-        except (OSError, ValueError, KeyError, RuntimeError):
-            return cls(dim, **kwargs)
-        replica.index.set_ef(replica.ef_search)
+            written_by = meta.get("backend", _LEGACY_BACKEND)
+            if meta["dim"] != dim or written_by != backend:
+                log.info("replica: snapshot by %s, %d-d: rebuilding", written_by, meta["dim"])
+                return cls(dim, backend=backend, **settings)
+            path = directory / INDEX_FILES[backend]
+            if backend == "hnswlib":
+                index: _Index = _Hnswlib.load(path, dim, int(meta["count"]), threads)
+            else:
+                index = _UsearchI8.load(path, dim, m, ef_construction, threads)
+        except FileNotFoundError:
+            return cls(dim, backend=backend, **settings)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("replica: snapshot unusable (%s): rebuilding from the store", exc)
+            return cls(dim, backend=backend, **settings)
+        replica = cls(dim, backend=backend, _index=index, **settings)
         replica.snapshot_seq = replica.max_seq = int(meta["seq"])
         return replica
 

@@ -12,8 +12,17 @@ win, so selection does not simply take the top k by relevance:
    smoothed Weiszfeld (RFA, Pillutla et al. 2019). Its breakdown point is 1/2: while honest
    weight is the majority, no placement of the rest moves it far from the honest centre.
 4. **Ranking**: ``score = relevance * agreement ** alpha`` where agreement is the cosine with
-   the robust centre, times a confidence factor. Outliers pushed towards the query but away
-   from the consensus lose; then at most ``per_author`` slots per author and one per group.
+   the robust centre, times a confidence factor and a standing factor. Outliers pushed towards
+   the query but away from the consensus lose; then at most ``per_author`` slots per author and
+   one per group.
+
+**Standing** (``author_standing``) is the information the embedding cannot carry: how long this
+node has known the author. It grows from 0 for an identity whose first lesson this node
+accepted just now to 1 after ``maturity`` (the node's own clock, so it cannot be backdated),
+and weighs both the author's vote in the centre and its score (``newcomer_weight`` is what a
+brand-new author's score keeps). Fresh identities, the cheap resource of Sybil floods and of
+crafted one-off poison, then lose to established authors; identities aged past the maturity
+("sleepers") are not stopped by it (README, robustness table).
 
 Baselines for comparison live here too: plain top-k, mean, coordinate-wise median, trimmed
 mean, Krum / Multi-Krum and the medoid. The seed DSO paper's "geometric median" (its eq. 13)
@@ -188,6 +197,17 @@ class SelectionSettings:
     alpha: float = 2.0  # how strongly agreement with the centre counts against relevance
     confidence_weight: float = 0.1  # score factor (1 - cw) + cw * confidence
     per_author: int = 1
+    newcomer_weight: float = 1.0  # score factor of an author of standing 0 (1: standing unused)
+
+
+def author_standing(first_seen_ms: int | None, now_ms: int, maturity_ms: int) -> float:
+    """How established an author is to this node, in [0, 1]: the time since this node first
+    accepted one of its lessons, over ``maturity_ms``. Unknown authors have standing 0."""
+    if first_seen_ms is None:
+        return 0.0
+    if maturity_ms <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, (now_ms - first_seen_ms) / maturity_ms)))
 
 
 def select(
@@ -218,7 +238,17 @@ def select(
     reasons["author_capped"] = sum(1 for a in author_groups.values() if len(a) > 1)
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
 
-    reps = [max(groups[g], key=lambda c: c.relevance) for g in group_ids]
+    # A group shows its most relevant member, weighed by standing: a fresh identity's variant
+    # of an established lesson does not speak for the group.
+    reps = [
+        max(
+            groups[g],
+            key=lambda c: (
+                c.relevance * (s.newcomer_weight + (1 - s.newcomer_weight) * c.reputation)
+            ),
+        )
+        for g in group_ids
+    ]
     points = np.stack([np.asarray(r.vector, np.float64) for r in reps])
     if weights.sum() <= 0:
         weights = np.ones(len(group_ids))
@@ -230,7 +260,8 @@ def select(
         agreement = float(np.asarray(rep.vector, np.float32) @ centre)
         distance = float(np.linalg.norm(np.asarray(rep.vector, np.float32) - median.median))
         conf = (1 - s.confidence_weight) + s.confidence_weight * rep.confidence
-        score = rep.relevance * max(agreement, 0.0) ** s.alpha * conf
+        standing = s.newcomer_weight + (1 - s.newcomer_weight) * rep.reputation
+        score = rep.relevance * max(agreement, 0.0) ** s.alpha * conf * standing
         scored.append(
             Selected(
                 rep,

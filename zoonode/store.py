@@ -401,6 +401,23 @@ class Store:
             ).fetchall()
         )
 
+    def authors_first_seen(self, authors: Sequence[bytes]) -> dict[bytes, int]:
+        """When this node first accepted a lesson of each author (ms, its own clock): the
+        basis of an author's standing. Authors it holds nothing from are absent."""
+        out: dict[bytes, int] = {}
+        distinct = list(dict.fromkeys(authors))
+        for start in range(0, len(distinct), 900):
+            chunk = distinct[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.db.execute(
+                    f"SELECT author, min(accepted_at) FROM records WHERE author IN ({marks}) "
+                    "GROUP BY author",
+                    chunk,
+                ).fetchall()
+            )
+        return out
+
     def max_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
 
