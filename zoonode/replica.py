@@ -230,35 +230,28 @@ class Replica:
 
     @classmethod
     def load(
-        cls,
-        directory: Path,
-        dim: int,
-        *,
-        backend: str = "usearch-i8",
-        m: int = 16,
-        ef_construction: int = 200,
-        ef_search: int = 128,
-        threads: int = 2,
+        cls, directory: Path, dim: int, *, backend: str = "usearch-i8", **settings: int
     ) -> Replica:
         """The last snapshot, or an empty replica (the caller replays the store into it) if
-        there is none, it is unusable, or it was written by another backend."""
-        settings = dict(m=m, ef_construction=ef_construction, ef_search=ef_search, threads=threads)
+        there is none, it is unusable, or it was written by another backend. ``settings``
+        are ``__init__``'s."""
+        empty = cls(dim, backend=backend, **settings)  # also validates backend and settings
         try:
             meta = json.loads((directory / META_FILE).read_text())
             written_by = meta.get("backend", _LEGACY_BACKEND)
             if meta["dim"] != dim or written_by != backend:
                 log.info("replica: snapshot by %s, %d-d: rebuilding", written_by, meta["dim"])
-                return cls(dim, backend=backend, **settings)
+                return empty
             path = directory / INDEX_FILES[backend]
             if backend == "hnswlib":
-                index: _Index = _Hnswlib.load(path, dim, int(meta["count"]), threads)
+                index: _Index = _Hnswlib.load(path, dim, int(meta["count"]), empty.threads)
             else:
-                index = _UsearchI8.load(path, dim, m, ef_construction, threads)
+                index = _UsearchI8.load(path, dim, empty.m, empty.ef_construction, empty.threads)
         except FileNotFoundError:
-            return cls(dim, backend=backend, **settings)
+            return empty
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("replica: snapshot unusable (%s): rebuilding from the store", exc)
-            return cls(dim, backend=backend, **settings)
+            return empty
         replica = cls(dim, backend=backend, _index=index, **settings)
         replica.snapshot_seq = replica.max_seq = int(meta["seq"])
         return replica
