@@ -5,9 +5,12 @@
 Honest world: the 1334 cheat 2.5.1 tips are the honest experiences, spread over 100 honest
 authors (round robin). Target queries: eg 1.2.3 example descriptions (seeded sample). Every
 poison text is real text embedded by the real encoder: the target query's wording (or an
-honest tip) plus a harmful shell instruction. Each method sees the same pool: the 150
-candidates most similar to the query, clustered by the store's rule (cos >= 0.9 joins the
-first-seen member's cluster, honest experiences having arrived first).
+honest tip) plus a harmful shell instruction. Every experience is clustered by the store's
+rule (cos >= 0.9 joins the first-seen member's cluster, honest experiences having arrived
+first). The baselines see the 150 experiences most similar to the query above the floor (the
+raw replica top 150); zoonode's rows see what the node's store search hands selection: one
+experience per cluster, 150 clusters, ordered by relevance x standing factor (by relevance in
+the no-standing row).
 
 Attacks (per target):
 - poisonedrag: 5 crafted texts "query + harmful instruction", 5 fresh identities;
@@ -20,6 +23,8 @@ Standing: honest authors have been known to the node for longer than the maturit
 (standing 1); every attacking identity is fresh (standing 0), as the issue's attacks are.
 "zoonode, no standing" ignores it, and is exactly what every attack scores when its
 identities were aged past the maturity beforehand (sleepers): standing is then 1 for all.
+"attackers half-aged" gives every attacking identity standing 0.5 (known for half the
+maturity, 3.5 days by default); "newcomers_alone = false" is the strict setting.
 Metrics: attack success = adversarial share of the top-5 slots, averaged over targets;
 honest recall@5 = relevant tips (same command) in the top 5 / min(5, relevant).
 """
@@ -45,13 +50,22 @@ from zoonode.selection import (
     select,
     trimmed_mean,
 )
-from zoonode.sim.agents import clusters_in_order
+from zoonode.sim.agents import DUPLICATE_COSINE, clusters_in_order
 
 from common import table, write_json
 from datasets import load
 
 HONEST_AUTHORS = 100
 OURS = "zoonode (groups + caps + GM + standing)"
+SLEEPERS = "zoonode, no standing (= sleepers)"
+STRICT = "zoonode, newcomers_alone = false"
+HALF_AGED = "zoonode, attackers half-aged (standing 0.5)"
+POOL_OF = {  # others: "raw"
+    SLEEPERS: "node",
+    OURS: "node+standing",
+    STRICT: "node+standing",
+    HALF_AGED: "node+half-aged",
+}
 POOL = 150
 K = 5
 HARMFUL = [
@@ -114,8 +128,8 @@ def methods(floor: float, newcomer_weight: float) -> dict:
     def ours_ungrouped(pool):
         return centred(lambda x: geometric_median(x).median)(pool)
 
-    def zoonode(with_standing: bool):
-        def run(pool):
+    def zoonode(with_standing: bool, alone: bool = True):
+        def run(pool):  # pool: what the node's store search returns (node_pool)
             cands = [
                 Candidate(
                     id=i.to_bytes(4, "big"),
@@ -127,7 +141,9 @@ def methods(floor: float, newcomer_weight: float) -> dict:
                 )
                 for i in range(len(pool["rel"]))
             ]
-            settings = SelectionSettings(k=K, min_similarity=floor, newcomer_weight=newcomer_weight)
+            settings = SelectionSettings(
+                k=K, min_similarity=floor, newcomer_weight=newcomer_weight, newcomers_alone=alone
+            )
             result = select(pool["q"], cands, settings)
             return np.array(
                 [int.from_bytes(s.candidate.id, "big") for s in result.selected], dtype=int
@@ -135,7 +151,7 @@ def methods(floor: float, newcomer_weight: float) -> dict:
 
         return run
 
-    return {
+    return {  # every method but zoonode's sees the raw top POOL of the replica
         "plain top-k": plain,
         "mean": centred(lambda x: mean(x)),
         "coordinate median": centred(coordinate_median),
@@ -144,39 +160,89 @@ def methods(floor: float, newcomer_weight: float) -> dict:
         "Krum": centred(krum_centre),
         "Multi-Krum": centred(multi_krum_centre),
         "geometric median, no grouping": ours_ungrouped,
-        "zoonode, no standing (= sleepers)": zoonode(with_standing=False),
+        SLEEPERS: zoonode(with_standing=False),
         "top-k x standing": plain_standing,
-        "zoonode (groups + caps + GM + standing)": zoonode(with_standing=True),
+        OURS: zoonode(with_standing=True),
+        STRICT: zoonode(with_standing=True, alone=False),
+        HALF_AGED: zoonode(with_standing=True),
     }
 
 
-def build_pool(
+class Clusters:
+    """The store's near-duplicate rule over the honest corpus, extended by each attack's
+    poison as it arrives (cos >= 0.9 to a cluster's first member joins that cluster)."""
+
+    def __init__(self, honest_vec: np.ndarray) -> None:
+        self.honest = np.asarray(clusters_in_order(honest_vec))
+        self.firsts = np.unique(self.honest)
+        self.first_vecs = honest_vec[self.firsts]
+
+    def with_poison(self, poison_vec: np.ndarray) -> np.ndarray:
+        ids = list(self.honest)
+        firsts = list(self.firsts)
+        extra: list[np.ndarray] = []  # first members of poison-only clusters
+        for i, v in enumerate(poison_vec):
+            sims = self.first_vecs @ v
+            if extra:
+                sims = np.concatenate([sims, np.stack(extra) @ v])
+            j = int(np.argmax(sims))
+            if sims[j] >= DUPLICATE_COSINE:
+                ids.append(ids[firsts[j]])
+            else:
+                firsts.append(len(self.honest) + i)
+                extra.append(v)
+                ids.append(len(self.honest) + i)
+        return np.asarray(ids)
+
+
+def subset(world: dict, order: np.ndarray) -> dict:
+    order = np.sort(order)  # arrival order: honest first
+    return {
+        "q": world["q"],
+        **{key: world[key][order] for key in ("vec", "rel", "adv", "standing", "cluster")},
+        "author": [world["author"][i] for i in order],
+        "index": order,
+    }
+
+
+def raw_pool(world: dict, floor: float) -> dict:
+    """The POOL experiences most similar to the query, above the floor."""
+    top = np.argsort(-world["rel"])[:POOL]
+    return subset(world, top[world["rel"][top] >= floor])
+
+
+def node_pool(world: dict, floor: float, newcomer_weight: float | None) -> dict:
+    """What the node's store search returns (KnowledgeBase.search): one experience per
+    near-duplicate cluster, POOL clusters, ordered by relevance x standing factor when the node
+    weighs by standing (``newcomer_weight`` not None), by relevance otherwise."""
+    rank = world["rel"]
+    if newcomer_weight is not None:
+        rank = rank * (newcomer_weight + (1 - newcomer_weight) * world["standing"])
+    _, first = np.unique(world["cluster"][np.argsort(-rank, kind="stable")], return_index=True)
+    best = np.argsort(-rank, kind="stable")[np.sort(first)][:POOL]
+    return subset(world, best[world["rel"][best] >= floor])
+
+
+def build_world(
     q: np.ndarray,
     honest_vec: np.ndarray,
     honest_authors: list[bytes],
     poison_vec: np.ndarray,
     poison_authors: list[bytes],
-    floor: float,
+    clusters: Clusters,
 ) -> dict:
-    """The POOL candidates most similar to ``q``; honest authors are established (standing 1),
-    poison comes from fresh identities (standing 0)."""
+    """Every experience a node holds for one target and attack; honest authors are
+    established (standing 1), poison comes from fresh identities (standing 0)."""
     vec = np.concatenate([honest_vec, poison_vec]) if len(poison_vec) else honest_vec
-    authors = honest_authors + poison_authors
     adversarial = np.array([False] * len(honest_vec) + [True] * len(poison_vec))
-    standing = np.where(adversarial, 0.0, 1.0)
-    rel = vec @ q
-    top = np.argsort(-rel)[:POOL]
-    top = top[rel[top] >= floor]
-    order = np.sort(top)  # arrival order: honest first
     return {
         "q": q,
-        "vec": vec[order],
-        "rel": rel[order],
-        "author": [authors[i] for i in order],
-        "adv": adversarial[order],
-        "standing": standing[order],
-        "index": order,
-        "cluster": np.asarray(clusters_in_order(vec[order])),
+        "vec": vec,
+        "rel": vec @ q,
+        "author": honest_authors + poison_authors,
+        "adv": adversarial,
+        "standing": np.where(adversarial, 0.0, 1.0),
+        "cluster": clusters.with_poison(poison_vec) if len(poison_vec) else clusters.honest,
     }
 
 
@@ -261,20 +327,35 @@ def main() -> None:
     )
 
     all_methods = methods(args.floor, args.newcomer_weight)
+    clusters = Clusters(honest_vec)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for attack, runs in attacks.items():
         results[attack] = {}
+        pools = []  # per target: the raw replica top POOL and the node's store search
+        for t, (texts, authors) in zip(targets, runs, strict=True):
+            poison = (
+                np.stack([lookup[x] for x in texts])
+                if texts
+                else np.zeros((0, honest_vec.shape[1]), np.float32)
+            )
+            world = build_world(query_vec[t], honest_vec, honest_authors, poison, authors, clusters)
+            pools.append(
+                {
+                    "raw": raw_pool(world, args.floor),
+                    "node": node_pool(world, args.floor, None),
+                    "node+standing": node_pool(world, args.floor, args.newcomer_weight),
+                    "node+half-aged": node_pool(
+                        {**world, "standing": np.where(world["adv"], 0.5, 1.0)},
+                        args.floor,
+                        args.newcomer_weight,
+                    ),
+                }
+            )
         for name, method in all_methods.items():
+            kind = POOL_OF.get(name, "raw")
             adv_scores, recalls, durations = [], [], []
-            for t, (texts, authors) in zip(targets, runs, strict=True):
-                poison = (
-                    np.stack([lookup[x] for x in texts])
-                    if texts
-                    else np.zeros((0, honest_vec.shape[1]), np.float32)
-                )
-                pool = build_pool(
-                    query_vec[t], honest_vec, honest_authors, poison, authors, args.floor
-                )
+            for t, pool_of in zip(targets, pools, strict=True):
+                pool = pool_of[kind]
                 if len(pool["rel"]) == 0:
                     adv_scores.append(0.0)
                     recalls.append(0.0)

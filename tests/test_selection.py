@@ -224,6 +224,42 @@ def test_fresh_identities_lose_to_established_authors():
     assert len(alone.selected) == 5
 
 
+def test_newcomers_on_probation_do_not_fill_slots_established_authors_leave():
+    """Two established lessons answer; ten fresh identities must not fill the other three
+    slots. An author close to maturity with a strong match still answers."""
+    rng = np.random.default_rng(9)
+    topic = unit(rng.normal(size=32))
+    honest = [
+        make(i, topic + 0.8 * unit(rng.normal(size=32)), 0.55, bytes([i]) * 32) for i in range(2)
+    ]
+    fresh = [
+        replace(
+            make(50 + j, topic + 0.2 * unit(rng.normal(size=32)), 0.9, bytes([50 + j]) * 32),
+            reputation=0.0,
+        )
+        for j in range(10)
+    ]
+    maturing = replace(
+        make(90, topic + 0.3 * unit(rng.normal(size=32)), 0.9, b"m" * 32), reputation=0.95
+    )
+    settings = SelectionSettings(k=5, min_similarity=0.4, newcomer_weight=0.2)
+    result = select(topic, honest + fresh + [maturing], settings)
+    chosen = {s.candidate.id for s in result.selected}
+    assert chosen == {c.id for c in honest} | {maturing.id}
+    assert result.down_weighted["newcomer_on_probation"] == 10
+    # Alone, the fresh ones answer by default; not when newcomers may not answer alone.
+    assert len(select(topic, fresh, settings).selected) == 5
+    strict = replace(settings, newcomers_alone=False)
+    assert select(topic, fresh, strict).selected == []
+    assert [s.candidate.id for s in select(topic, [*fresh, maturing], strict).selected] == [
+        maturing.id
+    ]
+    # Standing unused (newcomer weight 1): no probation, the fresh lessons answer.
+    plain = select(topic, honest + fresh, SelectionSettings(k=5, min_similarity=0.4))
+    assert len(plain.selected) == 5
+    assert "newcomer_on_probation" not in plain.down_weighted
+
+
 def test_a_fresh_variant_does_not_speak_for_an_established_group():
     topic = unit(np.ones(8))
     established = make(1, topic, 0.7, b"h" * 32, cluster=7)

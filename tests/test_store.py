@@ -146,6 +146,27 @@ def test_near_duplicates_form_one_cluster(kb, encoder, key):
     assert len(kb.search(dup.vector, k=10, dedupe=False)) == len(hits) + 1
 
 
+def test_weighed_search_lets_the_weightier_member_speak_for_a_cluster(kb, encoder, key):
+    """The node weighs rows by their author's standing: a fresh author's paraphrase matches the
+    query best but does not represent the established lesson's cluster; scores stay exact."""
+    other = Ed25519PrivateKey.generate()
+    items = lessons(encoder, key, TEXTS)
+    kb.ingest(items)
+    [dup] = lessons(encoder, other, [PARAPHRASE])
+    kb.ingest([dup])
+    fresh = other.public_key().public_bytes_raw()
+    assert kb.search(dup.vector, k=1)[0].row.id == dup.record.id
+
+    def weigh(rows):
+        return np.array([0.2 if row.author == fresh else 1.0 for row in rows])
+
+    hits = kb.search(dup.vector, k=len(TEXTS), weigh=weigh)
+    assert hits[0].row.id == items[0].record.id
+    assert hits[0].score == pytest.approx(float(items[0].vector @ dup.vector), abs=1e-5)
+    assert hits[0].cluster_size == 2
+    assert dup.record.id not in {h.row.id for h in hits}
+
+
 def test_duplicates_within_one_batch_are_linked(kb, encoder, key):
     items = lessons(encoder, key, [TEXTS[0], PARAPHRASE])
     kb.ingest(items)

@@ -92,6 +92,7 @@ class SelectionConfig:
     author_cap: float = 1.0
     maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
     newcomer_weight: float = 0.2  # score factor of an author this node has just met
+    newcomers_alone: bool = True  # newer authors answer where no established author does
     trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
 
     def __post_init__(self) -> None:

@@ -4,13 +4,15 @@ Write path: verified records with their exact compact vectors -> near-duplicate 
 lookup -> one store transaction (durable: the acknowledgement) -> replica -> eviction.
 Read path: replica candidates -> store rows with their exact vectors -> rerank by exact
 inner product (the default replica's int8 scores are approximate) -> status and filters ->
-one hit per near-duplicate cluster -> top k.
+one hit per near-duplicate cluster -> top k. A caller may weigh rows (the node weighs them by
+their author's standing) to choose which member speaks for a cluster and which clusters fill
+the k.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,8 @@ RERANK_CANDIDATES = 64
 # Near-duplicate candidates whose approximate score is within this of the threshold are
 # checked against their exact vectors (int8 score error: median 0.003, max 0.02 measured).
 APPROX_MARGIN = 0.05
+
+Weigh = Callable[[list[Row]], np.ndarray]
 
 
 def snapshot_due(new_records: int, indexed: int, snapshot_every: int) -> bool:
@@ -277,8 +281,13 @@ class KnowledgeBase:
         filters: Filters | None = None,
         candidates: int | None = None,
         dedupe: bool = True,
+        weigh: Weigh | None = None,
     ) -> list[Hit]:
-        """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster."""
+        """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster.
+
+        ``weigh`` maps rows to factors in [0, 1]: the order is then by cosine x factor, so a
+        low-weight row neither speaks for a cluster a higher-weight member also matches nor
+        pushes such a cluster out of the k. Hit scores stay the exact cosine."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -286,16 +295,16 @@ class KnowledgeBase:
         fetch = max(candidates or 0, k + max(k // 4, 16), RERANK_CANDIDATES)
         while True:
             seqs, _approximate = self.replica.search(query, k=fetch)
-            hits = self._keep(seqs, query, filters, dedupe, limit=k)
+            hits = self._keep(seqs, query, filters, dedupe, limit=k, weigh=weigh)
             exhausted = len(seqs) < fetch
             if len(hits) >= k or exhausted:
                 return (
                     hits[:k]
                     if len(hits) >= k or filters.empty
-                    else self._exact(query, k, filters, dedupe)
+                    else self._exact(query, k, filters, dedupe, weigh)
                 )
             if fetch >= 4096:
-                return self._exact(query, k, filters, dedupe)
+                return self._exact(query, k, filters, dedupe, weigh)
             fetch *= 4
 
     def _keep(
@@ -305,6 +314,7 @@ class KnowledgeBase:
         filters: Filters,
         dedupe: bool,
         limit: int | None = None,
+        weigh: Weigh | None = None,
     ) -> list[Hit]:
         """The best ``limit`` active, matching candidates by exact inner product, one per
         cluster, with their vectors."""
@@ -313,9 +323,10 @@ class KnowledgeBase:
         if not found:
             return []
         sims = np.stack([vector for _, vector in found]) @ query
+        rank = sims if weigh is None else sims * weigh([row for row, _ in found])
         best: dict[int, tuple[Row, float, np.ndarray]] = {}
         order: list[int] = []
-        for i in np.argsort(-sims, kind="stable"):
+        for i in np.argsort(-rank, kind="stable"):
             row, vector = found[i]
             sim = sims[i]
             if row.status is not Status.ACTIVE or not filters.match(row):
@@ -329,16 +340,23 @@ class KnowledgeBase:
         sizes = self.store.cluster_sizes([g for g in order if g > 0]) if dedupe else {}
         return [Hit(best[g][0], best[g][1], sizes.get(g, 1), best[g][2]) for g in order]
 
-    def _exact(self, query: np.ndarray, k: int, filters: Filters, dedupe: bool) -> list[Hit]:
+    def _exact(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: Filters,
+        dedupe: bool,
+        weigh: Weigh | None = None,
+    ) -> list[Hit]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
         seqs, vectors = self.store.filtered_vectors(where, params)
         if len(seqs) == 0:
             return []
         order = np.argsort(-(vectors @ query), kind="stable")
-        return self._keep(seqs[order], query, filters, dedupe, limit=k)
+        return self._keep(seqs[order], query, filters, dedupe, limit=k, weigh=weigh)
 
-    def authors_first_seen(self, authors: Sequence[bytes]) -> dict[bytes, int]:
+    def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)
 
     def get(self, record_id: bytes) -> Row | None:

@@ -47,6 +47,7 @@ from zoonode.selection import (
     SelectionSettings,
     author_standing,
     select,
+    standing_factor,
 )
 from zoonode.store import Incoming, InsertResult, Outcome
 
@@ -409,12 +410,27 @@ class Node:
         Returns the selection and the decoded records of the selected experiences."""
         sel = self.cfg.selection
 
-        def local() -> tuple[np.ndarray, list, dict[bytes, int]]:
-            q = self.encoder.encode_compact(text)[0] if vector is None else vector
-            found = self.kb.search(q, k=sel.candidates, filters=filters)
-            return q, found, self.kb.authors_first_seen([h.row.author for h in found])
+        first_seen: dict[bytes, int] = {}
 
-        q, hits, first_seen = await self._in_kb(local)
+        def weigh(rows: list) -> np.ndarray:
+            """Standing decides which member speaks for a near-duplicate cluster and which
+            clusters fill the candidate list: a Sybil flood cannot crowd established lessons
+            out of it, nor a fresh variant stand in for an established lesson."""
+            first_seen.update(
+                self.kb.authors_first_seen({r.author for r in rows} - first_seen.keys())
+            )
+            return np.array(
+                [
+                    standing_factor(sel.newcomer_weight, self.standing(r.author, first_seen))
+                    for r in rows
+                ]
+            )
+
+        def local() -> tuple[np.ndarray, list]:
+            q = self.encoder.encode_compact(text)[0] if vector is None else vector
+            return q, self.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh)
+
+        q, hits = await self._in_kb(local)
         # Only the selected few are decoded (and their signatures checked again): decoding all
         # 150 candidates cost ~17 ms per query, more than the search itself.
         wires = {h.row.id: h.row.wire for h in hits}
@@ -446,6 +462,7 @@ class Node:
             min_similarity=sel.min_similarity,
             author_cap=sel.author_cap,
             newcomer_weight=sel.newcomer_weight,
+            newcomers_alone=sel.newcomers_alone,
         )
         selection = select(q, candidates, settings)
         chosen = {

@@ -20,9 +20,14 @@ win, so selection does not simply take the top k by relevance:
 node has known the author. It grows from 0 for an identity whose first lesson this node
 accepted just now to 1 after ``maturity`` (the node's own clock, so it cannot be backdated),
 and weighs both the author's vote in the centre and its score (``newcomer_weight`` is what a
-brand-new author's score keeps). Fresh identities, the cheap resource of Sybil floods and of
-crafted one-off poison, then lose to established authors; identities aged past the maturity
-("sleepers") are not stopped by it (README, robustness table).
+brand-new author's score keeps). Where an established author (standing 1) answers, newer
+authors are on *probation*: their standing-weighted relevance must clear the floor too, so
+fresh identities cannot fill the slots that established lessons leave empty. Where nobody
+established answers (a node that has just joined, a topic nobody it knows covers) everyone answers,
+down-weighted, unless ``newcomers_alone`` is off: then newer authors answer only once their
+standing-weighted relevance clears the floor, wherever they are. Fresh identities, the cheap
+resource of Sybil floods and of crafted one-off poison, then lose to established authors; identities
+aged past the maturity ("sleepers") are not stopped by it (README, robustness table).
 
 Baselines for comparison live here too: plain top-k, mean, coordinate-wise median, trimmed
 mean, Krum / Multi-Krum and the medoid. The seed DSO paper's "geometric median" (its eq. 13)
@@ -198,6 +203,7 @@ class SelectionSettings:
     confidence_weight: float = 0.1  # score factor (1 - cw) + cw * confidence
     per_author: int = 1
     newcomer_weight: float = 1.0  # score factor of an author of standing 0 (1: standing unused)
+    newcomers_alone: bool = True  # probation only where an established author answers
 
 
 def author_standing(first_seen_ms: int | None, now_ms: int, maturity_ms: int) -> float:
@@ -210,6 +216,15 @@ def author_standing(first_seen_ms: int | None, now_ms: int, maturity_ms: int) ->
     return float(min(1.0, max(0.0, (now_ms - first_seen_ms) / maturity_ms)))
 
 
+def standing_factor(newcomer_weight: float, standing: float) -> float:
+    """What a score keeps for its author's standing: ``newcomer_weight`` at 0, all of it at 1."""
+    return newcomer_weight + (1 - newcomer_weight) * standing
+
+
+def _standing_factor(s: SelectionSettings, c: Candidate) -> float:
+    return standing_factor(s.newcomer_weight, c.reputation)
+
+
 def select(
     query: np.ndarray, candidates: Sequence[Candidate], settings: SelectionSettings | None = None
 ) -> Selection:
@@ -218,6 +233,17 @@ def select(
     reasons: dict[str, int] = defaultdict(int)
     kept = [c for c in candidates if c.relevance >= s.min_similarity]
     reasons["below_similarity_floor"] = len(candidates) - len(kept)
+    reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
+    if s.newcomer_weight < 1.0 and (
+        not s.newcomers_alone or any(c.reputation >= 1.0 for c in kept)
+    ):
+        # Probation: where an established author answers, a newer one must clear the floor
+        # with its standing-weighted relevance, so fresh identities cannot fill the slots
+        # established lessons leave empty. With no established answer everyone may answer,
+        # unless ``newcomers_alone`` is off.
+        probation = [c for c in kept if c.relevance * _standing_factor(s, c) < s.min_similarity]
+        reasons["newcomer_on_probation"] = len(probation)
+        kept = [c for c in kept if c.relevance * _standing_factor(s, c) >= s.min_similarity]
     if not kept:
         return Selection([], None, 0, len(candidates), 0, 0, dict(reasons))
 
@@ -236,16 +262,13 @@ def select(
         share = [s.author_cap * c.reputation / len(author_groups[c.author]) for c in groups[g]]
         weights[i] = min(1.0, sum(share))  # one vote per group at most, whatever its volume
     reasons["author_capped"] = sum(1 for a in author_groups.values() if len(a) > 1)
-    reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
 
     # A group shows its most relevant member, weighed by standing: a fresh identity's variant
     # of an established lesson does not speak for the group.
     reps = [
         max(
             groups[g],
-            key=lambda c: (
-                c.relevance * (s.newcomer_weight + (1 - s.newcomer_weight) * c.reputation)
-            ),
+            key=lambda c: c.relevance * _standing_factor(s, c),
         )
         for g in group_ids
     ]
@@ -260,7 +283,7 @@ def select(
         agreement = float(np.asarray(rep.vector, np.float32) @ centre)
         distance = float(np.linalg.norm(np.asarray(rep.vector, np.float32) - median.median))
         conf = (1 - s.confidence_weight) + s.confidence_weight * rep.confidence
-        standing = s.newcomer_weight + (1 - s.newcomer_weight) * rep.reputation
+        standing = _standing_factor(s, rep)
         score = rep.relevance * max(agreement, 0.0) ** s.alpha * conf * standing
         scored.append(
             Selected(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -401,7 +401,7 @@ class Store:
             ).fetchall()
         )
 
-    def authors_first_seen(self, authors: Sequence[bytes]) -> dict[bytes, int]:
+    def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         """When this node first accepted a lesson of each author (ms, its own clock): the
         basis of an author's standing. Authors it holds nothing from are absent."""
         out: dict[bytes, int] = {}
