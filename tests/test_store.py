@@ -210,6 +210,18 @@ def test_eviction_removes_lowest_value_first_and_reports_it(tmp_path, encoder, k
     kb.ingest(lessons(encoder, key, TEXTS[5:], confidence=0.5))
     assert evicted[-1].id == high[0].record.id  # revoked goes before any active lesson
     kb.close()
+    # The lesson count behind capacity is read back on open: a smaller capacity evicts the
+    # excess at the next batch, and nothing while the store is within it.
+    smaller = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, capacity=3, on_evict=evicted.extend
+    )
+    before = len(evicted)
+    smaller.ingest([])  # four lessons stored, capacity three
+    assert len(evicted) == before + 1
+    assert len(smaller.store.active_page(0, 100)) == 3
+    smaller.ingest([])
+    assert len(evicted) == before + 1
+    smaller.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
