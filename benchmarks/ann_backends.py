@@ -2,6 +2,7 @@
 
     pip install usearch faiss-cpu   # not zoonode dependencies: only this script needs them
     python benchmarks/ann_backends.py [--sizes 300000 1000000] [--backends hnswlib usearch-i8]
+        [--ef-construction 200 128 64]
 
 The replica's ingest at 1M records misses its 1000/s goal (benchmarks/replica.py); this
 measures the index alone, the part that slows down as it grows. Every backend gets the same
@@ -34,13 +35,15 @@ RERANK = 50
 Search = Callable[[np.ndarray, int, int], np.ndarray]  # (query, k, ef) -> labels
 
 
-def open_backend(name: str, n: int) -> tuple[Callable[[np.ndarray, np.ndarray], None], Search]:
+def open_backend(
+    name: str, n: int, efc: int = 200
+) -> tuple[Callable[[np.ndarray, np.ndarray], None], Search]:
     """(add(ids, vectors), search(query, k, ef)) for one library."""
     if name == "hnswlib":
         import hnswlib
 
         index = hnswlib.Index(space="ip", dim=384)
-        index.init_index(max_elements=n, M=16, ef_construction=200)
+        index.init_index(max_elements=n, M=16, ef_construction=efc)
         index.set_num_threads(2)
 
         def search(q: np.ndarray, k: int, ef: int) -> np.ndarray:
@@ -56,7 +59,7 @@ def open_backend(name: str, n: int) -> tuple[Callable[[np.ndarray, np.ndarray], 
             metric="ip",
             dtype=name.split("-", 1)[1],
             connectivity=16,
-            expansion_add=200,
+            expansion_add=efc,
             expansion_search=256,
         )
 
@@ -70,7 +73,7 @@ def open_backend(name: str, n: int) -> tuple[Callable[[np.ndarray, np.ndarray], 
 
         faiss.omp_set_num_threads(2)
         findex = faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT)
-        findex.hnsw.efConstruction = 200
+        findex.hnsw.efConstruction = efc
 
         def fsearch(q: np.ndarray, k: int, ef: int) -> np.ndarray:
             findex.hnsw.efSearch = max(ef, k)
@@ -80,10 +83,12 @@ def open_backend(name: str, n: int) -> tuple[Callable[[np.ndarray, np.ndarray], 
     raise SystemExit(f"unknown backend {name!r}")
 
 
-def measure(name: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+def measure(
+    name: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, efc: int = 200
+) -> dict:
     n = len(vectors)
     rss0 = rss_mb()
-    add, search = open_backend(name, n)
+    add, search = open_backend(name, n, efc)
     t0 = time.perf_counter()
     marks = []
     for start in range(0, n, BATCH):
@@ -93,6 +98,7 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
     build_s = time.perf_counter() - t0
     row: dict = {
         "backend": name,
+        "efC": efc,
         "n": n,
         "add/s": n / build_s,
         "add/s last 100k": 100_000 / (marks[-1] - marks[-2]) if len(marks) > 1 else None,
@@ -119,6 +125,13 @@ def main() -> None:
     parser.add_argument(
         "--backends", nargs="+", default=["hnswlib", "faiss", "usearch-f32", "usearch-i8"]
     )
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        nargs="+",
+        default=[200],
+        help="build widths to compare (the replica uses 200)",
+    )
     args = parser.parse_args()
     enc = Encoder.default()
     real = real_vectors(enc)
@@ -130,15 +143,26 @@ def main() -> None:
         vectors = every[:n]
         truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
         for name in args.backends:
-            rows.append(measure(name, vectors, queries, truth))
-            print(table(rows[-1:], list(rows[-1])), flush=True)
-    print("\nHNSW backends, index alone, batches of 256, 2 threads, M 16, efC 200")
+            for efc in args.ef_construction:
+                rows.append(measure(name, vectors, queries, truth, efc))
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+    print("\nHNSW backends, index alone, batches of 256, 2 threads, M 16")
     print(table(rows, list(rows[0])))
     path = write_json(
-        f"ann-backends-{'-'.join(str(n) for n in args.sizes)}",
+        f"ann-backends-{'-'.join(str(n) for n in args.sizes)}"
+        + (
+            ""
+            if args.ef_construction == [200]
+            else f"-efc{'-'.join(map(str, args.ef_construction))}"
+        ),
         {
             "rows": rows,
-            "settings": {"batch": BATCH, "threads": 2, "M": 16, "efConstruction": 200},
+            "settings": {
+                "batch": BATCH,
+                "threads": 2,
+                "M": 16,
+                "efConstruction": args.ef_construction,
+            },
             "rerank_top_for_i8": RERANK,
             "vectors": f"{len(real)} real + synthetic (replica.py)",
         },

@@ -24,7 +24,9 @@ Standing: honest authors have been known to the node for longer than the maturit
 "zoonode, no standing" ignores it, and is exactly what every attack scores when its
 identities were aged past the maturity beforehand (sleepers): standing is then 1 for all.
 "attackers half-aged" gives every attacking identity standing 0.5 (known for half the
-maturity, 3.5 days by default); "newcomers_alone = false" is the strict setting.
+maturity, 3.5 days by default). The node knows honest peers past the maturity, so with the
+default selection.newcomers_alone = "bootstrap" newer authors do not answer alone; the
+"always" row lets them answer where no established author does.
 Metrics: attack success = adversarial share of the top-5 slots, averaged over targets;
 honest recall@5 = relevant tips (same command) in the top 5 / min(5, relevant).
 """
@@ -58,12 +60,12 @@ from datasets import load
 HONEST_AUTHORS = 100
 OURS = "zoonode (groups + caps + GM + standing)"
 SLEEPERS = "zoonode, no standing (= sleepers)"
-STRICT = "zoonode, newcomers_alone = false"
+ALWAYS = 'zoonode, newcomers_alone = "always"'
 HALF_AGED = "zoonode, attackers half-aged (standing 0.5)"
 POOL_OF = {  # others: "raw"
     SLEEPERS: "node",
     OURS: "node+standing",
-    STRICT: "node+standing",
+    ALWAYS: "node+standing",
     HALF_AGED: "node+half-aged",
 }
 POOL = 150
@@ -128,7 +130,7 @@ def methods(floor: float, newcomer_weight: float) -> dict:
     def ours_ungrouped(pool):
         return centred(lambda x: geometric_median(x).median)(pool)
 
-    def zoonode(with_standing: bool, alone: bool = True):
+    def zoonode(with_standing: bool, alone: bool = False):
         def run(pool):  # pool: what the node's store search returns (node_pool)
             cands = [
                 Candidate(
@@ -163,7 +165,7 @@ def methods(floor: float, newcomer_weight: float) -> dict:
         SLEEPERS: zoonode(with_standing=False),
         "top-k x standing": plain_standing,
         OURS: zoonode(with_standing=True),
-        STRICT: zoonode(with_standing=True, alone=False),
+        ALWAYS: zoonode(with_standing=True, alone=True),
         HALF_AGED: zoonode(with_standing=True),
     }
 

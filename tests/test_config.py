@@ -33,6 +33,8 @@ def test_layers_override_in_order(tmp_path):
         ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
         ("[selection\n", {}, "node.toml"),
         ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend must be one of"),
+        ("[selection]\nnewcomers_alone = true\n", {}, "must be str"),
+        ("[selection]\nnewcomers_alone = 'sometimes'\n", {}, "newcomers_alone must be one of"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, env, match):

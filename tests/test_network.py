@@ -44,6 +44,45 @@ def test_two_nodes_exchange_a_record(tmp_path, encoder):
     run_trio(main)
 
 
+def test_a_node_that_knows_its_peers_puts_fresh_authors_on_probation(tmp_path, encoder):
+    """selection.newcomers_alone = "bootstrap": once b has known a peer for the maturity
+    (3 s here), a lesson from an author it has just met no longer answers alone, and does
+    once that author has been known for the maturity too."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from helpers import lessons
+
+    maturity_s = 3.0
+    sourdough = "Let sourdough rise until it has doubled in size before baking the loaf"
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(
+                nursery,
+                encoder,
+                [tmp_path / "a", tmp_path / "b"],
+                selection={"maturity_days": maturity_s / 86_400},
+            )
+            assert b.newcomers_may_answer_alone()  # b knows no peer yet
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            [(record_id, _)] = await a.publish([LESSON])
+            await wait_until(lambda: b.kb.store.has(record_id), what="delivery to b")
+            await trio.sleep(maturity_s + 0.2)
+            [fresh] = lessons(encoder, Ed25519PrivateKey.generate(), [sourdough])
+            await b._in_kb(b.kb.ingest, [fresh])
+            held, _ = await b.query("how long should sourdough rise before baking")
+            assert held.selected == []
+            assert held.down_weighted["newcomer_on_probation"] == 1
+            assert not b.newcomers_may_answer_alone()
+            await trio.sleep(maturity_s + 0.2)
+            later, _ = await b.query("how long should sourdough rise before baking")
+            assert [s.candidate.id for s in later.selected] == [fresh.record.id]
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
 def test_line_of_eight_delivers_to_all(tmp_path, encoder):
     async def main():
         async with trio.open_nursery() as nursery:

@@ -374,6 +374,7 @@ def test_authors_first_seen_is_the_first_acceptance_on_our_clock(kb, encoder, ke
     other = Ed25519PrivateKey.generate()
     before = int(time.time() * 1000)
     kb.ingest(lessons(encoder, key, TEXTS[:2]))
+    assert kb.first_peer_acceptance(public_key_bytes(key)) is None  # only our own lessons
     kb.ingest(lessons(encoder, other, TEXTS[2:3], created_at=1_000))  # claims 1970
     after = int(time.time() * 1000)
     ours = public_key_bytes(key)
@@ -381,3 +382,6 @@ def test_authors_first_seen_is_the_first_acceptance_on_our_clock(kb, encoder, ke
     seen = kb.authors_first_seen([ours, theirs, b"\x00" * 32, ours])
     assert set(seen) == {ours, theirs}  # an author we hold nothing from is absent
     assert before <= seen[ours] <= seen[theirs] <= after
+    # How long the node has known any peer: our own lessons do not count.
+    assert kb.first_peer_acceptance(theirs) == seen[ours]
+    assert kb.first_peer_acceptance(ours) == seen[theirs]

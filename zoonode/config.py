@@ -84,6 +84,9 @@ class ApiConfig:
     mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
 
 
+NEWCOMERS_ALONE = ("bootstrap", "always", "never")
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     k: int = 5
@@ -92,7 +95,9 @@ class SelectionConfig:
     author_cap: float = 1.0
     maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
     newcomer_weight: float = 0.2  # score factor of an author this node has just met
-    newcomers_alone: bool = True  # newer authors answer where no established author does
+    # Where no established author answers, may newer ones? "bootstrap": only while this node
+    # knows no peer author for longer than the maturity; "always"; "never".
+    newcomers_alone: str = "bootstrap"
     trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
 
     def __post_init__(self) -> None:
@@ -103,6 +108,11 @@ class SelectionConfig:
                 )
         if not 0.0 <= self.newcomer_weight <= 1.0:
             raise ConfigError("selection.newcomer_weight must be between 0 and 1")
+        if self.newcomers_alone not in NEWCOMERS_ALONE:
+            raise ConfigError(
+                f"selection.newcomers_alone must be one of {', '.join(NEWCOMERS_ALONE)}, "
+                f"not {self.newcomers_alone!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -359,5 +359,8 @@ class KnowledgeBase:
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)
 
+    def first_peer_acceptance(self, own: bytes) -> int | None:
+        return self.store.first_peer_acceptance(own)
+
     def get(self, record_id: bytes) -> Row | None:
         return self.store.get(record_id)

@@ -121,6 +121,7 @@ class Node:
         self.key = load_or_create_identity(cfg.data_path / IDENTITY_FILE)
         self.author = public_key_bytes(self.key)
         self.trusted_authors = {bytes.fromhex(a) for a in cfg.selection.trusted_authors}
+        self._knows_peers_long = False  # set once a peer has been known past the maturity
         self.encoder = encoder or encoder_from_config(cfg)
         self.kb = open_knowledge(cfg, self.encoder.space, self.encoder.space_info.hidden)
         self.digest = Digest.build(self.kb.store.all_ids())
@@ -426,11 +427,12 @@ class Node:
                 ]
             )
 
-        def local() -> tuple[np.ndarray, list]:
+        def local() -> tuple[np.ndarray, list, bool]:
             q = self.encoder.encode_compact(text)[0] if vector is None else vector
-            return q, self.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh)
+            found = self.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh)
+            return q, found, self.newcomers_may_answer_alone()
 
-        q, hits = await self._in_kb(local)
+        q, hits, alone = await self._in_kb(local)
         # Only the selected few are decoded (and their signatures checked again): decoding all
         # 150 candidates cost ~17 ms per query, more than the search itself.
         wires = {h.row.id: h.row.wire for h in hits}
@@ -462,7 +464,7 @@ class Node:
             min_similarity=sel.min_similarity,
             author_cap=sel.author_cap,
             newcomer_weight=sel.newcomer_weight,
-            newcomers_alone=sel.newcomers_alone,
+            newcomers_alone=alone,
         )
         selection = select(q, candidates, settings)
         chosen = {
@@ -470,6 +472,19 @@ class Node:
             for s in selection.selected
         }
         return selection, chosen
+
+    def newcomers_may_answer_alone(self) -> bool:
+        """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no
+        established one does only until this node has known some peer for the maturity; a
+        node that has just joined would otherwise answer nothing from its peers for days."""
+        policy = self.cfg.selection.newcomers_alone
+        if policy != "bootstrap":
+            return policy == "always"
+        if not self._knows_peers_long:  # once true it stays true: no query needed then
+            first = self.kb.first_peer_acceptance(self.author)
+            maturity_ms = int(self.cfg.selection.maturity_days * 86_400_000)
+            self._knows_peers_long = first is not None and now_ms() - first >= maturity_ms
+        return not self._knows_peers_long
 
     def standing(self, author: bytes, first_seen: dict[bytes, int]) -> float:
         """An author's standing with this node (selection.author_standing): our own identity

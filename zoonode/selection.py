@@ -23,9 +23,9 @@ and weighs both the author's vote in the centre and its score (``newcomer_weight
 brand-new author's score keeps). Where an established author (standing 1) answers, newer
 authors are on *probation*: their standing-weighted relevance must clear the floor too, so
 fresh identities cannot fill the slots that established lessons leave empty. Where nobody
-established answers (a node that has just joined, a topic nobody it knows covers) everyone answers,
-down-weighted, unless ``newcomers_alone`` is off: then newer authors answer only once their
-standing-weighted relevance clears the floor, wherever they are. Fresh identities, the cheap
+established answers, newer authors answer (down-weighted) only if ``newcomers_alone``; the node
+turns that off once it has known some peer for the maturity (``selection.newcomers_alone =
+"bootstrap"``), so a node that has just joined still hears its peers. Fresh identities, the cheap
 resource of Sybil floods and of crafted one-off poison, then lose to established authors; identities
 aged past the maturity ("sleepers") are not stopped by it (README, robustness table).
 

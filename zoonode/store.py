@@ -415,6 +415,15 @@ class Store:
             ).fetchall()
         )
 
+    def first_peer_acceptance(self, own: bytes) -> int | None:
+        """When this node accepted the oldest lesson it holds from an author other than
+        ``own`` (ms, its own clock): how long it has known its peers. Walks seq order, which
+        is acceptance order, and stops at the first peer row."""
+        row = self.db.execute(
+            "SELECT accepted_at FROM records WHERE author != ? ORDER BY seq LIMIT 1", (own,)
+        ).fetchone()
+        return row[0] if row else None
+
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         """When this node first accepted a lesson of each author (ms, its own clock): the
         basis of an author's standing. Authors it holds nothing from are absent."""
