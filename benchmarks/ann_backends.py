@@ -1,6 +1,6 @@
 """HNSW libraries side by side on the replica's workload: can another one ingest faster?
 
-    pip install usearch faiss-cpu   # not zoonode dependencies: only this script needs them
+    pip install faiss-cpu   # not a zoonode dependency: only the faiss rows need it
     python benchmarks/ann_backends.py [--sizes 300000 1000000] [--backends hnswlib usearch-i8]
         [--ef-construction 200 128 64]
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from zoonode.config import ConfigError
+from zoonode.experiences import now_ms
 from zoonode.sim.metrics import summarise
+from zoonode.sim.real import history_overrides
 from zoonode.sim.scale import run_scale
 from zoonode.sim.scenario import parse_scenario
+from zoonode.sim.workload import build_workload
 
 from conftest import ZOONODE
 
@@ -27,6 +30,55 @@ def test_scenario_errors_name_the_key():
     with pytest.raises(ConfigError, match="mode"):
         parse_scenario('mode = "quantum"\n')
     assert parse_scenario("seed = 3\n").seed == 3
+
+
+def test_history_ages_are_checked_and_real_mode_refuses_what_it_cannot_model():
+    assert parse_scenario("").history.honest_age_days == 7.0  # an established network
+    with pytest.raises(ConfigError, match="negative"):
+        parse_scenario("[history]\nattacker_age_days = -1\n")
+    with pytest.raises(ConfigError, match=r"history\.attacker_age_days"):
+        parse_scenario('mode = "real"\n[history]\nattacker_age_days = 3.5\n')
+    assert parse_scenario('mode = "real"\n[history]\nattacker_age_days = 7\n')
+
+
+def test_real_mode_gives_aged_authors_as_trust_and_fresh_ones_nothing(encoder):
+    fresh = parse_scenario('[nodes]\nhonest = 3\nadversarial = 1\nroles = ["poison"]\n')
+    workload = build_workload(fresh, encoder, now_ms())
+    honest = {r.experience.author.hex() for rs in workload.honest.values() for r in rs}
+    bad = {a.hex() for a in workload.adversarial_authors}
+    overrides = history_overrides(fresh, workload)
+    assert set(overrides["trusted_authors"]) == honest and overrides["newcomers_alone"] == "never"
+    sleepers = parse_scenario(
+        '[nodes]\nhonest = 3\nadversarial = 1\nroles = ["poison"]\n'
+        "[history]\nhonest_age_days = 0\nattacker_age_days = 7\n"
+    )
+    assert set(history_overrides(sleepers, workload)["trusted_authors"]) == bad
+    young = parse_scenario("[history]\nhonest_age_days = 0\n")
+    assert history_overrides(young, workload) == {}
+
+
+def test_scale_mode_standing_stops_fresh_colluders_but_not_sleepers(encoder):
+    text = """
+        seed = 4
+        duration_s = 6
+        [nodes]
+        honest = 60
+        adversarial = 18
+        roles = ["poison"]
+        [workload]
+        lessons_per_node = 2
+        publish_window_s = 2
+        targets = 5
+        query_nodes = 3
+        [history]
+        attacker_age_days = {age}
+        """
+    fresh = summarise(run_scale(parse_scenario(text.format(age=0)), encoder))
+    sleepers = summarise(run_scale(parse_scenario(text.format(age=7)), encoder))
+    assert fresh["attack_success"] == 0.0, fresh
+    assert sleepers["attack_success"] > 0.1, sleepers
+    assert sleepers["attack_success_undefended"] > 0.5
+    assert fresh["relevant_hit_rate"] >= sleepers["relevant_hit_rate"]
 
 
 def test_scale_mode_thousand_nodes_defences_beat_the_undefended_baseline(encoder):

@@ -1,24 +1,71 @@
 """What an agent gets when it asks a node for the target queries, with and without defences.
 
-Defended: the node's real path, minus I/O: the node's holdings -> top ``candidates`` by exact
-cosine -> near-duplicate clusters by the store's rule (cos >= 0.9, arrival order) -> the real
-``select``. Undefended: plain top-k over everything the attackers published that decodes,
-as a node without validation, embedding check or robust selection would hold it.
+Defended: the node's real path, minus I/O: the node's holdings -> top candidates by exact
+cosine x standing factor, one per near-duplicate cluster (the store's rule: cos >= 0.9, arrival
+order; its member of highest weighted relevance speaks for it), as ``KnowledgeBase.search``
+hands them over -> the real ``select`` with the node's default selection settings. Standing
+comes from the scenario's ``history``: how long, when the run starts, the node has known the
+honest authors and the attackers. Undefended: plain top-k over everything the attackers
+published that decodes, as a node without validation, embedding check or robust selection
+would hold it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
+from zoonode.config import SelectionConfig
 from zoonode.protocol import SignedRecord
-from zoonode.selection import Candidate, SelectionSettings, plain_top_k, select
+from zoonode.selection import (
+    Candidate,
+    SelectionSettings,
+    author_standing,
+    plain_top_k,
+    select,
+    standing_factor,
+)
+from zoonode.sim.scenario import History
 from zoonode.sim.workload import Workload
 
-CANDIDATES = 150
-MIN_SIMILARITY = 0.4  # the node's default floor (config selection.min_similarity)
+DEFAULTS = SelectionConfig()  # what a node runs with unless its operator changes it
+CANDIDATES = DEFAULTS.candidates
+MIN_SIMILARITY = DEFAULTS.min_similarity
 DUPLICATE_COSINE = 0.9
+DAY_MS = 86_400_000
+
+
+def standings(workload: Workload, history: History) -> dict[bytes, float]:
+    """Every author's standing at query time, as an honest node sees it."""
+    maturity = int(DEFAULTS.maturity_days * DAY_MS)
+
+    def aged(days: float) -> float:
+        return author_standing(0, int(days * DAY_MS), maturity)
+
+    out = {
+        r.experience.author: aged(history.honest_age_days)
+        for rs in workload.honest.values()
+        for r in rs
+    }
+    out |= {a: aged(history.attacker_age_days) for a in workload.adversarial_authors}
+    return out
+
+
+def settings_for(history: History, k: int) -> SelectionSettings:
+    """The node's default settings; ``newcomers_alone`` resolved as ``Node`` resolves it."""
+    mode = DEFAULTS.newcomers_alone
+    alone = mode == "always" or (
+        mode == "bootstrap" and history.honest_age_days < DEFAULTS.maturity_days
+    )
+    return SelectionSettings(
+        k=k,
+        min_similarity=DEFAULTS.min_similarity,
+        author_cap=DEFAULTS.author_cap,
+        newcomer_weight=DEFAULTS.newcomer_weight,
+        newcomers_alone=alone,
+    )
 
 
 def clusters_in_order(vectors: np.ndarray, threshold: float = DUPLICATE_COSINE) -> list[int]:
@@ -40,24 +87,65 @@ def candidates_for(
     records: Sequence[SignedRecord],
     workload: Workload,
     trust_code: bool = False,
+    standing: dict[bytes, float] | None = None,
 ) -> list[Candidate]:
+    """Without ``standing``: the raw top candidates, near-duplicates included. With it: what
+    the node's store search returns, one candidate per cluster ordered by cosine x factor,
+    widening the fetch (x4) until enough clusters are found, as ``KnowledgeBase.search``."""
     if not records:
         return []
     vectors = np.stack([workload.vector_of(r, trust_code) for r in records])
     scores = vectors @ query
-    top = np.argsort(-scores)[:CANDIDATES]
-    top = np.sort(top)  # arrival order, as the store assigns clusters
-    clusters = clusters_in_order(vectors[top])
+    ranked = np.argsort(-scores, kind="stable")
+    if standing is None:
+        top = np.sort(ranked[:CANDIDATES])  # arrival order, as the store assigns clusters
+        clusters = clusters_in_order(vectors[top])
+        return [
+            Candidate(
+                records[i].id,
+                vectors[i],
+                float(scores[i]),
+                records[i].experience.author,
+                clusters[n],
+                records[i].experience.confidence,
+            )
+            for n, i in enumerate(top)
+        ]
+
+    def author_of(i: int) -> bytes:
+        return records[i].experience.author
+
+    fetch = CANDIDATES + max(CANDIDATES // 4, 16)
+    while True:
+        top = np.sort(ranked[:fetch])  # arrival order, as the store assigns clusters
+        clusters = clusters_in_order(vectors[top])
+        factors = np.array(
+            [
+                standing_factor(DEFAULTS.newcomer_weight, standing.get(author_of(i), 0.0))
+                for i in top
+            ]
+        )
+        weighed = scores[top] * factors
+        best: dict[int, int] = {}
+        for n in np.argsort(-weighed, kind="stable"):
+            best.setdefault(clusters[n], int(n))
+        if len(best) >= CANDIDATES or fetch >= len(records):
+            break
+        fetch *= 4
+    keep = sorted(best.values(), key=lambda n: -weighed[n])[:CANDIDATES]
+    sizes = Counter(clusters)
     return [
         Candidate(
-            records[i].id,
-            vectors[i],
-            float(scores[i]),
-            records[i].experience.author,
+            records[top[n]].id,
+            vectors[top[n]],
+            float(scores[top[n]]),
+            author_of(top[n]),
             clusters[n],
-            records[i].experience.confidence,
+            records[top[n]].experience.confidence,
+            standing.get(author_of(top[n]), 0.0),
+            sizes[clusters[n]],
         )
-        for n, i in enumerate(top)
+        for n in keep
     ]
 
 
@@ -67,10 +155,13 @@ def agent_outcomes(
     records_by_id: dict[bytes, SignedRecord],
     k: int = 5,
     attack_records: Sequence[SignedRecord] = (),
+    history: History | None = None,
 ) -> dict:
     """Attack success (share of top-k slots held by adversaries) and relevant-hit rate, per
     querying node, defended and undefended."""
-    settings = SelectionSettings(k=k, min_similarity=MIN_SIMILARITY)
+    history = history or History()
+    settings = settings_for(history, k)
+    standing = standings(workload, history)
     bad = workload.adversarial_authors
     out: dict[str, list[float]] = {
         "defended": [],
@@ -83,7 +174,7 @@ def agent_outcomes(
         held = [records_by_id[i] for i in ids if i in records_by_id]
         everything = _unique(honest_records + list(attack_records))
         for q, relevant in zip(workload.query_vectors, workload.relevant, strict=True):
-            selection = select(q, candidates_for(q, held, workload), settings)
+            selection = select(q, candidates_for(q, held, workload, standing=standing), settings)
             chosen = [s.candidate for s in selection.selected]
             pool = candidates_for(q, everything, workload, trust_code=True)
             plain = plain_top_k([c for c in pool if c.relevance >= MIN_SIMILARITY], k)

@@ -35,6 +35,7 @@ async def play(spec: dict) -> None:
             "node": {"data_dir": spec["data_dir"], "log_level": "warning"},
             "network": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": spec["bootstrap"]},
             "api": {"listen": ""},
+            "selection": spec.get("selection", {}),
         },
     )
     node = Node(cfg)

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from zoonode.config import SelectionConfig
 from zoonode.native.encoder import Encoder
 from zoonode.net.scoring import RULES
 from zoonode.protocol import decode
@@ -44,6 +45,7 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
     peer_ids: list[str] = []
     queriers = set(range(min(scenario.workload.query_nodes, n_h)))
     victim = scenario.attack.eclipse_victim % n_h
+    selection = history_overrides(scenario, workload)
     try:
         for i in range(n):
             role = workload.roles.get(i)
@@ -73,6 +75,7 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
                 "queries": workload.queries if i in queriers else [],
                 "k": scenario.workload.k,
                 "out": str(workdir / f"node{i}.json"),
+                "selection": selection,
             }
             spec_path = workdir / f"node{i}.spec.json"
             spec_path.write_text(json.dumps(spec))
@@ -106,6 +109,26 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
                 proc.wait()
     results = [json.loads((workdir / f"node{i}.json").read_text()) for i in range(n)]
     return _raw(scenario, workload, results, peer_ids, attack_records(decode, workload))
+
+
+def history_overrides(scenario: Scenario, workload) -> dict[str, Any]:
+    """Real processes start with no history, so an age of at least the maturity is given to
+    them as what it amounts to: those authors trusted (standing 1) and, once the node knows
+    its peers that long, no newcomer answering alone. ``parse_scenario`` refuses ages between."""
+    defaults = SelectionConfig()
+    trusted: list[str] = []
+    overrides: dict[str, Any] = {}
+    if scenario.history.honest_age_days >= defaults.maturity_days:
+        trusted += sorted(
+            {r.experience.author.hex() for rs in workload.honest.values() for r in rs}
+        )
+        if defaults.newcomers_alone == "bootstrap":
+            overrides["newcomers_alone"] = "never"
+    if scenario.history.attacker_age_days >= defaults.maturity_days:
+        trusted += sorted(a.hex() for a in workload.adversarial_authors)
+    if trusted:
+        overrides["trusted_authors"] = trusted
+    return overrides
 
 
 def _ready_line(proc: subprocess.Popen) -> dict:

@@ -428,6 +428,7 @@ def run_scale(
         records_by_id,
         scenario.workload.k,
         attack_records=bad,
+        history=scenario.history,
     )
     return {
         "mode": "scale",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoonode.config import ConfigError, build_dataclass
+from zoonode.config import ConfigError, SelectionConfig, build_dataclass
 
 ROLES = (
     "poison",  # PoisonedRAG-style: valid, signed, near the target queries, wrong advice
@@ -71,6 +71,15 @@ class Churn:
 
 
 @dataclass(frozen=True)
+class History:
+    """How long, when the run starts, the honest nodes have known each other's authors and the
+    attacking identities: what a node's standing (selection.maturity_days) is measured from."""
+
+    honest_age_days: float = 7.0  # an established network: honest authors at standing 1
+    attacker_age_days: float = 0.0  # fresh identities; >= the maturity makes them sleepers
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str = "scenario"
     description: str = ""
@@ -82,6 +91,7 @@ class Scenario:
     workload: Workload = field(default_factory=Workload)
     attack: Attack = field(default_factory=Attack)
     churn: Churn = field(default_factory=Churn)
+    history: History = field(default_factory=History)
     sweep_adversarial: list[int] = field(default_factory=list)  # extra runs (scale mode)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +115,17 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         raise ConfigError(f"{source}: nodes.honest must be at least 2")
     if scenario.nodes.adversarial and not scenario.nodes.roles:
         raise ConfigError(f"{source}: adversarial nodes need at least one role")
+    if scenario.history.honest_age_days < 0 or scenario.history.attacker_age_days < 0:
+        raise ConfigError(f"{source}: history ages must not be negative")
+    if scenario.mode in ("real", "both"):
+        maturity = SelectionConfig().maturity_days
+        for key in ("honest_age_days", "attacker_age_days"):
+            age = getattr(scenario.history, key)
+            if 0 < age < maturity:
+                raise ConfigError(
+                    f"{source}: history.{key} = {age}: real mode runs on real clocks and can "
+                    f"model only 0 or at least the maturity ({maturity} days)"
+                )
     return scenario
 
 
