@@ -72,6 +72,23 @@ def test_converges_and_beats_the_mean_objective():
         assert objective(result.median) <= objective(nudged) + 1e-3
 
 
+def test_wide_points_start_from_the_medoid_and_reach_the_same_median():
+    """200 x 7680 takes the Gram-matrix path; it must find the median a plain, slow
+    Weiszfeld from the coordinate median finds, and the medoid must match brute force."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 2000))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fast = geometric_median(x)
+    z = np.median(x, axis=0)
+    for _ in range(500):
+        b = 1 / np.maximum(np.linalg.norm(x - z, axis=1), 1e-12)
+        z = b @ x / b.sum()
+    assert np.linalg.norm(fast.median - z) < 1e-4
+    assert fast.objective == pytest.approx(np.linalg.norm(x - z, axis=1).mean(), rel=1e-6)
+    brute = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2).sum(axis=1)
+    assert medoid(x) == int(np.argmin(brute))
+
+
 @pytest.mark.parametrize("share", [0.1, 0.3, 0.45, 0.49])
 def test_breakdown_point_half(share):
     """With < 50 % of points moved arbitrarily far, the median stays near the honest one."""

@@ -76,6 +76,18 @@ def _check_points(points: np.ndarray, weights: np.ndarray | None) -> tuple[np.nd
     return x, w / w.sum()
 
 
+def _distances(x: np.ndarray, sq: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """||x_i - z|| from inner products (no n x d temporary); the few that cancel badly (points
+    within ~1e-3 of z) are recomputed directly."""
+    zz = float(z @ z)
+    d2 = sq - 2.0 * (x @ z) + zz
+    close = d2 < 1e-6 * (sq + zz)
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if close.any():
+        d[close] = np.linalg.norm(x[close] - z, axis=1)
+    return d
+
+
 def geometric_median(
     points: np.ndarray,
     weights: np.ndarray | None = None,
@@ -89,16 +101,22 @@ def geometric_median(
     Each step is z <- sum_i b_i x_i / sum_i b_i with b_i = w_i / max(nu, ||z - x_i||); the
     smoothing ``nu`` keeps a step defined when z lands on a point. Stops when a step moves z by
     less than ``tol * (1 + ||z||)`` (the objective is flat near the optimum, so its change is a
-    poor stopping rule). It starts from the coordinate-wise median, not
-    the mean (RFA's start): under attack the mean starts far away and costs many iterations.
+    poor stopping rule). It starts from a robust point, not the mean (RFA's start): under
+    attack the mean starts far away and costs many iterations. That point is the
+    coordinate-wise median, or, where points are wider than they are many (200 x 7680), the
+    weighted medoid: a column-wise median of 7680 columns costs ~40 ms, a Gram matrix ~3 ms.
     """
     x, w = _check_points(points, weights)
-    z = np.median(x, axis=0)
+    sq = np.einsum("ij,ij->i", x, x)
+    if x.shape[1] > x.shape[0]:
+        z = x[_weighted_medoid(x.astype(np.float32), w)].astype(np.float64)
+    else:
+        z = np.median(x, axis=0)
     beta = w
     converged = False
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - reported below
-        dist = np.linalg.norm(x - z, axis=1)
+        dist = _distances(x, sq, z)
         beta = w / np.maximum(dist, nu)
         z_new = beta @ x / beta.sum()
         step = float(np.linalg.norm(z_new - z))
@@ -106,7 +124,7 @@ def geometric_median(
         if step <= tol * (1.0 + float(np.linalg.norm(z))):
             converged = True
             break
-    objective = float(w @ np.linalg.norm(x - z, axis=1))
+    objective = float(w @ _distances(x, sq, z))
     return MedianResult(
         z.astype(np.float32),
         (beta / beta.sum()).astype(np.float32),
@@ -152,9 +170,17 @@ def multi_krum(points: np.ndarray, f: int, m: int) -> np.ndarray:
 
 def medoid(points: np.ndarray) -> int:
     """Index of the input point with the least summed distance to all others (DSO eq. 13)."""
-    x, _ = _check_points(points, None)
-    d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
-    return int(np.argmin(d.sum(axis=1)))
+    x, w = _check_points(points, None)
+    return _weighted_medoid(x, w)
+
+
+def _weighted_medoid(x: np.ndarray, w: np.ndarray) -> int:
+    """The input point of least weighted summed distance, from the Gram matrix (n x n, not an
+    n x n x d difference tensor)."""
+    gram = x @ x.T
+    sq = np.diag(gram)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0))
+    return int(np.argmin(d @ w))
 
 
 # --------------------------------------------------------------------------------------------
