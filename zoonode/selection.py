@@ -104,14 +104,14 @@ def geometric_median(
     poor stopping rule). It starts from a robust point, not the mean (RFA's start): under
     attack the mean starts far away and costs many iterations. That point is the
     coordinate-wise median, or, where points are wider than they are many (200 x 7680), the
-    weighted medoid: a column-wise median of 7680 columns costs ~40 ms, a Gram matrix ~3 ms.
+    weighted medoid, and the iterations then run on the Gram matrix: a column-wise median of
+    7680 columns alone costs ~40 ms (benchmarks/selection_speed.py).
     """
     x, w = _check_points(points, weights)
-    sq = np.einsum("ij,ij->i", x, x)
     if x.shape[1] > x.shape[0]:
-        z = x[_weighted_medoid(x.astype(np.float32), w)].astype(np.float64)
-    else:
-        z = np.median(x, axis=0)
+        return _weiszfeld_in_span(x, w, nu, tol, max_iter)
+    sq = np.einsum("ij,ij->i", x, x)
+    z = np.median(x, axis=0)
     beta = w
     converged = False
     iterations = 0
@@ -131,6 +131,50 @@ def geometric_median(
         iterations,
         converged,
         objective,
+    )
+
+
+def _weiszfeld_in_span(
+    x: np.ndarray, w: np.ndarray, nu: float, tol: float, max_iter: int
+) -> MedianResult:
+    """Weiszfeld for points wider than they are many. Every iterate is a convex combination
+    ``a`` of the points (the first is the medoid), so distances and steps come from the n x n
+    Gram matrix and a step costs O(n^2) instead of O(n d)."""
+    gram = x @ x.T
+    sq = np.diag(gram).copy()
+    a = np.zeros(len(x))
+    a[_medoid_from_gram(gram, w)] = 1.0
+
+    def distances(a: np.ndarray) -> np.ndarray:
+        ga = gram @ a
+        zz = float(a @ ga)
+        d2 = sq - 2.0 * ga + zz
+        d = np.sqrt(np.maximum(d2, 0.0))
+        close = d2 < 1e-6 * (sq + zz)  # cancellation: recompute those directly
+        if close.any():
+            d[close] = np.linalg.norm(x[close] - a @ x, axis=1)
+        return d
+
+    beta = w
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 - reported below
+        dist = distances(a)
+        beta = w / np.maximum(dist, nu)
+        a_new = beta / beta.sum()
+        delta = a_new - a
+        step = float(np.sqrt(max(float(delta @ gram @ delta), 0.0)))
+        a = a_new
+        if step <= tol * (1.0 + float(np.sqrt(max(float(a @ gram @ a), 0.0)))):
+            converged = True
+            break
+    dist = distances(a)
+    return MedianResult(
+        (a @ x).astype(np.float32),
+        (beta / beta.sum()).astype(np.float32),
+        iterations,
+        converged,
+        float(w @ dist),
     )
 
 
@@ -171,13 +215,12 @@ def multi_krum(points: np.ndarray, f: int, m: int) -> np.ndarray:
 def medoid(points: np.ndarray) -> int:
     """Index of the input point with the least summed distance to all others (DSO eq. 13)."""
     x, w = _check_points(points, None)
-    return _weighted_medoid(x, w)
+    return _medoid_from_gram(x @ x.T, w)
 
 
-def _weighted_medoid(x: np.ndarray, w: np.ndarray) -> int:
+def _medoid_from_gram(gram: np.ndarray, w: np.ndarray) -> int:
     """The input point of least weighted summed distance, from the Gram matrix (n x n, not an
     n x n x d difference tensor)."""
-    gram = x @ x.T
     sq = np.diag(gram)
     d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0))
     return int(np.argmin(d @ w))
