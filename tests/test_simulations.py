@@ -132,6 +132,9 @@ def test_tiny_real_and_scale_agree_and_write_a_report(tmp_path):
     # The agreement that makes the scale mode believable (tolerances in simulations/README).
     assert abs(scale["delivery_rate"] - real["delivery_rate"]) <= 0.05
     assert abs(scale["attack_success"] - real["attack_success"]) <= 0.1
+    # With standing both defended shares are 0; the undefended ones still compare what the
+    # attackers' records do to plain top-k in each engine.
+    assert abs(scale["attack_success_undefended"] - real["attack_success_undefended"]) <= 0.1
     assert abs(scale["relevant_hit_rate"] - real["relevant_hit_rate"]) <= 0.2
     report = (out / "report.md").read_text()
     assert "| attack_success |" in report
