@@ -15,7 +15,8 @@ near-duplicate lookup + the index snapshots a node writes on the way
 this and leave them out).
 Recall@10: KnowledgeBase.search(k=10) (replica at ef 256, or each --ef-search, then the
 exact rerank of its candidates) against exact brute force over the same vectors.
-Latency: the same calls end to end (replica + SQLite rows + rerank), p50/p99.
+Latency: the same calls end to end (replica + SQLite rows + rerank), p50/p99, after 20
+warm-up searches.
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def run_size(
 
         exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1  # seq = row + 1
         by_ef = {}
+        for q in queries[:20]:  # warm-up: the first searches after ingest touch cold pages
+            kb.search(q, k=10, dedupe=False)
         for ef in ef_searches:  # the same index, searched wider
             kb.replica.ef_search = ef
             recalls, latencies = [], []

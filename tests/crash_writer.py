@@ -1,6 +1,6 @@
 """Subprocess for test_store's crash test: ingest real vectors, print each acknowledged id.
 
-argv: data_dir vectors.npy texts.txt start replica_backend
+argv: data_dir vectors.npy texts.txt start replica_backend ivf_lists
 """
 
 import sys
@@ -16,13 +16,18 @@ from zoonode.native.space import load_space
 from zoonode.protocol import Experience, Op, public_key_bytes, sign
 from zoonode.store import Incoming, Outcome
 
-data_dir, vectors_path, texts_path, start, backend = sys.argv[1:6]
+data_dir, vectors_path, texts_path, start, backend, lists = sys.argv[1:7]
 space = load_space()
 key = Ed25519PrivateKey.from_private_bytes(bytes(32))
 vectors = np.load(vectors_path)
 texts = Path(texts_path).read_text().splitlines()
 kb = KnowledgeBase(
-    Path(data_dir), space.id, space.hidden, snapshot_every=40, replica_backend=backend
+    Path(data_dir),
+    space.id,
+    space.hidden,
+    snapshot_every=40,
+    replica_backend=backend,
+    ivf_lists=int(lists),
 )
 i = int(start)
 while i < len(texts):

@@ -33,6 +33,7 @@ def test_layers_override_in_order(tmp_path):
         ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
         ("[selection\n", {}, "node.toml"),
         ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend must be one of"),
+        ("[store]\nreplica_backend = 'faiss-ivf'\nivf_lists = 0\n", {}, "ivf_lists must be"),
         ("[selection]\nnewcomers_alone = true\n", {}, "must be str"),
         ("[selection]\nnewcomers_alone = 'sometimes'\n", {}, "newcomers_alone must be one of"),
     ],

@@ -19,7 +19,7 @@ from zoonode.experiences import create_experiences, create_revocation
 from zoonode.knowledge import Filters, KnowledgeBase, snapshot_due
 from zoonode.native.space import data_dir
 from zoonode.protocol import public_key_bytes
-from zoonode.replica import BACKENDS, INDEX_FILES, META_FILE
+from zoonode.replica import BACKENDS, INDEX_FILES, META_FILE, Replica
 from zoonode.store import Incoming, Outcome, Status, StoreError
 
 from helpers import lessons
@@ -241,6 +241,31 @@ def test_snapshot_then_replay(tmp_path, encoder, key, backend):
     reopened.close()
 
 
+def test_ivf_replica_trains_when_its_lists_can_be_filled_and_survives_snapshots(tmp_path, encoder):
+    texts = (data_dir() / "reference_corpus.txt").read_text().splitlines()[:400]
+    vectors = encoder.encode_compact(texts)
+    dim, seqs = vectors.shape[1], np.arange(1, len(texts) + 1)
+    replica = Replica(dim, backend="faiss-ivf", lists=4)  # trains at 4 x 64 = 256 records
+    replica.add(seqs[:200], vectors[:200])
+    assert not replica.index.trained
+    replica.save(tmp_path)
+    loaded = Replica.load(tmp_path, dim, backend="faiss-ivf", lists=4)
+    assert len(loaded) == 200 and loaded.contains(200) and not loaded.contains(201)
+    loaded.add(seqs[150:], vectors[150:])  # a replay repeats 50 records: indexed once
+    assert len(loaded) == len(texts) and loaded.index.trained
+    keys, sims = loaded.search_many(vectors, k=1, ef=16)  # probes all 4 lists
+    exact = np.einsum("ij,ij->i", vectors, vectors)
+    found_self = keys[:, 0] == seqs
+    assert found_self.mean() >= 0.95  # the rest: identical texts in the corpus
+    assert np.abs(sims[found_self, 0] - exact[found_self]).max() < 0.05  # 8-bit scores
+    loaded.save(tmp_path)
+    again = Replica.load(tmp_path, dim, backend="faiss-ivf", lists=4)
+    assert again.index.trained and len(again) == len(texts) and again.contains(400)
+    assert again.search(vectors[7], k=1)[0][0] == keys[7, 0]
+    # Another list count cannot use these lists: the caller rebuilds from the store.
+    assert len(Replica.load(tmp_path, dim, backend="faiss-ivf", lists=8)) == 0
+
+
 def test_snapshot_replayed_twice_is_indexed_once(tmp_path, encoder, key):
     """A crash between the index file's rename and the meta file's: the snapshot already
     holds records the meta says to replay."""
@@ -256,21 +281,26 @@ def test_snapshot_replayed_twice_is_indexed_once(tmp_path, encoder, key):
     reopened.close()
 
 
-def test_switching_backend_rebuilds_the_replica_from_the_store(tmp_path, encoder, key):
+@pytest.mark.parametrize(
+    ("before", "after"), [("hnswlib", "usearch-i8"), ("usearch-i8", "faiss-ivf")]
+)
+def test_switching_backend_rebuilds_the_replica_from_the_store(
+    tmp_path, encoder, key, before, after
+):
     items = lessons(encoder, key, TEXTS)
     space, hidden = encoder.space, encoder.space_info.hidden
-    old = KnowledgeBase(tmp_path, space, hidden, replica_backend="hnswlib")
+    old = KnowledgeBase(tmp_path, space, hidden, replica_backend=before)
     old.ingest(items)
     old.close()
-    assert (tmp_path / INDEX_FILES["hnswlib"]).exists()
-    kb = KnowledgeBase(tmp_path, space, hidden, replica_backend="usearch-i8")
-    assert kb.replica.backend == "usearch-i8" and len(kb.replica) == len(TEXTS)
+    assert (tmp_path / INDEX_FILES[before]).exists()
+    kb = KnowledgeBase(tmp_path, space, hidden, replica_backend=after)
+    assert kb.replica.backend == after and len(kb.replica) == len(TEXTS)
     for item in items:
         assert kb.search(item.vector, k=1)[0].row.id == item.record.id
     kb.close()
-    assert (tmp_path / INDEX_FILES["usearch-i8"]).exists()
-    assert not (tmp_path / INDEX_FILES["hnswlib"]).exists()  # the dead snapshot is removed
-    assert json.loads((tmp_path / META_FILE).read_text())["backend"] == "usearch-i8"
+    assert (tmp_path / INDEX_FILES[after]).exists()
+    assert not (tmp_path / INDEX_FILES[before]).exists()  # the dead snapshot is removed
+    assert json.loads((tmp_path / META_FILE).read_text())["backend"] == after
 
 
 def test_unreadable_snapshot_is_rebuilt_from_the_store(tmp_path, encoder, key):
@@ -332,6 +362,7 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_record(tmp_path, encoder, backe
                 str(tmp_path / "texts.txt"),
                 str(len(acked)),
                 backend,
+                "2",  # faiss-ivf trains at 128 records: kills land before, during and after
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -53,7 +53,8 @@ class StoreConfig:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
-    replica_backend: str = "usearch-i8"  # or "hnswlib" (README: the two side by side)
+    replica_backend: str = "usearch-i8"  # or "hnswlib", "faiss-ivf" (README: side by side)
+    ivf_lists: int = 1024  # faiss-ivf only: inverted lists, about sqrt(expected records)
 
     def __post_init__(self) -> None:
         from zoonode.replica import BACKENDS
@@ -63,6 +64,8 @@ class StoreConfig:
                 f"store.replica_backend must be one of {', '.join(BACKENDS)}, "
                 f"got {self.replica_backend!r}"
             )
+        if self.ivf_lists < 1:
+            raise ConfigError(f"store.ivf_lists must be at least 1, got {self.ivf_lists}")
 
 
 @dataclass(frozen=True)

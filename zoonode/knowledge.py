@@ -116,6 +116,7 @@ class KnowledgeBase:
         hnsw_ef_construction: int = 200,
         hnsw_ef_search: int = 256,
         replica_backend: str = "usearch-i8",
+        ivf_lists: int = 1024,
         durable: bool = True,
         on_evict: Callable[[list[Row]], None] | None = None,
     ) -> None:
@@ -132,6 +133,7 @@ class KnowledgeBase:
             m=hnsw_m,
             ef_construction=hnsw_ef_construction,
             ef_search=hnsw_ef_search,
+            lists=ivf_lists,
         )
         self._replay()
 
@@ -158,6 +160,7 @@ class KnowledgeBase:
             ef_construction=old.ef_construction,
             ef_search=old.ef_search,
             threads=old.threads,
+            lists=old.lists,
         )
         total = 0
         for seqs, vectors in self.store.vectors_since(0):

@@ -88,6 +88,7 @@ def open_knowledge(cfg: Config, space: bytes, hidden: int) -> KnowledgeBase:
         hnsw_ef_construction=s.hnsw_ef_construction,
         hnsw_ef_search=s.hnsw_ef_search,
         replica_backend=s.replica_backend,
+        ivf_lists=s.ivf_lists,
     )
 
 

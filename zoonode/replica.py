@@ -1,10 +1,10 @@
-"""The local HNSW replica: derived from the store, rebuildable, snapshotted.
+"""The local replica (HNSW by default): derived from the store, rebuildable, snapshotted.
 
 It indexes *compact* coordinates (the head's 384-d basis), not the 7680-d vectors: the head is
 orthonormal, so inner products, and hence the ranking, are the canonical 7680-d ones exactly.
 Labels are the store's ``seq``.
 
-Two HNSW libraries, chosen by ``store.replica_backend`` (measured side by side in README):
+Three indexes, chosen by ``store.replica_backend`` (measured side by side in README):
 
 - ``usearch-i8`` (default): usearch with 1-byte coordinates, 0.6 KB per experience, ~1.8x
   hnswlib's insertion rate near 1M records. Its scores are approximate (|error| ~0.003), so
@@ -12,6 +12,11 @@ Two HNSW libraries, chosen by ``store.replica_backend`` (measured side by side i
   with the rows, and checks near-duplicates against them.
 - ``hnswlib``: float32 coordinates (the design card's library), exact scores, 1.8 KB per
   experience; cannot add 1000 vectors/s near 1M records on 2 cores.
+- ``faiss-ivf``: not a graph but an inverted file of 8-bit vectors (faiss IVF-SQ8). Adding a
+  vector costs one search among ``store.ivf_lists`` centroids however large the index is, so
+  insertion does not slow down near 1M records as HNSW's does; search probes ``ef // 4`` lists
+  and its scores are approximate (reranked like usearch's). Exact flat search until 64
+  records per list have arrived, which then train the lists.
 
 Crash safety: a snapshot is written to a temporary file, fsynced and renamed, with the highest
 seq it contains beside it; after a crash the node loads the last snapshot and replays
@@ -31,8 +36,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 META_FILE = "replica.json"
-BACKENDS = ("usearch-i8", "hnswlib")
-INDEX_FILES = {"usearch-i8": "replica.usearch", "hnswlib": "replica.hnsw"}
+BACKENDS = ("usearch-i8", "hnswlib", "faiss-ivf")
+INDEX_FILES = {
+    "usearch-i8": "replica.usearch",
+    "hnswlib": "replica.hnsw",
+    "faiss-ivf": "replica.faiss",
+}
+# faiss-ivf: records per list before training (faiss asks for at least 39), and the share of
+# lists a search probes: ef // PROBE_DIVISOR (ef 1024 probes 256 of 1024 lists).
+IVF_TRAIN_PER_LIST = 64
+PROBE_DIVISOR = 4
 # Snapshots written before the backend was recorded are hnswlib's.
 _LEGACY_BACKEND = "hnswlib"
 
@@ -143,6 +156,110 @@ class _UsearchI8:
         self.index.save(str(path))
 
 
+class _FaissIvf:
+    exact_scores = False
+
+    def __init__(self, dim: int, lists: int, threads: int, index: object | None = None) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        self.dim, self.lists = dim, lists
+        # Until trained: exact inner products over the vectors held so far.
+        self.index = index if index is not None else faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        self.seen = np.zeros(1024, bool)  # by key (the store's seq): what replay may repeat
+        for key in self._keys():
+            self._mark(key)
+
+    @property
+    def trained(self) -> bool:
+        import faiss
+
+        return isinstance(self.index, faiss.IndexIVF)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, lists: int, threads: int) -> _FaissIvf:
+        import faiss
+
+        index = faiss.read_index(str(path))
+        if index.d != dim:
+            raise ValueError(f"snapshot has {index.d} dimensions, expected {dim}")
+        if isinstance(index, faiss.IndexIVF) and index.nlist != lists:
+            raise ValueError(f"snapshot has {index.nlist} lists, store.ivf_lists is {lists}")
+        return cls(dim, lists, threads, index)
+
+    def _keys(self) -> np.ndarray:
+        import faiss
+
+        if not self.trained:
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        inv = self.index.invlists
+        parts = [
+            faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+            for i in range(self.index.nlist)
+            if inv.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def _mark(self, keys: np.ndarray | int) -> None:
+        top = int(np.max(keys)) + 1
+        if top > len(self.seen):
+            grown = np.zeros(max(top, 2 * len(self.seen)), bool)
+            grown[: len(self.seen)] = self.seen
+            self.seen = grown
+        self.seen[keys] = True
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        known = np.zeros(len(keys), bool)
+        inside = keys < len(self.seen)
+        known[inside] = self.seen[keys[inside]]
+        keys, vectors = keys[~known], vectors[~known]
+        if len(keys) == 0:
+            return
+        self.index.add_with_ids(np.ascontiguousarray(vectors), keys)
+        self._mark(keys)
+        if not self.trained and len(self) >= IVF_TRAIN_PER_LIST * self.lists:
+            self._train()
+
+    def _train(self) -> None:
+        """Move the flat vectors into lists trained on them (a few seconds, once)."""
+        import faiss
+
+        flat = faiss.downcast_index(self.index.index)
+        vectors = flat.reconstruct_n(0, flat.ntotal)
+        keys = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        ivf = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(self.dim),
+            self.dim,
+            self.lists,
+            faiss.ScalarQuantizer.QT_8bit,
+            faiss.METRIC_INNER_PRODUCT,
+        )
+        ivf.train(vectors)
+        ivf.add_with_ids(vectors, keys)
+        self.index = ivf
+
+    def contains(self, key: int) -> bool:
+        return 0 <= key < len(self.seen) and bool(self.seen[key])
+
+    def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.trained:
+            self.index.nprobe = max(1, min(self.lists, ef // PROBE_DIVISOR))
+            # One query: its lists are scanned on every thread (p50 at 1M: 22 -> 12 ms);
+            # a batch: one query per thread, as faiss does by default.
+            self.index.parallel_mode = 1 if len(queries) == 1 else 0
+        sims, keys = self.index.search(np.ascontiguousarray(queries), k)
+        sims[keys < 0] = -np.inf  # fewer than k found
+        return keys.astype(np.int64), sims.astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+
 class Replica:
     def __init__(
         self,
@@ -153,16 +270,21 @@ class Replica:
         ef_construction: int = 200,
         ef_search: int = 128,
         threads: int = 2,
+        lists: int = 1024,
         _index: _Index | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown replica backend {backend!r}; choose one of {BACKENDS}")
-        self.dim, self.backend, self.m = dim, backend, m
+        if lists < 1:
+            raise ValueError(f"the IVF needs at least one list, got {lists}")
+        self.dim, self.backend, self.m, self.lists = dim, backend, m, lists
         self.ef_construction, self.ef_search, self.threads = ef_construction, ef_search, threads
         if _index is not None:
             self.index: _Index = _index
         elif backend == "hnswlib":
             self.index = _Hnswlib(dim, m, ef_construction, threads)
+        elif backend == "faiss-ivf":
+            self.index = _FaissIvf(dim, lists, threads)
         else:
             self.index = _UsearchI8(dim, m, ef_construction, threads)
         self.snapshot_seq = 0
@@ -245,6 +367,8 @@ class Replica:
             path = directory / INDEX_FILES[backend]
             if backend == "hnswlib":
                 index: _Index = _Hnswlib.load(path, dim, int(meta["count"]), empty.threads)
+            elif backend == "faiss-ivf":
+                index = _FaissIvf.load(path, dim, empty.lists, empty.threads)
             else:
                 index = _UsearchI8.load(path, dim, empty.m, empty.ef_construction, empty.threads)
         except FileNotFoundError:
