@@ -143,7 +143,10 @@ def run_size(
             replica_backend=backend,
         )
         t0 = time.perf_counter()
+        tail = (0, 0.0)  # (records, seconds) where the last 100k began: the rate at the end
         for start in range(0, n, BATCH):
+            if n > 100_000 and tail[0] == 0 and start >= n - 100_000:
+                tail = (start, time.perf_counter() - t0)
             items = [
                 Incoming(decode(w), v)
                 for w, v in zip(
@@ -199,6 +202,7 @@ def run_size(
         "backend": backend,
         "efC": ef_construction,
         "ingest/s": n / ingest_s,
+        "ingest/s last 100k": (n - tail[0]) / (ingest_s - tail[1]) if tail[0] else None,
         "RAM/exp (B)": loaded_rss,
         "RSS growth while ingesting/exp (B)": rss_delta * 1024 * 1024 / n,
         "index file/exp (B)": index_bytes / n,
