@@ -167,8 +167,9 @@ class _FaissIvf:
         # Until trained: exact inner products over the vectors held so far.
         self.index = index if index is not None else faiss.IndexIDMap(faiss.IndexFlatIP(dim))
         self.seen = np.zeros(1024, bool)  # by key (the store's seq): what replay may repeat
-        for key in self._keys():
-            self._mark(key)
+        held = self._keys()
+        if len(held):
+            self._mark(held)
 
     @property
     def trained(self) -> bool:
@@ -200,7 +201,7 @@ class _FaissIvf:
         ]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
-    def _mark(self, keys: np.ndarray | int) -> None:
+    def _mark(self, keys: np.ndarray) -> None:
         top = int(np.max(keys)) + 1
         if top > len(self.seen):
             grown = np.zeros(max(top, 2 * len(self.seen)), bool)

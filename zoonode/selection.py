@@ -41,7 +41,7 @@ distance and inner product equals the 7680-d one).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,16 +76,23 @@ def _check_points(points: np.ndarray, weights: np.ndarray | None) -> tuple[np.nd
     return x, w / w.sum()
 
 
-def _distances(x: np.ndarray, sq: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """||x_i - z|| from inner products (no n x d temporary); the few that cancel badly (points
-    within ~1e-3 of z) are recomputed directly."""
-    zz = float(z @ z)
-    d2 = sq - 2.0 * (x @ z) + zz
-    close = d2 < 1e-6 * (sq + zz)
+def _distances_from_products(
+    sq: np.ndarray, xz: np.ndarray, zz: float, direct: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """||x_i - z|| from ||x_i||^2, x_i . z and ||z||^2 (no n x d temporary); the few that
+    cancel badly (points within ~1e-3 of z) are recomputed by ``direct(mask)``."""
+    d2 = sq - 2.0 * xz + zz
     d = np.sqrt(np.maximum(d2, 0.0))
+    close = d2 < 1e-6 * (sq + zz)
     if close.any():
-        d[close] = np.linalg.norm(x[close] - z, axis=1)
+        d[close] = direct(close)
     return d
+
+
+def _distances(x: np.ndarray, sq: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return _distances_from_products(
+        sq, x @ z, float(z @ z), lambda close: np.linalg.norm(x[close] - z, axis=1)
+    )
 
 
 def geometric_median(
@@ -147,13 +154,9 @@ def _weiszfeld_in_span(
 
     def distances(a: np.ndarray) -> np.ndarray:
         ga = gram @ a
-        zz = float(a @ ga)
-        d2 = sq - 2.0 * ga + zz
-        d = np.sqrt(np.maximum(d2, 0.0))
-        close = d2 < 1e-6 * (sq + zz)  # cancellation: recompute those directly
-        if close.any():
-            d[close] = np.linalg.norm(x[close] - a @ x, axis=1)
-        return d
+        return _distances_from_products(
+            sq, ga, float(a @ ga), lambda close: np.linalg.norm(x[close] - a @ x, axis=1)
+        )
 
     beta = w
     converged = False
