@@ -63,18 +63,18 @@ def test_a_node_that_knows_its_peers_puts_fresh_authors_on_probation(tmp_path, e
                 [tmp_path / "a", tmp_path / "b"],
                 selection={"maturity_days": maturity_s / 86_400},
             )
-            assert b.newcomers_may_answer_alone()  # b knows no peer yet
+            assert b.queries.newcomers_may_answer_alone()  # b knows no peer yet
             await b.connect(a.info().addrs[0])
             await wait_meshed(a, b)
             [(record_id, _)] = await a.publish([LESSON])
             await wait_until(lambda: b.kb.store.has(record_id), what="delivery to b")
             await trio.sleep(maturity_s + 0.2)
             [fresh] = lessons(encoder, Ed25519PrivateKey.generate(), [sourdough])
-            await b._in_kb(b.kb.ingest, [fresh])
+            await b.in_kb(b.kb.ingest, [fresh])
             held, _ = await b.query("how long should sourdough rise before baking")
             assert held.selected == []
             assert held.down_weighted["newcomer_on_probation"] == 1
-            assert not b.newcomers_may_answer_alone()
+            assert not b.queries.newcomers_may_answer_alone()
             await trio.sleep(maturity_s + 0.2)
             later, _ = await b.query("how long should sourdough rise before baking")
             assert [s.candidate.id for s in later.selected] == [fresh.record.id]
@@ -337,7 +337,7 @@ def test_mdns_nodes_find_each_other_without_bootstrap(tmp_path, encoder, key):
             await wait_meshed(a, b)
             assert a.counters["discovery:dialled"] + b.counters["discovery:dialled"] >= 1
             [item] = lessons(encoder, key, ["Check units before adding measured values"])
-            await a._in_kb(a.kb.ingest, [item])
+            await a.in_kb(a.kb.ingest, [item])
             await a.gossip.publish([item.record.wire])
             await wait_until(lambda: b.kb.store.has(item.record.id), 30, "gossip over mDNS link")
             nursery.cancel_scope.cancel()
@@ -367,8 +367,8 @@ def test_late_node_converges_by_sync(tmp_path, encoder, key):
             from helpers import lessons
 
             items = lessons(encoder, key, texts)
-            await b._in_kb(b.kb.ingest, items)
-            b._note_stored([i.record for i in items])
+            await b.in_kb(b.kb.ingest, items)
+            b.note_stored([i.record for i in items])
             ids = [i.record.id for i in items]
             [c] = await start_nodes(nursery, encoder, [tmp_path / "c"])
             await c.connect(b.info().addrs[0])

@@ -1,0 +1,103 @@
+"""The anti-entropy room (``/zoo/dso/sync/1``): serve our digest, ids and records to peers,
+and every ``SYNC_INTERVAL`` per connected peer fetch what we lack (``zoonode.net.sync`` holds
+the pure digest). Fetched records are validated like gossip and join the ingest queue."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from zoonode.experiences import now_ms
+from zoonode.net.validation import AuthorLimiter, Verdict, check_record
+
+if TYPE_CHECKING:
+    from zoonode.node.core import Node
+
+log = logging.getLogger("zoonode.node.sync")
+
+SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
+ROUND_TIMEOUT = 120.0
+
+
+class AntiEntropy:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._synced: dict[str, float] = {}
+
+    async def serve(self, peer: str, req: dict) -> dict[str, Any]:
+        from zoonode.net.sync import MAX_GET, MAX_IDS
+
+        node = self.node
+        op = req.get("op")
+        if op == "digest":
+            return {"buckets": node.digest.to_wire(), "bucket_ms": node.digest.bucket_ms}
+        if op == "ids":
+            start, end = int(req["start"]), int(req["end"])
+            ids = await node.in_kb(node.kb.store.ids_between, start, end, MAX_IDS)
+            return {"ids": ids}
+        if op == "get":
+            ids = [i for i in req["ids"][:MAX_GET] if isinstance(i, bytes)]
+            return {"wires": await node.in_kb(node.kb.store.wires, ids)}
+        return {"error": "unknown op"}
+
+    async def run(self) -> None:
+        while True:
+            for peer in self.node.connected_peers():
+                key = str(peer)
+                if time.monotonic() - self._synced.get(key, -1e9) >= SYNC_INTERVAL:
+                    self._synced[key] = time.monotonic()
+                    with trio.move_on_after(ROUND_TIMEOUT):
+                        await self.sync_with(peer)
+            await trio.sleep(0.5)
+
+    async def sync_with(self, peer) -> int:
+        """One anti-entropy round with ``peer``; returns how many records were fetched."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
+        from zoonode.net.sync import MAX_GET
+
+        node = self.node
+        fetched = 0
+        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+        try:
+            theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
+            if theirs.get("bucket_ms") != node.digest.bucket_ms:
+                return 0
+            for start in node.digest.differing(theirs["buckets"]):
+                listed = await request(
+                    node.host,
+                    peer,
+                    SYNC_PROTOCOL,
+                    {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
+                )
+                ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
+                missing = await node.in_kb(
+                    lambda ids=ids: [i for i in ids if not node.kb.store.known(i)]
+                )
+                for chunk in range(0, len(missing), MAX_GET):
+                    got = await request(
+                        node.host,
+                        peer,
+                        SYNC_PROTOCOL,
+                        {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
+                    )
+                    for wire in got.get("wires", []):
+                        checked = check_record(
+                            wire,
+                            node.policy,
+                            now_ms(),
+                            node.kb.store.known,
+                            limiter,
+                            node.banned.__contains__,
+                        )
+                        node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
+                        if checked.verdict is Verdict.ACCEPT:
+                            await node.ingest.enqueue(checked.record, str(peer))
+                            fetched += 1
+        except (RpcError, ValueError, KeyError, TypeError) as exc:
+            log.debug("sync with %s failed: %s", peer, exc)
+        if fetched:
+            log.info("sync: fetched %d records from %s", fetched, peer)
+        return fetched

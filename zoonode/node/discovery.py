@@ -1,0 +1,89 @@
+"""The discovery room: dial the bootstrap peers at start, and (with ``network.mdns``) the
+peers mDNS announces, retrying a failed one after ``DIAL_BACKOFF`` seconds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from zoonode.node.core import Node
+
+log = logging.getLogger("zoonode.node.discovery")
+
+DIAL_TIMEOUT = 10.0
+DISCOVERY_INTERVAL = 2.0  # seconds between dials of peers mDNS found
+DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried again
+
+
+def unwrap(exc: BaseException) -> str:
+    """ExceptionGroups from libp2p nest 10+ deep (pitfall 11): show the innermost cause."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Discovery:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def dial_bootstrap(self, addrs: Sequence[str]) -> int:
+        """Dial each bootstrap address; say which failed and why. Returns how many answered."""
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        ok, failures = 0, []
+        for addr in addrs:
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                with trio.fail_after(DIAL_TIMEOUT):
+                    await self.node.host.connect(info)
+                ok += 1
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled):
+                    raise
+                failures.append(f"{addr}: {unwrap(exc)}")
+        for failure in failures:
+            log.warning("bootstrap peer did not answer: %s", failure)
+        if addrs and not ok:
+            log.error(
+                "no bootstrap peer answered (%d tried); running alone until a peer dials us",
+                len(addrs),
+            )
+        return ok
+
+    async def run_mdns_dialer(self) -> None:
+        """mDNS (zeroconf, in the library) only fills the peerstore; this dials what it
+        found."""
+        from libp2p.peer.peerinfo import PeerInfo
+
+        node = self.node
+        failed_at: dict[str, float] = {}
+        store = node.host.get_peerstore()
+        while True:
+            connected = set(node.connected_peers())
+            for peer in store.peer_ids():
+                key = str(peer)
+                if peer == node.host.get_id() or peer in connected:
+                    continue
+                if time.monotonic() - failed_at.get(key, -1e9) < DIAL_BACKOFF:
+                    continue
+                addrs = store.addrs(peer)
+                if not addrs:
+                    continue
+                try:
+                    with trio.fail_after(DIAL_TIMEOUT):
+                        await node.host.connect(PeerInfo(peer, addrs))
+                    node.counters["discovery:dialled"] += 1
+                    log.info("connected to discovered peer %s", key)
+                except BaseException as exc:
+                    if isinstance(exc, trio.Cancelled):
+                        raise
+                    failed_at[key] = time.monotonic()
+                    node.counters["discovery:failed"] += 1
+                    log.debug("discovered peer %s did not answer: %s", key, unwrap(exc))
+            await trio.sleep(DISCOVERY_INTERVAL)
