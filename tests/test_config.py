@@ -14,13 +14,16 @@ def test_defaults_match_the_dataclasses():
 def test_layers_override_in_order(tmp_path):
     path = tmp_path / "node.toml"
     path.write_text("[selection]\nk = 7\nmin_similarity = 0.5\n[network]\nmdns = true\n")
-    env = {"ZOONODE_SELECTION__K": "9", "ZOONODE_NETWORK__BOOTSTRAP": "/ip4/1.2.3.4/tcp/1,/x"}
+    env = {
+        "ZOONODE_SELECTION__K": "9",
+        "ZOONODE_NETWORK__BOOTSTRAP": "/ip4/1.2.3.4/tcp/1,/ip4/5.6.7.8/tcp/2",
+    }
     cfg = load_config(path, env=env, overrides={"selection": {"candidates": 50, "k": None}})
     assert cfg.selection.k == 9  # env beats file; a None flag leaves it alone
     assert cfg.selection.min_similarity == 0.5
     assert cfg.selection.candidates == 50
     assert cfg.network.mdns is True
-    assert cfg.network.bootstrap == ["/ip4/1.2.3.4/tcp/1", "/x"]
+    assert cfg.network.bootstrap == ["/ip4/1.2.3.4/tcp/1", "/ip4/5.6.7.8/tcp/2"]
 
 
 @pytest.mark.parametrize(
@@ -32,10 +35,14 @@ def test_layers_override_in_order(tmp_path):
         ("", {"ZOONODE_SELECTION__K": "five"}, "not a"),
         ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
         ("[selection\n", {}, "node.toml"),
-        ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend must be one of"),
-        ("[store]\nreplica_backend = 'faiss-ivf'\nivf_lists = 0\n", {}, "ivf_lists must be"),
+        ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend = 'faiss': must be one of"),
+        ("[store]\nreplica_backend = 'faiss-ivf'\nivf_lists = 0\n", {}, "ivf_lists = 0: must be"),
         ("[selection]\nnewcomers_alone = true\n", {}, "must be str"),
-        ("[selection]\nnewcomers_alone = 'sometimes'\n", {}, "newcomers_alone must be one of"),
+        (
+            "[selection]\nnewcomers_alone = 'sometimes'\n",
+            {},
+            "newcomers_alone = 'sometimes': must be one of",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, env, match):
