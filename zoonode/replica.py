@@ -25,6 +25,7 @@ seq it contains beside it; after a crash the node loads the last snapshot and re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -130,7 +131,12 @@ class _Hnswlib:
         return keys, sims
 
     def save(self, path: Path) -> None:
+        # hnswlib writes through an unchecked std::ofstream: on a full disk it "succeeds" with
+        # a truncated file. Its own count of the bytes it meant to write tells.
         self.index.save_index(str(path))
+        written, expected = path.stat().st_size, self.index.index_file_size()
+        if written != expected:
+            raise OSError(errno.ENOSPC, f"hnswlib wrote {written} of {expected} bytes", str(path))
 
 
 class _UsearchI8:
