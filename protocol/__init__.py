@@ -20,6 +20,8 @@ from .record import (
     Experience,
     Op,
     check_code,
+    check_domain,
+    check_text,
 )
 from .view import record_to_dict
 from .wire import (
@@ -54,6 +56,8 @@ __all__ = [
     "ProtocolError",
     "SignedRecord",
     "check_code",
+    "check_domain",
+    "check_text",
     "content_id",
     "decode",
     "encode_unsigned",

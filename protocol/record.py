@@ -129,12 +129,7 @@ class Experience:
         _check_str("text", self.text, MAX_TEXT_BYTES)
         if not self.text.strip():
             raise ProtocolError(ErrorCode.BAD_TEXT, "text is empty")
-        _check_str("domain", self.domain, MAX_DOMAIN_BYTES)
-        if not _DOMAIN_RE.fullmatch(self.domain):
-            raise ProtocolError(
-                ErrorCode.BAD_DOMAIN,
-                f"domain must be dotted lowercase words like 'math.geometry', got {self.domain!r}",
-            )
+        check_domain(self.domain)
         _check_confidence(self)
         if len(self.examples) > MAX_EXAMPLES:
             raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"at most {MAX_EXAMPLES} examples")
@@ -145,6 +140,25 @@ class Experience:
         if self.code is None:
             raise ProtocolError(ErrorCode.MISSING_FIELD, f"{self.op.name.lower()} needs code")
         check_code(self.code)
+
+
+def check_text(name: str, value: object, max_bytes: int) -> None:
+    """The rules of a record's text fields (a str of valid Unicode, no control characters, at
+    most ``max_bytes`` UTF-8 bytes), for text that enters the node outside a record: a query,
+    a task. Raises ProtocolError (wrong_type, bad_text, oversize)."""
+    _check_str(name, value, max_bytes)
+
+
+def check_domain(domain: object, name: str = "domain") -> None:
+    """A domain (or a domain prefix filter): dotted lowercase words like ``math.geometry``.
+    Raises ProtocolError (wrong_type, bad_text, oversize, bad_domain)."""
+    _check_str(name, domain, MAX_DOMAIN_BYTES)
+    assert isinstance(domain, str)
+    if not _DOMAIN_RE.fullmatch(domain):
+        raise ProtocolError(
+            ErrorCode.BAD_DOMAIN,
+            f"{name} must be dotted lowercase words like 'math.geometry', got {domain!r}",
+        )
 
 
 def check_code(code: object) -> float:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from zoonode.protocol import Op
-from zoonode.replica import Replica
-from zoonode.store import Incoming, InsertResult, Outcome, Row, Status, Store
+from zoonode.replica import Replica, SnapshotError
+from zoonode.store import Incoming, InsertResult, Outcome, Row, Status, StorageFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class KnowledgeBase:
         self._replay()
 
     def _replay(self) -> None:
-        """Bring the replica up to the store: add every lesson accepted after the snapshot."""
+        """Bring the replica up to the store: add every lesson accepted after the snapshot,
+        then check that it holds every active lesson and add any it lacks."""
         replayed = 0
         for seqs, vectors in self.store.vectors_since(self.replica.snapshot_seq):
             self.replica.add(seqs, vectors)
@@ -149,6 +150,20 @@ class KnowledgeBase:
                 replayed,
                 self.replica.snapshot_seq,
             )
+        self.repair()
+
+    def repair(self) -> int:
+        """Add to the replica every active lesson of the store it does not hold (a snapshot
+        from another writer, a lost file); returns how many. ~0.2 s per 100k records."""
+        missing = self.replica.missing(self.store.active_lesson_seqs())
+        if len(missing) == 0:
+            return 0
+        found = self.store.rows_with_vectors(missing.tolist())
+        seqs = np.array(sorted(found), np.int64)
+        if len(seqs):
+            self.replica.add(seqs, np.stack([found[int(s)][1] for s in seqs]))
+        log.warning("replica: %d active records were missing from it; added", len(seqs))
+        return len(seqs)
 
     def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
         """Drop the replica and rebuild it from the store's vectors (``zoonode index rebuild``)."""
@@ -172,9 +187,19 @@ class KnowledgeBase:
         return total
 
     def close(self) -> None:
+        """Snapshot the replica if it grew (skipped, with a warning, on a full disk: the next
+        start replays the store), then close the store."""
         if self.replica.max_seq > self.replica.snapshot_seq:
-            self.replica.save(self.directory)
+            self._snapshot()
         self.store.close()
+
+    def _snapshot(self) -> None:
+        try:
+            self.replica.save(self.directory)
+        except SnapshotError as exc:
+            log.warning(
+                "%s; the next start replays the store after seq %d", exc, self.replica.snapshot_seq
+            )
 
     # -- writes -------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Incoming]) -> list[InsertResult]:
@@ -201,7 +226,7 @@ class KnowledgeBase:
         self._evict()
         new = self.replica.max_seq - self.replica.snapshot_seq
         if snapshot_due(new, len(self.replica), self.snapshot_every):
-            self.replica.save(self.directory)
+            self._snapshot()
         results = []
         for i, it in enumerate(items):
             res = by_id.get(it.record.id) if first[it.record.id] == i else None
@@ -272,7 +297,11 @@ class KnowledgeBase:
         return out
 
     def _evict(self) -> None:
-        victims = self.store.evict_over(self.capacity)
+        try:
+            victims = self.store.evict_over(self.capacity)
+        except StorageFull as exc:  # the batch is stored; evicting waits for the next one
+            log.warning("eviction postponed: %s", exc)
+            return
         if victims and self.on_evict:
             self.on_evict(victims)
 

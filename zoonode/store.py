@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -147,6 +148,18 @@ class StoreError(RuntimeError):
     """The database file cannot be opened or belongs to another space."""
 
 
+class StorageFull(StoreError):
+    """A write found the disk (or the database's size limit) full. Nothing of it was kept;
+    reads go on, and writes succeed again once there is room."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
 class Store:
     """SQLite-backed record store. Not thread-safe: one owner calls it."""
 
@@ -179,27 +192,44 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction. On a full disk SQLite has already rolled it back (rolling
+        back again would fail): raise StorageFull, with the store as it was before."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error as again:
+                    log.warning("store: rollback failed: %s", again)
+            if _is_full(exc):
+                raise StorageFull(
+                    f"the disk holding {self.path} is full: writes are refused until there "
+                    "is room again (reads go on)"
+                ) from exc
+            raise
+
     # -- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._write():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # -- writes -------------------------------------------------------------------------------
     def insert(self, items: Sequence[Incoming]) -> list[InsertResult]:
         """Insert a batch in ONE transaction; when this returns, accepted rows are durable."""
         now = time.time_ns() // 1_000_000
         results: list[InsertResult] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write():
             for item in items:
                 results.append(self._insert_one(item, now))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self._lessons += sum(
             1
             for item, res in zip(items, results, strict=True)
@@ -288,13 +318,12 @@ class Store:
                 (Op.REVOKE, excess),
             )
         ]
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
-        self.db.executemany(
-            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, 'evicted')",
-            [(v.id, v.created_at) for v in victims],
-        )
-        self.db.execute("COMMIT")
+        with self._write():
+            self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
+            self.db.executemany(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, 'evicted')",
+                [(v.id, v.created_at) for v in victims],
+            )
         self._lessons -= len(victims)
         for victim in victims:
             log.info(
@@ -307,15 +336,18 @@ class Store:
         return victims
 
     def add_tombstone(self, record_id: bytes, created_at: int, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)", (record_id, created_at, reason)
-        )
+        with self._write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
+                (record_id, created_at, reason),
+            )
 
     def ban(self, author: bytes, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO banned VALUES (?, ?, ?)",
-            (author, reason, time.time_ns() // 1_000_000),
-        )
+        with self._write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO banned VALUES (?, ?, ?)",
+                (author, reason, time.time_ns() // 1_000_000),
+            )
 
     def banned_authors(self) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT author FROM banned")}
@@ -390,6 +422,13 @@ class Store:
                 np.array([r[0] for r in rows], dtype=np.int64),
                 np.stack([np.frombuffer(r[1], "<f4") for r in rows]),
             )
+
+    def active_lesson_seqs(self) -> np.ndarray:
+        """The seqs of every active lesson with a vector: what the replica must hold."""
+        rows = self.db.execute(
+            "SELECT seq FROM records WHERE status = 0 AND op != 2 AND vector IS NOT NULL"
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def filtered_vectors(self, where: str, params: Sequence) -> tuple[np.ndarray, np.ndarray]:
         rows = self.db.execute(

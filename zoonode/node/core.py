@@ -27,6 +27,7 @@ import numpy as np
 import trio
 
 from zoonode.config import Config
+from zoonode.datadir import DataDirLock
 from zoonode.identity import IDENTITY_FILE, load_or_create_identity
 from zoonode.knowledge import Filters, KnowledgeBase
 from zoonode.native.encoder import Encoder, EncoderSettings
@@ -90,11 +91,20 @@ class NodeInfo:
 
 class Node:
     def __init__(self, cfg: Config, *, encoder: Encoder | None = None) -> None:
+        self.cfg = cfg
+        # First: a second node on this data dir stops here, naming the first one's PID.
+        self.lock = DataDirLock(cfg.data_path).acquire()
+        try:
+            self._open(cfg, encoder)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, cfg: Config, encoder: Encoder | None) -> None:
         from zoonode.net.gossip import Gossip
         from zoonode.net.host import make_host
         from zoonode.net.sync import Digest
 
-        self.cfg = cfg
         self.key = load_or_create_identity(cfg.data_path / IDENTITY_FILE)
         self.author = public_key_bytes(self.key)
         self.trusted_authors = {bytes.fromhex(a) for a in cfg.selection.trusted_authors}
@@ -189,7 +199,10 @@ class Node:
                             except Exception as exc:
                                 log.warning("host close: %s", unwrap(exc))
         finally:
-            self.kb.close()
+            try:
+                self.kb.close()
+            finally:
+                self.lock.release()
             log.info("node %s stopped", self.peer_id)
 
     def stop(self) -> None:
