@@ -244,7 +244,10 @@ def test_messages_of_only_ignored_records_are_not_forwarded_nor_penalised(tmp_pa
             )
             topic = sender.gossip.topic
             await sender.gossip.pubsub.publish(topic, encode_batch([first.wire]))
-            await wait_until(lambda: c.kb.store.has(first.id), what="first record at c")
+            # b forwards before it stores (the embedding check comes after): wait for both.
+            await wait_until(
+                lambda: b.kb.store.has(first.id) and c.kb.store.has(first.id), what="first record"
+            )
             c_messages = c.gossip.stats.messages_in
             # New bytes (a new message id), nothing new inside: b ignores and keeps it.
             await sender.gossip.pubsub.publish(topic, encode_batch([first.wire, first.wire]))

@@ -152,3 +152,22 @@ def test_a_node_answers_the_vector_requests(tmp_path, encoder):
                     assert got == expected, name
     finally:
         node.kb.close()
+
+
+def test_author_rate_and_ban_are_ignores_in_their_order():
+    """NETWORK.md §4.5 steps 5-7 and §8.3: known, then banned, then the author's token bucket
+    (20/s, burst 200); none of them rejects."""
+    from zoonode.net.validation import AuthorLimiter, Policy, Verdict, check_record
+
+    wire, now = RECORDS["add"], VECTORS["gossip"][0]["now_ms"]
+    policy = Policy(space=bytes.fromhex(VECTORS["space"]))
+    limiter = AuthorLimiter(rate=policy.author_rate, burst=policy.author_burst)
+    verdicts = [check_record(wire, policy, now, lambda _: False, limiter) for _ in range(201)]
+    assert [v.verdict for v in verdicts[:200]] == [Verdict.ACCEPT] * 200
+    assert (verdicts[200].verdict, verdicts[200].reason) == (Verdict.IGNORE, "author_rate")
+    later = check_record(wire, policy, now + 1000, lambda _: False, limiter)
+    assert later.verdict is Verdict.ACCEPT  # 20 tokens back after a second
+    banned = check_record(wire, policy, now, lambda _: False, limiter, lambda _: True)
+    assert (banned.verdict, banned.reason) == (Verdict.IGNORE, "author_banned")
+    known = check_record(wire, policy, now, lambda _: True, limiter, lambda _: True)
+    assert (known.verdict, known.reason) == (Verdict.IGNORE, "known")
