@@ -131,3 +131,18 @@ async def _read_exactly(stream, n: int) -> bytes:
             raise EOFError("stream closed mid-frame")
         buf += chunk
     return buf
+
+
+async def _join_and_wait(seed_hex: str, addr: str) -> None:
+    peer = MinimalPeer(bytes.fromhex(seed_hex))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.run)
+        await peer.connect(addr)
+        print("joined", peer.peer_id, flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":  # a peer in its own process: join ADDR, then wait to be killed
+    import sys
+
+    trio.run(_join_and_wait, *sys.argv[1:3])

@@ -514,41 +514,61 @@ def test_only_yamux_is_offered(tmp_path, encoder):
 def test_peers_that_do_not_sync_or_left_are_logged_once_and_counted(
     tmp_path, encoder, caplog, capfd
 ):
-    """A peer that serves no sync: one log line, then rounds backed off and counted, not
-    logged. A peer that left: its addresses forgotten, so nothing redials it. A dial that
-    fails: the library's error line is counted, not printed; the node says it once."""
+    """A peer that serves no sync (tests/minimal_peer.py in its own process): one log line,
+    then rounds backed off and counted, not logged. Killed, it has left: its addresses are
+    forgotten, so nothing redials it. A dial that fails: the library's error lines are
+    counted, not printed, and the node says it once."""
     import hashlib
     import logging
-
-    from minimal_peer import MinimalPeer
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
 
     caplog.set_level(logging.INFO, logger="zoonode")
+    script = Path(__file__).with_name("minimal_peer.py")
+    peers: list[str] = []
+
+    def dialable(node, peer_id) -> list:
+        try:
+            return node.host.get_peerstore().addrs(peer_id)
+        except Exception:  # unknown to the peerstore: nothing to dial either
+            return []
 
     async def main():
+        from libp2p.peer.id import ID
+
         async with trio.open_nursery() as nursery:
             [node] = await start_nodes(nursery, encoder, [tmp_path / "node"])
             node.antientropy.unsupported_retry = 0.2
             node.discovery.forget_after = 0.5
-            peer = MinimalPeer(hashlib.sha256(b"a peer without sync").digest())
-            async with trio.open_nursery() as peer_nursery:
-                await peer_nursery.start(peer.run)
-                await peer.connect(node.info().addrs[0])
-                pid = str(peer.peer_id)
+            seed = hashlib.sha256(b"a peer without sync").hexdigest()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, str(script), seed, node.info().addrs[0]], stdout=subprocess.PIPE
+            )
+            try:
+                with trio.fail_after(30):
+                    line = await proc.stdout.receive_some()
+                assert line.startswith(b"joined "), line
+                pid = line.split()[1].decode()
+                peer_id = ID.from_base58(pid)
                 await wait_until(lambda: node.counters["sync:unsupported"] >= 5, 20, "rounds")
-                peer_nursery.cancel_scope.cancel()  # the peer leaves
-            await wait_until(lambda: node.counters["discovery:forgotten"] == 1, 20, "forget")
-            assert not node.host.get_peerstore().addrs(peer.peer_id)
-            with trio.move_on_after(1.0):  # rounds would come every 0.2 s if it were still tried
-                await trio.sleep_forever()
-            assert peer.peer_id not in node.connected_peers()
+                await wait_until(lambda: bool(dialable(node, peer_id)), 20, "its address")
+            finally:
+                proc.send_signal(signal.SIGKILL)  # the peer leaves without a word
+                await proc.wait()
+            await wait_until(lambda: peer_id not in node.connected_peers(), 20, "the disconnect")
+            await wait_until(lambda: node.counters["discovery:forgotten"] == 1, 10, "forget")
+            assert not dialable(node, peer_id)
+            rounds = node.counters["sync:unsupported"]
+            await trio.sleep(1.0)  # rounds would come every 0.2 s if it were still tried
+            assert node.counters["sync:unsupported"] == rounds
             with pytest.raises(ConnectionError):
-                await node.connect(f"/ip4/127.0.0.1/tcp/9/p2p/{peer.peer_id}")
-            metrics = node.metrics()["counters"]
-            assert metrics["libp2p:dial_failed"] >= 1
+                await node.connect(f"/ip4/127.0.0.1/tcp/9/p2p/{pid}")
+            assert node.metrics()["counters"]["libp2p:dial_failed"] >= 1
             peers.append(pid)
             nursery.cancel_scope.cancel()
 
-    peers: list[str] = []
     run_trio(main)
     [pid] = peers
     about_peer = [r for r in caplog.records if pid in r.getMessage()]

@@ -43,7 +43,7 @@ class Discovery:
     async def watch_departures(self) -> None:
         while True:
             self.forget_departed(time.monotonic())
-            await trio.sleep(min(5.0, self.forget_after / 2))
+            await trio.sleep(min(1.0, self.forget_after / 2))
 
     def forget_departed(self, now: float) -> list[str]:
         """Drop the addresses of peers disconnected for ``forget_after`` seconds (bootstrap
