@@ -150,8 +150,28 @@ def test_a_node_answers_the_vector_requests(tmp_path, encoder):
                     assert np.allclose(got["scores"], expected["scores"], atol=2e-3), name
                 else:
                     assert got == expected, name
+        # Limits of NETWORK.md §6.4 and §7.1, and unknown keys ignored (§5).
+        add_id = decode(RECORDS["add"]).id
+        got = trio.run(node.antientropy.serve, "peer", {"op": "get", "ids": [add_id] * 200})
+        assert got["wires"] == [RECORDS["add"]] * 128
+        query = from_json(VECTORS["query"]["frames"][0]["message"])
+        for k, served in ((0, 1), (1000, 2)):  # clamped to 1..200; two active lessons held
+            got = trio.run(node.queries.serve, "peer", query | {"k": k, "later": {"x": 1}})
+            assert len(got["wires"]) == served
     finally:
         node.kb.close()
+
+
+def test_frames_over_4_mib_are_refused_unread():
+    from zoonode.net.rpc import MAX_FRAME, RpcError, read_frame
+
+    async def main():
+        with pytest.raises(RpcError) as err:
+            await read_frame(_Bytes(struct.pack(">I", MAX_FRAME + 1)))
+        assert err.value.code == "framing"
+        assert MAX_FRAME == 4 * 1024 * 1024
+
+    trio.run(main)
 
 
 def test_author_rate_and_ban_are_ignores_in_their_order():
