@@ -133,10 +133,7 @@ def _encodable(text: str) -> bool:
 # -- fields -------------------------------------------------------------------------------------
 def _query_text(name: str):
     def check(value: str) -> str:
-        check_text(name, value, MAX_QUERY_BYTES)
-        if not value.strip():
-            raise InputError(422, "bad_text", f"{name} is empty")
-        return value
+        return check_text(name, value, MAX_QUERY_BYTES, allow_blank=False)
 
     return AfterValidator(check)
 

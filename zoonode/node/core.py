@@ -178,6 +178,7 @@ class Node:
                     try:
                         nursery.start_soon(self.ingest.run)
                         nursery.start_soon(self.antientropy.run)
+                        nursery.start_soon(self.discovery.watch_departures)
                         if self.cfg.network.mdns:
                             nursery.start_soon(self.discovery.run_mdns_dialer)
                         if self.cfg.api.listen:
@@ -258,9 +259,13 @@ class Node:
         return list(self.host.get_network().connections.keys())
 
     def metrics(self) -> dict[str, Any]:
+        from zoonode.net.host import library_noise
+
         verdicts = dict(self.gossip.stats.verdicts)
+        # The library's per-attempt error lines, counted instead of printed (per process).
+        counters = dict(self.counters) | {f"libp2p:{k}": v for k, v in library_noise.items()}
         return {
-            "counters": dict(self.counters),
+            "counters": counters,
             "gossip_verdicts": verdicts,
             "messages_in": self.gossip.stats.messages_in,
             "messages_out": self.gossip.stats.messages_out,

@@ -1,5 +1,11 @@
 """The query room: robust selection over the local replica and, when asked, over peers'
-answers (federated query, ``/zoo/dso/query/1``); author standing; export pages."""
+answers (federated query, ``/zoo/dso/query/2``, NETWORK.md §7); author standing; export pages.
+
+Federated queries travel in the canonical 7680-d space (float16, 15,360 bytes), never in a
+node's private compact coordinates: the asking node lifts its query through its own head, the
+answering node lowers it onto its own basis (``Encoder.lower``: head^T v), so peers with
+another backbone and a fitted head can ask and answer.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import trio
 
 from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters
+from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record, embedding_agreement
 from zoonode.protocol import Op, SignedRecord, decode
 from zoonode.selection import (
@@ -27,6 +34,22 @@ if TYPE_CHECKING:
     from zoonode.node.core import Node
 
 log = logging.getLogger("zoonode.node.query")
+
+QUERY_VECTOR_BYTES = CANONICAL_DIM * 2  # float16
+DEFAULT_K = 10
+MAX_K = 200
+WRONG_SPACE = "wrong_space"
+WRONG_DIMENSION = "wrong_dimension"
+BAD_VECTOR = "bad_vector"
+
+
+def canonical_query_bytes(canonical: np.ndarray) -> bytes:
+    """A unit canonical vector (1, 7680) or (7680,) as the query's wire form: little-endian
+    IEEE 754 binary16 (NETWORK.md §7.1)."""
+    v = np.asarray(canonical, np.float32).reshape(-1)
+    if v.shape != (CANONICAL_DIM,):
+        raise ValueError(f"a canonical query has {CANONICAL_DIM} values, got {v.shape}")
+    return v.astype("<f2").tobytes()
 
 
 class Query:
@@ -88,7 +111,7 @@ class Query:
             for h in hits
         ]
         if federated:
-            extra = await self.federated_candidates(q, sel.candidates)
+            extra = await self.federated_candidates(q, sel.candidates, filters)
             known = await node.in_kb(node.kb.authors_first_seen, [c.author for _, c in extra])
             seen = set(wires)
             for record, cand in extra:
@@ -134,27 +157,37 @@ class Query:
         return author_standing(first_seen.get(author), now_ms(), maturity_ms)
 
     async def federated_candidates(
-        self, q: np.ndarray, k: int
+        self, q: np.ndarray, k: int, filters: Filters | None = None
     ) -> list[tuple[SignedRecord, Candidate]]:
-        """Ask every connected peer for its top k; validate answers like gossip."""
+        """Ask every connected peer for its top ``k`` (``/zoo/dso/query/2``) and validate the
+        answers like gossip plus the embedding check; ``q`` is our compact query, lifted to
+        the canonical space for the wire. Peers' answers must also pass ``filters``."""
         from zoonode.net.rpc import QUERY_PROTOCOL, RpcError, request
 
         node = self.node
         answers: list[bytes] = []
+        payload: dict[str, Any] = {
+            "space": node.encoder.space,
+            "vector": canonical_query_bytes(node.encoder.lift(np.asarray(q, np.float32)[None])),
+            "k": k,
+        }
+        if filters is not None and filters.domain:
+            payload["domain"] = filters.domain
+        if filters is not None and filters.min_confidence is not None:
+            payload["min_confidence"] = float(filters.min_confidence)
 
         async def ask(peer) -> None:
+            node.counters["query:asked"] += 1
             try:
-                resp = await request(
-                    node.host,
-                    peer,
-                    QUERY_PROTOCOL,
-                    {"space": node.encoder.space, "vector": np.asarray(q, "<f4").tobytes(), "k": k},
-                )
-                wires = resp.get("wires", [])
-                if isinstance(wires, list):
-                    answers.extend(w for w in wires[:k] if isinstance(w, bytes))
+                resp = await request(node.host, peer, QUERY_PROTOCOL, payload)
             except RpcError as exc:
+                node.counters[f"query:failed_{exc.code}"] += 1
                 log.debug("federated query to %s failed: %s", peer, exc)
+                return
+            wires = resp.get("wires", [])
+            if isinstance(wires, list):
+                node.counters["query:answered"] += 1
+                answers.extend(w for w in wires[:k] if isinstance(w, bytes))
 
         async with trio.open_nursery() as nursery:
             for peer in node.connected_peers():
@@ -165,8 +198,11 @@ class Query:
             checked = check_record(
                 wire, node.policy, now_ms(), lambda _id: False, limiter, node.banned.__contains__
             )
-            if checked.verdict is Verdict.ACCEPT and checked.record.experience.op is not Op.REVOKE:
-                valid.append(checked.record)
+            if checked.verdict is not Verdict.ACCEPT or checked.record.experience.op is Op.REVOKE:
+                continue
+            if filters is not None and not filters.match(checked.record.experience):
+                continue
+            valid.append(checked.record)
         if not valid:
             return []
 
@@ -201,20 +237,47 @@ class Query:
         return out
 
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
-        """``/zoo/dso/query/1``: a peer's federated query."""
+        """``/zoo/dso/query/2`` (NETWORK.md §7): a peer's query in the canonical space.
+
+        The vector is lowered onto this node's own basis (head^T v) and searched like a local
+        query. Errors (``ServeError``): ``wrong_space``, ``wrong_dimension`` (not 7680 float16
+        values: a 384-d vector of a backbone's private coordinates is refused here),
+        ``bad_vector`` (not finite, or nothing left on our basis), ``bad_request``."""
+        from zoonode.net.rpc import BAD_REQUEST, ServeError
+
         node = self.node
         if req.get("space") != node.encoder.space:
-            return {"error": "wrong_space"}
-        vector = np.frombuffer(req["vector"], "<f4")
-        if vector.shape != (node.encoder.space_info.hidden,) or not np.all(np.isfinite(vector)):
-            return {"error": "bad_vector"}
-        k = max(1, min(int(req.get("k", 10)), 200))
-        norm = float(np.linalg.norm(vector))
-        if norm == 0:
-            return {"error": "bad_vector"}
-        hits = await node.in_kb(node.kb.search, vector / norm, k)
+            raise ServeError(WRONG_SPACE, f"this node answers space {node.encoder.space.hex()}")
+        raw = req.get("vector")
+        if type(raw) is not bytes:
+            raise ServeError(BAD_REQUEST, "vector must be bin (7680 little-endian float16)")
+        if len(raw) != QUERY_VECTOR_BYTES:
+            raise ServeError(
+                WRONG_DIMENSION,
+                f"vector must be {CANONICAL_DIM} float16 values ({QUERY_VECTOR_BYTES} bytes) "
+                f"in the canonical space, got {len(raw)} bytes",
+            )
+        k = req.get("k", DEFAULT_K)
+        if type(k) is not int:
+            raise ServeError(BAD_REQUEST, "k must be an int")
+        domain = req.get("domain")
+        min_confidence = req.get("min_confidence")
+        if domain is not None and type(domain) is not str:
+            raise ServeError(BAD_REQUEST, "domain must be a str")
+        if min_confidence is not None and type(min_confidence) not in (int, float):
+            raise ServeError(BAD_REQUEST, "min_confidence must be a number")
+        canonical = np.frombuffer(raw, "<f2").astype(np.float32)
+        if not np.all(np.isfinite(canonical)):
+            raise ServeError(BAD_VECTOR, "vector has NaN or infinite values")
+        lowered = node.encoder.lower(canonical[None])[0]
+        norm = float(np.linalg.norm(lowered))
+        if not norm > 0:
+            raise ServeError(BAD_VECTOR, "vector has no component on this node's basis")
+        filters = Filters(domain=domain or None, min_confidence=min_confidence)
+        k = max(1, min(k, MAX_K))
+        hits = await node.in_kb(node.kb.search, lowered / norm, k, filters)
         node.counters["query:served"] += 1
-        return {"wires": [h.row.wire for h in hits], "scores": [h.score for h in hits]}
+        return {"wires": [h.row.wire for h in hits], "scores": [float(h.score) for h in hits]}
 
     async def export_page(
         self, after_seq: int, limit: int, domain: str | None = None
