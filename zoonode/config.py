@@ -94,8 +94,15 @@ NEWCOMERS_ALONE = ("bootstrap", "always", "never")
 class SelectionConfig:
     k: int = 5
     candidates: int = 150
-    min_similarity: float = 0.4
+    min_similarity: float = 0.4  # the similarity floor; lowered per query down to floor_min ...
+    floor_min: float = 0.3  # ... when the best candidate is under min_similarity + floor_margin
+    floor_margin: float = 0.1  # (selection.similarity_floor)
     author_cap: float = 1.0
+    per_author: int = 1  # answer slots of an author not yet established (standing < 1)
+    established_slots: int = 0  # of an established author (own, trusted, matured); 0: up to k
+    agreement_quantile: float = 0.25  # agreement with the robust centre counts under this
+    cluster_members: int = 3  # candidates per near-duplicate cluster (best by relevance x standing)
+    answer_duplicate: float = 0.95  # members of one cluster answer apart while cos < this
     maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
     newcomer_weight: float = 0.2  # score factor of an author this node has just met
     # Where no established author answers, may newer ones? "bootstrap": only while this node
@@ -104,6 +111,24 @@ class SelectionConfig:
     trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.floor_min <= self.min_similarity <= 1.0:
+            raise ConfigError(
+                "selection.floor_min and selection.min_similarity must satisfy "
+                f"0 <= floor_min <= min_similarity <= 1, got {self.floor_min} and "
+                f"{self.min_similarity}"
+            )
+        if not 0.0 <= self.agreement_quantile < 1.0:
+            raise ConfigError("selection.agreement_quantile must be in [0, 1)")
+        if self.cluster_members < 1 or not 0.0 < self.answer_duplicate <= 1.0:
+            raise ConfigError(
+                "selection.cluster_members must be >= 1 and selection.answer_duplicate in (0, 1]"
+            )
+        if self.floor_margin < 0:
+            raise ConfigError(f"selection.floor_margin must be >= 0, got {self.floor_margin}")
+        if self.per_author < 1 or self.established_slots < 0:
+            raise ConfigError(
+                "selection.per_author must be >= 1 and selection.established_slots >= 0"
+            )
         for key in self.trusted_authors:
             if len(key) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in key):
                 raise ConfigError(
