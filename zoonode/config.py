@@ -32,6 +32,11 @@ class NodeConfig:
     data_dir: str = ""  # empty: the user's data dir (platformdirs)
     log_level: str = "info"
     log_format: str = "console"  # console | json
+    blas_threads: int = 1  # numpy's BLAS threads (threadpoolctl); 0: the library's default
+
+    def __post_init__(self) -> None:
+        if self.blas_threads < 0:
+            raise ConfigError(f"node.blas_threads must be >= 0, got {self.blas_threads}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class SelectionConfig:
     author_cap: float = 1.0
     per_author: int = 1  # answer slots of an author not yet established (standing < 1)
     established_slots: int = 0  # of an established author (own, trusted, matured); 0: up to k
-    agreement_quantile: float = 0.25  # agreement with the robust centre counts under this
+    agreement_quantile: float = 0.1  # agreement with the robust centre counts under this
     cluster_members: int = 3  # candidates per near-duplicate cluster (best by relevance x standing)
     answer_duplicate: float = 0.95  # members of one cluster answer apart while cos < this
     maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
