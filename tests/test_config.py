@@ -53,3 +53,19 @@ def test_missing_file(tmp_path):
 def test_data_dir(tmp_path):
     cfg = load_config(env={"ZOONODE_NODE__DATA_DIR": str(tmp_path)})
     assert cfg.data_path == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "match"),
+    [
+        ("selection", {"floor_min": 0.5}, "floor_min"),  # above min_similarity 0.4
+        ("selection", {"floor_margin": -0.1}, "floor_margin"),
+        ("selection", {"per_author": 0}, "per_author"),
+        ("selection", {"agreement_quantile": 1.0}, "agreement_quantile"),
+        ("selection", {"answer_duplicate": 0.0}, "answer_duplicate"),
+        ("node", {"blas_threads": -1}, "blas_threads"),
+    ],
+)
+def test_selection_and_thread_settings_are_checked(section, values, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(env={}, overrides={section: values})
