@@ -273,7 +273,9 @@ def expected(line: bytes):
         return ("null", None)
     rid = value.get("id")
     if rid is None:
-        return ("none", None) if isinstance(value.get("method"), str) else ("null", None)
+        # A notification is a JSON-RPC 2.0 message; anything else is an invalid request.
+        notification = value.get("jsonrpc") == "2.0" and isinstance(value.get("method"), str)
+        return ("none", None) if notification else ("null", None)
     if (
         isinstance(rid, bool)
         or not isinstance(rid, int | str)
