@@ -201,6 +201,8 @@ class Node:
                                 log.warning("host close: %s", unwrap(exc))
         finally:
             try:
+                if self.api_url is not None:  # ours: nobody else writes it while we hold the lock
+                    (self.cfg.data_path / API_URL_FILE).unlink(missing_ok=True)
                 self.kb.close()
             finally:
                 self.lock.release()
