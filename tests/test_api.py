@@ -112,12 +112,15 @@ def metric(text: str, name: str, default: float | None = None) -> float:
 def test_cli_against_the_node(node):
     _, _, data = node
 
-    def cli(*args):
+    def cli(*args, as_json=True):
         out = subprocess.run(
-            [ZOONODE, *args, "--data-dir", str(data)], capture_output=True, text=True, timeout=60
+            [ZOONODE, *args, "--data-dir", str(data), *(["--json"] if as_json else [])],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return json.loads(out.stdout) if as_json else out.stdout
 
     shared = cli(
         "publish",
@@ -132,6 +135,18 @@ def test_cli_against_the_node(node):
     assert found["selected"][0]["id"] == shared["id"]
     assert cli("status")["counts"]["active"] >= 1
     assert cli("peers") == []
+    # For people: a few lines per lesson, rounded, with why it was picked; then revoke.
+    view = cli("query", "dividing both sides of an inequality", as_json=False)
+    assert view.startswith(" 1. Before dividing an inequality, check the sign of the divisor")
+    assert f"id {shared['id'][:12]}" in view and "picked for: relevance 0." in view
+    assert "relevance: cosine similarity" in view and "1.0000001" not in view
+    status = cli("status", as_json=False)
+    assert "no peers: this node is alone" in status and "/p2p/" in status
+    assert cli("peers", as_json=False).strip() == "no peers connected"
+    assert cli("revoke", shared["id"], as_json=False).strip() == f"revoked {shared['id']}"
+    again = cli("revoke", shared["id"], as_json=False)
+    assert again.strip() == f"already_revoked {shared['id']}"
+    assert "no lesson selected" in cli("query", "dividing an inequality", as_json=False)
     missing = subprocess.run(
         [ZOONODE, "status", "--url", "http://127.0.0.1:9"],
         capture_output=True,

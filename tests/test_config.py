@@ -6,6 +6,8 @@ import pytest
 
 from zoonode.config import Config, ConfigError, load_config
 
+PEER = "12D3KooWSPQSD8pppZJEg58cChDaXrnNTzUCBJWcPSfsKpyATYZw"
+
 
 def test_defaults_match_the_dataclasses():
     assert load_config(env={}) == Config()
@@ -16,14 +18,19 @@ def test_layers_override_in_order(tmp_path):
     path.write_text("[selection]\nk = 7\nmin_similarity = 0.5\n[network]\nmdns = true\n")
     env = {
         "ZOONODE_SELECTION__K": "9",
-        "ZOONODE_NETWORK__BOOTSTRAP": "/ip4/1.2.3.4/tcp/1,/ip4/5.6.7.8/tcp/2",
+        "ZOONODE_NETWORK__BOOTSTRAP": (
+            f"/ip4/1.2.3.4/tcp/1/p2p/{PEER},/ip4/5.6.7.8/tcp/2/p2p/{PEER}"
+        ),
     }
     cfg = load_config(path, env=env, overrides={"selection": {"candidates": 50, "k": None}})
     assert cfg.selection.k == 9  # env beats file; a None flag leaves it alone
     assert cfg.selection.min_similarity == 0.5
     assert cfg.selection.candidates == 50
     assert cfg.network.mdns is True
-    assert cfg.network.bootstrap == ["/ip4/1.2.3.4/tcp/1", "/ip4/5.6.7.8/tcp/2"]
+    assert cfg.network.bootstrap == [
+        f"/ip4/1.2.3.4/tcp/1/p2p/{PEER}",
+        f"/ip4/5.6.7.8/tcp/2/p2p/{PEER}",
+    ]
 
 
 @pytest.mark.parametrize(

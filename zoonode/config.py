@@ -61,6 +61,20 @@ def _multiaddrs(values: list[str]) -> list[str]:
     return values
 
 
+def _peer_multiaddrs(values: list[str]) -> list[str]:
+    """Multiaddrs that name their peer (``.../p2p/<peer id>``): a dial needs the peer id."""
+    import multiaddr
+
+    _multiaddrs(values)
+    for value in values:
+        if "p2p" not in [p.name for p in multiaddr.Multiaddr(value).protocols()]:
+            raise ValueError(
+                f"{value!r} names no peer: a bootstrap address ends with /p2p/<peer id>, as "
+                "`zoonode start` and `zoonode status` print it"
+            )
+    return values
+
+
 def _device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
@@ -111,7 +125,7 @@ class NetworkConfig:
     listen: Annotated[list[str], AfterValidator(_multiaddrs)] = field(
         default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"]
     )
-    bootstrap: Annotated[list[str], AfterValidator(_multiaddrs)] = field(default_factory=list)
+    bootstrap: Annotated[list[str], AfterValidator(_peer_multiaddrs)] = field(default_factory=list)
     mdns: bool = False
     embedding_threshold: Cosine = 0.9
     max_future_s: Annotated[int, _range(ge=0, le=86_400 * 365)] = 300

@@ -139,7 +139,14 @@ def build_server(client: AsyncClient) -> MCPServer:
                 message=f"{exc.code}: {exc.message}",
                 data={"code": exc.code},
             ) from None
-        return (await call(client.context(task, count)))["prompt"]
+        try:  # a prompt's error reaches the host as a JSON-RPC error with our message
+            return (await client.context(task, count))["prompt"]
+        except ClientError as exc:
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"{exc.code}: {exc.message}",
+                data={"code": exc.code},
+            ) from None
 
     return server
 

@@ -207,6 +207,8 @@ class Node:
                                 log.warning("host close: %s", unwrap(exc))
         finally:
             try:
+                if self.api_url is not None:  # ours: nobody else writes it while we hold the lock
+                    (self.cfg.data_path / API_URL_FILE).unlink(missing_ok=True)
                 self.kb.close()
             finally:
                 self.lock.release()
@@ -290,14 +292,17 @@ async def run_node(cfg: Config, *, announce: Callable[[NodeInfo], None] | None =
         async with trio.open_nursery() as nursery:
             info = await nursery.start(node.run)
             log.info("node started: peer %s, author %s", info.peer_id, node.author.hex())
-            (announce or _print_info)(info)
+            if announce is None:
+                _print_info(info, peers=len(node.connected_peers()))
+            else:
+                announce(info)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
             node.stop()
 
 
-def _print_info(info: NodeInfo) -> None:
+def _print_info(info: NodeInfo, peers: int = 0) -> None:
     print(f"zoonode node running  peer id {info.peer_id}", flush=True)
     for addr in info.addrs:
         print(f"  listening on {addr}", flush=True)
@@ -307,4 +312,10 @@ def _print_info(info: NodeInfo) -> None:
     )
     if info.api:
         print(f"  HTTP API {info.api}  (token in {info.data_dir}/api.token)", flush=True)
+    if not peers:
+        from zoonode.humanview import JOIN_HINT
+
+        print("  " + JOIN_HINT, flush=True)
+        for addr in info.addrs:
+            print(f"    --bootstrap {addr}", flush=True)
     print(json.dumps({"event": "started", **info.as_dict()}), file=sys.stderr, flush=True)

@@ -26,6 +26,35 @@ DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried aga
 FORGET_AFTER = 30.0
 
 
+class ListenError(RuntimeError):
+    """A ``network.listen`` address this machine cannot listen on (not one of its
+    addresses, a port in use, no permission); the message names the address."""
+
+
+def check_listen(addrs: Sequence[str]) -> None:
+    """Bind each TCP listen address once, as the host is about to, and raise ListenError
+    naming the first that fails and why: py-libp2p only logs a failed listener and runs on
+    without it, unreachable. Port 0 checks the IP only."""
+    import socket
+
+    import multiaddr
+
+    for addr in addrs:
+        m = multiaddr.Multiaddr(addr)
+        names = [p.name for p in m.protocols()]
+        if "tcp" not in names or not ({"ip4", "ip6"} & set(names)):
+            continue
+        ip6 = "ip6" in names
+        host = m.value_for_protocol("ip6" if ip6 else "ip4")
+        port = int(m.value_for_protocol("tcp"))
+        with socket.socket(socket.AF_INET6 if ip6 else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as trio's listeners
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
 def unwrap(exc: BaseException) -> str:
     """ExceptionGroups from libp2p nest 10+ deep (pitfall 11): show the innermost cause."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:

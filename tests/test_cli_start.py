@@ -1,0 +1,84 @@
+"""`zoonode start` refuses addresses that cannot work in one line (exit 2) and shows its
+defaults; the human views round and explain (pure)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+from zoonode.humanview import query_view, status_view
+
+from conftest import ZOONODE
+
+PEER = "12D3KooWSPQSD8pppZJEg58cChDaXrnNTzUCBJWcPSfsKpyATYZw"
+
+
+def start(tmp_path, *args):
+    return subprocess.run(
+        [ZOONODE, "start", "--data-dir", str(tmp_path / "d"), "--api", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bad_listen_and_bootstrap_addresses_are_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            ("--listen", "/ip4/127.0.0.1/tcp/99999"): "is not a multiaddr",
+            ("--listen", "/ip4/192.0.2.1/tcp/4001"): "cannot listen on /ip4/192.0.2.1/tcp/4001",
+            ("--listen", f"/ip4/127.0.0.1/tcp/{port}"): f"listen on /ip4/127.0.0.1/tcp/{port}",
+            ("--bootstrap", "not-a-multiaddr"): "is not a multiaddr",
+            ("--bootstrap", "/ip4/127.0.0.1/tcp/4001"): "names no peer",
+        }
+        for args, message in cases.items():
+            out = start(tmp_path, *args)
+            assert out.returncode == 2, (args, out.stderr)
+            assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "d" / "api.url").exists()
+
+
+def test_start_help_shows_every_default():
+    out = subprocess.run([ZOONODE, "start", "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(out.stdout.split())
+    for default in ("/ip4/127.0.0.1/tcp/0", "127.0.0.1:8780", "zoonode", "network.bootstrap"):
+        assert default in text, default
+
+
+def test_query_view_rounds_and_explains():
+    lesson = {
+        "id": "ab" * 32,
+        "author": "cd" * 32,
+        "text": "Check the units before adding measured values",
+        "domain": "physics.units",
+        "confidence": 0.5,
+        "relevance": 0.33966,
+        "agreement": 1.0000001192092896,
+        "standing": 1.07e-05,
+        "group_size": 3,
+    }
+    view = query_view(
+        {
+            "selected": [lesson],
+            "considered": 41,
+            "down_weighted": {"below_similarity_floor": 40, "low_reputation": 1},
+        }
+    )
+    assert view.splitlines()[0] == " 1. Check the units before adding measured values"
+    assert "relevance 0.34, agreement 1.00, standing 0.00" in view
+    assert "stands for 3 near-duplicates" in view and "author cdcdcdcd" in view
+    assert "1 selected of 41 considered" in view and "40 below the similarity floor" in view
+    assert "1.0000001" not in view and "e-05" not in view
+    assert query_view({"selected": [], "considered": 7}).startswith("no lesson selected")
+
+
+def test_status_view_says_how_to_join_when_alone():
+    addr = f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}"
+    alone = status_view({"peer_id": PEER, "addrs": [addr], "peers": 0, "counts": {}})
+    assert "--bootstrap" in alone and "network.mdns" in alone and alone.endswith(addr)
+    joined = status_view({"peer_id": PEER, "addrs": [addr], "peers": 2, "counts": {}})
+    assert "alone" not in joined and "address (for --bootstrap):" in joined
