@@ -39,8 +39,8 @@ def test_layers_override_in_order(tmp_path):
         ("[selection]\nkk = 1\n", {}, "unknown config key"),
         ("[nope]\nx = 1\n", {}, "unknown config key"),
         ("[selection]\nk = 'five'\n", {}, "must be int"),
-        ("", {"ZOONODE_SELECTION__K": "five"}, "not a"),
-        ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
+        ("", {"ZOONODE_SELECTION__K": "five"}, "selection.k must be an integer, got 'five'"),
+        ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "network.mdns must be true or false"),
         ("[selection\n", {}, "node.toml"),
         ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend = 'faiss': must be one of"),
         ("[store]\nreplica_backend = 'faiss-ivf'\nivf_lists = 0\n", {}, "ivf_lists = 0: must be"),
@@ -185,3 +185,51 @@ def test_choice_lists_match_the_code():
 def test_selection_and_thread_settings_are_checked(section, values, match):
     with pytest.raises(ConfigError, match=match):
         load_config(env={}, overrides={section: values})
+
+
+# -- found in review: these were tracebacks (exit 1), not one line (exit 2) ---------------------
+@pytest.mark.parametrize(
+    ("content", "env", "line"),
+    [
+        (None, {}, "cannot read config file {path}: Is a directory"),
+        (b'[node]\nlog_level = "\xff"\n', {}, "{path}: not valid UTF-8 (byte 20)"),
+        (b"[network]\nlisten = " + b"[" * 5000 + b"]" * 5000, {}, "{path}: nested too deeply"),
+        (b"[store]\ncapacity = " + b"9" * 5000, {}, "{path}: Exceeds the limit (4300 digits)"),
+        (
+            b"",
+            {"ZOONODE_NETWORK__LISTEN": "[" * 5000 + "]" * 5000},
+            "environment value for network.listen is nested deeper than 32 levels",
+        ),
+        (
+            b"",
+            {"ZOONODE_NETWORK__LISTEN": "[/ip4/1.2.3.4]"},
+            "environment value for network.listen is not JSON",
+        ),
+    ],
+)
+def test_a_config_file_or_env_that_cannot_be_read_is_one_line_exit_2(tmp_path, content, env, line):
+    import os
+    import subprocess
+
+    from conftest import ZOONODE
+
+    path = tmp_path / "node.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    want = line.format(path=path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    assert str(caught.value).startswith(want)
+    out = subprocess.run(
+        [ZOONODE, "start", "--config", str(path), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2, out.stderr
+    [printed] = out.stderr.strip().splitlines()
+    assert printed.startswith(f"error: {want}")
+    assert not (tmp_path / "d").exists()

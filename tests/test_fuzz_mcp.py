@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoonode.inputs import InputError, parse_json
+from zoonode.inputs import InputError, invalid_unicode_at, parse_json
 
 from conftest import ZOONODE
 from nodeproc import running_node
@@ -144,6 +144,17 @@ def test_a_lone_surrogate_in_an_argument_is_invalid_params_with_the_id(mcp):
     assert answer["error"]["code"] == INVALID_PARAMS
     assert answer["error"]["data"]["code"] == "bad_text"
     assert "params.arguments.query" in answer["error"]["message"]
+    mcp.alive()
+
+
+@pytest.mark.parametrize("rid", ['"\\ud800"', '"ok \\udfff"', '"\\udc00\\ud800"'])
+def test_an_id_that_is_not_valid_unicode_is_answered_with_a_null_id(mcp, rid):
+    """Found in review: the error answer carried the id back, could not be serialised, and
+    the server exited with no answer to anyone."""
+    mcp.send('{"jsonrpc": "2.0", "id": ' + rid + ', "method": "ping"}')
+    [answer] = mcp.wait(lambda got: len(got) == 1)
+    assert answer["id"] is None and answer["error"]["code"] == INVALID_PARAMS, answer
+    assert answer["error"]["data"]["code"] == "bad_text"
     mcp.alive()
 
 
@@ -280,6 +291,7 @@ def expected(line: bytes):
         isinstance(rid, bool)
         or not isinstance(rid, int | str)
         or (isinstance(rid, int) and abs(rid) >= 2**53)
+        or (isinstance(rid, str) and invalid_unicode_at(rid) is not None)
     ):
         return ("null", None)
     return ("id", rid)

@@ -69,6 +69,14 @@ def load_or_create_token(data_dir: Path) -> str:
 ApiError = InputError  # an API error is a refused input: status, code, message
 
 
+def bearer_matches(header: str | bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>``, in constant time.
+    Compared as bytes: a header with non-ASCII bytes (Starlette decodes headers as latin-1)
+    is simply wrong, where ``compare_digest`` on two ``str`` raises TypeError."""
+    given = header.encode("latin-1", "replace") if isinstance(header, str) else header
+    return secrets.compare_digest(given, f"Bearer {token}".encode())
+
+
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
@@ -90,10 +98,16 @@ async def _raw_body(request: Request, limit: int) -> bytes:
     return raw
 
 
-async def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+async def _body(request: Request, limit: int = MAX_BODY, depth: int = inputs.MAX_DEPTH) -> dict:
     """The JSON object of a request (an empty body is ``{}``), through ``inputs.parse_json``."""
     raw = await _raw_body(request, limit)
-    return inputs.parse_object(raw) if raw.strip() else {}
+    return inputs.parse_object(raw, max_depth=depth) if raw.strip() else {}
+
+
+async def _batch_body(request: Request) -> dict[str, Any]:
+    """A batch body: each item may nest as deep as the same item sent alone (``zoonode
+    import`` wraps the lines it read in ``{"experiences": [...]}``)."""
+    return await _body(request, MAX_BATCH_BODY, inputs.MAX_DEPTH + inputs.ENVELOPE_DEPTH)
 
 
 def _list_field(body: dict, name: str, limit: int) -> list:
@@ -187,7 +201,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     )
 
     def require_token(request: Request) -> None:
-        if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        if not bearer_matches(request.headers.get("authorization", ""), token):
             raise ApiError(401, "unauthorized", "write endpoints need the node's bearer token")
 
     async def status(request: Request) -> Response:
@@ -233,7 +247,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def share_batch(request: Request) -> Response:
         """Many lessons at once (``zoonode import``): bad items are reported, good ones kept."""
         require_token(request)
-        raw = _list_field(await _body(request, MAX_BATCH_BODY), "experiences", MAX_BATCH)
+        raw = _list_field(await _batch_body(request), "experiences", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         good: list[tuple[int, dict]] = []
         for i, entry in enumerate(raw):
@@ -250,7 +264,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def import_records(request: Request) -> Response:
         """Signed records from another node's export: checked like gossip, authorship kept."""
         require_token(request)
-        raw = _list_field(await _body(request, MAX_BATCH_BODY), "wires", MAX_BATCH)
+        raw = _list_field(await _batch_body(request), "wires", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         wires: list[tuple[int, bytes]] = []
         for i, text in enumerate(raw):

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import platformdirs
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from zoonode.inputs import InputError, parse_json
+
 ENV_PREFIX = "ZOONODE_"
 
 
@@ -221,11 +223,19 @@ def load_config(
     layers: list[tuple[str, dict[str, Any]]] = [("defaults", tomllib.loads(default_toml()))]
     if path is not None:
         try:
-            layers.append((str(path), tomllib.loads(Path(path).read_text())))
+            layers.append((str(path), tomllib.loads(Path(path).read_text(encoding="utf-8"))))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
+        except OSError as exc:  # a directory, no permission, ...
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except RecursionError as exc:  # tomllib's parser recurses per nested array
+            raise ConfigError(f"{path}: nested too deeply") from exc
+        except ValueError as exc:  # an integer over sys.get_int_max_str_digits() digits
+            raise ConfigError(f"{path}: {str(exc).split(';')[0]}") from exc
     layers.append(("environment", _from_env(os.environ if env is None else env)))
     if overrides:
         layers.append(("flags", overrides))
@@ -354,7 +364,13 @@ def _parse_env(hint: Any, raw: str, label: str) -> Any:
         if hint is float:
             return float(raw)
         if typing.get_origin(hint) is list:
-            return json.loads(raw) if raw.startswith("[") else [s for s in raw.split(",") if s]
+            if raw.startswith("["):
+                return parse_json(raw, f"environment value for {label}")
+            return [s for s in raw.split(",") if s]
+    except InputError as exc:  # not JSON or nested too deeply: never a RecursionError
+        raise ConfigError(exc.message) from exc
     except ValueError as exc:
-        raise ConfigError(f"environment value for {label} is not a {hint}: {raw!r}") from exc
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(hint, hint)
+        message = f"environment value for {label} must be {kind}, got {raw[:40]!r}"
+        raise ConfigError(message) from exc
     return raw
