@@ -57,6 +57,7 @@ class AntiEntropy:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
         from zoonode.net.rpc import BAD_REQUEST, ServeError
         from zoonode.net.sync import MAX_GET, MAX_IDS, RECORD_TYPE
+        from zoonode.protocol.record import MAX_CREATED_AT
 
         node = self.node
         if req.get("type", RECORD_TYPE) != RECORD_TYPE:
@@ -68,6 +69,9 @@ class AntiEntropy:
             start, end = req.get("start"), req.get("end")
             if type(start) is not int or type(end) is not int:
                 raise ServeError(BAD_REQUEST, "ids needs int start and end (ms)")
+            # created_at is 0..2^53 - 1 (SPEC §2.1): clamping keeps the answer and keeps
+            # msgpack's 64-bit ints (up to 2^64 - 1) inside SQLite's signed 64-bit range
+            start, end = (min(max(t, 0), MAX_CREATED_AT + 1) for t in (start, end))
             ids = await node.in_kb(node.kb.store.ids_between, start, end, MAX_IDS)
             return {"ids": ids}
         if op == "get":

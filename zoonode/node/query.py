@@ -20,7 +20,7 @@ from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters
 from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record, embedding_agreement
-from zoonode.protocol import Op, SignedRecord, decode
+from zoonode.protocol import Op, ProtocolError, SignedRecord, check_domain, decode
 from zoonode.selection import (
     Candidate,
     Selection,
@@ -277,6 +277,18 @@ class Query:
             raise ServeError(BAD_REQUEST, "domain must be a str")
         if min_confidence is not None and type(min_confidence) not in (int, float):
             raise ServeError(BAD_REQUEST, "min_confidence must be a number")
+        # values: the codes the HTTP API and the record format give for the same fault
+        if domain:  # "" is no filter
+            try:
+                check_domain(domain)  # also keeps SQLite's LIKE under its 50,000-byte limit
+            except ProtocolError as exc:
+                raise ServeError(exc.code.value, str(exc)) from None
+        if min_confidence is not None:
+            min_confidence = float(min_confidence)  # an int up to 2^64 - 1 overflows SQLite
+            if not np.isfinite(min_confidence):
+                raise ServeError("non_finite", "min_confidence must be finite")
+            if not 0.0 <= min_confidence <= 1.0:
+                raise ServeError("out_of_range", "min_confidence must be in 0..1")
         canonical = np.frombuffer(raw, "<f2").astype(np.float32)
         if not np.all(np.isfinite(canonical)):
             raise ServeError(BAD_VECTOR, "vector has NaN or infinite values")
