@@ -233,3 +233,14 @@ def test_a_config_file_or_env_that_cannot_be_read_is_one_line_exit_2(tmp_path, c
     [printed] = out.stderr.strip().splitlines()
     assert printed.startswith(f"error: {want}")
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("value", ["\u00e9\u00e9:8799", "a b:1", "-x:1", "x..y:1"])
+def test_api_listen_host_must_be_an_ip_or_an_ascii_host_name(value):
+    with pytest.raises(ConfigError, match="IP address or an ASCII host name"):
+        load_config(env={}, overrides={"api": {"listen": value}})
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:0", "localhost:8780", "[::1]:0", "node-1.lan:80"])
+def test_api_listen_takes_ips_and_host_names(value):
+    assert load_config(env={}, overrides={"api": {"listen": value}}).api.listen == value

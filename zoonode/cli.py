@@ -252,7 +252,7 @@ def _maybe_hex(data: bytes) -> bytes:
 def experience_create(
     text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
     domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
-    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    confidence: Annotated[float, typer.Option(help="0 to 1.")] = 0.5,
     source_model: Annotated[str, typer.Option(help="Model that learned it.")] = "",
     out: Annotated[
         Path | None, typer.Option(help="Write the record here (raw bytes); default: print hex.")
@@ -267,13 +267,20 @@ def experience_create(
     """Encode, compress and sign one experience locally (no node needed)."""
     from zoonode.experiences import create_experience
     from zoonode.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
+    from zoonode.inputs import InputError, lesson
     from zoonode.protocol import ProtocolError
 
     cfg = _config(config, data_dir)
+    item = {"text": text, "domain": domain, "confidence": confidence}
+    encoder = _encoder(cfg)
+    try:  # the API's checks, so the same fault gets the same code everywhere
+        lesson({**item, "source_model": source_model}, encoder.space)
+    except InputError as exc:
+        raise _fail(str(exc)) from exc
     try:
         key = load_or_create_identity(identity or cfg.data_path / IDENTITY_FILE)
         record = create_experience(
-            _encoder(cfg), key, text, domain, confidence, source_model=source_model
+            encoder, key, text, domain, confidence, source_model=source_model
         )
     except (IdentityError, ProtocolError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -324,7 +331,7 @@ def _call(fn, *args, **kwargs):
 def publish(
     text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
     domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
-    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    confidence: Annotated[float, typer.Option(help="0 to 1 (checked by the node).")] = 0.5,
     source_model: Annotated[str, typer.Option()] = "",
     as_json: JsonOpt = False,
     url: UrlOpt = None,

@@ -45,10 +45,24 @@ def _range(
     return Field(ge=ge, le=le, gt=gt, lt=lt, strict=True, allow_inf_nan=False)
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def _host_port(value: str) -> str:
+    import ipaddress
+
     host, sep, port = value.rpartition(":")
     if value and not (sep and host and port.isdigit() and 0 <= int(port) <= 65535):
         raise ValueError("must be HOST:PORT (port 0-65535; 0 picks a free one) or empty")
+    if value:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not (len(host) <= 253 and _HOSTNAME.fullmatch(host)):
+                raise ValueError(
+                    "must be HOST:PORT with HOST an IP address or an ASCII host name"
+                ) from None
     return value
 
 
