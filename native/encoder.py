@@ -10,6 +10,7 @@ Sentence-transformers style API::
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,14 +94,18 @@ class Backbone:
         self.weights_sha256 = _state_dict_sha256(model)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.hidden = int(model.config.hidden_size)
+        # The fast tokenizer is not re-entrant ("Already borrowed" when two threads set its
+        # padding at once); the node encodes queries and background checks in two threads.
+        self._tokenizer_lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled token embeddings (n, hidden) float32, not normalised."""
         import torch
 
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        ).to(self.device)
+        with self._tokenizer_lock:
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            ).to(self.device)
         with torch.inference_mode():
             tokens = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)

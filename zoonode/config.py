@@ -82,6 +82,24 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """Two-stage ingest: peers' records are stored pending at once and re-encoded for the
+    embedding check in the background (README, "Ingest in two stages")."""
+
+    max_pending: int = 100_000  # over it, newcomers' records are ignored (reason backlog)
+    max_pending_per_author: int = 10_000  # over it, that author's records are ignored
+    check_batch: int = 32  # texts re-encoded per background batch
+    check_rate: float = 0.0  # most records/s the background check re-encodes; 0: no cap
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending", "max_pending_per_author", "check_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ingest.{name} must be at least 1, got {getattr(self, name)}")
+        if self.check_rate < 0:
+            raise ConfigError(f"ingest.check_rate must be >= 0, got {self.check_rate}")
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     listen: str = "127.0.0.1:8780"  # empty: no HTTP API
     mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
@@ -124,6 +142,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 

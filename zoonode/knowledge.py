@@ -1,7 +1,10 @@
 """What a node knows: the durable store plus its HNSW replica, kept consistent.
 
-Write path: verified records with their exact compact vectors -> near-duplicate cluster
-lookup -> one store transaction (durable: the acknowledgement) -> replica -> eviction.
+Write path: verified records with their compact vectors -> near-duplicate cluster lookup -> one
+store transaction (durable: the acknowledgement) -> replica -> eviction. A peer's record comes
+*pending*, with the vector its code implies, and waits in the backlog for the embedding check;
+:meth:`KnowledgeBase.promote` then gives it its text's exact vector (store and replica) and
+:meth:`KnowledgeBase.remove` drops one that failed.
 Read path: replica candidates -> store rows with their exact vectors -> rerank by exact
 inner product (the default replica's int8 scores are approximate) -> status and filters ->
 one hit per near-duplicate cluster -> top k. A caller may weigh rows (the node weighs them by
@@ -12,6 +15,7 @@ the k.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,43 @@ RERANK_CANDIDATES = 64
 APPROX_MARGIN = 0.05
 
 Weigh = Callable[[list[Row]], np.ndarray]
+
+# The checker's queue: a newcomer's records (no lesson of theirs has passed the check here)
+# wait behind every record of an author who has passed it; within each group the order is
+# each author's first pending record, then each one's second, ... (newest first).
+NEWCOMER_RANK = 1_000_000_000
+
+
+class Backlog:
+    """Counts of records waiting for the embedding check, by author, kept in memory (read by
+    the gossip validator without touching SQLite) and the authors vouched for by a check.
+
+    Changed only on the knowledge-base thread; the validator's reads of single ints and set
+    membership are atomic under the GIL."""
+
+    def __init__(self, by_author: dict[bytes, int], vouched: set[bytes]) -> None:
+        self.by_author: Counter[bytes] = Counter(by_author)
+        self.total = sum(self.by_author.values())
+        self.vouched = vouched
+
+    def rank(self, author: bytes) -> int:
+        """The queue place of this author's next pending record."""
+        return self.by_author[author] + (0 if author in self.vouched else NEWCOMER_RANK)
+
+    def added(self, author: bytes) -> None:
+        self.by_author[author] += 1
+        self.total += 1
+
+    def left(self, author: bytes) -> None:
+        left = self.by_author[author] - 1
+        if left > 0:
+            self.by_author[author] = left
+        else:
+            del self.by_author[author]
+        self.total -= 1
+
+    def of(self, author: bytes) -> int:
+        return self.by_author.get(author, 0)
 
 
 def snapshot_due(new_records: int, indexed: int, snapshot_every: int) -> bool:
@@ -126,6 +167,8 @@ class KnowledgeBase:
         self.snapshot_every = snapshot_every
         self.on_evict = on_evict
         self.store = Store(directory / DB_FILE, space, durable=durable)
+        self.backlog = Backlog(self.store.pending_by_author(), self.store.checked_authors())
+        self._journalled = 0  # replica journal entries since the last snapshot
         self.replica = Replica.load(
             directory,
             dim,
@@ -138,7 +181,8 @@ class KnowledgeBase:
         self._replay()
 
     def _replay(self) -> None:
-        """Bring the replica up to the store: add every lesson accepted after the snapshot."""
+        """Bring the replica up to the store: add every lesson accepted after the snapshot,
+        then apply the journalled replacements and removals the snapshot does not hold."""
         replayed = 0
         for seqs, vectors in self.store.vectors_since(self.replica.snapshot_seq):
             self.replica.add(seqs, vectors)
@@ -149,6 +193,18 @@ class KnowledgeBase:
                 replayed,
                 self.replica.snapshot_seq,
             )
+        _, changed = self.store.journal_since(self.replica.snapshot_journal)
+        older = sorted({s for s in changed if s <= self.replica.snapshot_seq})
+        for start in range(0, len(older), 4096):
+            chunk = older[start : start + 4096]
+            rows = self.store.rows_with_vectors(chunk)
+            held = [s for s in chunk if s in rows]
+            if held:
+                self.replica.replace(np.array(held), np.stack([rows[s][1] for s in held]))
+            self.replica.remove(np.array([s for s in chunk if s not in rows], dtype=np.int64))
+        self._journalled = len(changed)
+        if older:
+            log.info("replica: re-applied %d checked or removed records", len(older))
 
     def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
         """Drop the replica and rebuild it from the store's vectors (``zoonode index rebuild``)."""
@@ -168,17 +224,24 @@ class KnowledgeBase:
             total += len(seqs)
             if progress:
                 progress(len(seqs))
-        self.replica.save(self.directory)
+        self._save_replica()
         return total
 
+    def _save_replica(self) -> None:
+        serial = self.store.journal_serial()
+        self.replica.save(self.directory, journal=serial)
+        self.store.trim_journal(serial)
+        self._journalled = 0
+
     def close(self) -> None:
-        if self.replica.max_seq > self.replica.snapshot_seq:
-            self.replica.save(self.directory)
+        if self.replica.max_seq > self.replica.snapshot_seq or self._journalled:
+            self._save_replica()
         self.store.close()
 
     # -- writes -------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Incoming]) -> list[InsertResult]:
-        """Store a batch durably, then index it. Returns one result per item, in order."""
+        """Store a batch durably, then index it. Returns one result per item, in order.
+        Items with ``pending`` set join the backlog of the embedding check."""
         # The same id twice in one batch: the first copy is the one stored and indexed.
         first = {it.record.id: i for i, it in reversed(list(enumerate(items)))}
         fresh = [
@@ -198,10 +261,13 @@ class KnowledgeBase:
                 np.array([by_id[it.record.id].seq for it in accepted]),
                 np.stack([it.vector for it in accepted]),
             )
+        for it in accepted:
+            if it.pending is not None:
+                self.backlog.added(it.record.experience.author)
+            else:
+                self.backlog.vouched.add(it.record.experience.author)
         self._evict()
-        new = self.replica.max_seq - self.replica.snapshot_seq
-        if snapshot_due(new, len(self.replica), self.snapshot_every):
-            self.replica.save(self.directory)
+        self._maybe_snapshot()
         results = []
         for i, it in enumerate(items):
             res = by_id.get(it.record.id) if first[it.record.id] == i else None
@@ -210,6 +276,54 @@ class KnowledgeBase:
                 res = InsertResult(it.record.id, Outcome.DUPLICATE, row.seq if row else None)
             results.append(res)
         return results
+
+    def _maybe_snapshot(self) -> None:
+        new = self.replica.max_seq - self.replica.snapshot_seq + self._journalled
+        if snapshot_due(new, len(self.replica), self.snapshot_every):
+            self._save_replica()
+
+    # -- the embedding check's outcomes -----------------------------------------------------------
+    def pending(self, limit: int, seqs: Sequence[int] | None = None) -> list[Row]:
+        """The next ``limit`` records for the checker, or those of ``seqs`` still pending."""
+        return self.store.pending_rows(limit, seqs)
+
+    def promote(self, rows: Sequence[Row], vectors: np.ndarray) -> list[int]:
+        """Checked records become active with their texts' exact vectors (store, then
+        replica); each joins the near-duplicate cluster its exact vector falls in, among
+        checked records (else it keeps its own). Returns the seqs promoted now."""
+        if not rows:
+            return []
+        vectors = np.asarray(vectors, np.float32)
+        clusters = self._nearest_active_clusters(vectors)
+        done = set(
+            self.store.promote(
+                [(r.seq, v, c) for r, v, c in zip(rows, vectors, clusters, strict=True)]
+            )
+        )
+        keep = [i for i, r in enumerate(rows) if r.seq in done]
+        if keep:
+            self.replica.replace(np.array([rows[i].seq for i in keep]), vectors[keep])
+        for i in keep:
+            self.backlog.left(rows[i].author)
+            self.backlog.vouched.add(rows[i].author)
+        self._journalled += len(keep)
+        self._maybe_snapshot()
+        return [rows[i].seq for i in keep]
+
+    def remove(self, rows: Sequence[Row], reason: str) -> list[Row]:
+        """Delete records (store, tombstone, replica): ones that failed the embedding check
+        or whose author was banned for it. Returns the rows removed now."""
+        done = self.store.remove(rows, reason)
+        self.replica.remove(np.array([r.seq for r in done], dtype=np.int64))
+        for r in done:
+            if r.pending:
+                self.backlog.left(r.author)
+        self._journalled += len(done)
+        self._maybe_snapshot()
+        return done
+
+    def pending_of(self, author: bytes) -> list[Row]:
+        return self.store.pending_of(author)
 
     def _with_cluster_hints(self, items: list[Incoming]) -> list[Incoming]:
         """Link each lesson to an active near-duplicate (cos >= threshold), in the replica or
@@ -241,11 +355,12 @@ class KnowledgeBase:
             hint, p = hints[i], position[i]
             if hint is None and p > 0 and gram[p, nearest[p]] >= self.duplicate_cosine:
                 hint = items[lessons[nearest[p]]].record.id
-            out.append(Incoming(it.record, it.vector, it.peer, hint))
+            out.append(Incoming(it.record, it.vector, it.peer, hint, it.pending))
         return out
 
     def _nearest_active_clusters(self, vectors: np.ndarray) -> list[int | None]:
-        """For each vector, the cluster of an active stored record with cos >= threshold."""
+        """For each vector, the cluster of an active, checked stored record with cos >=
+        threshold (a record waiting for the embedding check is nobody's anchor)."""
         # cos >= 0.9 neighbours are the easiest for HNSW to find: a small ef suffices.
         labels, sims = self.replica.search_many(vectors, k=4, ef=32)
         floor = self.duplicate_cosine - (0.0 if self.replica.exact_scores else APPROX_MARGIN)
@@ -273,6 +388,9 @@ class KnowledgeBase:
 
     def _evict(self) -> None:
         victims = self.store.evict_over(self.capacity)
+        for v in victims:
+            if v.pending:
+                self.backlog.left(v.author)
         if victims and self.on_evict:
             self.on_evict(victims)
 
@@ -285,12 +403,15 @@ class KnowledgeBase:
         candidates: int | None = None,
         dedupe: bool = True,
         weigh: Weigh | None = None,
+        pending: bool = False,
     ) -> list[Hit]:
         """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster.
 
         ``weigh`` maps rows to factors in [0, 1]: the order is then by cosine x factor, so a
         low-weight row neither speaks for a cluster a higher-weight member also matches nor
-        pushes such a cluster out of the k. Hit scores stay the exact cosine."""
+        pushes such a cluster out of the k. Hit scores stay the exact cosine. ``pending``:
+        also records waiting for the embedding check (scored by their code's vector; a
+        caller that returns one must check it first, ``Hit.row.pending``)."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -298,16 +419,16 @@ class KnowledgeBase:
         fetch = max(candidates or 0, k + max(k // 4, 16), RERANK_CANDIDATES)
         while True:
             seqs, _approximate = self.replica.search(query, k=fetch)
-            hits = self._keep(seqs, query, filters, dedupe, limit=k, weigh=weigh)
+            hits = self._keep(seqs, query, filters, dedupe, k, weigh, pending)
             exhausted = len(seqs) < fetch
             if len(hits) >= k or exhausted:
                 return (
                     hits[:k]
                     if len(hits) >= k or filters.empty
-                    else self._exact(query, k, filters, dedupe, weigh)
+                    else self._exact(query, k, filters, dedupe, weigh, pending)
                 )
             if fetch >= 4096:
-                return self._exact(query, k, filters, dedupe, weigh)
+                return self._exact(query, k, filters, dedupe, weigh, pending)
             fetch *= 4
 
     def _keep(
@@ -318,9 +439,10 @@ class KnowledgeBase:
         dedupe: bool,
         limit: int | None = None,
         weigh: Weigh | None = None,
+        pending: bool = False,
     ) -> list[Hit]:
         """The best ``limit`` active, matching candidates by exact inner product, one per
-        cluster, with their vectors."""
+        cluster, with their vectors; pending ones only if ``pending``."""
         rows = self.store.rows_with_vectors(list(seqs))
         found = [rows[int(s)] for s in seqs if int(s) in rows]  # evicted ones are gone
         if not found:
@@ -332,7 +454,9 @@ class KnowledgeBase:
         for i in np.argsort(-rank, kind="stable"):
             row, vector = found[i]
             sim = sims[i]
-            if row.status is not Status.ACTIVE or not filters.match(row):
+            if row.status is not Status.ACTIVE or (row.pending and not pending):
+                continue
+            if not filters.match(row):
                 continue
             group = row.cluster if dedupe and row.cluster is not None else -row.seq
             if group not in best:
@@ -350,14 +474,17 @@ class KnowledgeBase:
         filters: Filters,
         dedupe: bool,
         weigh: Weigh | None = None,
+        pending: bool = False,
     ) -> list[Hit]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
+        if not pending:
+            where += " AND pending IS NULL"
         seqs, vectors = self.store.filtered_vectors(where, params)
         if len(seqs) == 0:
             return []
         order = np.argsort(-(vectors @ query), kind="stable")
-        return self._keep(seqs[order], query, filters, dedupe, limit=k, weigh=weigh)
+        return self._keep(seqs[order], query, filters, dedupe, k, weigh, pending)
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)

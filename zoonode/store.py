@@ -59,6 +59,28 @@ CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL
                                    at INTEGER NOT NULL);
 """
 
+# Schema changes after the first release, applied in order on open; ``PRAGMA user_version``
+# records the last one applied, so an existing data dir upgrades in place (each step in one
+# transaction: a crash mid-upgrade leaves the previous version).
+_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        # Two-stage ingest: a record stored before its embedding check is *pending*. The value
+        # is its place in the checker's queue (lower first; NULL once checked), and ``vector``
+        # holds the vector its code implies until the check replaces it with the text's own.
+        # The replica journal lists keys whose vectors changed or went away after insertion,
+        # so a restarted replica can catch up with its snapshot (replica.py, knowledge.py).
+        """
+        ALTER TABLE records ADD COLUMN pending INTEGER;
+        CREATE INDEX records_pending ON records(pending, created_at DESC)
+            WHERE pending IS NOT NULL;
+        CREATE TABLE replica_journal (serial INTEGER PRIMARY KEY AUTOINCREMENT,
+                                      seq INTEGER NOT NULL);
+        """,
+    ),
+]
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
 
 class Status(IntEnum):
     ACTIVE = 0
@@ -86,6 +108,9 @@ class Incoming:
     # A near-duplicate found by the caller: the cluster id (a seq) of a stored record, or the
     # id of an earlier record in the same batch.
     cluster_hint: int | bytes | None = None
+    # Not None: the record waits for the embedding check (``vector`` is its code's vector);
+    # the value orders the checker's queue, lower first.
+    pending: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,11 +136,12 @@ class Row:
     parent: bytes | None
     status: Status
     cluster: int | None
+    pending: bool = False  # stored, not yet through the embedding check
 
 
 _ROW_COLUMNS = (
     "seq, id, wire, op, author, domain, confidence, created_at, accepted_at, peer, "
-    "parent, status, cluster"
+    "parent, status, cluster, pending IS NOT NULL"
 )
 
 
@@ -137,6 +163,7 @@ def _row(values: tuple) -> Row:
         values[10],
         _STATUSES[values[11]],
         values[12],
+        bool(values[13]),
     )
 
 
@@ -161,6 +188,7 @@ class Store:
             # indexes no longer fit in 2 MB and every insert re-reads their pages.
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KB}")
             self.db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         stored = self.get_meta("space")
@@ -175,6 +203,27 @@ class Store:
         (self._lessons,) = self.db.execute(
             "SELECT count(*) FROM records WHERE op != ?", (Op.REVOKE,)
         ).fetchone()
+
+    def _migrate(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}; this zoonode knows up to "
+                f"{SCHEMA_VERSION}: upgrade zoonode"
+            )
+        for target, script in _MIGRATIONS:
+            if target <= version:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {target}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            log.info("store %s: schema upgraded to version %d", self.path, target)
 
     def close(self) -> None:
         self.db.close()
@@ -234,8 +283,8 @@ class Store:
             cluster = found[0] if found else None
         cur = self.db.execute(
             "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
-            "accepted_at, peer, parent, status, cluster, vector) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, peer, parent, status, cluster, vector, pending) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.wire,
@@ -250,6 +299,7 @@ class Store:
                 int(status),
                 cluster,
                 vector,
+                None if exp.op is Op.REVOKE else item.pending,
             ),
         )
         seq = cur.lastrowid
@@ -275,8 +325,10 @@ class Store:
 
     def evict_over(self, capacity: int) -> list[Row]:
         """Delete the lowest-value lessons above ``capacity`` and return them (for logs and
-        metrics). Order: inactive (revoked, superseded, invalid) first, then lowest confidence,
-        then oldest. Revoke records are never evicted: they must keep stopping re-delivery."""
+        metrics). Order: inactive (revoked, superseded, invalid) first, then records still
+        waiting for the embedding check (latest in the checker's queue first), then lowest
+        confidence, then oldest. Revoke records are never evicted: they must keep stopping
+        re-delivery."""
         excess = self._lessons - capacity
         if excess <= 0:
             return []
@@ -284,7 +336,7 @@ class Store:
             _row(r)
             for r in self.db.execute(
                 f"SELECT {_ROW_COLUMNS} FROM records WHERE op != ? "
-                "ORDER BY status = 0, confidence, created_at LIMIT ?",
+                "ORDER BY status = 0, pending IS NULL, -pending, confidence, created_at LIMIT ?",
                 (Op.REVOKE, excess),
             )
         ]
@@ -305,6 +357,107 @@ class Store:
                 capacity,
             )
         return victims
+
+    # -- the embedding check's backlog -----------------------------------------------------------
+    def pending_rows(self, limit: int, seqs: Sequence[int] | None = None) -> list[Row]:
+        """Records waiting for the embedding check, first in the checker's order (``pending``
+        value, then newest ``created_at``); or, with ``seqs``, those of them still pending."""
+        if seqs is not None:
+            return [r for r in self.rows_by_seq(seqs).values() if r.pending][:limit]
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE pending IS NOT NULL "
+            "ORDER BY pending, created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_row(r) for r in rows]
+
+    def pending_by_author(self) -> dict[bytes, int]:
+        """How many records of each author wait for the check (start-up: the backlog)."""
+        return dict(
+            self.db.execute(
+                "SELECT author, count(*) FROM records WHERE pending IS NOT NULL GROUP BY author"
+            ).fetchall()
+        )
+
+    def checked_authors(self) -> set[bytes]:
+        """Authors with at least one lesson that passed the embedding check (or was ours)."""
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT author FROM records WHERE pending IS NULL AND op != ?",
+                (Op.REVOKE,),
+            )
+        }
+
+    def promote(self, items: Sequence[tuple[int, np.ndarray, int | None]]) -> list[int]:
+        """(seq, exact vector, cluster) per checked record: it becomes active with its text's
+        vector, in one transaction with the replica journal. Returns the seqs that were still
+        pending (a record checked twice, by the checker and a query, is promoted once)."""
+        done: list[int] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for seq, vector, cluster in items:
+                cur = self.db.execute(
+                    "UPDATE records SET vector = ?, pending = NULL, cluster = coalesce(?, seq) "
+                    "WHERE seq = ? AND pending IS NOT NULL",
+                    (np.asarray(vector, "<f4").tobytes(), cluster, int(seq)),
+                )
+                if cur.rowcount:
+                    done.append(int(seq))
+            self.db.executemany(
+                "INSERT INTO replica_journal (seq) VALUES (?)", [(s,) for s in done]
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return done
+
+    def remove(self, rows: Sequence[Row], reason: str) -> list[Row]:
+        """Delete records that failed the embedding check (or whose author was banned for it)
+        and tombstone their ids, in one transaction with the replica journal. Returns the rows
+        that were still there."""
+        done: list[Row] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                cur = self.db.execute("DELETE FROM records WHERE seq = ?", (row.seq,))
+                if cur.rowcount:
+                    done.append(row)
+            self.db.executemany(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
+                [(r.id, r.created_at, reason) for r in done],
+            )
+            self.db.executemany(
+                "INSERT INTO replica_journal (seq) VALUES (?)", [(r.seq,) for r in done]
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._lessons -= sum(1 for r in done if r.op is not Op.REVOKE)
+        return done
+
+    def pending_of(self, author: bytes) -> list[Row]:
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE author = ? AND pending IS NOT NULL",
+            (author,),
+        )
+        return [_row(r) for r in rows]
+
+    def journal_since(self, serial: int) -> tuple[int, list[int]]:
+        """(last serial, seqs journalled after ``serial``): what a replica snapshot misses."""
+        rows = self.db.execute(
+            "SELECT serial, seq FROM replica_journal WHERE serial > ? ORDER BY serial", (serial,)
+        ).fetchall()
+        return (rows[-1][0] if rows else serial), [r[1] for r in rows]
+
+    def journal_serial(self) -> int:
+        return self.db.execute("SELECT coalesce(max(serial), 0) FROM replica_journal").fetchone()[0]
+
+    def trim_journal(self, serial: int) -> None:
+        """Forget the entries a durable snapshot includes."""
+        self.db.execute("DELETE FROM replica_journal WHERE serial <= ?", (serial,))
 
     def add_tombstone(self, record_id: bytes, created_at: int, reason: str) -> None:
         self.db.execute(
@@ -409,7 +562,8 @@ class Store:
         marks = ",".join("?" * len(clusters))
         return dict(
             self.db.execute(
-                f"SELECT cluster, count(*) FROM records WHERE status = 0 AND cluster IN ({marks}) "
+                "SELECT cluster, count(*) FROM records WHERE status = 0 AND pending IS NULL "
+                f"AND cluster IN ({marks}) "
                 "GROUP BY cluster",
                 [int(c) for c in clusters],
             ).fetchall()
@@ -445,19 +599,27 @@ class Store:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT op, status, count(*) FROM records GROUP BY op, status")
+        """Records by state; ``active`` counts checked lessons only, ``pending`` those that
+        wait for the embedding check (whatever their status)."""
+        rows = self.db.execute(
+            "SELECT op, status, pending IS NOT NULL, count(*) FROM records "
+            "GROUP BY op, status, pending IS NOT NULL"
+        )
         out = {
             "total": 0,
             "active": 0,
+            "pending": 0,
             "revoked": 0,
             "superseded": 0,
             "invalid": 0,
             "revocations": 0,
         }
-        for op, status, n in rows:
+        for op, status, pending, n in rows:
             out["total"] += n
             if op == Op.REVOKE:
                 out["revocations"] += n
+            elif pending and status == Status.ACTIVE:
+                out["pending"] += n
             else:
                 out[Status(status).name.lower()] += n
         return out
@@ -481,8 +643,9 @@ class Store:
         return out
 
     def active_page(self, after_seq: int, limit: int, domain: str | None = None) -> list[Row]:
-        """Active lessons with seq > ``after_seq`` in seq order: what ``export`` streams."""
-        where, params = "op != 2 AND status = 0 AND seq > ?", [after_seq]
+        """Active lessons with seq > ``after_seq`` in seq order: what ``export`` streams.
+        Records still waiting for the embedding check are not exported."""
+        where, params = "op != 2 AND status = 0 AND pending IS NULL AND seq > ?", [after_seq]
         if domain:
             where += " AND (domain = ? OR substr(domain, 1, ?) = ?)"
             params += [domain, len(domain) + 1, domain + "."]

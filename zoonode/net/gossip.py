@@ -45,6 +45,7 @@ from zoonode.net.validation import (
     decode_batch,
     encode_batch,
 )
+from zoonode.protocol import SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class GossipStats:
     messages_out: int = 0
     records_out: int = 0
     not_forwarded: int = 0  # messages whose records were all ignored
+    reader_wait_s: float = 0.0  # time the subscription reader waited for the ingest queue
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -126,7 +128,9 @@ class Gossip:
     """Subscribes to the space's topic, validates every message, batches what we publish.
 
     ``on_records`` receives the ACCEPTed records of each valid message with the forwarding
-    peer; it must return quickly (the node queues them durably for the embedding check).
+    peer; it must return quickly (the node queues them for the store, where they wait for the
+    embedding check). ``backlog(record)``: whether the record may join the node's backlog of
+    unchecked records; when not, the record is ignored (reason ``backlog``).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class Gossip:
         on_records: Callable[[list[Checked], str], Awaitable[None]],
         *,
         flood_rate: float = 50.0,
+        backlog: Callable[[SignedRecord], bool] = lambda r: True,
     ) -> None:
         from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
         from libp2p.pubsub.pubsub import Pubsub
@@ -147,6 +152,7 @@ class Gossip:
         self.known = known
         self.banned = banned
         self.on_records = on_records
+        self.backlog = backlog  # may this record wait for the embedding check? (else IGNORE)
         self.topic = topic_for(policy.space)
         self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
         self.meter = FloodMeter()
@@ -212,7 +218,15 @@ class Gossip:
         now_ms = time.time_ns() // 1_000_000
         accepted: list[Checked] = []
         for wire in wires:
-            checked = check_record(wire, self.policy, now_ms, self.known, self.limiter, self.banned)
+            checked = check_record(
+                wire,
+                self.policy,
+                now_ms,
+                self.known,
+                self.limiter,
+                self.banned,
+                backlog=self.backlog,
+            )
             self.stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
             if checked.verdict is Verdict.REJECT:
                 log.debug("reject record from %s: %s", forwarder, checked.reason)
@@ -251,7 +265,9 @@ class Gossip:
             msg = await subscription.get()
             accepted, forwarder = self._pending.pop(content_message_id(msg), ([], ""))
             if accepted:
+                started = time.monotonic()
                 await self.on_records(accepted, forwarder)
+                self.stats.reader_wait_s += time.monotonic() - started
 
     async def publish(self, wires: list[bytes]) -> None:
         for wire in wires:

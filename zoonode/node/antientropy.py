@@ -1,6 +1,13 @@
 """The anti-entropy room (``/zoo/dso/sync/1``): serve our digest, ids and records to peers,
 and every ``SYNC_INTERVAL`` per connected peer fetch what we lack (``zoonode.net.sync`` holds
-the pure digest). Fetched records are validated like gossip and join the ingest queue."""
+the pure digest). Fetched records are validated like gossip and join the ingest queue; a
+round that brought records is followed by the next at once (a joining node catches up at the
+store's pace, not one round per interval), and a round stops when the backlog of records
+waiting for the embedding check is full for their authors (they are fetched after it drains).
+
+Records waiting for the embedding check are held, so they are in the digest and served to
+peers (who check them themselves, as they check gossip); one that fails becomes a tombstone,
+which the digest counts the same, so the digest does not change when a record is checked."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ log = logging.getLogger("zoonode.node.sync")
 
 SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
 ROUND_TIMEOUT = 120.0
+MAX_GET_ROOM = 128  # one ``get`` of records
 
 
 class AntiEntropy:
@@ -48,9 +56,11 @@ class AntiEntropy:
             for peer in self.node.connected_peers():
                 key = str(peer)
                 if time.monotonic() - self._synced.get(key, -1e9) >= SYNC_INTERVAL:
-                    self._synced[key] = time.monotonic()
+                    fetched = 0
                     with trio.move_on_after(ROUND_TIMEOUT):
-                        await self.sync_with(peer)
+                        fetched = await self.sync_with(peer)
+                    # More may be waiting: the next round at once (unless the backlog is full).
+                    self._synced[key] = time.monotonic() if not fetched else -1e9
             await trio.sleep(0.5)
 
     async def sync_with(self, peer) -> int:
@@ -77,6 +87,9 @@ class AntiEntropy:
                     lambda ids=ids: [i for i in ids if not node.kb.store.known(i)]
                 )
                 for chunk in range(0, len(missing), MAX_GET):
+                    if not self._room():
+                        log.info("sync: backlog full, fetching the rest after it drains")
+                        return fetched
                     got = await request(
                         node.host,
                         peer,
@@ -91,6 +104,7 @@ class AntiEntropy:
                             node.kb.store.known,
                             limiter,
                             node.banned.__contains__,
+                            backlog=node.backlog_admits,
                         )
                         node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
                         if checked.verdict is Verdict.ACCEPT:
@@ -101,3 +115,9 @@ class AntiEntropy:
         if fetched:
             log.info("sync: fetched %d records from %s", fetched, peer)
         return fetched
+
+    def _room(self) -> bool:
+        """Room in the backlog for a newcomer's records (an ingest queue's worth spare)."""
+        node = self.node
+        waiting = node.kb.backlog.total + node.ingest.queued()
+        return waiting + MAX_GET_ROOM <= node.bounds.total

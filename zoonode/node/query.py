@@ -1,5 +1,11 @@
 """The query room: robust selection over the local replica and, when asked, over peers'
-answers (federated query, ``/zoo/dso/query/1``); author standing; export pages."""
+answers (federated query, ``/zoo/dso/query/1``); author standing; export pages.
+
+Records waiting for the embedding check (pending) are candidates of a local query, scored by
+the vector their code implies; the few that selection would return are checked on demand,
+batched (``checker.check_now``), and selection runs again with their exact vectors, without
+those that failed. What a query returns has always passed the check. Federated answers we
+serve and export pages hold checked records only."""
 
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ if TYPE_CHECKING:
     from zoonode.node.core import Node
 
 log = logging.getLogger("zoonode.node.query")
+
+ON_DEMAND_ROUNDS = 3  # selections that may check pending picks before they are left out
 
 
 class Query:
@@ -66,7 +74,7 @@ class Query:
 
         def local() -> tuple[np.ndarray, list, bool]:
             q = node.encoder.encode_compact(text)[0] if vector is None else vector
-            found = node.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh)
+            found = node.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh, pending=True)
             return q, found, self.newcomers_may_answer_alone()
 
         q, hits, alone = await node.in_kb(local)
@@ -103,12 +111,50 @@ class Query:
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
         )
-        selection = select(q, candidates, settings)
+        unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
+        selection = await self.select_checked(q, candidates, settings, unchecked)
         chosen = {
             s.candidate.id: records.get(s.candidate.id) or decode(wires[s.candidate.id])
             for s in selection.selected
         }
         return selection, chosen
+
+    async def select_checked(
+        self,
+        q: np.ndarray,
+        candidates: list[Candidate],
+        settings: SelectionSettings,
+        unchecked: dict[bytes, int],
+    ) -> Selection:
+        """``select``, where no record that has not passed the embedding check is selected:
+        the pending records a selection picks (at most k) are checked at once, in one encoder
+        batch; those that pass come back with their exact vectors and scores, those that fail
+        leave the candidates (their authors banned), and selection runs again. After
+        ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left out."""
+        node = self.node
+        unchecked = dict(unchecked)
+        for _ in range(ON_DEMAND_ROUNDS):
+            selection = select(q, candidates, settings)
+            picked = [
+                unchecked[s.candidate.id] for s in selection.selected if s.candidate.id in unchecked
+            ]
+            if not picked:
+                return selection
+            outcome = await node.in_kb(node.checker.check_now, picked)
+            by_seq = {seq: cid for cid, seq in unchecked.items()}
+            gone = {by_seq[s] for s in outcome.removed}
+            exact = {by_seq[s]: v for s, v in outcome.vectors.items()}
+            candidates = [
+                replace(c, vector=exact[c.id], relevance=float(exact[c.id] @ q))
+                if c.id in exact
+                else c
+                for c in candidates
+                if c.id not in gone
+            ]
+            for cid in gone | exact.keys():
+                del unchecked[cid]
+        # Still picking unchecked records: leave every one out.
+        return select(q, [c for c in candidates if c.id not in unchecked], settings)
 
     def newcomers_may_answer_alone(self) -> bool:
         """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no

@@ -1,0 +1,189 @@
+"""The embedding check's room: the second stage of ingest.
+
+A peer's record is stored *pending* as soon as the cheap checks pass (``ingest``), indexed at
+the vector its code implies. This room re-encodes pending texts in the background, in batches
+at the encoder's pace, and applies the node's :class:`~zoonode.net.validation.EmbeddingRule`:
+an agreeing record is promoted to *active* with its text's exact vector (store and replica);
+a disagreeing one is removed and tombstoned, and, when the rule says the evidence suffices,
+its author is banned and every other record of that author still waiting is dropped unseen.
+
+Queries come first: the background loop starts no batch while a query runs (waiting at most
+``YIELD_S``, so a node under constant queries still drains), and a query checks the few
+pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
+
+Order of the backlog (``knowledge.Backlog``): authors vouched for by an earlier check before
+newcomers; within each, every author's first waiting record before anyone's second (a liar is
+found, banned and purged after one check, however many records it queued); newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trio
+
+from zoonode.net.validation import AbsoluteAgreement, EmbeddingRule, Reason
+from zoonode.protocol import decode
+from zoonode.store import Row
+
+if TYPE_CHECKING:
+    from zoonode.node.core import Node
+
+log = logging.getLogger("zoonode.node.checker")
+
+YIELD_S = 0.25  # longest the background checker waits for running queries to finish
+RATE_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Outcome of checking some records: exact vectors of the promoted (and of those found
+    already promoted), and the seqs removed (failed, or author banned)."""
+
+    vectors: dict[int, np.ndarray]
+    removed: set[int]
+
+
+class RateMeter:
+    """Events per second over a sliding window (the check rate shown in status)."""
+
+    def __init__(self, window: float = RATE_WINDOW_S) -> None:
+        self.window = window
+        self.events: deque[tuple[float, int]] = deque()
+
+    def add(self, n: int, now: float | None = None) -> None:
+        self.events.append((time.monotonic() if now is None else now, n))
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.events and self.events[0][0] < now - self.window:
+            self.events.popleft()
+        if not self.events:
+            return 0.0
+        span = max(now - self.events[0][0], 1.0)
+        return sum(n for _, n in self.events) / span
+
+
+class Checker:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        settings = node.cfg.ingest
+        self.rule: EmbeddingRule = AbsoluteAgreement(node.embedding_threshold)
+        self.batch = settings.check_batch
+        self.max_rate = settings.check_rate
+        self.meter = RateMeter()
+        self.queries = 0  # queries running now: the background loop waits for them
+        self._work = trio.Event()
+        self._encoder_slot = trio.CapacityLimiter(1)
+
+    def notify(self) -> None:
+        """New pending records: wake the background loop."""
+        self._work.set()
+
+    async def run(self) -> None:
+        node = self.node
+        while True:
+            self._work = trio.Event()
+            rows = await node.in_kb(node.kb.pending, self.batch)
+            if not rows:
+                await self._work.wait()
+                continue
+            await self._yield_to_queries()
+            started = time.monotonic()
+            texts = [decode(r.wire).experience.text for r in rows]
+            compact = await trio.to_thread.run_sync(
+                node.encoder.encode_compact, texts, len(texts), False, limiter=self._encoder_slot
+            )
+            await node.in_kb(self._apply, rows, compact, "background")
+            if self.max_rate > 0:  # the operator's cap: leave the CPU to other work
+                await trio.sleep(max(0.0, len(rows) / self.max_rate - (time.monotonic() - started)))
+
+    async def _yield_to_queries(self) -> None:
+        with trio.move_on_after(YIELD_S):
+            while self.queries:
+                await trio.sleep(0.002)
+
+    def check_now(self, seqs: Sequence[int]) -> Checked:
+        """Knowledge-base thread: check these records now if they still wait (a query's
+        selected few, one encoder batch), and report every one's fate."""
+        node = self.node
+        seqs = [int(s) for s in seqs]
+        rows = node.kb.pending(len(seqs), seqs)
+        vectors: dict[int, np.ndarray] = {}
+        removed: set[int] = set()
+        if rows:
+            texts = [decode(r.wire).experience.text for r in rows]
+            compact = node.encoder.encode_compact(texts, len(texts), False)
+            outcome = self._apply(rows, compact, "on_demand")
+            vectors |= outcome.vectors
+            removed |= outcome.removed
+        rest = [s for s in seqs if s not in vectors and s not in removed]
+        found = node.kb.store.rows_with_vectors(rest) if rest else {}
+        for seq in rest:
+            if seq in found and not found[seq][0].pending:
+                vectors[seq] = found[seq][1]
+            else:
+                removed.add(seq)  # gone (rejected, purged, evicted) or, oddly, still waiting
+        return Checked(vectors, removed)
+
+    def _apply(self, rows: list[Row], compact: np.ndarray, how: str) -> Checked:
+        """Knowledge-base thread: the rule's verdicts, applied to store, replica and bans."""
+        node = self.node
+        kb = node.kb
+        codes = [decode(r.wire).experience.code for r in rows]
+        verdicts = self.rule(codes, compact, node.encoder.space_info)
+        good = [i for i, v in enumerate(verdicts) if v.accept]
+        promoted = set(kb.promote([rows[i] for i in good], compact[good]))
+        vectors = {rows[i].seq: compact[i] for i in good if rows[i].seq in promoted}
+        removed: set[int] = set()
+        for row, verdict in zip(rows, verdicts, strict=True):
+            if verdict.accept:
+                continue
+            if not kb.remove([row], Reason.EMBEDDING_MISMATCH):
+                continue  # already handled elsewhere
+            removed.add(row.seq)
+            node.counters[f"check:{how}:rejected"] += 1
+            log.warning(
+                "embedding mismatch (score %.3f) in %s by author %s from %s%s",
+                verdict.score,
+                row.id.hex()[:16],
+                row.author.hex()[:16],
+                row.peer,
+                ": author banned" if verdict.ban else "",
+            )
+            if verdict.ban and row.author not in node.banned:
+                kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)
+                node.banned.add(row.author)
+                purged = kb.remove(kb.pending_of(row.author), Reason.AUTHOR_BANNED)
+                removed |= {r.seq for r in purged}
+                node.counters["check:purged"] += len(purged)
+        node.counters[f"check:{how}:promoted"] += len(promoted)
+        node.counters[f"check:{how}"] += len(rows)
+        self.meter.add(len(rows))
+        return Checked(vectors, removed)
+
+    def status(self) -> dict[str, float | int]:
+        """The backlog as ``/v1/status`` and the CLI show it."""
+        node = self.node
+        backlog = node.kb.backlog
+        c = node.counters
+        return {
+            "pending": backlog.total,
+            "pending_authors": len(backlog.by_author),
+            "check_rate": round(self.meter.rate(), 2),
+            "checked": c["check:background"] + c["check:on_demand"],
+            "promoted": c["check:background:promoted"] + c["check:on_demand:promoted"],
+            "rejected": c["check:background:rejected"] + c["check:on_demand:rejected"],
+            "purged": c["check:purged"],
+            "on_demand": c["check:on_demand"],
+            "ignored": node.gossip.stats.verdicts.get(f"ignore:{Reason.BACKLOG}", 0)
+            + c[f"sync:ignore:{Reason.BACKLOG}"],
+            "max_pending": node.bounds.total,
+            "max_pending_per_author": node.bounds.per_author,
+        }
