@@ -256,16 +256,16 @@ class KnowledgeBase:
             for it in hinted
             if by_id[it.record.id].outcome is Outcome.ACCEPTED and it.vector is not None
         ]
+        for it in accepted:  # before the replica: the validator reads these counts
+            if it.pending is not None:
+                self.backlog.added(it.record.experience.author)
+            else:
+                self.backlog.vouched.add(it.record.experience.author)
         if accepted:
             self.replica.add(
                 np.array([by_id[it.record.id].seq for it in accepted]),
                 np.stack([it.vector for it in accepted]),
             )
-        for it in accepted:
-            if it.pending is not None:
-                self.backlog.added(it.record.experience.author)
-            else:
-                self.backlog.vouched.add(it.record.experience.author)
         self._evict()
         self._maybe_snapshot()
         results = []
@@ -341,20 +341,23 @@ class KnowledgeBase:
         )
         hints: dict[int, int | bytes | None] = dict(zip(lessons, stored, strict=True))
         # Within the batch: one Gram matrix; a lesson links to the most similar *earlier* one.
-        if lessons:
-            matrix = np.stack([items[i].vector for i in lessons])
+        # Records waiting for the embedding check link to checked clusters only, never to each
+        # other: a hijack must not become the anchor of an honest record's cluster.
+        linkable = [i for i in lessons if items[i].pending is None]
+        if linkable:
+            matrix = np.stack([items[i].vector for i in linkable])
             gram = matrix @ matrix.T
-            gram[np.triu_indices(len(lessons))] = -np.inf  # only earlier lessons count
+            gram[np.triu_indices(len(linkable))] = -np.inf  # only earlier lessons count
             nearest = np.argmax(gram, axis=1)
-        position = {i: p for p, i in enumerate(lessons)}
+        position = {i: p for p, i in enumerate(linkable)}
         out: list[Incoming] = []
         for i, it in enumerate(items):
             if i not in hints:
                 out.append(it)
                 continue
-            hint, p = hints[i], position[i]
+            hint, p = hints[i], position.get(i, 0)
             if hint is None and p > 0 and gram[p, nearest[p]] >= self.duplicate_cosine:
-                hint = items[lessons[nearest[p]]].record.id
+                hint = items[linkable[nearest[p]]].record.id
             out.append(Incoming(it.record, it.vector, it.peer, hint, it.pending))
         return out
 
@@ -442,23 +445,34 @@ class KnowledgeBase:
         pending: bool = False,
     ) -> list[Hit]:
         """The best ``limit`` active, matching candidates by exact inner product, one per
-        cluster, with their vectors; pending ones only if ``pending``."""
+        cluster, with their vectors; pending ones only if ``pending``, and never in place of
+        a checked member of their cluster among the candidates."""
         rows = self.store.rows_with_vectors(list(seqs))
-        found = [rows[int(s)] for s in seqs if int(s) in rows]  # evicted ones are gone
+        found = [
+            rows[int(s)]
+            for s in seqs
+            if int(s) in rows  # evicted ones are gone
+            and rows[int(s)][0].status is Status.ACTIVE
+            and (pending or not rows[int(s)][0].pending)
+            and filters.match(rows[int(s)][0])
+        ]
         if not found:
             return []
         sims = np.stack([vector for _, vector in found]) @ query
         rank = sims if weigh is None else sims * weigh([row for row, _ in found])
+
+        def group_of(row: Row) -> int:
+            return row.cluster if dedupe and row.cluster is not None else -row.seq
+
+        spoken = {group_of(row) for row, _ in found if not row.pending}
         best: dict[int, tuple[Row, float, np.ndarray]] = {}
         order: list[int] = []
         for i in np.argsort(-rank, kind="stable"):
             row, vector = found[i]
             sim = sims[i]
-            if row.status is not Status.ACTIVE or (row.pending and not pending):
+            group = group_of(row)
+            if row.pending and group in spoken:
                 continue
-            if not filters.match(row):
-                continue
-            group = row.cluster if dedupe and row.cluster is not None else -row.seq
             if group not in best:
                 best[group] = (row, float(sim), vector)
                 order.append(group)

@@ -114,8 +114,21 @@ class _Hnswlib:
 
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         self.index.set_ef(ef)
-        labels, distances = self.index.knn_query(queries, k=k)
-        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+        keys = np.full((len(queries), k), -1, np.int64)  # -1: fewer than k reachable
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        want = k
+        while True:
+            try:
+                labels, distances = self.index.knn_query(queries, k=want)
+                break
+            except RuntimeError:
+                # Removed keys still count in the library's size: with fewer than k live
+                # ones (a tiny index) ask for fewer.
+                if want == 1:
+                    return keys, sims
+                want //= 2
+        keys[:, :want], sims[:, :want] = labels, 1.0 - distances
+        return keys, sims
 
     def save(self, path: Path) -> None:
         self.index.save_index(str(path))
