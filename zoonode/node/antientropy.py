@@ -28,6 +28,7 @@ log = logging.getLogger("zoonode.node.sync")
 SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
 ROUND_TIMEOUT = 120.0
 MAX_GET_ROOM = 128  # one ``get`` of records
+SYNC_PARALLEL = 4  # buckets fetched at a time from one peer
 
 
 class AntiEntropy:
@@ -64,56 +65,79 @@ class AntiEntropy:
             await trio.sleep(0.5)
 
     async def sync_with(self, peer) -> int:
-        """One anti-entropy round with ``peer``; returns how many records were fetched."""
+        """One anti-entropy round with ``peer``; returns how many records were fetched.
+        ``SYNC_PARALLEL`` differing buckets are fetched at a time (each costs two or more
+        request round trips; one at a time, a joining node waited on the network)."""
         from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
-        from zoonode.net.sync import MAX_GET
 
         node = self.node
-        fetched = 0
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
         try:
             theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
             if theirs.get("bucket_ms") != node.digest.bucket_ms:
                 return 0
-            for start in node.digest.differing(theirs["buckets"]):
-                listed = await request(
-                    node.host,
-                    peer,
-                    SYNC_PROTOCOL,
-                    {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
-                )
-                ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-                missing = await node.in_kb(
-                    lambda ids=ids: [i for i in ids if not node.kb.store.known(i)]
-                )
-                for chunk in range(0, len(missing), MAX_GET):
-                    if not self._room():
-                        log.info("sync: backlog full, fetching the rest after it drains")
-                        return fetched
-                    got = await request(
-                        node.host,
-                        peer,
-                        SYNC_PROTOCOL,
-                        {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
-                    )
-                    for wire in got.get("wires", []):
-                        checked = check_record(
-                            wire,
-                            node.policy,
-                            now_ms(),
-                            node.kb.store.known,
-                            limiter,
-                            node.banned.__contains__,
-                            backlog=node.backlog_admits,
-                        )
-                        node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
-                        if checked.verdict is Verdict.ACCEPT:
-                            await node.ingest.enqueue(checked.record, str(peer))
-                            fetched += 1
-        except (RpcError, ValueError, KeyError, TypeError) as exc:
+            starts = node.digest.differing(theirs["buckets"])
+        except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.debug("sync with %s failed: %s", peer, exc)
-        if fetched:
-            log.info("sync: fetched %d records from %s", fetched, peer)
+            return 0
+        fetched = [0]
+
+        async def worker() -> None:
+            while starts and self._room():
+                start = starts.pop(0)
+                try:
+                    fetched[0] += await self._bucket(peer, start, limiter)
+                except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    log.debug("sync with %s failed: %s", peer, exc)
+                    starts.clear()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(SYNC_PARALLEL):
+                nursery.start_soon(worker)
+        if starts:
+            log.info("sync: backlog full, fetching the rest after it drains")
+        if fetched[0]:
+            log.info("sync: fetched %d records from %s", fetched[0], peer)
+        return fetched[0]
+
+    async def _bucket(self, peer, start: int, limiter: AuthorLimiter) -> int:
+        """Fetch what we lack of one time bucket; returns how many records were queued."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, request
+        from zoonode.net.sync import MAX_GET
+
+        node = self.node
+        fetched = 0
+        listed = await request(
+            node.host,
+            peer,
+            SYNC_PROTOCOL,
+            {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
+        )
+        ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
+        missing = await node.in_kb(lambda: [i for i in ids if not node.kb.store.known(i)])
+        for chunk in range(0, len(missing), MAX_GET):
+            if not self._room():
+                break
+            got = await request(
+                node.host,
+                peer,
+                SYNC_PROTOCOL,
+                {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
+            )
+            for wire in got.get("wires", []):
+                checked = check_record(
+                    wire,
+                    node.policy,
+                    now_ms(),
+                    node.kb.store.known,
+                    limiter,
+                    node.banned.__contains__,
+                    backlog=node.backlog_admits,
+                )
+                node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
+                if checked.verdict is Verdict.ACCEPT:
+                    await node.ingest.enqueue(checked.record, str(peer))
+                    fetched += 1
         return fetched
 
     def _room(self) -> bool:
