@@ -144,6 +144,7 @@ class Encoder:
         self._head_t = torch.from_numpy(np.ascontiguousarray(space.head.T))
         self.adapter = adapter
         self.dim = space.dim
+        self.threads = torch.get_num_threads()  # per call, in whichever thread encodes
 
     @classmethod
     def from_settings(cls, settings: EncoderSettings) -> Encoder:
@@ -188,13 +189,25 @@ class Encoder:
         return vectors.numpy()
 
     def encode_compact(
-        self, texts: list[str] | str, batch_size: int = 32, show_progress: bool | None = None
+        self,
+        texts: list[str] | str,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
         """The same vectors in the head's basis (n, hidden): ``encode(t) = head @ compact``.
 
         Inner products are identical to the 7680-d ones (orthonormal head); the replica and
-        selection work here.
+        selection work here. ``threads``: torch threads for this call in this thread (torch
+        keeps the count per thread), default the encoder's; the node's background check
+        encodes with 1 beside queries, so that two encodes never wait on each other's
+        thread barrier on a 2-core machine.
         """
+        import torch
+
+        wanted = threads or self.threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
         items = _check_texts(texts)
         if batch_size < 1:
             raise EncoderError("batch_size must be >= 1")

@@ -169,7 +169,7 @@ def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path
     db.commit()
     db.close()
     store = Store(path, encoder.space)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     row = store.get(r.id)
     assert row.status is Status.ACTIVE and not row.pending  # old records were checked
     assert store.counts()["active"] == 1 and store.counts()["pending"] == 0

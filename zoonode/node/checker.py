@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zoonode.node.checker")
 
+# One torch thread for the background check: on 2 cores it leaves one to queries, gossip and
+# the store, and two encodes never stall on each other's thread barrier (benchmarks/ingest.py).
+CHECK_THREADS = 1
 YIELD_S = 0.25  # longest the background checker waits for running queries to finish
 RATE_WINDOW_S = 30.0
 
@@ -98,7 +101,12 @@ class Checker:
             started = time.monotonic()
             texts = [decode(r.wire).experience.text for r in rows]
             compact = await trio.to_thread.run_sync(
-                node.encoder.encode_compact, texts, len(texts), False, limiter=self._encoder_slot
+                node.encoder.encode_compact,
+                texts,
+                len(texts),
+                False,
+                CHECK_THREADS,
+                limiter=self._encoder_slot,
             )
             await node.in_kb(self._apply, rows, compact, "background")
             if self.max_rate > 0:  # the operator's cap: leave the CPU to other work
