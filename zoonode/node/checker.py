@@ -11,9 +11,11 @@ Queries come first: the background loop starts no batch while a query runs (wait
 ``YIELD_S``, so a node under constant queries still drains), and a query checks the few
 pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
 
-Order of the backlog (``knowledge.Backlog``): authors vouched for by an earlier check before
-newcomers; within each, every author's first waiting record before anyone's second (a liar is
-found, banned and purged after one check, however many records it queued); newest first.
+Order of the backlog: first the pending records recent queries had among their candidates
+(newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
+before newcomers; within each, every author's first waiting record before anyone's second (a
+liar is found, banned and purged after one check, however many records it queued); newest
+first.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ log = logging.getLogger("zoonode.node.checker")
 CHECK_THREADS = 1
 YIELD_S = 0.25  # longest the background checker waits for running queries to finish
 RATE_WINDOW_S = 30.0
+HOT_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,27 @@ class Checker:
         self.queries = 0  # queries running now: the background loop waits for them
         self._work = trio.Event()
         self._encoder_slot = trio.CapacityLimiter(1)
+        self._hot: dict[int, None] = {}  # pending seqs queries saw as candidates, newest last
+
+    def touch(self, seqs: Sequence[int]) -> None:
+        """Pending records a query had among its candidates: checked first (queries on the
+        same topic tend to follow)."""
+        for seq in seqs:
+            self._hot.pop(seq, None)
+            self._hot[seq] = None
+        while len(self._hot) > HOT_MAX:
+            del self._hot[next(iter(self._hot))]
+        if seqs:
+            self._work.set()
+
+    def _next(self, hot: list[int]) -> list[Row]:
+        """Knowledge-base thread: the next batch, touched records first."""
+        kb = self.node.kb
+        rows = kb.pending(self.batch, hot) if hot else []
+        if len(rows) < self.batch:
+            taken = {r.seq for r in rows}
+            rows += [r for r in kb.pending(self.batch) if r.seq not in taken]
+        return rows[: self.batch]
 
     def notify(self) -> None:
         """New pending records: wake the background loop."""
@@ -93,7 +117,10 @@ class Checker:
         node = self.node
         while True:
             self._work = trio.Event()
-            rows = await node.in_kb(node.kb.pending, self.batch)
+            hot = list(self._hot)[-self.batch :][::-1]
+            for seq in hot:
+                del self._hot[seq]
+            rows = await node.in_kb(self._next, hot)
             if not rows:
                 await self._work.wait()
                 continue

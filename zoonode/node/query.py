@@ -112,6 +112,7 @@ class Query:
             newcomers_alone=alone,
         )
         unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
+        node.checker.touch(list(unchecked.values()))
         selection = await self.select_checked(q, candidates, settings, unchecked)
         chosen = {
             s.candidate.id: records.get(s.candidate.id) or decode(wires[s.candidate.id])
