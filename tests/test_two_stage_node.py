@@ -124,6 +124,11 @@ def test_hijacks_are_never_returned_and_every_honest_record_ends_active(tmp_path
         assert {json.loads(line)["id"] for line in exported} == {r.id.hex() for r in honest}
         counts = httpx.get(f"{url}/v1/status").json()["counts"]
         assert counts["active"] == 36 and counts["pending"] == 0
+        cli = subprocess.run(
+            [ZOONODE, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True
+        )
+        shown = json.loads(cli.stdout)["backlog"]  # the operator's view of the same
+        assert shown["pending"] == 0 and shown["rejected"] == 4
     store = Store(tmp_path / "experiences.sqlite", encoder.space)
     assert {public_key_bytes(k) for k in hijackers} <= store.banned_authors()
     assert not {public_key_bytes(k) for k in authors} & store.banned_authors()
@@ -297,6 +302,48 @@ def test_a_gossip_burst_is_stored_before_it_is_checked(tmp_path, encoder):
             # was stored (the encoder checks ~100/s here).
             assert status["pending"] > len(records) / 2, (status, stored_s)
             assert b.metrics()["gossip_reader_wait_s"] < stored_s / 2
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
+
+
+def test_a_burst_beyond_the_ingest_queue_is_ignored_not_lost(tmp_path, encoder):
+    """py-libp2p drops a validated message when the subscription's channel is full, so the
+    reader must never wait on the ingest queue. With b's queue held to 300 records and its
+    store stalled for 2 s (a slow disk), a 1,500-record burst is partly ignored (reason
+    backlog: not forwarded, nobody penalised) and every record b accepted is stored."""
+    text = lessons(2)[1]
+    [vector] = encoder.encode_compact(text["text"])
+    records = []
+    for _ in range(30):
+        batch = [{**text, "domain": f"burst.d{j}"} for j in range(50)]
+        key = Ed25519PrivateKey.generate()
+        records += sign_lessons(encoder, key, batch, np.repeat(vector[None], 50, axis=0))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sender, b = await start_nodes(
+                nursery,
+                encoder,
+                [tmp_path / "s", tmp_path / "b"],
+                network={"author_rate": 1e6, "author_burst": 1e6, "flood_rate": 1e6},
+            )
+            b.gossip.room = lambda: 300 - b.ingest.queued()
+            await b.connect(sender.info().addrs[0])
+            await wait_meshed(sender, b)
+            nursery.start_soon(b.in_kb, time.sleep, 2.0)  # the store stalls
+            await sender.gossip.publish([r.wire for r in records])
+            verdicts = b.gossip.stats.verdicts
+            await wait_until(
+                lambda: verdicts["accept:ok"] + verdicts["ignore:backlog"] == len(records),
+                60,
+                "every record judged",
+            )
+            await wait_until(lambda: b.ingest.queued() == 0 and b.gossip.inflight == 0, 60)
+            await wait_until(lambda: b.kb.store.counts()["total"] == verdicts["accept:ok"], 60)
+            assert verdicts["ignore:backlog"] > 0 and b.gossip.stats.queue_full > 0
+            score = b.gossip.router.scorer.score(sender.host.get_id(), [b.gossip.topic])
+            assert score >= 0
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)

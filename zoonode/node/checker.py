@@ -154,7 +154,7 @@ class Checker:
         removed: set[int] = set()
         if rows:
             texts = [decode(r.wire).experience.text for r in rows]
-            compact = node.encoder.encode_compact(texts, len(texts), False)
+            compact = node.encoder.encode_compact(texts, len(texts), False, CHECK_THREADS)
             outcome = self._apply(rows, compact, "on_demand")
             vectors |= outcome.vectors
             removed |= outcome.removed

@@ -132,6 +132,7 @@ class Node:
             self.ingest.on_gossip,
             flood_rate=net.flood_rate,
             backlog=self.backlog_admits,
+            room=self.ingest.room,
         )
         self._kb_lock = trio.CapacityLimiter(1)
         self._cancel: trio.CancelScope | None = None

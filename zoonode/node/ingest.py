@@ -133,17 +133,28 @@ class Ingest:
 
     async def on_gossip(self, accepted: list[Checked], forwarder: str) -> None:
         """Gossip's callback: records that passed validation join the ingest queue, which
-        drains at the store's pace (the reader waits only when 10,000 are queued)."""
+        drains at the store's pace. The validator admitted them only if they fit
+        (:meth:`room`), so the reader does not wait."""
         for checked in accepted:
             assert checked.record is not None
-            await self._send.send((checked.record, forwarder))
+            try:
+                self._send.send_nowait((checked.record, forwarder))
+            except trio.WouldBlock:  # not expected: admission leaves the room
+                await self._send.send((checked.record, forwarder))
 
     async def enqueue(self, record: SignedRecord, peer: str) -> None:
-        """A record fetched by sync, already validated like gossip."""
+        """A record fetched by sync, already validated like gossip. Sync takes at most half
+        the queue, so that gossip always finds room."""
+        while self.queued() >= INGEST_QUEUE // 2:
+            await trio.sleep(0.01)
         await self._send.send((record, peer))
 
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
+
+    def room(self) -> int:
+        """Records the ingest queue can still take (the gossip validator's admission)."""
+        return INGEST_QUEUE - self.queued()
 
     async def run(self) -> None:
         """Drain the queue in batches of up to ``INGEST_BATCH`` (``FILL_S`` to fill one)."""

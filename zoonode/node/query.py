@@ -18,7 +18,8 @@ import trio
 
 from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters
-from zoonode.net.validation import AuthorLimiter, Verdict, check_record, embedding_agreement
+from zoonode.net.validation import AuthorLimiter, Verdict, check_record
+from zoonode.node.checker import CHECK_THREADS
 from zoonode.protocol import Op, SignedRecord, decode
 from zoonode.selection import (
     Candidate,
@@ -73,7 +74,10 @@ class Query:
             )
 
         def local() -> tuple[np.ndarray, list, bool]:
-            q = node.encoder.encode_compact(text)[0] if vector is None else vector
+            # While the background check encodes (one thread), one thread here too: two
+            # encodes then share 2 cores without stalling on each other's thread barrier.
+            threads = CHECK_THREADS if node.kb.backlog.total else None
+            q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
             found = node.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh, pending=True)
             return q, found, self.newcomers_may_answer_alone()
 
@@ -217,20 +221,17 @@ class Query:
         if not valid:
             return []
 
-        def embed() -> tuple[np.ndarray, np.ndarray]:
+        def embed() -> tuple[np.ndarray, list]:
             compact = node.encoder.encode_compact([r.experience.text for r in valid])
-            agree = embedding_agreement(
-                [r.experience.code for r in valid],
-                compact,
-                node.encoder.space_info.head,
-                node.encoder.space_info.v_ref,
+            verdicts = node.checker.rule(
+                [r.experience.code for r in valid], compact, node.encoder.space_info
             )
-            return compact, agree
+            return compact, verdicts
 
-        compact, agree = await node.in_kb(embed)
+        compact, verdicts = await node.in_kb(embed)
         out = []
-        for record, vector, ok in zip(valid, compact, agree, strict=True):
-            if ok >= node.embedding_threshold:
+        for record, vector, verdict in zip(valid, compact, verdicts, strict=True):
+            if verdict.accept:
                 cluster = -int.from_bytes(record.id[:6], "big")  # unknown locally: own group
                 out.append(
                     (
