@@ -4,10 +4,11 @@ left main), in one run.
 
     python benchmarks/ingest.py [--size 100000] [--records 20000] [--sync-size 100000]
 
-Data: every distinct real text we have (eg examples, cheat tips, the reference corpus:
-~2,900), encoded once (cached). Honest records sign those texts with their own codes, 64
-authors, so the embedding check passes them all (a text recurs under several authors: the
-checker re-encodes every record, nothing is cached). The receiving node's data dir first holds
+Data: real texts (``--texts lessons``: 3,000 lesson-length texts of ~22 words, two cheat tips
+or reference sentences joined; ``short``: every distinct eg/cheat/reference text, ~12 words),
+encoded once (cached). Honest records sign those texts with their own codes, 64 authors, so
+the embedding check passes them all (a text recurs under several authors: the checker
+re-encodes every record, nothing is cached). The receiving node's data dir first holds
 ``--size`` synthetic records (replica.py's synthetic vectors, real codes, real signatures),
 already checked, so every rate below is "at 100k".
 
@@ -75,10 +76,19 @@ LIFTED = {
 
 
 # -- data -------------------------------------------------------------------------------------
-def texts_and_vectors(enc: Encoder) -> tuple[list[str], np.ndarray]:
+def texts_and_vectors(enc: Encoder, kind: str) -> tuple[list[str], np.ndarray]:
+    """``short``: every distinct real text (eg examples, cheat tips, reference corpus; ~12
+    words). ``lessons``: 3,000 lesson-length texts (~22 words), two cheat tips or reference
+    sentences joined, as the ~32-word lessons agents share. Encoded once, cached."""
     data = load()
     reference = (data_dir() / "reference_corpus.txt").read_text().splitlines()
-    texts = list(dict.fromkeys(t for t in data.queries + data.corpus + reference if t.strip()))
+    if kind == "short":
+        texts = list(dict.fromkeys(t for t in data.queries + data.corpus + reference if t.strip()))
+    else:
+        pool = [t for t in data.corpus + reference if t.strip()]
+        rng = np.random.default_rng(5)
+        pairs = rng.integers(0, len(pool), size=(3000, 2))
+        texts = list(dict.fromkeys(f"{pool[a].rstrip('.')}. {pool[b]}" for a, b in pairs))
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     path = CACHE / f"ingest-vectors-{digest}.npy"
     if path.exists():
@@ -134,10 +144,10 @@ def base_dir(enc: Encoder, vectors: np.ndarray, size: int) -> Path:
     return path
 
 
-def peer_dir(enc, texts, vectors, codes, size: int) -> Path:
+def peer_dir(enc, texts, vectors, codes, size: int, kind: str) -> Path:
     """``size`` honest checked records created over the last 20 days (sync lists ids per
     hour of creation: ~200 a bucket). Cached across runs."""
-    path = CACHE / f"ingest-peer-{size}"
+    path = CACHE / f"ingest-peer-{size}-{kind}"
     if (path / "done").exists():
         return path
     shutil.rmtree(path, ignore_errors=True)
@@ -182,11 +192,20 @@ class NodeProc:
     def stored(self) -> int:
         return self.status()["counts"]["total"]
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, labels: str = "") -> float:
         for line in self.http.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if (line.startswith(name + " ") or line.startswith(name + "{")) and labels in line:
                 return float(line.rsplit(" ", 1)[1])
         return float("nan")
+
+    def on_demand(self) -> float:
+        """Records checked on demand so far (from /metrics: no table scan, unlike status)."""
+        text = self.http.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("zoonode_embedding_checks_total{") and 'path="on_demand"' in line
+        )
 
     def stop(self) -> None:
         self.http.close()
@@ -235,7 +254,7 @@ def queries_for(node: NodeProc, queries: list[str], seconds: float) -> dict:
     before = node.status()["backlog"]
     t0 = time.perf_counter()
     lat, plain, checking = [], [], []
-    last = before["on_demand"]
+    last = node.on_demand()
     i = busy = 0.0
     while time.perf_counter() - t0 < seconds + busy:
         t = time.perf_counter()
@@ -245,8 +264,8 @@ def queries_for(node: NodeProc, queries: list[str], seconds: float) -> dict:
         ms = (time.perf_counter() - t) * 1000
         lat.append(ms)
         t = time.perf_counter()
-        now = node.status()["backlog"]["on_demand"]
-        busy += time.perf_counter() - t  # the status reads do not eat the query window
+        now = node.on_demand()
+        busy += time.perf_counter() - t  # these reads do not eat the query window
         (checking if now > last else plain).append(ms)
         last = now
         i += 1
@@ -277,20 +296,24 @@ def drain_for(node: NodeProc, seconds: float) -> float:
     return (node.status()["backlog"]["checked"] - before) / seconds
 
 
-def wait_stored(node: NodeProc, target: int, timeout: float) -> tuple[float, int, float]:
-    """Seconds from the first new record to ``target`` stored (or the timeout), the count."""
+def wait_stored(
+    node: NodeProc, target: int, timeout: float, idle_s: float = 10.0
+) -> tuple[float, int, float]:
+    """Seconds from the first new record to the last one stored, and the count: until
+    ``target`` are stored, nothing new came for ``idle_s``, or ``timeout`` after the first."""
     base = node.stored()
-    first = None
-    deadline = time.perf_counter() + timeout
+    first = last = None
+    count = 0
+    deadline = time.perf_counter() + 120  # for the first record
     while True:
-        count = node.stored() - base
         now = time.perf_counter()
-        if count and first is None:
-            first = now
-        if count >= target or (first is not None and now >= deadline):
-            return now - (first or now), count, now
-        if first is None and now >= deadline + 120:
-            return 0.0, 0, now
+        new = node.stored() - base
+        if new > count:
+            count, last = new, now
+            if first is None:
+                first, deadline = now, now + timeout
+        if count >= target or now >= deadline or (last and now - last >= idle_s):
+            return (last - first) if first else 0.0, count, now
         time.sleep(0.25)
 
 
@@ -331,7 +354,8 @@ def run_gossip(binary, base, work, name, wires, args, new: bool) -> dict:
     node = NodeProc(binary, copy_of(base, work, f"recv-{name}"), ZOONODE_NETWORK__BOOTSTRAP=addr)
     try:
         timeout = 600 if new else args.baseline_s
-        seconds, count, _ = wait_stored(node, len(wires), timeout)
+        # What the validator ignored (queue full) never arrives: stop when nothing new comes.
+        seconds, count, _ = wait_stored(node, len(wires), timeout, idle_s=5.0 if new else 1e9)
         messages = node.metric("zoonode_gossip_messages_in_total")
         row = {
             "run": f"gossip, {name}",
@@ -341,7 +365,13 @@ def run_gossip(binary, base, work, name, wires, args, new: bool) -> dict:
             "messages validated": messages,
             "messages sent": -(-len(wires) // 128),
         }
+        row["accepted by the validator"] = node.metric(
+            "zoonode_gossip_records_total", 'reason="ok",verdict="accept"'
+        )
         if new:
+            row["ignored: backlog"] = node.metric(
+                "zoonode_gossip_records_total", 'reason="backlog",verdict="ignore"'
+            )
             row["reader wait s"] = node.metric("zoonode_gossip_reader_wait_seconds_total")
             row["pending at end"] = node.status()["backlog"]["pending"]
         return row
@@ -357,7 +387,7 @@ def run_sync(binary, peer_base, work, name, size, queries, args, new: bool) -> d
     node = NodeProc(binary, fresh, ZOONODE_NETWORK__BOOTSTRAP=peer.addr)
     try:
         timeout = 1800 if new else args.baseline_s
-        seconds, count, _ = wait_stored(node, size, timeout)
+        seconds, count, _ = wait_stored(node, size, timeout, idle_s=40.0 if new else 1e9)
         row = {
             "run": f"sync from a peer of {size:,}, {name}",
             "records": count,
@@ -400,12 +430,13 @@ def baseline_binary(ref: str, work: Path) -> str:
     return str(tree / ".venv/bin/zoonode")
 
 
-def encoder_rate(enc: Encoder, texts: list[str], n: int = 640) -> float:
+def encoder_rate(enc: Encoder, texts: list[str], threads: int, n: int = 640) -> float:
+    """Texts/s in batches of 32 (sorted by length inside each batch, as the node does)."""
     sample = [texts[i % len(texts)] for i in range(0, n * 7, 7)]
-    enc.encode_compact(sample[:32])
+    enc.encode_compact(sample[:32], 32, False, threads)
     t = time.perf_counter()
     for start in range(0, len(sample), 32):
-        enc.encode_compact(sample[start : start + 32], 32, False)
+        enc.encode_compact(sample[start : start + 32], 32, False, threads)
     return len(sample) / (time.perf_counter() - t)
 
 
@@ -420,6 +451,7 @@ def main() -> None:
     parser.add_argument("--query-s", type=float, default=60.0)
     parser.add_argument("--drain-s", type=float, default=30.0)
     parser.add_argument("--skip", nargs="*", default=[], help="records gossip sync baseline")
+    parser.add_argument("--texts", choices=["lessons", "short"], default="lessons")
     parser.add_argument("--threads", type=int, default=0, help="encoder.threads of every node")
     args = parser.parse_args()
     if args.threads:
@@ -434,7 +466,7 @@ def main() -> None:
         ).stdout.strip()
     )
     enc = Encoder.default()
-    texts, vectors = texts_and_vectors(enc)
+    texts, vectors = texts_and_vectors(enc, args.texts)
     queries = load().queries
     t0 = time.perf_counter()
     codes = compress_many(enc.lift(vectors), enc.space_info.v_ref)
@@ -452,7 +484,11 @@ def main() -> None:
         3_600_000 // args.records,
     )
     wires = [w for w, _ in made]
-    peer = peer_dir(enc, texts, vectors, codes, args.sync_size) if "sync" not in args.skip else None
+    peer = (
+        peer_dir(enc, texts, vectors, codes, args.sync_size, args.texts)
+        if "sync" not in args.skip
+        else None
+    )
     print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="zoo-ingest-"))
     rows: list[dict] = []
@@ -503,9 +539,14 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")]
             )
         shutil.rmtree(work, ignore_errors=True)
-    rate = encoder_rate(enc, texts)
+    rate = encoder_rate(enc, texts, 1)
+    rate_default = encoder_rate(enc, texts, enc.threads)
     columns = ["run", "records", "seconds", "stored /s"]
-    print(f"\nIngest at {args.size:,} records (baseline: {ref[:10]}), encoder alone {rate:.0f}/s")
+    print(
+        f"\nIngest at {args.size:,} records (baseline: {ref[:10]}); encoder alone, batches "
+        f"of 32: {rate:.0f}/s on 1 thread (the checker's), {rate_default:.0f}/s on "
+        f"{enc.threads}"
+    )
     print(table(rows, columns))
     for row in rows:
         extra = {k: v for k, v in row.items() if k not in columns}
@@ -515,10 +556,16 @@ def main() -> None:
         "ingest",
         {
             "rows": rows,
-            "encoder batch-32 rate /s": rate,
+            "encoder batch-32 rate /s, 1 thread": rate,
+            f"encoder batch-32 rate /s, {enc.threads} threads": rate_default,
             "baseline ref": ref,
             "load average start/end": [load_start, os.getloadavg()],
-            "settings": vars(args) | {"authors": 64, "distinct texts": len(texts)},
+            "settings": vars(args)
+            | {
+                "authors": 64,
+                "distinct texts": len(texts),
+                "mean words": float(np.mean([len(t.split()) for t in texts])),
+            },
         },
     )
     print(f"\nwrote {path}")

@@ -88,7 +88,7 @@ class IngestConfig:
 
     max_pending: int = 100_000  # over it, newcomers' records are ignored (reason backlog)
     max_pending_per_author: int = 10_000  # over it, that author's records are ignored
-    check_batch: int = 32  # texts re-encoded per background batch
+    check_batch: int = 16  # texts re-encoded per background batch
     check_rate: float = 0.0  # most records/s the background check re-encodes; 0: no cap
 
     def __post_init__(self) -> None:

@@ -7,9 +7,10 @@ an agreeing record is promoted to *active* with its text's exact vector (store a
 a disagreeing one is removed and tombstoned, and, when the rule says the evidence suffices,
 its author is banned and every other record of that author still waiting is dropped unseen.
 
-Queries come first: the background loop starts no batch while a query runs (waiting at most
-``YIELD_S``, so a node under constant queries still drains), and a query checks the few
-pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
+Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
+waiting three times its last batch's length (``SHARE``: it keeps a quarter of the time under
+constant queries or floods, so a backlog always drains), and a query checks the few pending
+records its selection would return itself, on demand (:meth:`Checker.check_now`).
 
 Order of the backlog: first the pending records recent queries had among their candidates
 (newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
@@ -42,13 +43,18 @@ log = logging.getLogger("zoonode.node.checker")
 # One torch thread for the background check: on 2 cores it leaves one to queries, gossip and
 # the store, and two encodes never stall on each other's thread barrier (benchmarks/ingest.py).
 CHECK_THREADS = 1
-YIELD_S = 0.25  # longest the background checker waits for running queries to finish
+# Queries and stage 1 come first. Before each batch the background check waits for a quiet
+# moment (no query running, none and no store batch in the last QUIET_S), but at most so long
+# that it still gets SHARE of the time: under back-to-back queries or a sustained flood it
+# runs one batch in 1/SHARE of the time, and a backlog always drains.
+QUIET_S = 0.05
+SHARE = 0.25
 RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
 
 
 @dataclass(frozen=True)
-class Checked:
+class CheckOutcome:
     """Outcome of checking some records: exact vectors of the promoted (and of those found
     already promoted), and the seqs removed (failed, or author banned)."""
 
@@ -85,6 +91,8 @@ class Checker:
         self.max_rate = settings.check_rate
         self.meter = RateMeter()
         self.queries = 0  # queries running now: the background loop waits for them
+        self.last_activity = 0.0  # monotonic time a query or a store batch last ended
+        self._batch_s = 0.1  # how long the last background batch took
         self._work = trio.Event()
         self._encoder_slot = trio.CapacityLimiter(1)
         self._hot: dict[int, None] = {}  # pending seqs queries saw as candidates, newest last
@@ -136,15 +144,20 @@ class Checker:
                 limiter=self._encoder_slot,
             )
             await node.in_kb(self._apply, rows, compact, "background")
+            self._batch_s = time.monotonic() - started
             if self.max_rate > 0:  # the operator's cap: leave the CPU to other work
                 await trio.sleep(max(0.0, len(rows) / self.max_rate - (time.monotonic() - started)))
 
-    async def _yield_to_queries(self) -> None:
-        with trio.move_on_after(YIELD_S):
-            while self.queries:
-                await trio.sleep(0.002)
+    def active(self) -> None:
+        """A query or a store batch just ended (the background check waits for quiet)."""
+        self.last_activity = time.monotonic()
 
-    def check_now(self, seqs: Sequence[int]) -> Checked:
+    async def _yield_to_queries(self) -> None:
+        with trio.move_on_after(self._batch_s * (1 - SHARE) / SHARE):
+            while self.queries or time.monotonic() - self.last_activity < QUIET_S:
+                await trio.sleep(0.005)
+
+    def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
         """Knowledge-base thread: check these records now if they still wait (a query's
         selected few, one encoder batch), and report every one's fate."""
         node = self.node
@@ -165,9 +178,9 @@ class Checker:
                 vectors[seq] = found[seq][1]
             else:
                 removed.add(seq)  # gone (rejected, purged, evicted) or, oddly, still waiting
-        return Checked(vectors, removed)
+        return CheckOutcome(vectors, removed)
 
-    def _apply(self, rows: list[Row], compact: np.ndarray, how: str) -> Checked:
+    def _apply(self, rows: list[Row], compact: np.ndarray, how: str) -> CheckOutcome:
         """Knowledge-base thread: the rule's verdicts, applied to store, replica and bans."""
         node = self.node
         kb = node.kb
@@ -201,7 +214,7 @@ class Checker:
         node.counters[f"check:{how}:promoted"] += len(promoted)
         node.counters[f"check:{how}"] += len(rows)
         self.meter.add(len(rows))
-        return Checked(vectors, removed)
+        return CheckOutcome(vectors, removed)
 
     def status(self) -> dict[str, float | int]:
         """The backlog as ``/v1/status`` and the CLI show it."""

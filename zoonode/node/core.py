@@ -250,6 +250,7 @@ class Node:
             return await self.queries.query(text, vector, k, filters, federated)
         finally:
             self.checker.queries -= 1
+            self.checker.active()
 
     async def experience(self, record_id: bytes) -> Row | None:
         """One stored record by id, for ``GET /v1/experiences/{id}``: a record still waiting

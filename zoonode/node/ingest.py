@@ -121,6 +121,7 @@ class Ingest:
         outcomes: dict[bytes, str] = {}
         stored = await node.in_kb(self.store_pending, fresh, outcomes) if fresh else []
         node.note_stored(stored)
+        node.checker.active()
         node.checker.notify()
         await node.gossip.publish([r.wire for r in stored])
         out = [
@@ -165,6 +166,7 @@ class Ingest:
                     batch.append(await self._recv.receive())
             stored = await self.node.in_kb(self.store_pending, batch)
             self.node.note_stored(stored)
+            self.node.checker.active()
             self.node.checker.notify()
 
     def store_pending(

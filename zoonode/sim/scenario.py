@@ -77,8 +77,8 @@ class Ingest:
     batches of ``check_batch``, and only then promotes, or rejects and bans. The default rate
     is what one node's encoder checks on 2 cores (benchmarks/ingest.py)."""
 
-    check_rate: float = 100.0
-    check_batch: int = 32
+    check_rate: float = 50.0
+    check_batch: int = 16
     max_pending: int = 100_000
     max_pending_per_author: int = 10_000
 
