@@ -9,7 +9,7 @@ its author is banned and every other record of that author still waiting is drop
 
 Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
 waiting three times its last batch's length (``SHARE``: it keeps a quarter of the time under
-constant queries or floods, so a backlog always drains), and a query checks the few pending
+constant queries; 5 % while records wait in the ingest queue; a backlog always drains), and a query checks the few pending
 records its selection would return itself, on demand (:meth:`Checker.check_now`).
 
 Order of the backlog: first the pending records recent queries had among their candidates
@@ -49,6 +49,7 @@ CHECK_THREADS = 1
 # runs one batch in 1/SHARE of the time, and a backlog always drains.
 QUIET_S = 0.05
 SHARE = 0.25
+FLOOD_SHARE = 0.05  # while records wait in the ingest queue: stage 1 first
 RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
 
@@ -153,8 +154,12 @@ class Checker:
         self.last_activity = time.monotonic()
 
     async def _yield_to_queries(self) -> None:
-        with trio.move_on_after(self._batch_s * (1 - SHARE) / SHARE):
-            while self.queries or time.monotonic() - self.last_activity < QUIET_S:
+        ingest = self.node.ingest
+        share = FLOOD_SHARE if ingest.queued() else SHARE
+        with trio.move_on_after(self._batch_s * (1 - share) / share):
+            while (
+                self.queries or ingest.queued() or time.monotonic() - self.last_activity < QUIET_S
+            ):
                 await trio.sleep(0.005)
 
     def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
