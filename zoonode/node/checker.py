@@ -8,9 +8,9 @@ a disagreeing one is removed and tombstoned, and, when the rule says the evidenc
 its author is banned and every other record of that author still waiting is dropped unseen.
 
 Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
-waiting three times its last batch's length (``SHARE``: it keeps a quarter of the time under
-constant queries; 5 % while records wait in the ingest queue; a backlog always drains), and a query checks the few pending
-records its selection would return itself, on demand (:meth:`Checker.check_now`).
+waiting long enough to keep ``SHARE`` of the time (a quarter under back-to-back queries, 5 %
+while records wait in the ingest queue: a backlog always drains), and a query checks the few
+pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
 
 Order of the backlog: first the pending records recent queries had among their candidates
 (newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
