@@ -22,7 +22,9 @@ Runs, each a real `zoonode start` process (author rate and flood limits lifted o
    at which the receiver stores them, the validated messages and how long the gossip reader
    waited for room in the 10,000-record ingest queue.
 3. sync: a node with an empty data dir joins a peer holding ``--sync-size`` honest records;
-   the rate at which it stores them, then queries while its backlog drains.
+   the rate at which it stores them, then queries while its backlog drains, beside the same
+   queries on the peer first (the same records, all checked; each text recurs ~33 times
+   there, which makes any search of that data read deeper for distinct clusters).
 The baseline node runs 1-3 for ``--baseline-s`` each (at ~58/s it would take hours), and
 ``/v1/records`` with ``--baseline-records``. Last, the encoder's own batch rate in this process
 with every node stopped: what "the backlog drains at the encoder's rate" compares with.
@@ -383,6 +385,10 @@ def run_gossip(binary, base, work, name, wires, args, new: bool) -> dict:
 
 def run_sync(binary, peer_base, work, name, size, queries, args, new: bool) -> dict:
     peer = NodeProc(ZOONODE, copy_of(peer_base, work, f"peer-{name}"))
+    reference = {}
+    if new:  # the same data, all checked, alone on the machine: the query reference
+        queries_for(peer, queries, 3)
+        reference = queries_for(peer, queries, args.query_s / 2)
     fresh = work / f"join-{name}"
     node = NodeProc(binary, fresh, ZOONODE_NETWORK__BOOTSTRAP=peer.addr)
     try:
@@ -398,6 +404,8 @@ def run_sync(binary, peer_base, work, name, size, queries, args, new: bool) -> d
             queries_for(node, queries, 3)  # warm-up
             q = queries_for(node, queries, args.query_s)
             row |= {f"draining {k}": v for k, v in q.items()}
+            row["peer (all checked) query p50 ms"] = reference["query p50 ms"]
+            row["peer (all checked) query p99 ms"] = reference["query p99 ms"]
         return row
     finally:
         node.stop()
