@@ -460,6 +460,7 @@ def main() -> None:
     parser.add_argument("--drain-s", type=float, default=30.0)
     parser.add_argument("--skip", nargs="*", default=[], help="records gossip sync baseline")
     parser.add_argument("--texts", choices=["lessons", "short"], default="lessons")
+    parser.add_argument("--name", default="ingest", help="results/NAME.json")
     parser.add_argument("--threads", type=int, default=0, help="encoder.threads of every node")
     args = parser.parse_args()
     if args.threads:
@@ -561,7 +562,7 @@ def main() -> None:
         if extra:
             print(row["run"], json.dumps(extra))
     path = write_json(
-        "ingest",
+        args.name,
         {
             "rows": rows,
             "encoder batch-32 rate /s, 1 thread": rate,

@@ -135,6 +135,22 @@ def _reloaded(replica: Replica, directory) -> Replica:
     return Replica.load(directory, 64, backend=replica.backend, lists=4)
 
 
+def test_the_pending_index_adds_removes_and_finds_exactly():
+    from zoonode.knowledge import PendingIndex
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    index = PendingIndex(16)
+    index.add(range(1, 3001), vectors)  # grows past its first 1,024 slots
+    index.remove([1, 2, 1500, 3000, 99_999])
+    assert len(index) == 2996
+    held = np.array([s for s in range(1, 3001) if s not in (1, 2, 1500, 3000)])
+    for q in rng.standard_normal((5, 16)).astype(np.float32):
+        expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
+        assert list(index.search(q, 10)) == list(expected)
+    assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+
+
 # -- store schema ---------------------------------------------------------------------------------
 def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path, encoder, key):
     from zoonode.store import _SCHEMA
@@ -194,6 +210,7 @@ def test_pending_records_are_searched_only_when_asked_then_promoted_or_removed(
     bad = hijack(encoder, Ed25519PrivateKey.generate(), "Buy cheap watches today", TEXTS[1])
     kb.ingest(pending_items(encoder, [*records, bad]))
     assert kb.backlog.total == 7 and kb.store.counts()["pending"] == 7
+    assert len(kb.replica) == 0 and len(kb.pending_index) == 7  # not in the graph yet
     assert key_author(key) not in kb.backlog.vouched
     q = encoder.encode_compact("how do I avoid SQL injection")[0]
     assert kb.search(q, k=3) == []  # by default only checked records
@@ -207,6 +224,7 @@ def test_pending_records_are_searched_only_when_asked_then_promoted_or_removed(
     promoted = kb.promote([by_id[r.id] for r in records], exact)
     assert len(promoted) == 6 and kb.promote([by_id[records[0].id]], exact[:1]) == []  # once
     assert key_author(key) in kb.backlog.vouched and kb.backlog.total == 1
+    assert len(kb.replica) == 6 and len(kb.pending_index) == 1  # entered once, exact
     [top] = kb.search(q, k=1)
     assert top.row.id == records[1].id and not top.row.pending
     assert top.score == pytest.approx(float(exact[1] @ q), abs=1e-5)  # the exact vector now

@@ -535,14 +535,18 @@ class Store:
                 out[r[0]] = (_row(r), np.frombuffer(r[-1], np.float32))
         return out
 
-    def vectors_since(self, seq: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(seqs, vectors) of every stored lesson with seq > ``seq``, in batches: what the
-        replica replays after its snapshot."""
+    def vectors_since(
+        self, seq: int, batch: int = 4096, pending: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(seqs, vectors) of every stored checked lesson (or, with ``pending``, of every one
+        waiting for the check) with seq > ``seq``, in batches: what the replica replays after
+        its snapshot (and the pending index loads at start)."""
         last = seq
+        state = "IS NOT NULL" if pending else "IS NULL"
         while True:
             rows = self.db.execute(
-                "SELECT seq, vector FROM records WHERE seq > ? AND vector IS NOT NULL "
-                "ORDER BY seq LIMIT ?",
+                f"SELECT seq, vector FROM records WHERE seq > ? AND vector IS NOT NULL "
+                f"AND pending {state} ORDER BY seq LIMIT ?",
                 (last, batch),
             ).fetchall()
             if not rows:
