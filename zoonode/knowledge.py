@@ -485,7 +485,8 @@ class KnowledgeBase:
             seqs, _approximate = self.replica.search(query, k=fetch)
             exhausted = len(seqs) < fetch
             if pending and len(self.pending_index):
-                seqs = np.concatenate([seqs, self.pending_index.search(query, fetch)])
+                both = np.concatenate([seqs, self.pending_index.search(query, fetch)])
+                seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
             hits = self._keep(seqs, query, filters, dedupe, k, weigh, pending)
             if len(hits) >= k or exhausted:
                 return (
@@ -528,6 +529,12 @@ class KnowledgeBase:
             return row.cluster if dedupe and row.cluster is not None else -row.seq
 
         spoken = {group_of(row) for row, _ in found if not row.pending}
+        # A waiting record is linked to no cluster yet; among the candidates, one within the
+        # near-duplicate cosine of a checked one is that lesson again: the checked one answers
+        # and the query need not check the copy. (Waiting records are not grouped with each
+        # other: a hijack carrying an honest record's code would then hide it.)
+        checked = [v for row, v in found if not row.pending]
+        near = np.stack(checked) if dedupe and checked and pending else None
         best: dict[int, tuple[Row, float, np.ndarray]] = {}
         order: list[int] = []
         for i in np.argsort(-rank, kind="stable"):
@@ -535,6 +542,8 @@ class KnowledgeBase:
             sim = sims[i]
             group = group_of(row)
             if row.pending and group in spoken:
+                continue
+            if row.pending and near is not None and np.max(near @ vector) >= self.duplicate_cosine:
                 continue
             if group not in best:
                 best[group] = (row, float(sim), vector)
