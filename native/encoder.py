@@ -188,6 +188,16 @@ class Encoder:
             vectors = torch.nn.functional.normalize(vectors, dim=1)
         return vectors.numpy()
 
+    def lower(self, canonical: np.ndarray) -> np.ndarray:
+        """Canonical vectors (n, 7680) -> this encoder's compact coordinates (n, hidden):
+        ``head^T v``, not re-normalised (a vector off the head's span keeps only its
+        projection). The inverse of :meth:`lift` on the span; how a peer's canonical query
+        reaches this node's basis (NETWORK.md §7), whatever backbone produced it."""
+        arr = np.asarray(canonical, np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise EncoderError(f"expected canonical vectors (n, {self.dim}), got {arr.shape}")
+        return arr @ self.space_info.head
+
     def encode_compact(
         self,
         texts: list[str] | str,

@@ -7,11 +7,17 @@ vectors another implementation can check itself against.
 from .errors import ErrorCode, ProtocolError
 from .record import (
     AUTHOR_BYTES,
+    BLANK_CODE_POINTS,
     CODE_BYTES,
     CODE_SCALE_BYTES,
     CODE_SIGN_BYTES,
+    FORBIDDEN_CODE_POINTS,
     ID_BYTES,
+    MAX_DOMAIN_BYTES,
+    MAX_EXAMPLE_FIELD_BYTES,
+    MAX_EXAMPLES,
     MAX_RECORD_BYTES,
+    MAX_SOURCE_MODEL_BYTES,
     MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
     SIGNATURE_BYTES,
@@ -20,6 +26,9 @@ from .record import (
     Experience,
     Op,
     check_code,
+    check_domain,
+    check_text,
+    is_blank,
 )
 from .view import record_to_dict
 from .wire import (
@@ -32,15 +41,22 @@ from .wire import (
     public_key_bytes,
     sign,
     signing_message,
+    verify_signature,
 )
 
 __all__ = [
     "AUTHOR_BYTES",
+    "BLANK_CODE_POINTS",
     "CODE_BYTES",
     "CODE_SCALE_BYTES",
     "CODE_SIGN_BYTES",
+    "FORBIDDEN_CODE_POINTS",
     "ID_BYTES",
+    "MAX_DOMAIN_BYTES",
+    "MAX_EXAMPLES",
+    "MAX_EXAMPLE_FIELD_BYTES",
     "MAX_RECORD_BYTES",
+    "MAX_SOURCE_MODEL_BYTES",
     "MAX_TEXT_BYTES",
     "PROTOCOL_VERSION",
     "SIGNATURE_BYTES",
@@ -54,11 +70,15 @@ __all__ = [
     "ProtocolError",
     "SignedRecord",
     "check_code",
+    "check_domain",
+    "check_text",
     "content_id",
     "decode",
     "encode_unsigned",
+    "is_blank",
     "public_key_bytes",
     "record_to_dict",
     "sign",
     "signing_message",
+    "verify_signature",
 ]

@@ -1,7 +1,12 @@
-"""The DSO experience record and its field rules (wire protocol v1, see SPEC.md).
+"""The DSO experience record and its field rules (wire protocol v1, see SPEC.md §2).
 
 Constructing an :class:`Experience` validates it, so an invalid record cannot exist in memory:
-the decoder and the signer both go through the same checks.
+the decoder and the signer both go through the same checks, in the order SPEC.md §2.5 gives
+(op, then the fields the op requires or forbids, then every field's value in key order).
+
+:func:`check_text` is the one text rule of the protocol (text, example strings and
+``source_model``); entry layers (HTTP API, CLI, MCP, import) call it so that a fault gets the
+same code whether it arrives by a client or by gossip.
 """
 
 from __future__ import annotations
@@ -32,9 +37,31 @@ CODE_SCALE_BYTES = 4
 CODE_SIGN_BYTES = 960
 CODE_BYTES = CODE_SCALE_BYTES + CODE_SIGN_BYTES
 
-_DOMAIN_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
-# C0 control characters other than tab and newline, plus DEL: invisible in a prompt, so refused.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+DOMAIN_PATTERN = r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*"
+_DOMAIN_RE = re.compile(DOMAIN_PATTERN, re.ASCII)
+
+#: Code points no text field may contain (SPEC §2.3): general category Cc in the C0 block and
+#: DEL, except TAB and LF. The C1 controls U+0080..U+009F (also Cc) are allowed in v1.
+FORBIDDEN_CODE_POINTS = frozenset([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+#: Blank code points (SPEC §2.3): exactly Unicode's White_Space property (PropList.txt), 25
+#: code points. A text made only of these (or empty) is blank.
+BLANK_CODE_POINTS = frozenset(
+    [
+        *range(0x09, 0x0E),
+        *(0x20, 0x85, 0xA0, 0x1680),
+        *range(0x2000, 0x200B),
+        *(0x2028, 0x2029, 0x202F, 0x205F, 0x3000),
+    ]
+)
+
+
+def _char_class(code_points: frozenset[int]) -> str:
+    return "[" + "".join(f"\\U{c:08x}" for c in sorted(code_points)) + "]"
+
+
+_FORBIDDEN_RE = re.compile(_char_class(FORBIDDEN_CODE_POINTS))
+_BLANK_RE = re.compile(_char_class(BLANK_CODE_POINTS) + "*")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 class Op(IntEnum):
@@ -43,9 +70,62 @@ class Op(IntEnum):
     REVOKE = 2
 
 
+def is_blank(text: str) -> bool:
+    """True if ``text`` is empty or made only of :data:`BLANK_CODE_POINTS` (White_Space)."""
+    return _BLANK_RE.fullmatch(text) is not None
+
+
+def check_text(name: str, value: object, max_bytes: int, *, allow_blank: bool) -> str:
+    """The protocol's text rule (SPEC §2.3), in its order; returns ``value``.
+
+    Raises :class:`ProtocolError`: ``wrong_type`` (not a str), ``bad_text`` (not encodable as
+    UTF-8, i.e. a lone surrogate), ``oversize`` (over ``max_bytes`` UTF-8 bytes), ``bad_text``
+    (a forbidden code point, or blank when ``allow_blank`` is false). ``text`` uses
+    ``MAX_TEXT_BYTES`` and ``allow_blank=False``; example strings ``MAX_EXAMPLE_FIELD_BYTES``
+    and ``source_model`` ``MAX_SOURCE_MODEL_BYTES``, both with ``allow_blank=True``.
+    """
+    if type(value) is not str:
+        raise ProtocolError(ErrorCode.WRONG_TYPE, f"{name} must be a str")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # lone surrogates cannot travel as UTF-8
+        raise ProtocolError(ErrorCode.BAD_TEXT, f"{name} is not valid Unicode") from exc
+    if size > max_bytes:
+        raise ProtocolError(ErrorCode.OVERSIZE, f"{name} is {size} bytes, limit {max_bytes}")
+    bad = _FORBIDDEN_RE.search(value)
+    if bad:
+        raise ProtocolError(
+            ErrorCode.BAD_TEXT, f"{name} contains the control character U+{ord(bad.group()):04X}"
+        )
+    if not allow_blank and is_blank(value):
+        raise ProtocolError(ErrorCode.BAD_TEXT, f"{name} is empty or blank")
+    return value
+
+
+def check_domain(value: object) -> str:
+    """``wrong_type``, then ``oversize`` (> 128 bytes), then ``bad_domain`` (SPEC §2.2).
+    A lone surrogate (text that is not Unicode; it cannot arrive on the wire, where a str is
+    UTF-8, but can through an API) is ``bad_text``, as in every text field."""
+    if type(value) is not str:
+        raise ProtocolError(ErrorCode.WRONG_TYPE, "domain must be a str")
+    if _SURROGATE_RE.search(value):
+        raise ProtocolError(ErrorCode.BAD_TEXT, "domain is not valid Unicode (a lone surrogate)")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_DOMAIN_BYTES:
+        raise ProtocolError(ErrorCode.OVERSIZE, f"domain is {size} bytes, limit {MAX_DOMAIN_BYTES}")
+    if not _DOMAIN_RE.fullmatch(value):
+        raise ProtocolError(
+            ErrorCode.BAD_DOMAIN,
+            f"domain must be dotted lowercase words like 'math.geometry', got {value!r}",
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One worked example attached to an experience (DSO format: input, output, correct)."""
+    """One worked example attached to an experience (DSO format: input, output, correct).
+
+    ``input`` and ``output`` follow the text rule and may be empty or blank."""
 
     input: str
     output: str
@@ -53,9 +133,20 @@ class Example:
 
     def __post_init__(self) -> None:
         for name in ("input", "output"):
-            _check_str(f"examples.{name}", getattr(self, name), MAX_EXAMPLE_FIELD_BYTES)
+            check_text(
+                f"examples.{name}", getattr(self, name), MAX_EXAMPLE_FIELD_BYTES, allow_blank=True
+            )
         if type(self.correct) is not bool:
             raise ProtocolError(ErrorCode.WRONG_TYPE, "examples.correct must be a bool")
+
+    @classmethod
+    def from_item(cls, item: object) -> Example:
+        """An example from its wire form ``[input, output, correct]`` (or an Example)."""
+        if isinstance(item, Example):
+            return item
+        if type(item) not in (list, tuple) or len(item) != 3:  # type: ignore[arg-type]
+            raise ProtocolError(ErrorCode.WRONG_TYPE, "an example is [input, output, correct]")
+        return cls(*item)  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +155,7 @@ class Experience:
 
     ``add`` and ``modify`` carry the lesson (text, domain, confidence, code ...); ``revoke``
     carries only who, when, in which space and which record (``parent``) it withdraws.
+    ``examples`` may be given as Example objects or as ``[input, output, correct]`` items.
     """
 
     op: Op
@@ -80,11 +172,19 @@ class Experience:
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, Op):
-            if type(self.op) is not int or self.op not in Op._value2member_map_:
+            if type(self.op) is not int:
+                raise ProtocolError(ErrorCode.WRONG_TYPE, f"op must be an int, got {self.op!r}")
+            if self.op not in Op._value2member_map_:
                 raise ProtocolError(
                     ErrorCode.OUT_OF_RANGE, f"op must be 0, 1 or 2, got {self.op!r}"
                 )
             object.__setattr__(self, "op", Op(self.op))
+        if not isinstance(self.examples, tuple):
+            if not isinstance(self.examples, list):
+                raise ProtocolError(ErrorCode.WRONG_TYPE, "examples must be a list")
+            object.__setattr__(self, "examples", tuple(self.examples))
+        self._check_structure()
+        # Values in key order (SPEC §2.5, step 4).
         _check_bytes("author", self.author, AUTHOR_BYTES)
         _check_bytes("space", self.space, SPACE_BYTES)
         if type(self.created_at) is not int:
@@ -93,63 +193,52 @@ class Experience:
             raise ProtocolError(
                 ErrorCode.OUT_OF_RANGE, f"created_at out of range: {self.created_at}"
             )
-        if not isinstance(self.examples, tuple):
-            object.__setattr__(self, "examples", tuple(self.examples))
-        if self.op is Op.REVOKE:
-            self._check_revoke()
-        else:
-            self._check_lesson()
-
-    def _check_revoke(self) -> None:
-        if self.parent is None:
-            raise ProtocolError(ErrorCode.MISSING_FIELD, "revoke needs parent")
-        _check_bytes("parent", self.parent, ID_BYTES)
-        carried = [
-            name
-            for name, empty in (
-                ("text", ""),
-                ("domain", ""),
-                ("confidence", 0.0),
-                ("examples", ()),
-                ("source_model", ""),
-                ("code", None),
-            )
-            if getattr(self, name) != empty
-        ]
-        if carried:
-            raise ProtocolError(ErrorCode.FORBIDDEN_FIELD, f"revoke must not carry {carried}")
-
-    def _check_lesson(self) -> None:
-        if self.op is Op.ADD and self.parent is not None:
-            raise ProtocolError(ErrorCode.FORBIDDEN_FIELD, "add must not carry parent")
-        if self.op is Op.MODIFY:
-            if self.parent is None:
-                raise ProtocolError(ErrorCode.MISSING_FIELD, "modify needs parent")
+        if self.parent is not None:
             _check_bytes("parent", self.parent, ID_BYTES)
-        _check_str("text", self.text, MAX_TEXT_BYTES)
-        if not self.text.strip():
-            raise ProtocolError(ErrorCode.BAD_TEXT, "text is empty")
-        _check_str("domain", self.domain, MAX_DOMAIN_BYTES)
-        if not _DOMAIN_RE.fullmatch(self.domain):
-            raise ProtocolError(
-                ErrorCode.BAD_DOMAIN,
-                f"domain must be dotted lowercase words like 'math.geometry', got {self.domain!r}",
-            )
+        if self.op is Op.REVOKE:
+            return
+        check_text("text", self.text, MAX_TEXT_BYTES, allow_blank=False)
+        check_domain(self.domain)
         _check_confidence(self)
         if len(self.examples) > MAX_EXAMPLES:
-            raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"at most {MAX_EXAMPLES} examples")
-        for ex in self.examples:
-            if not isinstance(ex, Example):
-                raise ProtocolError(ErrorCode.WRONG_TYPE, "examples must be Example objects")
-        _check_str("source_model", self.source_model, MAX_SOURCE_MODEL_BYTES)
-        if self.code is None:
-            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{self.op.name.lower()} needs code")
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE, f"{len(self.examples)} examples, at most {MAX_EXAMPLES}"
+            )
+        object.__setattr__(self, "examples", tuple(Example.from_item(e) for e in self.examples))
+        check_text("source_model", self.source_model, MAX_SOURCE_MODEL_BYTES, allow_blank=True)
         check_code(self.code)
+
+    def _check_structure(self) -> None:
+        """Missing, then forbidden fields for the op (SPEC §2.5, step 3)."""
+        op = self.op.name.lower()
+        if self.op is not Op.ADD and self.parent is None:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{op} needs parent")
+        if self.op is Op.REVOKE:
+            carried = [
+                name
+                for name, empty in (
+                    ("text", ""),
+                    ("domain", ""),
+                    ("confidence", 0.0),
+                    ("examples", ()),
+                    ("source_model", ""),
+                    ("code", None),
+                )
+                if getattr(self, name) != empty
+            ]
+            if carried:
+                raise ProtocolError(ErrorCode.FORBIDDEN_FIELD, f"revoke must not carry {carried}")
+            return
+        if self.code is None:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{op} needs code")
+        if self.op is Op.ADD and self.parent is not None:
+            raise ProtocolError(ErrorCode.FORBIDDEN_FIELD, "add must not carry parent")
 
 
 def check_code(code: object) -> float:
-    """Check a BitDelta code's framing (length, finite positive scale); return its scale."""
-    _check_bytes("code", code, CODE_BYTES, error=ErrorCode.BAD_CODE)
+    """Check a BitDelta code's framing; return its scale. ``wrong_type`` (not bytes),
+    ``out_of_range`` (not 964 bytes), ``bad_code`` (scale not finite or not > 0)."""
+    _check_bytes("code", code, CODE_BYTES)
     assert isinstance(code, bytes)
     (scale,) = struct.unpack_from("<f", code)
     if not math.isfinite(scale) or scale <= 0.0:
@@ -159,7 +248,7 @@ def check_code(code: object) -> float:
 
 def _check_confidence(exp: Experience) -> None:
     value = exp.confidence
-    if type(value) is int:
+    if type(value) is int:  # a client's 1 means 1.0; on the wire an int is wrong_type
         value = float(value)
         object.__setattr__(exp, "confidence", value)
     if type(value) is not float:
@@ -170,23 +259,12 @@ def _check_confidence(exp: Experience) -> None:
         raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"confidence must be in [0, 1], got {value}")
 
 
-def _check_bytes(
-    name: str, value: object, length: int, error: ErrorCode = ErrorCode.OUT_OF_RANGE
-) -> None:
+def _check_bytes(name: str, value: object, length: int) -> None:
+    """Fixed-length byte fields: ``wrong_type`` unless bytes, ``out_of_range`` unless
+    exactly ``length`` long (every bin field alike, signature included: SPEC §2.2)."""
     if type(value) is not bytes:
         raise ProtocolError(ErrorCode.WRONG_TYPE, f"{name} must be bytes")
     if len(value) != length:
-        raise ProtocolError(error, f"{name} must be {length} bytes, got {len(value)}")
-
-
-def _check_str(name: str, value: object, max_bytes: int) -> None:
-    if type(value) is not str:
-        raise ProtocolError(ErrorCode.WRONG_TYPE, f"{name} must be a str")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as exc:  # lone surrogates cannot travel as UTF-8
-        raise ProtocolError(ErrorCode.BAD_TEXT, f"{name} is not valid Unicode") from exc
-    if size > max_bytes:
-        raise ProtocolError(ErrorCode.OVERSIZE, f"{name} is {size} bytes, limit {max_bytes}")
-    if _CONTROL_RE.search(value):
-        raise ProtocolError(ErrorCode.BAD_TEXT, f"{name} contains control characters")
+        raise ProtocolError(
+            ErrorCode.OUT_OF_RANGE, f"{name} must be {length} bytes, got {len(value)}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import pytest
 import trio
 
 from netutil import run_trio, start_nodes, wait_meshed, wait_until
@@ -243,7 +244,10 @@ def test_messages_of_only_ignored_records_are_not_forwarded_nor_penalised(tmp_pa
             )
             topic = sender.gossip.topic
             await sender.gossip.pubsub.publish(topic, encode_batch([first.wire]))
-            await wait_until(lambda: c.kb.store.has(first.id), what="first record at c")
+            # b forwards before it stores (the embedding check comes after): wait for both.
+            await wait_until(
+                lambda: b.kb.store.has(first.id) and c.kb.store.has(first.id), what="first record"
+            )
             c_messages = c.gossip.stats.messages_in
             # New bytes (a new message id), nothing new inside: b ignores and keeps it.
             await sender.gossip.pubsub.publish(topic, encode_batch([first.wire, first.wire]))
@@ -432,3 +436,145 @@ def test_restart_keeps_identity_data_and_delivery(tmp_path, encoder):
     kb = KnowledgeBase(tmp_path / "a", encoder.space, encoder.space_info.hidden)
     assert kb.store.counts()["active"] == 2  # the first lesson survived the restart
     kb.close()
+
+
+def test_federated_query_travels_in_the_canonical_space(tmp_path, encoder, key):
+    """b asks a through /zoo/dso/query/2 (a float16 canonical vector), by the Python client
+    and the HTTP API; a lowers it onto its own basis and answers. Sync is kept out of the
+    way, so only the federated answer can bring a's lesson to b."""
+    from zoonode.client import AsyncClient
+    from zoonode.node.antientropy import PeerSync
+
+    from helpers import lessons
+
+    text = "Pin the versions of build tools so that a rebuild next year gives the same binary"
+    question = "how do I make builds reproducible"
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(
+                nursery,
+                encoder,
+                [tmp_path / "a", tmp_path / "b"],
+                api={"listen": "127.0.0.1:0"},
+                selection={"newcomers_alone": "always"},
+            )
+            [item] = lessons(encoder, key, [text], domain="software.builds")
+            await a.in_kb(a.kb.ingest, [item])
+            for node, other in ((a, b), (b, a)):  # no sync rounds between them
+                node.antientropy.peers[other.peer_id] = PeerSync("ok", float("inf"))
+            await b.connect(a.info().addrs[0])
+            local, _ = await b.query(question)
+            assert local.selected == []
+            selection, records = await b.query(question, federated=True)
+            assert [s.candidate.id for s in selection.selected] == [item.record.id]
+            assert records[item.record.id].experience.text == text
+            assert a.counters["query:served"] == 1 and b.counters["query:answered"] == 1
+            assert not b.kb.store.has(item.record.id)  # answers are not stored
+            token = (tmp_path / "b" / "api.token").read_text().strip()
+            async with AsyncClient(b.api_url, token) as client:
+                answer = await client.query(question, federated=True, domain="software")
+                assert [e["id"] for e in answer["selected"]] == [item.record.id.hex()]
+                other = await client.query(question, federated=True, domain="math")
+                assert other["selected"] == []  # the domain travels with the query
+            assert a.counters["query:served"] == 3
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_only_yamux_is_offered(tmp_path, encoder):
+    """mplex dropped connections when both sides opened streams at once (issue 21): a node
+    offers yamux alone, so an mplex-only peer cannot connect and a yamux one can."""
+    import hashlib
+
+    from minimal_peer import MinimalPeer
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [node] = await start_nodes(nursery, encoder, [tmp_path / "node"])
+            addr = node.info().addrs[0]
+            mplex = MinimalPeer(hashlib.sha256(b"mplex peer").digest(), muxer="mplex")
+            await nursery.start(mplex.run)
+            failed = False
+            try:
+                await mplex.connect(addr)
+            except Exception:
+                failed = True
+            assert failed and mplex.host.get_id() not in node.connected_peers()
+            yamux = MinimalPeer(hashlib.sha256(b"yamux peer").digest())
+            await nursery.start(yamux.run)
+            await yamux.connect(addr)
+            await wait_until(lambda: yamux.host.get_id() in node.connected_peers(), 10, "yamux")
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_peers_that_do_not_sync_or_left_are_logged_once_and_counted(
+    tmp_path, encoder, caplog, capfd
+):
+    """A peer that serves no sync (tests/minimal_peer.py in its own process): one log line,
+    then rounds backed off and counted, not logged. Killed, it has left: its addresses are
+    forgotten, so nothing redials it. A dial that fails: the library's error lines are
+    counted, not printed, and the node says it once."""
+    import hashlib
+    import logging
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    caplog.set_level(logging.INFO, logger="zoonode")
+    script = Path(__file__).with_name("minimal_peer.py")
+    peers: list[str] = []
+
+    def dialable(node, peer_id) -> list:
+        try:
+            return node.host.get_peerstore().addrs(peer_id)
+        except Exception:  # unknown to the peerstore: nothing to dial either
+            return []
+
+    async def main():
+        from libp2p.peer.id import ID
+
+        async with trio.open_nursery() as nursery:
+            [node] = await start_nodes(nursery, encoder, [tmp_path / "node"])
+            node.antientropy.unsupported_retry = 0.2
+            node.discovery.forget_after = 0.5
+            seed = hashlib.sha256(b"a peer without sync").hexdigest()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, str(script), seed, node.info().addrs[0]], stdout=subprocess.PIPE
+            )
+            try:
+                with trio.fail_after(30):
+                    line = await proc.stdout.receive_some()
+                assert line.startswith(b"joined "), line
+                pid = line.split()[1].decode()
+                peer_id = ID.from_base58(pid)
+                await wait_until(lambda: node.counters["sync:unsupported"] >= 5, 20, "rounds")
+                await wait_until(lambda: bool(dialable(node, peer_id)), 20, "its address")
+            finally:
+                proc.send_signal(signal.SIGKILL)  # the peer leaves without a word
+                await proc.wait()
+            await wait_until(lambda: peer_id not in node.connected_peers(), 20, "the disconnect")
+            await wait_until(lambda: node.counters["discovery:forgotten"] == 1, 10, "forget")
+            assert not dialable(node, peer_id)
+            rounds = node.counters["sync:unsupported"]
+            await trio.sleep(1.0)  # rounds would come every 0.2 s if it were still tried
+            assert node.counters["sync:unsupported"] == rounds
+            with pytest.raises(ConnectionError):
+                await node.connect(f"/ip4/127.0.0.1/tcp/9/p2p/{pid}")
+            assert node.metrics()["counters"]["libp2p:dial_failed"] >= 1
+            peers.append(pid)
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+    [pid] = peers
+    about_peer = [r for r in caplog.records if pid in r.getMessage()]
+    sync_lines = [r for r in about_peer if r.name == "zoonode.node.sync"]
+    assert len(sync_lines) == 1 and "does not serve /zoo/dso/sync/1" in sync_lines[0].message
+    assert len([r for r in about_peer if "forgetting" in r.getMessage()]) == 1
+    assert len([r for r in about_peer if "did not answer" in r.getMessage()]) == 1
+    err = capfd.readouterr().err
+    assert "Failed to open TCP stream" not in err and "Failed to open stream" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import struct
 from importlib import resources
@@ -18,15 +19,23 @@ from zoonode.protocol import (
     ErrorCode,
     Example,
     Experience,
+    Key,
     Op,
     ProtocolError,
     content_id,
     decode,
+    encode_unsigned,
     public_key_bytes,
     record_to_dict,
     sign,
 )
 from zoonode.protocol.make_vectors import build_vectors, experience_from_json
+from zoonode.protocol.record import (
+    BLANK_CODE_POINTS,
+    FORBIDDEN_CODE_POINTS,
+    check_text,
+    is_blank,
+)
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 AUTHOR = public_key_bytes(KEY)
@@ -92,7 +101,7 @@ def test_revoke_and_modify_round_trip():
         ({"confidence": float("nan")}, ErrorCode.NON_FINITE),
         ({"confidence": -0.1}, ErrorCode.OUT_OF_RANGE),
         ({"confidence": True}, ErrorCode.WRONG_TYPE),
-        ({"code": CODE[:-1]}, ErrorCode.BAD_CODE),
+        ({"code": CODE[:-1]}, ErrorCode.OUT_OF_RANGE),
         ({"code": struct.pack("<f", float("inf")) + CODE[4:]}, ErrorCode.BAD_CODE),
         ({"code": struct.pack("<f", -1.0) + CODE[4:]}, ErrorCode.BAD_CODE),
         ({"author": b"a" * 31}, ErrorCode.OUT_OF_RANGE),
@@ -102,6 +111,12 @@ def test_revoke_and_modify_round_trip():
         ({"created_at": 2**53}, ErrorCode.OUT_OF_RANGE),
         ({"text": "a\x00b"}, ErrorCode.BAD_TEXT),
         ({"text": "\ud800"}, ErrorCode.BAD_TEXT),
+        ({"text": "\u00a0\u2028"}, ErrorCode.BAD_TEXT),
+        ({"domain": "a\x00"}, ErrorCode.BAD_DOMAIN),
+        ({"source_model": "x\x7f"}, ErrorCode.BAD_TEXT),
+        ({"examples": [["i", "o"]]}, ErrorCode.WRONG_TYPE),
+        ({"examples": [["i", "o", True]] * 9}, ErrorCode.OUT_OF_RANGE),
+        ({"text": "", "author": b"a"}, ErrorCode.OUT_OF_RANGE),  # key order: author first
     ],
 )
 def test_building_an_invalid_experience_raises_its_code(changes, code):
@@ -124,29 +139,93 @@ def test_oversize_record_cannot_be_signed():
 
 
 def test_shipped_vectors_equal_the_generator():
-    assert load_vectors() == json.loads(json.dumps(build_vectors()))
+    """Both vector files are exactly what ``python -m zoonode.protocol.make_vectors`` writes."""
+    from zoonode.protocol.make_vectors import build_network_vectors, main, render
+
+    folder = resources.files("zoonode.protocol") / "vectors"
+    assert (folder / "v1.json").read_text(encoding="utf-8") == render(build_vectors())
+    assert (folder / "network-v1.json").read_text(encoding="utf-8") == render(
+        build_network_vectors()
+    )
+    assert main(["--check"]) == 0
 
 
 def test_valid_vectors_rebuild_byte_for_byte():
     vectors = load_vectors()
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vectors["test_seed_hex"]))
     assert public_key_bytes(key).hex() == vectors["public_key"]
-    for case in vectors["valid"]:
+    cases = vectors["valid"] + vectors["edge_valid"]
+    assert len(vectors["edge_valid"]) >= 10
+    for case in cases:
         exp = experience_from_json(case["fields"])
         record = sign(exp, key)
+        assert encode_unsigned(exp).hex() == case["unsigned_hex"], case["name"]
         assert record.wire.hex() == case["wire_hex"], case["name"]
         assert record.id.hex() == case["id"]
         assert record.signature.hex() == case["signature"]
         assert decode(bytes.fromhex(case["wire_hex"])).experience == exp
+        # "examples" is listed exactly when the wire carries key 9 (never as []).
+        has_key_9 = Key.EXAMPLES in dict(msgpack.unpackb(record.wire, strict_map_key=False))
+        assert ("examples" in case["fields"]) == has_key_9, case["name"]
+        assert case["fields"].get("examples", [None]) != []
 
 
 def test_invalid_vectors_fail_with_their_code():
     vectors = load_vectors()
-    assert len({c["error"] for c in vectors["invalid"]}) >= 14
+    codes = {c["error"] for c in vectors["invalid"]}
+    assert codes == {c.value for c in ErrorCode} - {"bad_key"}  # every decode code has a case
     for case in vectors["invalid"]:
         with pytest.raises(ProtocolError) as err:
             decode(bytes.fromhex(case["wire_hex"]))
         assert err.value.code.value == case["error"], case["name"]
+
+
+def test_text_rule_sets_are_the_unicode_ones():
+    """SPEC §2.3: forbidden = Cc below U+0080 except TAB and LF; blank = White_Space."""
+    import sys
+    import unicodedata
+
+    cc_c0 = {c for c in range(0x80) if unicodedata.category(chr(c)) == "Cc"} - {0x09, 0x0A}
+    assert cc_c0 == FORBIDDEN_CODE_POINTS
+    # Python's str.isspace() is White_Space plus U+001C..U+001F (which are forbidden anyway).
+    white_space = {c for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert white_space - set(range(0x1C, 0x20)) == BLANK_CODE_POINTS
+    assert len(BLANK_CODE_POINTS) == 25
+    for c in BLANK_CODE_POINTS:
+        assert is_blank(chr(c) * 2)
+    for text in ("\ufeff", "\u200b", "\u180e", "\u2060", "x "):
+        assert not is_blank(text)
+    assert check_text("t", "a\u0085\u009fb", 10, allow_blank=False) == "a\u0085\u009fb"
+    with pytest.raises(ProtocolError) as err:
+        check_text("t", "\x00" * 11, 10, allow_blank=True)
+    assert err.value.code is ErrorCode.OVERSIZE  # length before characters
+    assert check_text("t", " ", 10, allow_blank=True) == " "
+
+
+def test_strict_ed25519_rule_refuses_what_openssl_accepts():
+    """SPEC §3.3 names libsodium's rule: the small-order vectors verify under OpenSSL
+    (RFC 8032 without the extra checks) and must not verify here."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from zoonode.protocol.wire import SIGNING_PREFIX, verify_signature
+
+    cases = {c["name"]: c for c in load_vectors()["invalid"]}
+    lax_accepts = 0
+    for name in ("ed25519_small_order_r", "ed25519_identity_author", "ed25519_s_plus_l"):
+        record = dict(msgpack.unpackb(bytes.fromhex(cases[name]["wire_hex"]), strict_map_key=False))
+        author, signature = record[Key.AUTHOR], record[Key.SIGNATURE]
+        unsigned = msgpack.Packer(use_bin_type=True).pack_map_pairs(
+            [(k, v) for k, v in record.items() if k != Key.SIGNATURE]
+        )
+        message = SIGNING_PREFIX + hashlib.sha256(unsigned).digest()
+        assert not verify_signature(author, message, signature), name
+        try:
+            Ed25519PublicKey.from_public_bytes(author).verify(signature, message)
+            lax_accepts += 1
+        except InvalidSignature:
+            pass
+    assert lax_accepts == 2  # small-order R and A pass OpenSSL; S + L fails everywhere
 
 
 def test_every_single_byte_flip_is_caught():

@@ -6,13 +6,14 @@ replay after a crash, eviction). Real encoder, real SQLite and index files."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, now_ms
-from zoonode.knowledge import NEWCOMER_RANK, KnowledgeBase
+from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
 from zoonode.net.validation import (
@@ -152,6 +153,44 @@ def test_the_pending_index_adds_removes_and_finds_exactly():
 
 
 # -- store schema ---------------------------------------------------------------------------------
+def test_a_version_1_store_of_main_upgrades_to_two_stage(tmp_path, encoder, key):
+    """Schema 1 (authors table and content keys, no pending column nor replica journal)
+    upgrades to 2 on open: its records stay checked, its authors keep their first
+    acceptance, and a record stored pending afterwards is in the checker's queue."""
+    path = tmp_path / "node"
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    [item] = pending_items(
+        encoder, create_experiences(encoder, key, [{"text": TEXTS[0], "domain": "a.b"}])
+    )
+    kb.ingest([replace(item, pending=None)])
+    author = item.record.experience.author
+    first = kb.authors_first_seen([author])
+    kb.close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(  # what zoonode wrote at schema 1
+        "DROP INDEX records_pending; DROP INDEX records_cluster_status;"
+        "ALTER TABLE records DROP COLUMN pending; DROP TABLE replica_journal;"
+        "CREATE INDEX records_cluster_status ON records(cluster, status)"
+        " WHERE cluster IS NOT NULL;"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    assert kb.store.schema_version == SCHEMA_VERSION == 2
+    row = kb.get(item.record.id)
+    assert row.status is Status.ACTIVE and not row.pending
+    assert kb.authors_first_seen([author]) == first
+    indexes = {r[0]: r[1] for r in kb.store.db.execute("SELECT name, sql FROM sqlite_master")}
+    assert "pending" in indexes["records_cluster_status"] and "records_pending" in indexes
+    [waiting] = pending_items(
+        encoder, create_experiences(encoder, key, [{"text": TEXTS[1], "domain": "a.b"}])
+    )
+    kb.ingest([waiting])
+    assert [r.id for r in kb.pending(10)] == [waiting.record.id]
+    assert kb.store.counts()["pending"] == 1
+    kb.close()
+
+
 def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path, encoder, key):
     from zoonode.store import _SCHEMA
 

@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from zoonode import inputs
 from zoonode.context import Lesson, render_context
-from zoonode.experiences import check_lesson
+from zoonode.inputs import InputError
 from zoonode.knowledge import Filters
-from zoonode.protocol import ProtocolError, decode, record_to_dict
+from zoonode.protocol import ProtocolError, check_domain, decode, record_to_dict
+from zoonode.store import StorageFull
 
 if TYPE_CHECKING:
     from zoonode.node import Node
@@ -42,6 +45,14 @@ MAX_BODY = 64 * 1024
 MAX_BATCH_BODY = 1024 * 1024
 MAX_BATCH = 256
 EXPORT_PAGE = 500
+# Starlette's own errors, as the API's JSON.
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+# Node.revoke outcomes that are refusals: (status, code, message).
+REVOKE_REFUSALS = {
+    "not_found": (404, "not_found", "no such experience"),
+    "not_author": (403, "not_author", "only the author may revoke an experience"),
+    "not_revocable": (409, "not_revocable", "a revocation cannot itself be revoked"),
+}
 
 
 def load_or_create_token(data_dir: Path) -> str:
@@ -55,17 +66,16 @@ def load_or_create_token(data_dir: Path) -> str:
     return token
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+ApiError = InputError  # an API error is a refused input: status, code, message
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
-async def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+async def _raw_body(request: Request, limit: int) -> bytes:
     try:
         size = int(request.headers.get("content-length") or 0)
     except ValueError as exc:
@@ -77,25 +87,23 @@ async def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
         raw += chunk
         if len(raw) > limit:
             raise ApiError(413, "too_large", f"body over {limit} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "body must be a JSON object")
-    return body
+    return raw
 
 
-def _field(body: dict, name: str, kind: type | tuple, default: Any = ...) -> Any:
-    if name not in body or body[name] is None:
-        if default is ...:
-            raise ApiError(422, "missing_field", f"{name} is required")
-        return default
+async def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a request (an empty body is ``{}``), through ``inputs.parse_json``."""
+    raw = await _raw_body(request, limit)
+    return inputs.parse_object(raw) if raw.strip() else {}
+
+
+def _list_field(body: dict, name: str, limit: int) -> list:
+    if body.get(name) is None:
+        raise ApiError(422, "missing_field", f"{name} is required")
     value = body[name]
-    if isinstance(value, bool) and kind is not bool:
-        raise ApiError(422, "bad_field", f"{name} has the wrong type")
-    if not isinstance(value, kind):
-        raise ApiError(422, "bad_field", f"{name} has the wrong type")
+    if not isinstance(value, list):
+        raise ApiError(422, "wrong_type", f"{name} must be a list, got {inputs.kind_of(value)}")
+    if len(value) > limit:
+        raise ApiError(413, "too_many", f"at most {limit} items in {name}, got {len(value)}")
     return value
 
 
@@ -170,31 +178,8 @@ class _NodeCollector:
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
 
 
-def _lesson_item(body: Any, where: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ApiError(422, "bad_field", f"{where} must be an object")
-    return {
-        "text": _field(body, "text", str),
-        "domain": _field(body, "domain", str),
-        "confidence": float(_field(body, "confidence", (int, float), 0.5)),
-        "examples": _field(body, "examples", list, []),
-        "source_model": _field(body, "source_model", str, ""),
-    }
-
-
-def _filters(body: dict) -> Filters:
-    min_confidence = _field(body, "min_confidence", (int, float), None)
-    return Filters(
-        domain=_field(body, "domain", str, None),
-        min_confidence=float(min_confidence) if min_confidence is not None else None,
-    )
-
-
-def _k(body: dict) -> int | None:
-    k = _field(body, "k", int, None)
-    if k is not None and not 1 <= k <= 50:
-        raise ApiError(422, "bad_field", "k must be in 1..50")
-    return k
+def _filters(query: inputs.QueryIn | inputs.ContextIn) -> Filters:
+    return Filters(domain=query.domain, min_confidence=query.min_confidence)
 
 
 def _selection_json(selection: Any, records: dict) -> dict[str, Any]:
@@ -262,12 +247,12 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def publish(items: list[dict]) -> list[tuple[bytes, str]]:
         try:
             return await node.publish(items)
-        except (ProtocolError, TypeError, ValueError) as exc:
-            raise ApiError(422, *_protocol_error(exc)) from exc
+        except ProtocolError as exc:  # checked before; kept for any rule only signing sees
+            raise inputs.from_protocol(exc) from exc
 
     async def share(request: Request) -> Response:
         require_token(request)
-        item = _lesson_item(await _body(request), "body")
+        item = inputs.lesson(await _body(request), node.encoder.space)
         [(record_id, outcome)] = await publish([item])
         return JSONResponse(
             {"id": record_id.hex(), "outcome": outcome},
@@ -277,21 +262,14 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def share_batch(request: Request) -> Response:
         """Many lessons at once (``zoonode import``): bad items are reported, good ones kept."""
         require_token(request)
-        raw = _field(await _body(request, MAX_BATCH_BODY), "experiences", list)
-        if len(raw) > MAX_BATCH:
-            raise ApiError(413, "too_many", f"at most {MAX_BATCH} experiences per request")
+        raw = _list_field(await _body(request, MAX_BATCH_BODY), "experiences", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         good: list[tuple[int, dict]] = []
         for i, entry in enumerate(raw):
             try:
-                item = _lesson_item(entry, f"experiences[{i}]")
-                check_lesson(item, node.encoder.space)
-                good.append((i, item))
-            except ApiError as exc:
-                results[i] = {"error": {"code": exc.code, "message": exc.message}}
-            except (ProtocolError, TypeError, ValueError) as exc:
-                code, message = _protocol_error(exc)
-                results[i] = {"error": {"code": code, "message": message}}
+                good.append((i, inputs.lesson(entry, node.encoder.space, f"experiences[{i}]")))
+            except InputError as exc:
+                results[i] = exc.as_json()
         if good:
             published = await publish([item for _, item in good])
             for (i, _), (record_id, outcome) in zip(good, published, strict=True):
@@ -301,16 +279,18 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def import_records(request: Request) -> Response:
         """Signed records from another node's export: checked like gossip, authorship kept."""
         require_token(request)
-        raw = _field(await _body(request, MAX_BATCH_BODY), "wires", list)
-        if len(raw) > MAX_BATCH:
-            raise ApiError(413, "too_many", f"at most {MAX_BATCH} records per request")
+        raw = _list_field(await _body(request, MAX_BATCH_BODY), "wires", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         wires: list[tuple[int, bytes]] = []
         for i, text in enumerate(raw):
+            if not isinstance(text, str):
+                error = ApiError(422, "wrong_type", f"wires[{i}] must be a hex string")
+                results[i] = error.as_json()
+                continue
             try:
                 wires.append((i, bytes.fromhex(text)))
-            except (TypeError, ValueError):
-                results[i] = {"error": {"code": "bad_hex", "message": "wire is not hex"}}
+            except ValueError:
+                results[i] = ApiError(400, "bad_hex", f"wires[{i}] is not hex").as_json()
         outcomes = await node.import_records([w for _, w in wires])
         for (i, _), (record_id, outcome) in zip(wires, outcomes, strict=True):
             if outcome.startswith("rejected:"):
@@ -335,46 +315,50 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         )
 
     async def revoke(request: Request) -> Response:
+        """Idempotent: a second revoke answers ``already_revoked`` and emits nothing."""
         require_token(request)
         record_id = _hex_id(request.path_params["id"])
-        row = node.kb.get(record_id)
-        if row is None:
-            raise ApiError(404, "not_found", "no such experience")
-        if row.author != node.author:
-            raise ApiError(403, "not_author", "only the author may revoke an experience")
-        return JSONResponse({"id": record_id.hex(), "result": await node.revoke(record_id)})
+        outcome = await node.revoke(record_id)
+        refused = REVOKE_REFUSALS.get(outcome)
+        if refused:
+            raise ApiError(*refused)
+        return JSONResponse({"id": record_id.hex(), "outcome": outcome})
 
-    async def run_query(body: dict, text_field: str, endpoint: str) -> tuple[Any, dict]:
-        text = _field(body, text_field, str)
-        if not text.strip():
-            raise ApiError(422, "bad_field", f"{text_field} is empty")
-        federated = _field(body, "federated", bool, False)
-        k, filters = _k(body), _filters(body)
+    async def run_query(query: inputs.QueryIn | inputs.ContextIn, endpoint: str) -> Any:
+        text = query.text if isinstance(query, inputs.QueryIn) else query.task
         started = time.perf_counter()
-        result = await node.query(text=text, k=k, filters=filters, federated=federated)
+        result = await node.query(
+            text=text, k=query.k, filters=_filters(query), federated=query.federated
+        )
         latency.labels(endpoint).observe(time.perf_counter() - started)
         return result
 
     async def query(request: Request) -> Response:
-        selection, records = await run_query(await _body(request), "text", "query")
+        body = inputs.validate(inputs.QueryIn, await _body(request))
+        selection, records = await run_query(body, "query")
         return JSONResponse(_selection_json(selection, records))
 
     async def context(request: Request) -> Response:
-        body = await _body(request)
-        selection, records = await run_query(body, "task", "context")
+        body = inputs.validate(inputs.ContextIn, await _body(request))
+        selection, records = await run_query(body, "context")
         lessons = [
             Lesson(exp.text, exp.domain, exp.confidence)
             for exp in (records[s.candidate.id].experience for s in selection.selected)
         ]
         return JSONResponse(
             {
-                "prompt": render_context(body["task"], lessons),
+                "prompt": render_context(body.task, lessons),
                 "experiences": [s.candidate.id.hex() for s in selection.selected],
             }
         )
 
     async def export(request: Request) -> Response:
         domain = request.query_params.get("domain") or None
+        if domain is not None:
+            try:
+                check_domain(domain)
+            except ProtocolError as exc:
+                raise inputs.from_protocol(exc) from exc
 
         async def lines() -> AsyncIterator[bytes]:
             after = 0
@@ -397,8 +381,22 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, ApiError):
+        if isinstance(exc, InputError):
             return _error(exc.status, exc.code, exc.message)
+        if isinstance(exc, HTTPException):  # Starlette's own: unknown path or method
+            code = HTTP_CODES.get(exc.status_code, "bad_request")
+            message = str(exc.detail)
+            if exc.status_code == 404:
+                message = f"no such path: {request.url.path}"
+            elif exc.status_code == 405:
+                allowed = (exc.headers or {}).get("Allow", "")
+                message = (
+                    f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+                )
+            return _error(exc.status_code, code, message, exc.headers)
+        if isinstance(exc, StorageFull):
+            log.warning("write refused on %s: %s", request.url.path, exc)
+            return _error(507, "storage_full", str(exc))
         log.exception("API error on %s", request.url.path)
         return _error(500, "internal", "internal error")
 
@@ -436,7 +434,12 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        exception_handlers={ApiError: on_error, Exception: on_error},
+        exception_handlers={
+            InputError: on_error,
+            HTTPException: on_error,
+            StorageFull: on_error,
+            Exception: on_error,  # the last resort (Starlette re-raises it for the log)
+        },
         lifespan=lifespan,
     )
     return app
@@ -446,12 +449,6 @@ def _version() -> str:
     from zoonode import __version__
 
     return __version__
-
-
-def _protocol_error(exc: Exception) -> tuple[str, str]:
-    if isinstance(exc, ProtocolError):
-        return exc.code.value, exc.message
-    return "bad_experience", str(exc)
 
 
 def _hex_id(text: str) -> bytes:

@@ -117,6 +117,7 @@ def start(
 
 def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
     """The innermost cause of a failed start, said plainly; None for anything unexpected."""
+    from zoonode.datadir import DataDirBusy
     from zoonode.identity import IdentityError
     from zoonode.native.encoder import EncoderError
     from zoonode.native.space import SpaceError
@@ -130,6 +131,8 @@ def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
             f"address in use ({inner}); the HTTP API wants {cfg.api.listen}: "
             "pass --api 127.0.0.1:0 (any free port) or another port"
         )
+    if isinstance(inner, DataDirBusy):
+        return _fail(str(inner))
     if isinstance(inner, IdentityError | EncoderError | SpaceError | StoreError | OSError):
         return _fail(str(inner))
     return None
@@ -144,15 +147,24 @@ def index_rebuild(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None
     """Rebuild the replica from the store (stop the node first)."""
     from tqdm import tqdm
 
+    from zoonode.datadir import DataDirBusy, DataDirLock
     from zoonode.native.space import load_space
     from zoonode.node import open_knowledge
+    from zoonode.replica import SnapshotError
+    from zoonode.store import StoreError
 
     cfg = _config(config, data_dir)
     space = load_space(cfg.encoder.space_manifest or None)
-    kb = open_knowledge(cfg, space.id, space.hidden)
-    with tqdm(total=kb.store.counts()["total"], desc="indexing", unit="exp") as bar:
-        total = kb.rebuild(progress=bar.update)
-    kb.close()
+    try:
+        with DataDirLock(cfg.data_path):
+            kb = open_knowledge(cfg, space.id, space.hidden)
+            try:
+                with tqdm(total=kb.store.counts()["total"], desc="indexing", unit="exp") as bar:
+                    total = kb.rebuild(progress=bar.update)
+            finally:
+                kb.close()
+    except (DataDirBusy, StoreError, SnapshotError) as exc:
+        raise _fail(str(exc)) from exc
     typer.echo(json.dumps({"indexed": total, "data_dir": str(cfg.data_path)}))
 
 
@@ -359,13 +371,13 @@ def import_(
 
     client = _client(url, token, data_dir, config)
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"cannot read {file}: {exc}", code=2) from exc
+        lines = file.read_bytes().splitlines()  # each line decoded on its own: errors per line
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}", code=2) from exc
     with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as bar:
         report = _call(import_lines, client, lines, batch, bar.update)
-    for line_no, message in report.errors:
-        typer.echo(f"{file}:{line_no}: {message}", err=True)
+    for line_no, code, message in report.errors:
+        typer.echo(f"{file}:{line_no}: {code}: {message}", err=True)
     typer.echo(json.dumps(report.summary()))
     if report.errors:
         raise typer.Exit(1)

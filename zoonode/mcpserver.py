@@ -9,15 +9,29 @@ errors (an API error becomes an MCP tool error carrying the API's code).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import anyio
+import mcp_types as types
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
+from zoonode import inputs
 from zoonode.client import AsyncClient, ClientError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1024 * 1024  # one stdio line; an MCP request is a few KB
+MAX_ID = 2**53  # JSON-RPC ids beyond this do not survive a JSON round trip in every client
 
 INSTRUCTIONS = (
     "zoonode shares short lessons ('experiences') learned by LLM agents across organisations. "
@@ -42,10 +56,25 @@ def _brief(item: dict) -> dict:
     return {k: item[k] for k in keep if k in item}
 
 
+class _Server(MCPServer):
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Arguments the tool's schema refuses answer, as MCP asks, an ``isError`` result the
+        model can read and correct, worded with the API's codes (``wrong_type: k must be an
+        integer, got a string``)."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                err = inputs.validation_error(cause)
+                raise ToolError(f"{err.code}: {err.message}") from cause
+            raise
+
+
 def build_server(client: AsyncClient) -> MCPServer:
     from zoonode import __version__
 
-    server = MCPServer("zoonode", instructions=INSTRUCTIONS, version=__version__)
+    server = _Server("zoonode", instructions=INSTRUCTIONS, version=__version__)
 
     async def call(coro: Any) -> Any:
         try:
@@ -85,8 +114,8 @@ def build_server(client: AsyncClient) -> MCPServer:
 
         text: the lesson in about 32 words, general enough to help on other tasks.
         domain: dotted lowercase words, e.g. "software.testing". confidence: 0-1.
-        examples: optional [{"input": ..., "output": ...}]. Sharing the same lesson twice
-        returns the first id.
+        examples: optional [{"input": ..., "output": ..., "correct": true}]. Sharing the same
+        lesson twice returns the first id.
         """
         return await call(client.share(text, domain, confidence, examples, source_model))
 
@@ -96,9 +125,21 @@ def build_server(client: AsyncClient) -> MCPServer:
         return await call(client.get(id))
 
     @server.prompt()
-    async def inject_experiences(task: str, k: int = 5) -> str:
-        """The task, preceded by a numbered "# Learned Experiences" list selected for it."""
-        return (await call(client.context(task, int(k))))["prompt"]
+    async def inject_experiences(task: str, k: str = "5") -> str:
+        """The task, preceded by a numbered "# Learned Experiences" list selected for it.
+
+        k: how many experiences (1-50). Prompt arguments are text: a k that is not an
+        integer in range is the JSON-RPC error -32602 (invalid params) with the API's code.
+        """
+        try:
+            count = inputs.k_argument(k)
+        except inputs.InputError as exc:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"{exc.code}: {exc.message}",
+                data={"code": exc.code},
+            ) from None
+        return (await call(client.context(task, count)))["prompt"]
 
     return server
 
@@ -156,4 +197,152 @@ def endpoint_for(app: ASGIApp, token: str) -> HttpEndpoint:
 
 def run_stdio(client: AsyncClient) -> None:
     """``zoonode mcp``: serve MCP on stdin/stdout until the host closes it."""
-    build_server(client).run("stdio")
+    anyio.run(serve_stdio, build_server(client))
+
+
+async def serve_stdio(server: MCPServer) -> None:
+    """Serve one MCP connection on this process's stdin and stdout."""
+    lowlevel = server._lowlevel_server
+    async with checked_stdio() as (read_stream, write_stream):
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+def check_line(line: bytes) -> SessionMessage | types.JSONRPCError | None:
+    """One stdio line -> the message to serve, the JSON-RPC error to answer instead, or None
+    (a notification to drop: notifications get no answer).
+
+    Parsed by ``inputs.parse_json`` like an API body: not JSON, truncated, not UTF-8 or nested
+    deeper than inputs.MAX_DEPTH -> -32700 parse error (id null: it cannot be known); not a
+    JSON-RPC message -> -32600 invalid request; a string that is not valid Unicode (a lone
+    surrogate) -> -32602 invalid params, with the request's id."""
+    try:
+        value = inputs.parse_json(line, "message")
+    except inputs.InputError as exc:
+        return _rpc_error(None, types.PARSE_ERROR, exc)
+    raw_id = value.get("id") if isinstance(value, dict) else None
+    rid = raw_id if _usable_id(raw_id) else None
+    where = inputs.invalid_unicode_at(value)
+    if where is not None:
+        if "method" in value and raw_id is None:
+            log.warning("dropped a notification with text that is not valid Unicode")
+            return None
+        exc = inputs.InputError(422, "bad_text", f"{where} is not valid Unicode")
+        return _rpc_error(rid, types.INVALID_PARAMS, exc)
+    if raw_id is not None and rid is None:
+        exc = inputs.InputError(400, "bad_request", "id must be a string or an integer below 2^53")
+        return _rpc_error(None, types.INVALID_REQUEST, exc)
+    try:
+        message = types.jsonrpc_message_adapter.validate_python(value, by_name=False)
+    except ValidationError as err:
+        exc = inputs.InputError(400, "bad_request", f"not a JSON-RPC 2.0 message: {_first(err)}")
+        return _rpc_error(rid, types.INVALID_REQUEST, exc)
+    return SessionMessage(message)
+
+
+def _usable_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < MAX_ID
+    return isinstance(value, str)
+
+
+def _first(err: ValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+def _rpc_error(rid: Any, code: int, exc: inputs.InputError) -> types.JSONRPCError:
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=rid,
+        error=types.ErrorData(
+            code=code, message=f"{exc.code}: {exc.message}", data={"code": exc.code}
+        ),
+    )
+
+
+@asynccontextmanager
+async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None):
+    """The MCP SDK's stdio transport, with every line checked by :func:`check_line` first:
+    a bad line is answered with a JSON-RPC error instead of being dropped in silence, and
+    the connection goes on. While it serves, fd 1 points at stderr, so stray prints cannot
+    corrupt the protocol stream. Yields (read stream, write stream) for ``Server.run``."""
+    saved_stdout: int | None = None
+    if stdin is None:
+        stdin = os.fdopen(os.dup(0), "rb")
+    if stdout is None:
+        saved_stdout = os.dup(1)
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+    read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
+    answers = write_send.clone()  # the reader's own answers to lines it refused
+    too_long = inputs.InputError(413, "too_large", f"message over {MAX_MESSAGE_BYTES} bytes")
+
+    async def reader() -> None:
+        async with read_send, answers:
+            while True:
+                line = await anyio.to_thread.run_sync(_read_line, stdin, abandon_on_cancel=True)
+                if line is None:
+                    return
+                if line is _TOO_LONG:
+                    checked = _rpc_error(None, types.PARSE_ERROR, too_long)
+                elif line.strip():
+                    checked = check_line(line)
+                else:
+                    continue
+                if isinstance(checked, SessionMessage):
+                    await read_send.send(checked)
+                elif checked is not None:
+                    await answers.send(SessionMessage(checked))
+
+    async def writer() -> None:
+        async with write_recv:
+            async for item in write_recv:
+                await anyio.to_thread.run_sync(_write_message, stdout, item.message)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            tg.start_soon(writer)
+            async with write_send:
+                yield read_recv, write_send
+            tg.cancel_scope.cancel()
+    finally:
+        if saved_stdout is not None:
+            os.dup2(saved_stdout, 1)
+            os.close(saved_stdout)
+
+
+_TOO_LONG = b"(a line over MAX_MESSAGE_BYTES)"
+
+
+def _read_line(stream: BinaryIO) -> bytes | None:
+    """The next line (None at end of input); a line over MAX_MESSAGE_BYTES is read to its end
+    and returned as _TOO_LONG, without holding it in memory."""
+    line = stream.readline(MAX_MESSAGE_BYTES + 1)
+    if not line:
+        return None
+    if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
+        while True:
+            rest = stream.readline(MAX_MESSAGE_BYTES)
+            if not rest or rest.endswith(b"\n"):
+                return _TOO_LONG
+    return line
+
+
+def _write_message(stream: BinaryIO, message: types.JSONRPCMessage) -> None:
+    try:
+        data = message.model_dump_json(by_alias=True, exclude_unset=True)
+    except Exception as exc:  # an answer that cannot be JSON: say so rather than die
+        log.warning("MCP answer not serialisable: %s", exc)
+        rid = getattr(message, "id", None)
+        data = types.JSONRPCError(
+            jsonrpc="2.0",
+            id=rid,
+            error=types.ErrorData(code=types.INTERNAL_ERROR, message="answer not serialisable"),
+        ).model_dump_json(by_alias=True, exclude_unset=True)
+    stream.write(data.encode("utf-8") + b"\n")
+    stream.flush()

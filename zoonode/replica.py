@@ -29,6 +29,7 @@ last journal entry it includes, and load replays the entries after it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -54,6 +55,10 @@ PROBE_DIVISOR = 4
 _LEGACY_BACKEND = "hnswlib"
 
 
+class SnapshotError(OSError):
+    """A replica snapshot could not be written (e.g. a full disk); none was left half-done."""
+
+
 class _Index(Protocol):
     """What the replica needs from an HNSW library."""
 
@@ -64,6 +69,7 @@ class _Index(Protocol):
     def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, keys: np.ndarray) -> None: ...
     def contains(self, key: int) -> bool: ...
+    def contains_many(self, keys: np.ndarray) -> np.ndarray: ...
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]: ...
     def save(self, path: Path) -> None: ...
 
@@ -112,26 +118,39 @@ class _Hnswlib:
             return False
         return True
 
+    def contains_many(self, keys: np.ndarray) -> np.ndarray:
+        return np.isin(keys, np.asarray(self.index.get_ids_list(), np.int64))
+
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib answers all k or raises ("Cannot return the results in a contiguous 2D
+        array"): a graph walk can reach fewer than k labels, e.g. among thousands of near
+        duplicates. Then ask again for half as many, until it answers; the rest is padded
+        with label -1 and score -inf, as the other indexes do."""
         self.index.set_ef(ef)
-        keys = np.full((len(queries), k), -1, np.int64)  # -1: fewer than k reachable
-        sims = np.full((len(queries), k), -np.inf, np.float32)
         want = k
         while True:
             try:
                 labels, distances = self.index.knn_query(queries, k=want)
                 break
             except RuntimeError:
-                # Removed keys still count in the library's size: with fewer than k live
-                # ones (a tiny index) ask for fewer.
                 if want == 1:
-                    return keys, sims
-                want //= 2
-        keys[:, :want], sims[:, :want] = labels, 1.0 - distances
+                    return np.full((len(queries), k), -1, np.int64), np.full(
+                        (len(queries), k), -np.inf, np.float32
+                    )
+                want = max(1, want // 2)
+        keys = np.full((len(queries), k), -1, np.int64)
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        keys[:, :want] = labels
+        sims[:, :want] = 1.0 - distances
         return keys, sims
 
     def save(self, path: Path) -> None:
+        # hnswlib writes through an unchecked std::ofstream: on a full disk it "succeeds" with
+        # a truncated file. Its own count of the bytes it meant to write tells.
         self.index.save_index(str(path))
+        written, expected = path.stat().st_size, self.index.index_file_size()
+        if written != expected:
+            raise OSError(errno.ENOSPC, f"hnswlib wrote {written} of {expected} bytes", str(path))
 
 
 class _UsearchI8:
@@ -159,19 +178,27 @@ class _UsearchI8:
         return len(self.index)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        fresh = ~np.asarray(self.index.contains(keys), bool)  # replay may repeat a few keys
+        fresh = ~self.contains_many(keys)  # replay may repeat a few keys
         if fresh.any():
-            self.index.add(keys[fresh], vectors[fresh], threads=self.threads)
+            # One thread: usearch's concurrent add() can leave a node stored but unreachable
+            # by any search (unum-cloud/USearch#735, open in 2.26). With 2 threads here, 5 of
+            # 40 kill -9 runs of tests/test_store.py left records unsearchable; with 1, none.
+            self.index.add(keys[fresh], vectors[fresh], threads=1)
 
     def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         self.index.remove(keys)  # a removed key may be added again
-        self.index.add(keys, vectors, threads=self.threads)
+        self.index.add(keys, vectors, threads=1)  # one thread: see add()
 
     def remove(self, keys: np.ndarray) -> None:
         self.index.remove(keys)  # keys not held are skipped
 
     def contains(self, key: int) -> bool:
         return bool(self.index.contains(key))
+
+    def contains_many(self, keys: np.ndarray) -> np.ndarray:
+        if len(keys) == 0:
+            return np.zeros(0, bool)
+        return np.asarray(self.index.contains(keys), bool).reshape(len(keys))
 
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         self.index.expansion_search = ef
@@ -291,6 +318,12 @@ class _FaissIvf:
     def contains(self, key: int) -> bool:
         return 0 <= key < len(self.seen) and bool(self.seen[key])
 
+    def contains_many(self, keys: np.ndarray) -> np.ndarray:
+        inside = (keys >= 0) & (keys < len(self.seen))
+        out = np.zeros(len(keys), bool)
+        out[inside] = self.seen[keys[inside]]
+        return out
+
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         if self.trained:
             self.index.nprobe = max(1, min(self.lists, ef // PROBE_DIVISOR))
@@ -369,6 +402,11 @@ class Replica:
     def contains(self, seq: int) -> bool:
         return self.index.contains(int(seq))
 
+    def missing(self, seqs: np.ndarray) -> np.ndarray:
+        """The seqs of ``seqs`` that the index does not hold."""
+        seqs = np.asarray(seqs, np.int64)
+        return seqs[~self.index.contains_many(seqs)]
+
     def search(
         self, query: np.ndarray, k: int, ef: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -390,14 +428,16 @@ class Replica:
 
     # -- snapshots ----------------------------------------------------------------------------
     def save(self, directory: Path, journal: int | None = None) -> None:
-        """Write the snapshot. ``journal``: the last serial of the store's replica journal
-        (replacements and removals) that this snapshot includes; replayed after it on load."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write a snapshot: the index, then its meta (the seq it holds and ``journal``, the
+        last serial of the store's replica journal, replacements and removals, that it
+        includes; replayed after it on load), each to a temporary file that is fsynced and
+        renamed. A meta never names a seq its index lacks.
+
+        Raises SnapshotError, with no temporary file left, if the disk refuses (full disk):
+        the previous snapshot stays, and a restart replays the store after it."""
         name = INDEX_FILES[self.backend]
         tmp = directory / (name + ".tmp")
-        self.index.save(tmp)
-        _fsync(tmp)
-        os.replace(tmp, directory / name)
+        tmp_meta = directory / (META_FILE + ".tmp")
         meta = {
             "seq": self.max_seq,
             "dim": self.dim,
@@ -406,10 +446,18 @@ class Replica:
             "backend": self.backend,
             "journal": self.snapshot_journal if journal is None else journal,
         }
-        tmp_meta = directory / (META_FILE + ".tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        _fsync(tmp_meta)
-        os.replace(tmp_meta, directory / META_FILE)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.index.save(tmp)
+            _fsync(tmp)
+            os.replace(tmp, directory / name)
+            tmp_meta.write_text(json.dumps(meta))
+            _fsync(tmp_meta)
+            os.replace(tmp_meta, directory / META_FILE)
+        except (OSError, RuntimeError) as exc:  # usearch and faiss raise RuntimeError
+            for path in (tmp, tmp_meta):
+                path.unlink(missing_ok=True)
+            raise SnapshotError(f"replica snapshot not written to {directory}: {exc}") from exc
         self.snapshot_seq = self.max_seq
         self.snapshot_journal = meta["journal"]
         for other, stale in INDEX_FILES.items():  # a snapshot of the other backend is dead

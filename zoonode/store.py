@@ -13,14 +13,17 @@ parent, and children that arrive before their parent are applied when it arrives
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+import msgpack
 import numpy as np
 
 from zoonode.protocol import Op, SignedRecord
@@ -45,9 +48,9 @@ CREATE TABLE IF NOT EXISTS records (
     vector BLOB                             -- compact float32 vector (exact, from the text)
 );
 CREATE INDEX IF NOT EXISTS records_parent ON records(parent) WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_author ON records(author);
 CREATE INDEX IF NOT EXISTS records_created ON records(created_at);
 CREATE INDEX IF NOT EXISTS records_evict ON records(op, status, confidence, created_at);
-CREATE INDEX IF NOT EXISTS records_cluster ON records(cluster) WHERE cluster IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- ids we hold no record for on purpose (evicted, or rejected after the embedding check):
 -- sync counts them as known so that they are never fetched again.
@@ -58,37 +61,84 @@ CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL
                                    at INTEGER NOT NULL);
 """
 
-# Schema changes after the first release, applied in order on open; ``PRAGMA user_version``
-# records the last one applied, so an existing data dir upgrades in place (each step in one
-# transaction: a crash mid-upgrade leaves the previous version).
-_MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
-        # Two-stage ingest: a record stored before its embedding check is *pending*. The value
-        # is its place in the checker's queue (lower first; NULL once checked), and ``vector``
-        # holds the vector its code implies until the check replaces it with the text's own.
-        # The replica journal lists keys whose vectors changed or went away after insertion,
-        # so a restarted replica can catch up with its snapshot (replica.py, knowledge.py).
-        """
-        ALTER TABLE records ADD COLUMN pending INTEGER;
-        CREATE INDEX records_pending ON records(pending, created_at DESC)
-            WHERE pending IS NOT NULL;
-        CREATE TABLE replica_journal (serial INTEGER PRIMARY KEY AUTOINCREMENT,
-                                      seq INTEGER NOT NULL);
-        """,
-    ),
-    (
-        2,
-        # An author's first acceptance (its standing) by one index probe per author: the
-        # GROUP BY over ``records_author`` read every row of every candidate author, ~150 ms
-        # per query at 100k records from 64 authors.
-        """
-        CREATE INDEX records_author_accepted ON records(author, accepted_at);
-        DROP INDEX IF EXISTS records_author;
-        """,
-    ),
-]
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
+# Schema versions (``PRAGMA user_version``). A store opened by this code is migrated forward,
+# one transaction per step; the step's number is written in the same transaction, so a crash
+# mid-migration leaves the previous version intact and the step runs again on the next open.
+#   0 -> 1: the ``authors`` table (first acceptance per author, kept on insert: standing's
+#           basis, read per query, no longer a min(accepted_at) GROUP BY over every row of a
+#           prolific author) and ``records.content_key`` (an index for "have we shared this text
+#           in this domain already?", no longer an instr() scan of all the author's lessons);
+#           the cluster index also covers status (cluster sizes read from the index alone).
+#   1 -> 2: two-stage ingest (docs/ingest.md): a record stored before its embedding check is
+#           *pending*; the column holds its place in the checker's queue (lower first; NULL
+#           once checked), and ``vector`` holds the vector its code implies until the check
+#           replaces it with the text's own. Every record of an older store was checked before
+#           it was stored, so all are NULL. The replica journal lists keys whose vectors
+#           changed or went away after insertion, so a restarted replica catches up with its
+#           snapshot (replica.py, knowledge.py). The cluster index also covers ``pending``
+#           (cluster sizes count checked members only, still from the index alone).
+SCHEMA_VERSION = 2
+
+_MIGRATION_1 = """
+CREATE TABLE IF NOT EXISTS authors (
+    author BLOB PRIMARY KEY,
+    first_seen INTEGER NOT NULL             -- ms, our clock: when we first accepted its record
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS authors_first_seen ON authors(first_seen);
+INSERT OR IGNORE INTO authors
+    SELECT author, min(accepted_at) FROM records GROUP BY author;
+ALTER TABLE records ADD COLUMN content_key BLOB;
+CREATE INDEX IF NOT EXISTS records_content ON records(content_key)
+    WHERE content_key IS NOT NULL;
+DROP INDEX IF EXISTS records_cluster;
+CREATE INDEX IF NOT EXISTS records_cluster_status ON records(cluster, status)
+    WHERE cluster IS NOT NULL;
+"""
+
+
+def content_key(author: bytes, domain: str, text: str) -> bytes:
+    """16-byte BLAKE2b of (author, domain, text), length-prefixed: the index key of "this
+    author already holds this text in this domain" (own lessons shared twice)."""
+    h = hashlib.blake2b(digest_size=16)
+    d = domain.encode()
+    h.update(author)
+    h.update(len(d).to_bytes(4, "big"))
+    h.update(d)
+    h.update(text.encode())
+    return h.digest()
+
+
+def _migrate_1(db: sqlite3.Connection) -> None:
+    # One statement at a time: executescript() would commit the migration's transaction.
+    for statement in _MIGRATION_1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    keys = []
+    for seq, wire in db.execute("SELECT seq, wire FROM records WHERE op != ?", (int(Op.REVOKE),)):
+        fields = msgpack.unpackb(wire, raw=False, strict_map_key=False)
+        keys.append((content_key(fields[2], fields[7], fields[6]), seq))
+    db.executemany("UPDATE records SET content_key = ? WHERE seq = ?", keys)
+
+
+_MIGRATION_2 = """
+ALTER TABLE records ADD COLUMN pending INTEGER;
+CREATE INDEX IF NOT EXISTS records_pending ON records(pending, created_at DESC)
+    WHERE pending IS NOT NULL;
+CREATE TABLE IF NOT EXISTS replica_journal (serial INTEGER PRIMARY KEY AUTOINCREMENT,
+                                            seq INTEGER NOT NULL);
+DROP INDEX IF EXISTS records_cluster_status;
+CREATE INDEX IF NOT EXISTS records_cluster_status ON records(cluster, status, pending)
+    WHERE cluster IS NOT NULL;
+"""
+
+
+def _migrate_2(db: sqlite3.Connection) -> None:
+    for statement in _MIGRATION_2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 class Status(IntEnum):
@@ -183,6 +233,18 @@ class StoreError(RuntimeError):
     """The database file cannot be opened or belongs to another space."""
 
 
+class StorageFull(StoreError):
+    """A write found the disk (or the database's size limit) full. Nothing of it was kept;
+    reads go on, and writes succeed again once there is room."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
 class Store:
     """SQLite-backed record store. Not thread-safe: one owner calls it."""
 
@@ -218,24 +280,52 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"store {self.path} has schema version {version}; this zoonode knows up to "
-                f"{SCHEMA_VERSION}: upgrade zoonode"
+                f"{SCHEMA_VERSION} (a newer zoonode wrote it)"
             )
-        for target, script in _MIGRATIONS:
-            if target <= version:
-                continue
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            started = time.perf_counter()
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {target}")
+                _MIGRATIONS[step](self.db)
+                self.db.execute(f"PRAGMA user_version = {step}")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            log.info("store %s: schema upgraded to version %d", self.path, target)
+            log.info(
+                "store %s migrated to schema %d in %.1f s",
+                self.path,
+                step,
+                time.perf_counter() - started,
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction. On a full disk SQLite has already rolled it back (rolling
+        back again would fail): raise StorageFull, with the store as it was before."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error as again:
+                    log.warning("store: rollback failed: %s", again)
+            if _is_full(exc):
+                raise StorageFull(
+                    f"the disk holding {self.path} is full: writes are refused until there "
+                    "is room again (reads go on)"
+                ) from exc
+            raise
 
     # -- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> bytes | None:
@@ -243,21 +333,17 @@ class Store:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._write():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # -- writes -------------------------------------------------------------------------------
     def insert(self, items: Sequence[Incoming]) -> list[InsertResult]:
         """Insert a batch in ONE transaction; when this returns, accepted rows are durable."""
         now = time.time_ns() // 1_000_000
         results: list[InsertResult] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write():
             for item in items:
                 results.append(self._insert_one(item, now))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self._lessons += sum(
             1
             for item, res in zip(items, results, strict=True)
@@ -290,10 +376,11 @@ class Store:
                 "SELECT cluster FROM records WHERE id = ?", (cluster,)
             ).fetchone()
             cluster = found[0] if found else None
+        key = None if exp.op is Op.REVOKE else content_key(exp.author, exp.domain, exp.text)
         cur = self.db.execute(
             "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
-            "accepted_at, peer, parent, status, cluster, vector, pending) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, peer, parent, status, cluster, vector, content_key, pending) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.wire,
@@ -308,9 +395,11 @@ class Store:
                 int(status),
                 cluster,
                 vector,
+                key,
                 None if exp.op is Op.REVOKE else item.pending,
             ),
         )
+        self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
         seq = cur.lastrowid
         if cluster is None and exp.op is not Op.REVOKE:
             self.db.execute("UPDATE records SET cluster = seq WHERE seq = ?", (seq,))
@@ -349,13 +438,12 @@ class Store:
                 (Op.REVOKE, excess),
             )
         ]
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
-        self.db.executemany(
-            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, 'evicted')",
-            [(v.id, v.created_at) for v in victims],
-        )
-        self.db.execute("COMMIT")
+        with self._write():
+            self.db.executemany("DELETE FROM records WHERE seq = ?", [(v.seq,) for v in victims])
+            self.db.executemany(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, 'evicted')",
+                [(v.id, v.created_at) for v in victims],
+            )
         self._lessons -= len(victims)
         for victim in victims:
             log.info(
@@ -403,8 +491,7 @@ class Store:
         vector, in one transaction with the replica journal. Returns the seqs that were still
         pending (a record checked twice, by the checker and a query, is promoted once)."""
         done: list[int] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write():
             for seq, vector, cluster in items:
                 cur = self.db.execute(
                     "UPDATE records SET vector = ?, pending = NULL, cluster = coalesce(?, seq) "
@@ -416,10 +503,6 @@ class Store:
             self.db.executemany(
                 "INSERT INTO replica_journal (seq) VALUES (?)", [(s,) for s in done]
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return done
 
     def remove(self, rows: Sequence[Row], reason: str) -> list[Row]:
@@ -427,8 +510,7 @@ class Store:
         and tombstone their ids, in one transaction with the replica journal. Returns the rows
         that were still there."""
         done: list[Row] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write():
             for row in rows:
                 cur = self.db.execute("DELETE FROM records WHERE seq = ?", (row.seq,))
                 if cur.rowcount:
@@ -440,10 +522,6 @@ class Store:
             self.db.executemany(
                 "INSERT INTO replica_journal (seq) VALUES (?)", [(r.seq,) for r in done]
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self._lessons -= sum(1 for r in done if r.op is not Op.REVOKE)
         return done
 
@@ -469,15 +547,18 @@ class Store:
         self.db.execute("DELETE FROM replica_journal WHERE serial <= ?", (serial,))
 
     def add_tombstone(self, record_id: bytes, created_at: int, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)", (record_id, created_at, reason)
-        )
+        with self._write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
+                (record_id, created_at, reason),
+            )
 
     def ban(self, author: bytes, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO banned VALUES (?, ?, ?)",
-            (author, reason, time.time_ns() // 1_000_000),
-        )
+        with self._write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO banned VALUES (?, ?, ?)",
+                (author, reason, time.time_ns() // 1_000_000),
+            )
 
     def banned_authors(self) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT author FROM banned")}
@@ -557,6 +638,15 @@ class Store:
                 np.stack([np.frombuffer(r[1], "<f4") for r in rows]),
             )
 
+    def active_lesson_seqs(self) -> np.ndarray:
+        """The seqs of every checked active lesson with a vector: what the replica must hold
+        (records waiting for the embedding check are in the pending index instead)."""
+        rows = self.db.execute(
+            "SELECT seq FROM records WHERE status = 0 AND op != 2 AND vector IS NOT NULL "
+            "AND pending IS NULL"
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
     def filtered_vectors(self, where: str, params: Sequence) -> tuple[np.ndarray, np.ndarray]:
         rows = self.db.execute(
             f"SELECT seq, vector FROM records WHERE vector IS NOT NULL AND status = 0 AND {where}",
@@ -583,24 +673,30 @@ class Store:
         )
 
     def first_peer_acceptance(self, own: bytes) -> int | None:
-        """When this node accepted the oldest lesson it holds from an author other than
-        ``own`` (ms, its own clock): how long it has known its peers. Walks seq order, which
-        is acceptance order, and stops at the first peer row."""
+        """When this node first accepted a record of an author other than ``own`` (ms, its own
+        clock): how long it has known its peers. One step along the ``authors_first_seen``
+        index (it skips at most our own row), whatever the store's size."""
         row = self.db.execute(
-            "SELECT accepted_at FROM records WHERE author != ? ORDER BY seq LIMIT 1", (own,)
+            "SELECT first_seen FROM authors WHERE author != ? ORDER BY first_seen LIMIT 1",
+            (own,),
         ).fetchone()
         return row[0] if row else None
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
-        """When this node first accepted a lesson of each author (ms, its own clock): the
-        basis of an author's standing. Authors it holds nothing from are absent."""
+        """When this node first accepted a record of each author (ms, its own clock): the
+        basis of an author's standing. Kept on insert and never lowered or forgotten (an
+        evicted lesson does not make its author new again); authors it never accepted anything
+        from are absent. One primary-key lookup per author."""
         out: dict[bytes, int] = {}
-        for author in dict.fromkeys(authors):  # min() on the index: one probe per author
-            (first,) = self.db.execute(
-                "SELECT min(accepted_at) FROM records WHERE author = ?", (author,)
-            ).fetchone()
-            if first is not None:
-                out[author] = first
+        distinct = list(dict.fromkeys(authors))
+        for start in range(0, len(distinct), 900):
+            chunk = distinct[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.db.execute(
+                    f"SELECT author, first_seen FROM authors WHERE author IN ({marks})", chunk
+                ).fetchall()
+            )
         return out
 
     def max_seq(self) -> int:
@@ -664,11 +760,11 @@ class Store:
         return [_row(r) for r in rows]
 
     def own_active(self, author: bytes, domain: str, text: str) -> list[Row]:
-        """An author's active lessons in one domain whose bytes contain ``text``: the
-        candidates for a re-shared lesson (the caller compares the decoded text)."""
+        """An author's active lessons with exactly this text in this domain (one index lookup
+        on ``content_key``; the caller may still compare the decoded text)."""
         rows = self.db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM records WHERE author = ? AND domain = ? "
-            "AND op != 2 AND status = 0 AND instr(wire, ?) > 0",
-            (author, domain, text.encode()),
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE content_key = ? AND author = ? "
+            "AND domain = ? AND op != 2 AND status = 0",
+            (content_key(author, domain, text), author, domain),
         )
         return [_row(r) for r in rows]

@@ -41,8 +41,7 @@ from zoonode.net.validation import (
     Policy,
     Reason,
     Verdict,
-    check_record,
-    decode_batch,
+    check_message,
     encode_batch,
 )
 from zoonode.protocol import SignedRecord
@@ -54,11 +53,13 @@ MAX_PENDING = 4096
 FLUSH_SECONDS = 0.05
 
 
-def topic_for(space: bytes) -> str:
-    return f"/zoo/dso/1/{space.hex()}/experiences"
+def topic_for(space: bytes, record_type: str = "experiences") -> str:
+    """NETWORK.md §4.1: one topic per space and record type."""
+    return f"/zoo/dso/1/{space.hex()}/{record_type}"
 
 
 def content_message_id(msg) -> bytes:
+    """NETWORK.md §4.3: SHA-256 of the pubsub message's ``data`` (32 raw bytes)."""
     return hashlib.sha256(msg.data).digest()
 
 
@@ -217,30 +218,23 @@ class Gossip:
             self.stats.verdicts[f"reject:{Reason.FLOOD}"] += 1
             log.debug("reject message from %s: flood", forwarder)
             return False
-        try:
-            wires = decode_batch(msg.data)
-        except ValueError as exc:
-            self.stats.verdicts[f"reject:{exc.args[0]}"] += 1
-            log.debug("reject batch from %s: %s", forwarder, exc.args[0])
-            return False
-        now_ms = time.time_ns() // 1_000_000
-        accepted: list[Checked] = []
-        for wire in wires:
-            checked = check_record(
-                wire,
-                self.policy,
-                now_ms,
-                self.known,
-                self.limiter,
-                self.banned,
-                backlog=self.backlog,
-            )
+        outcome = check_message(
+            msg.data,
+            self.policy,
+            time.time_ns() // 1_000_000,
+            self.known,
+            self.limiter,
+            self.banned,
+            backlog=self.backlog,
+        )
+        for checked in outcome.checked:
             self.stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
-            if checked.verdict is Verdict.REJECT:
-                log.debug("reject record from %s: %s", forwarder, checked.reason)
-                return False
-            if checked.verdict is Verdict.ACCEPT:
-                accepted.append(checked)
+        if outcome.verdict is Verdict.REJECT:
+            if not outcome.checked:  # the batch itself, not a record
+                self.stats.verdicts[f"reject:{outcome.reason}"] += 1
+            log.debug("reject message from %s: %s", forwarder, outcome.reason)
+            return False
+        accepted = outcome.accepted
         message_id = content_message_id(msg)
         if accepted and self.room() - self.inflight < len(accepted):
             self.stats.verdicts[f"accept:{Reason.OK}"] -= len(accepted)

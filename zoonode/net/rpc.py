@@ -1,7 +1,11 @@
-"""Request/response over libp2p streams: one msgpack request, one msgpack response.
+"""Request/response over libp2p streams: one msgpack request, one msgpack response
+(NETWORK.md §5).
 
 Frames are a 4-byte big-endian length and a msgpack map, bounded in size; every read and write
-has a timeout, so a slow or silent peer costs one stream, never a hung task.
+has a timeout, so a slow or silent peer costs one stream, never a hung task. An error answer is
+``{"error": <code>, "message": <text>}``; :class:`RpcError` carries the code, and
+:class:`Unsupported` says the peer does not serve the protocol at all (multistream-select "na"),
+which callers treat as a state of the peer rather than a failure of one request.
 """
 
 from __future__ import annotations
@@ -20,11 +24,59 @@ MAX_FRAME = 4 * 1024 * 1024
 TIMEOUT = 10.0
 
 SYNC_PROTOCOL = "/zoo/dso/sync/1"
-QUERY_PROTOCOL = "/zoo/dso/query/1"
+QUERY_PROTOCOL = "/zoo/dso/query/2"  # /1 carried the backbone's private 384-d coordinates
+
+BAD_REQUEST = "bad_request"
 
 
 class RpcError(Exception):
-    """The peer broke the framing, answered an error, or did not answer in time."""
+    """The peer broke the framing, answered an error, or did not answer in time.
+
+    ``code`` is the peer's error code when it answered one, else a local kind: ``timeout``,
+    ``framing`` or ``stream`` (the stream could not be opened or broke)."""
+
+    def __init__(self, message: str, code: str = "stream") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unsupported(RpcError):
+    """The peer does not serve the protocol (it answered multistream-select's "na")."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "unsupported")
+
+
+class ServeError(Exception):
+    """Raised by a handler to answer ``{"error": code, "message": message}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_answer(code: str, message: str) -> dict[str, Any]:
+    return {"error": code, "message": message}
+
+
+def _unsupported(exc: BaseException) -> bool:
+    """True if anywhere in ``exc``'s chain the protocol negotiation ended in "na"."""
+    from libp2p.protocol_muxer.exceptions import MultiselectClientError
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, MultiselectClientError) and "not supported" in str(err):
+            return True
+        if isinstance(err, BaseExceptionGroup):
+            todo.extend(err.exceptions)
+        todo.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+    return False
 
 
 async def _read_exactly(stream, n: int) -> bytes:
@@ -40,7 +92,7 @@ async def _read_exactly(stream, n: int) -> bytes:
 async def read_frame(stream) -> dict[str, Any]:
     (size,) = struct.unpack(">I", await _read_exactly(stream, 4))
     if size > MAX_FRAME:
-        raise RpcError(f"frame of {size} bytes over the {MAX_FRAME} limit")
+        raise RpcError(f"frame of {size} bytes over the {MAX_FRAME} limit", "framing")
     try:
         obj = msgpack.unpackb(
             await _read_exactly(stream, size),
@@ -49,22 +101,27 @@ async def read_frame(stream) -> dict[str, Any]:
             max_bin_len=MAX_FRAME,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise RpcError(f"malformed frame: {exc}") from exc
+        raise RpcError(f"malformed frame: {exc}", "framing") from exc
     if not isinstance(obj, dict):
-        raise RpcError("a frame is a msgpack map")
+        raise RpcError("a frame is a msgpack map", "framing")
     return obj
 
 
 async def write_frame(stream, obj: dict[str, Any]) -> None:
     data = msgpack.packb(obj, use_bin_type=True)
     if len(data) > MAX_FRAME:
-        raise RpcError(f"frame of {len(data)} bytes over the {MAX_FRAME} limit")
+        raise RpcError(f"frame of {len(data)} bytes over the {MAX_FRAME} limit", "framing")
     await stream.write(struct.pack(">I", len(data)) + data)
 
 
 async def request(
     host, peer_id, protocol: str, payload: dict[str, Any], timeout: float = TIMEOUT
 ) -> dict[str, Any]:
+    """One request on a new stream, its answer, the stream closed. Raises :class:`RpcError`
+    (:class:`Unsupported` when the peer does not serve ``protocol``)."""
+    known = _advertised(host, peer_id)
+    if known is not None and protocol not in known:
+        raise Unsupported(f"{protocol}: {peer_id} does not list it (identify)")
     try:
         with trio.fail_after(timeout):
             stream = await host.new_stream(peer_id, [protocol])
@@ -75,14 +132,26 @@ async def request(
                 with trio.move_on_after(1):
                     await stream.close()
     except trio.TooSlowError as exc:
-        raise RpcError(f"{protocol}: no answer from {peer_id} in {timeout}s") from exc
+        raise RpcError(f"{protocol}: no answer from {peer_id} in {timeout}s", "timeout") from exc
     except RpcError:
         raise
     except Exception as exc:  # libp2p raises many types, often nested groups
+        if _unsupported(exc):
+            raise Unsupported(f"{protocol}: {peer_id} does not serve it") from exc
         raise RpcError(f"{protocol}: {type(exc).__name__}: {exc}") from exc
     if "error" in response:
-        raise RpcError(f"{protocol}: peer answered {response['error']}")
+        code = str(response["error"])
+        raise RpcError(f"{protocol}: peer answered {code}: {response.get('message', '')}", code)
     return response
+
+
+def _advertised(host, peer_id) -> list[str] | None:
+    """The protocols the peer listed in identify, or None while identify has not told us."""
+    try:
+        listed = host.get_peerstore().get_protocols(peer_id)
+    except Exception:  # unknown peer, or identify not done yet
+        return None
+    return [str(p) for p in listed] if listed else None
 
 
 def serve(
@@ -97,8 +166,10 @@ def serve(
                 req = await read_frame(stream)
                 try:
                     resp = await handler(peer, req)
+                except ServeError as exc:
+                    resp = error_answer(exc.code, exc.message)
                 except (KeyError, TypeError, ValueError) as exc:
-                    resp = {"error": f"bad request: {type(exc).__name__}"}
+                    resp = error_answer(BAD_REQUEST, f"{type(exc).__name__}: {exc}")
                 await write_frame(stream, resp)
         except (RpcError, trio.TooSlowError) as exc:
             log.debug("rpc from %s failed: %s", peer, exc)

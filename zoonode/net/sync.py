@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+RECORD_TYPE = "experience"  # the record type a sync request is about ("type", optional)
 BUCKET_MS = 3_600_000
 MAX_IDS = 20_000
 MAX_GET = 128

@@ -27,7 +27,7 @@ import numpy as np
 
 from zoonode.native.codec import decompress_many
 from zoonode.native.head import lower
-from zoonode.protocol import MAX_RECORD_BYTES, ProtocolError, SignedRecord, decode
+from zoonode.protocol import ProtocolError, SignedRecord, decode
 
 if TYPE_CHECKING:
     from zoonode.native.space import Space
@@ -100,23 +100,21 @@ def encode_batch(wires: list[bytes]) -> bytes:
 
 
 def decode_batch(data: bytes) -> list[bytes]:
-    """A gossip message: a msgpack array of record wires. Raises ValueError when malformed."""
+    """A gossip message (NETWORK.md §4.2): a msgpack array of 1..256 ``bin`` record wires,
+    at most 512 KiB. Raises ValueError(reason), checked in this order: ``oversize_batch``
+    (over 512 KiB), ``malformed_batch`` (not exactly one msgpack array), ``malformed_batch``
+    (empty), ``oversize_batch`` (over 256 items), ``malformed_batch`` (an item not bin)."""
     if len(data) > MAX_BATCH_BYTES:
         raise ValueError(Reason.OVERSIZE_BATCH)
     try:
-        items = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            max_bin_len=MAX_RECORD_BYTES + 1,
-            max_array_len=MAX_BATCH_RECORDS,
-            max_str_len=0,
-            max_map_len=0,
-            max_ext_len=0,
-        )
+        items = msgpack.unpackb(data, raw=False, use_list=True, max_ext_len=0, ext_hook=_no_ext)
     except Exception as exc:
         raise ValueError(Reason.MALFORMED_BATCH) from exc
-    if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items) or not items:
+    if type(items) is not list or not items:
+        raise ValueError(Reason.MALFORMED_BATCH)
+    if len(items) > MAX_BATCH_RECORDS:
+        raise ValueError(Reason.OVERSIZE_BATCH)
+    if not all(type(i) is bytes for i in items):  # raw=False: a str item decodes to str
         raise ValueError(Reason.MALFORMED_BATCH)
     return items
 
@@ -141,6 +139,10 @@ def backlog_admits(
     if pending_of_author >= bounds.per_author:
         return False
     return vouched or pending_total < bounds.total
+
+
+def _no_ext(code: int, data: bytes) -> None:
+    raise ValueError("ext")
 
 
 def check_record(
@@ -188,6 +190,44 @@ def code_vectors(codes: Sequence[bytes], head: np.ndarray, v_ref: np.ndarray) ->
         return np.zeros((0, head.shape[1]), np.float32)
     sketch = lower(decompress_many(list(codes), v_ref), head)
     return sketch / np.linalg.norm(sketch, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class MessageVerdict:
+    """A gossip message's outcome (NETWORK.md §4.4): REJECT at the first rejected record (its
+    reason), else ACCEPT if any record is accepted, else IGNORE (the first record's reason)."""
+
+    verdict: Verdict
+    reason: str
+    accepted: list[Checked]
+    checked: list[Checked]
+
+
+def check_message(
+    data: bytes,
+    policy: Policy,
+    now_ms: int,
+    known: Callable[[bytes], bool],
+    limiter: AuthorLimiter,
+    banned: Callable[[bytes], bool] = lambda a: False,
+    backlog: Callable[[SignedRecord], bool] = lambda r: True,
+) -> MessageVerdict:
+    """Validate one gossip message's data: the batch framing, then each record in order
+    (``backlog``: see :func:`check_record`)."""
+    try:
+        wires = decode_batch(data)
+    except ValueError as exc:
+        return MessageVerdict(Verdict.REJECT, str(exc.args[0]), [], [])
+    checked: list[Checked] = []
+    for wire in wires:
+        result = check_record(wire, policy, now_ms, known, limiter, banned, backlog=backlog)
+        checked.append(result)
+        if result.verdict is Verdict.REJECT:
+            return MessageVerdict(Verdict.REJECT, result.reason, [], checked)
+    accepted = [c for c in checked if c.verdict is Verdict.ACCEPT]
+    if accepted:
+        return MessageVerdict(Verdict.ACCEPT, Reason.OK, accepted, checked)
+    return MessageVerdict(Verdict.IGNORE, checked[0].reason, [], checked)
 
 
 def embedding_agreement(

@@ -1,9 +1,11 @@
-"""The anti-entropy room (``/zoo/dso/sync/1``): serve our digest, ids and records to peers,
-and every ``SYNC_INTERVAL`` per connected peer fetch what we lack (``zoonode.net.sync`` holds
-the pure digest). Fetched records are validated like gossip and join the ingest queue; a
-round that brought records is followed by the next at once (a joining node catches up at the
-store's pace, not one round per interval), and a round stops when the backlog of records
-waiting for the embedding check is full for their authors (they are fetched after it drains).
+"""The anti-entropy room (``/zoo/dso/sync/1``, NETWORK.md §6): serve our digest, ids and
+records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we lack
+(``zoonode.net.sync`` holds the pure digest). Fetched records are validated like gossip and
+join the ingest queue; a round that brought records is followed by the next at once (a
+joining node catches up at the store's pace, not one round per interval), and a round stops
+when the backlog of records waiting for the embedding check is full for their authors (they
+are fetched after it drains). A peer that does not serve sync (another implementation may
+not) or whose rounds fail is backed off and logged once per state change, not once per round.
 
 Records waiting for the embedding check are held, so they are in the digest and served to
 peers (who check them themselves, as they check gossip); one that fails becomes a tombstone,
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,69 +35,166 @@ MAX_GET_ROOM = 128  # one ``get`` of records
 SYNC_PARALLEL = 4  # buckets fetched at a time from one peer
 
 
+UNSUPPORTED_RETRY = 600.0  # seconds before asking again a peer that does not serve sync
+MAX_BACKOFF = 600.0  # cap of the doubling wait after failed rounds
+MAX_TRACKED_PEERS = 4096
+
+
+@dataclass
+class PeerSync:
+    """Where sync stands with one peer. ``state``: ``new`` (never tried), ``ok``,
+    ``unsupported`` (does not serve the protocol) or ``failing`` (rounds fail)."""
+
+    state: str = "new"
+    next_round: float = 0.0
+    failures: int = 0
+
+
 class AntiEntropy:
+    """Both sides of ``/zoo/dso/sync/1``. Rounds with one peer run every ``interval``; a peer
+    that does not serve sync is asked again after ``unsupported_retry``, a failing one after a
+    doubling backoff. Each peer's state change is logged once, never each round; every round's
+    outcome is counted (``sync:round_ok``, ``sync:unsupported``, ``sync:failed_<code>``)."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._synced: dict[str, float] = {}
+        self.peers: OrderedDict[str, PeerSync] = OrderedDict()
+        self.interval = SYNC_INTERVAL
+        self.unsupported_retry = UNSUPPORTED_RETRY
 
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
-        from zoonode.net.sync import MAX_GET, MAX_IDS
+        """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
+        from zoonode.net.rpc import BAD_REQUEST, ServeError
+        from zoonode.net.sync import MAX_GET, MAX_IDS, RECORD_TYPE
 
         node = self.node
+        if req.get("type", RECORD_TYPE) != RECORD_TYPE:
+            raise ServeError("unknown_type", f"this node syncs only {RECORD_TYPE!r} records")
         op = req.get("op")
         if op == "digest":
             return {"buckets": node.digest.to_wire(), "bucket_ms": node.digest.bucket_ms}
         if op == "ids":
-            start, end = int(req["start"]), int(req["end"])
+            start, end = req.get("start"), req.get("end")
+            if type(start) is not int or type(end) is not int:
+                raise ServeError(BAD_REQUEST, "ids needs int start and end (ms)")
             ids = await node.in_kb(node.kb.store.ids_between, start, end, MAX_IDS)
             return {"ids": ids}
         if op == "get":
-            ids = [i for i in req["ids"][:MAX_GET] if isinstance(i, bytes)]
+            wanted = req.get("ids")
+            if type(wanted) is not list:
+                raise ServeError(BAD_REQUEST, "get needs ids, a list of 32-byte bin")
+            ids = [i for i in wanted[:MAX_GET] if type(i) is bytes and len(i) == 32]
             return {"wires": await node.in_kb(node.kb.store.wires, ids)}
-        return {"error": "unknown op"}
+        raise ServeError("unknown_op", f"unknown op {op!r}: digest, ids or get")
 
     async def run(self) -> None:
         while True:
             for peer in self.node.connected_peers():
                 key = str(peer)
-                if time.monotonic() - self._synced.get(key, -1e9) >= SYNC_INTERVAL:
+                entry = self.peers.get(key) or self._track(key)
+                if time.monotonic() >= entry.next_round:
+                    entry.next_round = time.monotonic() + self.interval  # until the round ends
                     fetched = 0
                     with trio.move_on_after(ROUND_TIMEOUT):
                         fetched = await self.sync_with(peer)
-                    # More may be waiting: the next round at once (unless the backlog is full).
-                    self._synced[key] = time.monotonic() if not fetched else -1e9
+                    if fetched and entry.state == "ok":
+                        # More may be waiting: the next round at once (a full backlog makes
+                        # it fetch nothing, and then the interval applies).
+                        entry.next_round = time.monotonic()
             await trio.sleep(0.5)
+
+    def _track(self, key: str) -> PeerSync:
+        entry = self.peers[key] = PeerSync()
+        while len(self.peers) > MAX_TRACKED_PEERS:
+            self.peers.popitem(last=False)
+        return entry
+
+    def _outcome(self, key: str, state: str, detail: str = "") -> None:
+        """Record a round's outcome; log only when the peer's state changes."""
+        entry = self.peers.get(key) or self._track(key)
+        now = time.monotonic()
+        previous = entry.state
+        if state == "ok":
+            entry.failures = 0
+            entry.next_round = now + self.interval
+            self.node.counters["sync:round_ok"] += 1
+            if previous in ("unsupported", "failing"):
+                log.info("sync with %s works again", key)
+        elif state == "unsupported":
+            entry.next_round = now + self.unsupported_retry
+            self.node.counters["sync:unsupported"] += 1
+            if previous != "unsupported":
+                log.info(
+                    "peer %s does not serve %s: not syncing with it (asking again every %.0f s)",
+                    key,
+                    _sync_protocol(),
+                    self.unsupported_retry,
+                )
+        else:
+            entry.failures += 1
+            wait = min(self.interval * 2 ** (entry.failures - 1), MAX_BACKOFF)
+            entry.next_round = now + wait
+            self.node.counters[f"sync:failed_{detail.split(':', 1)[0]}"] += 1
+            if previous != "failing":
+                log.warning(
+                    "sync with %s failed (%s): backing off, up to %.0f s between tries",
+                    key,
+                    detail,
+                    MAX_BACKOFF,
+                )
+        entry.state = state
 
     async def sync_with(self, peer) -> int:
         """One anti-entropy round with ``peer``; returns how many records were fetched.
         ``SYNC_PARALLEL`` differing buckets are fetched at a time (each costs two or more
         request round trips; one at a time, a joining node waited on the network)."""
-        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
+        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, Unsupported, request
 
         node = self.node
+        key = str(peer)
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
         try:
             theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
             if theirs.get("bucket_ms") != node.digest.bucket_ms:
+                self._outcome(key, "failing", "bad_answer: other bucket_ms")
                 return 0
-            starts = node.digest.differing(theirs["buckets"])
-        except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.debug("sync with %s failed: %s", peer, exc)
+            buckets = theirs.get("buckets")
+            if not isinstance(buckets, dict):
+                raise ValueError("digest without buckets")
+            starts = node.digest.differing(buckets)
+        except Unsupported:
+            self._outcome(key, "unsupported")
+            return 0
+        except RpcError as exc:
+            self._outcome(key, "failing", f"{exc.code}: {exc}")
+            return 0
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
             return 0
         fetched = [0]
+        errors: list[Exception] = []
 
         async def worker() -> None:
-            while starts and self._room():
+            while starts and not errors and self._room():
                 start = starts.pop(0)
                 try:
                     fetched[0] += await self._bucket(peer, start, limiter)
                 except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    log.debug("sync with %s failed: %s", peer, exc)
-                    starts.clear()
+                    errors.append(exc)
 
         async with trio.open_nursery() as nursery:
             for _ in range(SYNC_PARALLEL):
                 nursery.start_soon(worker)
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, Unsupported):
+                self._outcome(key, "unsupported")
+            elif isinstance(exc, RpcError):
+                self._outcome(key, "failing", f"{exc.code}: {exc}")
+            else:
+                self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
+            return fetched[0]
+        self._outcome(key, "ok")
         if starts:
             log.info("sync: backlog full, fetching the rest after it drains")
         if fetched[0]:
@@ -145,3 +246,9 @@ class AntiEntropy:
         node = self.node
         waiting = node.kb.backlog.total + node.ingest.queued()
         return waiting + MAX_GET_ROOM <= node.bounds.total
+
+
+def _sync_protocol() -> str:
+    from zoonode.net.rpc import SYNC_PROTOCOL
+
+    return SYNC_PROTOCOL

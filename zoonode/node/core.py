@@ -27,6 +27,7 @@ import numpy as np
 import trio
 
 from zoonode.config import Config
+from zoonode.datadir import DataDirLock
 from zoonode.identity import IDENTITY_FILE, load_or_create_identity
 from zoonode.knowledge import Filters, KnowledgeBase
 from zoonode.native.encoder import Encoder, EncoderSettings
@@ -92,11 +93,26 @@ class NodeInfo:
 
 class Node:
     def __init__(self, cfg: Config, *, encoder: Encoder | None = None) -> None:
+        self.cfg = cfg
+        # First: a second node on this data dir stops here, naming the first one's PID.
+        self.lock = DataDirLock(cfg.data_path).acquire()
+        try:
+            self._open(cfg, encoder)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, cfg: Config, encoder: Encoder | None) -> None:
         from zoonode.net.gossip import Gossip
         from zoonode.net.host import make_host
         from zoonode.net.sync import Digest
 
-        self.cfg = cfg
+        if cfg.node.blas_threads > 0:
+            # Process-wide: numpy's BLAS pool. Selection's 150 x 384 products took 5-10x longer
+            # with 2 threads than with 1 while another process held a core (query_path.py).
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(cfg.node.blas_threads, user_api="blas")
         self.key = load_or_create_identity(cfg.data_path / IDENTITY_FILE)
         self.author = public_key_bytes(self.key)
         self.trusted_authors = {bytes.fromhex(a) for a in cfg.selection.trusted_authors}
@@ -176,6 +192,7 @@ class Node:
                         nursery.start_soon(self.ingest.run)
                         nursery.start_soon(self.checker.run)
                         nursery.start_soon(self.antientropy.run)
+                        nursery.start_soon(self.discovery.watch_departures)
                         if self.cfg.network.mdns:
                             nursery.start_soon(self.discovery.run_mdns_dialer)
                         if self.cfg.api.listen:
@@ -197,7 +214,10 @@ class Node:
                             except Exception as exc:
                                 log.warning("host close: %s", unwrap(exc))
         finally:
-            self.kb.close()
+            try:
+                self.kb.close()
+            finally:
+                self.lock.release()
             log.info("node %s stopped", self.peer_id)
 
     def stop(self) -> None:
@@ -282,9 +302,13 @@ class Node:
         return list(self.host.get_network().connections.keys())
 
     def metrics(self) -> dict[str, Any]:
+        from zoonode.net.host import library_noise
+
         verdicts = dict(self.gossip.stats.verdicts)
+        # The library's per-attempt error lines, counted instead of printed (per process).
+        counters = dict(self.counters) | {f"libp2p:{k}": v for k, v in library_noise.items()}
         return {
-            "counters": dict(self.counters),
+            "counters": counters,
             "gossip_verdicts": verdicts,
             "messages_in": self.gossip.stats.messages_in,
             "messages_out": self.gossip.stats.messages_out,

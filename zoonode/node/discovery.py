@@ -1,5 +1,7 @@
 """The discovery room: dial the bootstrap peers at start, and (with ``network.mdns``) the
-peers mDNS announces, retrying a failed one after ``DIAL_BACKOFF`` seconds."""
+peers mDNS announces, retrying a failed one after ``DIAL_BACKOFF`` seconds; forget the
+addresses of peers that left, so that neither we nor the library's auto-connector keep dialling
+them (one log line per departed peer instead of a dial error every few seconds)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ log = logging.getLogger("zoonode.node.discovery")
 DIAL_TIMEOUT = 10.0
 DISCOVERY_INTERVAL = 2.0  # seconds between dials of peers mDNS found
 DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried again
+# Seconds a peer stays disconnected before its addresses are dropped: under py-libp2p's
+# auto-connector's own 60 s back-off after a disconnect, so a peer that left is never redialled
+# (a peer that comes back dials us, or mDNS announces it again).
+FORGET_AFTER = 30.0
 
 
 def unwrap(exc: BaseException) -> str:
@@ -30,6 +36,41 @@ def unwrap(exc: BaseException) -> str:
 class Discovery:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.forget_after = FORGET_AFTER
+        self.bootstrap_peers: set[str] = set()  # peer ids we keep redialling (configured)
+        self._away: dict[str, float] = {}  # peer -> monotonic time it was first seen away
+
+    async def watch_departures(self) -> None:
+        while True:
+            self.forget_departed(time.monotonic())
+            await trio.sleep(min(1.0, self.forget_after / 2))
+
+    def forget_departed(self, now: float) -> list[str]:
+        """Drop the addresses of peers disconnected for ``forget_after`` seconds (bootstrap
+        peers excepted); returns their ids. Counted as ``discovery:forgotten``."""
+        node = self.node
+        store = node.host.get_peerstore()
+        connected = set(node.connected_peers())
+        me = node.host.get_id()
+        forgotten = []
+        for peer in store.peer_ids():
+            key = str(peer)
+            if peer == me or peer in connected:
+                self._away.pop(key, None)
+                continue
+            try:
+                if not store.addrs(peer):
+                    continue
+            except Exception:  # unknown or expired: nothing to dial
+                continue
+            since = self._away.setdefault(key, now)
+            if now - since >= self.forget_after and key not in self.bootstrap_peers:
+                store.clear_addrs(peer)
+                del self._away[key]
+                node.counters["discovery:forgotten"] += 1
+                log.info("peer %s is gone: forgetting its addresses, no redials", key)
+                forgotten.append(key)
+        return forgotten
 
     async def dial_bootstrap(self, addrs: Sequence[str]) -> int:
         """Dial each bootstrap address; say which failed and why. Returns how many answered."""
@@ -40,6 +81,7 @@ class Discovery:
         for addr in addrs:
             try:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                self.bootstrap_peers.add(str(info.peer_id))
                 with trio.fail_after(DIAL_TIMEOUT):
                     await self.node.host.connect(info)
                 ok += 1
@@ -79,11 +121,13 @@ class Discovery:
                     with trio.fail_after(DIAL_TIMEOUT):
                         await node.host.connect(PeerInfo(peer, addrs))
                     node.counters["discovery:dialled"] += 1
+                    failed_at.pop(key, None)
                     log.info("connected to discovered peer %s", key)
                 except BaseException as exc:
                     if isinstance(exc, trio.Cancelled):
                         raise
+                    if key not in failed_at:  # once per peer, not per retry
+                        log.info("discovered peer %s did not answer: %s", key, unwrap(exc))
                     failed_at[key] = time.monotonic()
                     node.counters["discovery:failed"] += 1
-                    log.debug("discovered peer %s did not answer: %s", key, unwrap(exc))
             await trio.sleep(DISCOVERY_INTERVAL)

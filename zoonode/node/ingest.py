@@ -29,7 +29,7 @@ from zoonode.net.validation import (
     code_vectors,
 )
 from zoonode.protocol import Op, SignedRecord, decode
-from zoonode.store import Incoming, InsertResult, Outcome
+from zoonode.store import Incoming, InsertResult, Outcome, Status, StorageFull
 
 if TYPE_CHECKING:
     from zoonode.node.core import Node
@@ -90,13 +90,35 @@ class Ingest:
         return None
 
     async def revoke(self, record_id: bytes) -> str:
+        """Withdraw one of our lessons, network-wide. Idempotent: the outcome is ``revoked``
+        (a revocation was stored and gossiped) or ``already_revoked`` (nothing emitted); a
+        refusal is ``not_found``, ``not_author`` or ``not_revocable`` (a revocation)."""
         node = self.node
-        record = create_revocation(node.key, node.encoder.space, record_id)
-        [result] = await node.in_kb(node.kb.ingest, [Incoming(record, None, "local")])
-        if result.outcome is Outcome.ACCEPTED:
+
+        def work() -> tuple[str, SignedRecord | None]:
+            # On the knowledge-base thread: check and store in one step, so two concurrent
+            # calls cannot both sign a revocation.
+            row = node.kb.get(record_id)
+            if row is None:
+                return "not_found", None
+            if row.op is Op.REVOKE:
+                return "not_revocable", None
+            if row.author != node.author:
+                return "not_author", None
+            if row.status is Status.REVOKED:
+                return "already_revoked", None
+            record = create_revocation(node.key, node.encoder.space, record_id)
+            [result] = node.kb.ingest([Incoming(record, None, "local")])
+            if result.outcome is Outcome.ACCEPTED:
+                return "revoked", record
+            return result.reason or result.outcome.name.lower(), None
+
+        outcome, record = await node.in_kb(work)
+        node.counters[f"revoke:{outcome}"] += 1
+        if record is not None:
             node.note_stored([record])
             await node.gossip.publish([record.wire])
-        return result.reason or result.outcome.name.lower()
+        return outcome
 
     # -- records signed by others ---------------------------------------------------------------
     async def import_records(self, wires: Sequence[bytes]) -> list[tuple[bytes | None, str]]:
@@ -164,7 +186,13 @@ class Ingest:
             with trio.move_on_after(FILL_S):
                 while len(batch) < INGEST_BATCH:
                     batch.append(await self._recv.receive())
-            stored = await self.node.in_kb(self.store_pending, batch)
+            try:
+                stored = await self.node.in_kb(self.store_pending, batch)
+            except StorageFull as exc:
+                # Not stored, so not in the digest: sync fetches them again once there is room.
+                self.node.counters["ingest:storage_full"] += len(batch)
+                log.warning("%d peer records dropped: %s", len(batch), exc)
+                continue
             self.node.note_stored(stored)
             self.node.checker.active()
             self.node.checker.notify()

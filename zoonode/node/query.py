@@ -1,11 +1,17 @@
 """The query room: robust selection over the local replica and, when asked, over peers'
-answers (federated query, ``/zoo/dso/query/1``); author standing; export pages.
+answers (federated query, ``/zoo/dso/query/2``, NETWORK.md §7); author standing; export pages.
+
+Federated queries travel in the canonical 7680-d space (float16, 15,360 bytes), never in a
+node's private compact coordinates: the asking node lifts its query through its own head, the
+answering node lowers it onto its own basis (``Encoder.lower``: head^T v), so peers with
+another backbone and a fitted head can ask and answer.
 
 Records waiting for the embedding check (pending) are candidates of a local query, scored by
 the vector their code implies; the few that selection would return are checked on demand,
 batched (``checker.check_now``), and selection runs again with their exact vectors, without
 those that failed. What a query returns has always passed the check. Federated answers we
-serve and export pages hold checked records only."""
+serve and export pages hold checked records only.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import trio
 
 from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters
+from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record
 from zoonode.node.checker import CHECK_THREADS
 from zoonode.protocol import Op, SignedRecord, decode
@@ -36,12 +43,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("zoonode.node.query")
 
 ON_DEMAND_ROUNDS = 3  # selections that may check pending picks before they are left out
+QUERY_VECTOR_BYTES = CANONICAL_DIM * 2  # float16
+DEFAULT_K = 10
+MAX_K = 200
+WRONG_SPACE = "wrong_space"
+WRONG_DIMENSION = "wrong_dimension"
+BAD_VECTOR = "bad_vector"
+
+
+def canonical_query_bytes(canonical: np.ndarray) -> bytes:
+    """A unit canonical vector (1, 7680) or (7680,) as the query's wire form: little-endian
+    IEEE 754 binary16 (NETWORK.md §7.1)."""
+    v = np.asarray(canonical, np.float32).reshape(-1)
+    if v.shape != (CANONICAL_DIM,):
+        raise ValueError(f"a canonical query has {CANONICAL_DIM} values, got {v.shape}")
+    return v.astype("<f2").tobytes()
 
 
 class Query:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._knows_peers_long = False  # set once a peer has been known past the maturity
+        self._first_peer_ms: int | None = None  # never changes once known (authors table)
 
     async def query(
         self,
@@ -78,7 +101,14 @@ class Query:
             # encodes then share 2 cores without stalling on each other's thread barrier.
             threads = CHECK_THREADS if node.kb.backlog.total else None
             q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
-            found = node.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh, pending=True)
+            found = node.kb.search(
+                q,
+                k=sel.candidates,
+                filters=filters,
+                weigh=weigh,
+                per_cluster=sel.cluster_members,
+                pending=True,
+            )
             return q, found, self.newcomers_may_answer_alone()
 
         q, hits, alone = await node.in_kb(local)
@@ -100,7 +130,7 @@ class Query:
             for h in hits
         ]
         if federated:
-            extra = await self.federated_candidates(q, sel.candidates)
+            extra = await self.federated_candidates(q, sel.candidates, filters)
             known = await node.in_kb(node.kb.authors_first_seen, [c.author for _, c in extra])
             seen = set(wires)
             for record, cand in extra:
@@ -111,7 +141,13 @@ class Query:
         settings = SelectionSettings(
             k=k or sel.k,
             min_similarity=sel.min_similarity,
+            floor_min=sel.floor_min,
+            floor_margin=sel.floor_margin,
             author_cap=sel.author_cap,
+            per_author=sel.per_author,
+            established_slots=sel.established_slots,
+            agreement_quantile=sel.agreement_quantile,
+            answer_duplicate=sel.answer_duplicate,
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
         )
@@ -170,7 +206,9 @@ class Query:
         if policy != "bootstrap":
             return policy == "always"
         if not self._knows_peers_long:  # once true it stays true: no query needed then
-            first = node.kb.first_peer_acceptance(node.author)
+            if self._first_peer_ms is None:  # an index lookup (authors table), then cached
+                self._first_peer_ms = node.kb.first_peer_acceptance(node.author)
+            first = self._first_peer_ms
             maturity_ms = int(node.cfg.selection.maturity_days * 86_400_000)
             self._knows_peers_long = first is not None and now_ms() - first >= maturity_ms
         return not self._knows_peers_long
@@ -185,27 +223,37 @@ class Query:
         return author_standing(first_seen.get(author), now_ms(), maturity_ms)
 
     async def federated_candidates(
-        self, q: np.ndarray, k: int
+        self, q: np.ndarray, k: int, filters: Filters | None = None
     ) -> list[tuple[SignedRecord, Candidate]]:
-        """Ask every connected peer for its top k; validate answers like gossip."""
+        """Ask every connected peer for its top ``k`` (``/zoo/dso/query/2``) and validate the
+        answers like gossip plus the embedding check; ``q`` is our compact query, lifted to
+        the canonical space for the wire. Peers' answers must also pass ``filters``."""
         from zoonode.net.rpc import QUERY_PROTOCOL, RpcError, request
 
         node = self.node
         answers: list[bytes] = []
+        payload: dict[str, Any] = {
+            "space": node.encoder.space,
+            "vector": canonical_query_bytes(node.encoder.lift(np.asarray(q, np.float32)[None])),
+            "k": k,
+        }
+        if filters is not None and filters.domain:
+            payload["domain"] = filters.domain
+        if filters is not None and filters.min_confidence is not None:
+            payload["min_confidence"] = float(filters.min_confidence)
 
         async def ask(peer) -> None:
+            node.counters["query:asked"] += 1
             try:
-                resp = await request(
-                    node.host,
-                    peer,
-                    QUERY_PROTOCOL,
-                    {"space": node.encoder.space, "vector": np.asarray(q, "<f4").tobytes(), "k": k},
-                )
-                wires = resp.get("wires", [])
-                if isinstance(wires, list):
-                    answers.extend(w for w in wires[:k] if isinstance(w, bytes))
+                resp = await request(node.host, peer, QUERY_PROTOCOL, payload)
             except RpcError as exc:
+                node.counters[f"query:failed_{exc.code}"] += 1
                 log.debug("federated query to %s failed: %s", peer, exc)
+                return
+            wires = resp.get("wires", [])
+            if isinstance(wires, list):
+                node.counters["query:answered"] += 1
+                answers.extend(w for w in wires[:k] if isinstance(w, bytes))
 
         async with trio.open_nursery() as nursery:
             for peer in node.connected_peers():
@@ -216,8 +264,11 @@ class Query:
             checked = check_record(
                 wire, node.policy, now_ms(), lambda _id: False, limiter, node.banned.__contains__
             )
-            if checked.verdict is Verdict.ACCEPT and checked.record.experience.op is not Op.REVOKE:
-                valid.append(checked.record)
+            if checked.verdict is not Verdict.ACCEPT or checked.record.experience.op is Op.REVOKE:
+                continue
+            if filters is not None and not filters.match(checked.record.experience):
+                continue
+            valid.append(checked.record)
         if not valid:
             return []
 
@@ -249,20 +300,47 @@ class Query:
         return out
 
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
-        """``/zoo/dso/query/1``: a peer's federated query."""
+        """``/zoo/dso/query/2`` (NETWORK.md §7): a peer's query in the canonical space.
+
+        The vector is lowered onto this node's own basis (head^T v) and searched like a local
+        query. Errors (``ServeError``): ``wrong_space``, ``wrong_dimension`` (not 7680 float16
+        values: a 384-d vector of a backbone's private coordinates is refused here),
+        ``bad_vector`` (not finite, or nothing left on our basis), ``bad_request``."""
+        from zoonode.net.rpc import BAD_REQUEST, ServeError
+
         node = self.node
         if req.get("space") != node.encoder.space:
-            return {"error": "wrong_space"}
-        vector = np.frombuffer(req["vector"], "<f4")
-        if vector.shape != (node.encoder.space_info.hidden,) or not np.all(np.isfinite(vector)):
-            return {"error": "bad_vector"}
-        k = max(1, min(int(req.get("k", 10)), 200))
-        norm = float(np.linalg.norm(vector))
-        if norm == 0:
-            return {"error": "bad_vector"}
-        hits = await node.in_kb(node.kb.search, vector / norm, k)
+            raise ServeError(WRONG_SPACE, f"this node answers space {node.encoder.space.hex()}")
+        raw = req.get("vector")
+        if type(raw) is not bytes:
+            raise ServeError(BAD_REQUEST, "vector must be bin (7680 little-endian float16)")
+        if len(raw) != QUERY_VECTOR_BYTES:
+            raise ServeError(
+                WRONG_DIMENSION,
+                f"vector must be {CANONICAL_DIM} float16 values ({QUERY_VECTOR_BYTES} bytes) "
+                f"in the canonical space, got {len(raw)} bytes",
+            )
+        k = req.get("k", DEFAULT_K)
+        if type(k) is not int:
+            raise ServeError(BAD_REQUEST, "k must be an int")
+        domain = req.get("domain")
+        min_confidence = req.get("min_confidence")
+        if domain is not None and type(domain) is not str:
+            raise ServeError(BAD_REQUEST, "domain must be a str")
+        if min_confidence is not None and type(min_confidence) not in (int, float):
+            raise ServeError(BAD_REQUEST, "min_confidence must be a number")
+        canonical = np.frombuffer(raw, "<f2").astype(np.float32)
+        if not np.all(np.isfinite(canonical)):
+            raise ServeError(BAD_VECTOR, "vector has NaN or infinite values")
+        lowered = node.encoder.lower(canonical[None])[0]
+        norm = float(np.linalg.norm(lowered))
+        if not norm > 0:
+            raise ServeError(BAD_VECTOR, "vector has no component on this node's basis")
+        filters = Filters(domain=domain or None, min_confidence=min_confidence)
+        k = max(1, min(k, MAX_K))
+        hits = await node.in_kb(node.kb.search, lowered / norm, k, filters)
         node.counters["query:served"] += 1
-        return {"wires": [h.row.wire for h in hits], "scores": [h.score for h in hits]}
+        return {"wires": [h.row.wire for h in hits], "scores": [float(h.score) for h in hits]}
 
     async def export_page(
         self, after_seq: int, limit: int, domain: str | None = None
