@@ -126,17 +126,13 @@ class IngestConfig:
     """Two-stage ingest: peers' records are stored pending at once and re-encoded for the
     embedding check in the background (README, "Ingest in two stages")."""
 
-    max_pending: int = 100_000  # over it, newcomers' records are ignored (reason backlog)
-    max_pending_per_author: int = 10_000  # over it, that author's records are ignored
-    check_batch: int = 16  # texts re-encoded per background batch
-    check_rate: float = 0.0  # most records/s the background check re-encodes; 0: no cap
-
-    def __post_init__(self) -> None:
-        for name in ("max_pending", "max_pending_per_author", "check_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ingest.{name} must be at least 1, got {getattr(self, name)}")
-        if self.check_rate < 0:
-            raise ConfigError(f"ingest.check_rate must be >= 0, got {self.check_rate}")
+    # over it, newcomers' records are ignored (reason backlog)
+    max_pending: Annotated[int, _range(ge=1, le=100_000_000)] = 100_000
+    # over it, that author's records are ignored
+    max_pending_per_author: Annotated[int, _range(ge=1, le=100_000_000)] = 10_000
+    check_batch: Annotated[int, _range(ge=1, le=4096)] = 16  # texts per background batch
+    # most records/s the background check re-encodes; 0: no cap
+    check_rate: Annotated[float, _range(ge=0.0, le=1e9)] = 0.0
 
 
 @dataclass(frozen=True)
