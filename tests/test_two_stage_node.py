@@ -126,10 +126,16 @@ def test_hijacks_are_never_returned_and_every_honest_record_ends_active(tmp_path
         counts = httpx.get(f"{url}/v1/status").json()["counts"]
         assert counts["active"] == 36 and counts["pending"] == 0
         cli = subprocess.run(
-            [ZOONODE, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True
+            [ZOONODE, "status", "--json", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
         )
         shown = json.loads(cli.stdout)["backlog"]  # the operator's view of the same
         assert shown["pending"] == 0 and shown["rejected"] == 4
+        human = subprocess.run(
+            [ZOONODE, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True
+        ).stdout
+        assert "0 waiting for the embedding check" in human and "4 failed" in human, human
     store = Store(tmp_path / "experiences.sqlite", encoder.space)
     assert {public_key_bytes(k) for k in hijackers} <= store.banned_authors()
     assert not {public_key_bytes(k) for k in authors} & store.banned_authors()

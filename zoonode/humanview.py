@@ -82,6 +82,13 @@ def status_view(status: dict[str, Any]) -> str:
         f"{counts.get('superseded', 0)} superseded (replica {status.get('replica', '?')})",
         f"peers    {status.get('peers', 0)} connected, {status.get('mesh', 0)} in the gossip mesh",
     ]
+    backlog = status.get("backlog")
+    if backlog:
+        lines.append(
+            f"checks   {backlog['pending']} waiting for the embedding check "
+            f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
+            f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand"
+        )
     addrs = status.get("addrs", [])
     if status.get("peers", 0) == 0:
         lines += textwrap.wrap(JOIN_HINT, WIDTH)
