@@ -14,8 +14,9 @@ PEER = "12D3KooWSPQSD8pppZJEg58cChDaXrnNTzUCBJWcPSfsKpyATYZw"
 
 
 def start(tmp_path, *args):
+    api = [] if "--api" in args else ["--api", "127.0.0.1:0"]
     return subprocess.run(
-        [ZOONODE, "start", "--data-dir", str(tmp_path / "d"), "--api", "127.0.0.1:0", *args],
+        [ZOONODE, "start", "--data-dir", str(tmp_path / "d"), *api, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -33,6 +34,12 @@ def test_bad_listen_and_bootstrap_addresses_are_one_line_and_exit_2(tmp_path):
             ("--listen", f"/ip4/127.0.0.1/tcp/{port}"): f"listen on /ip4/127.0.0.1/tcp/{port}",
             ("--bootstrap", "not-a-multiaddr"): "is not a multiaddr",
             ("--bootstrap", "/ip4/127.0.0.1/tcp/4001"): "names no peer",
+            # TCP on an IP only: udp started a node listening nowhere, dns4 on 0.0.0.0 and ::
+            ("--listen", "/ip4/127.0.0.1/udp/4001"): "cannot be listened on",
+            ("--listen", "/dns4/localhost/tcp/0"): "cannot be listened on",
+            # the API's address: a foreign IP was "[Errno 99] ..." alone, a port in use exit 1
+            ("--api", "192.0.2.1:8780"): "cannot serve the HTTP API on 192.0.2.1:8780",
+            ("--api", f"127.0.0.1:{port}"): f"HTTP API on 127.0.0.1:{port}: Address already",
         }
         for args, message in cases.items():
             out = start(tmp_path, *args)
@@ -71,6 +78,7 @@ def test_query_view_rounds_and_explains():
     assert view.splitlines()[0] == " 1. Check the units before adding measured values"
     assert "relevance 0.34, agreement 1.00, standing 0.00" in view
     assert "stands for 3 near-duplicates" in view and "author cdcdcdcd" in view
+    assert f"    id {'ab' * 32}" in view.splitlines()  # whole, as revoke takes it
     assert "1 selected of 41 considered" in view and "40 below the similarity floor" in view
     assert "1.0000001" not in view and "e-05" not in view
     assert query_view({"selected": [], "considered": 7}).startswith("no lesson selected")

@@ -123,9 +123,10 @@ def start(
     (ZOONODE_NETWORK__MDNS=true). Every setting: config/default.toml."""
     import trio
 
+    from zoonode.datadir import DataDirBusy, holder
     from zoonode.logs import setup_logging
     from zoonode.node import run_node
-    from zoonode.node.discovery import ListenError, check_listen
+    from zoonode.node.discovery import ListenError, check_api_listen, check_listen
 
     cfg = _config(
         config,
@@ -133,8 +134,12 @@ def start(
         network={"listen": listen or None, "bootstrap": bootstrap or None},
         api={"listen": api},
     )
+    pid = holder(cfg.data_path)
+    if pid is not None:  # before the address checks: its ports are in use by that node
+        raise _fail(str(DataDirBusy(cfg.data_path, pid)))
     try:
         check_listen(cfg.network.listen)
+        check_api_listen(cfg.api.listen)
     except ListenError as exc:
         raise _fail(str(exc), 2) from None
     setup_logging(cfg.node.log_level, cfg.node.log_format)

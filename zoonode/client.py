@@ -11,6 +11,7 @@ Both classes build the same requests (``_Requests``) and differ only in how they
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,15 @@ def _answer(response: httpx.Response) -> Any:
     return response.text
 
 
+def _record_id(record_id: str) -> str:
+    """An id as a path segment: 64 hex characters, else the API's ``bad_id`` (400) without a
+    request. Put in the URL unchecked, ``""`` became ``//revoke`` (404 ``no such path``) and
+    ``x/../../status`` a request to another endpoint."""
+    if not (isinstance(record_id, str) and re.fullmatch(r"[0-9a-fA-F]{64}", record_id)):
+        raise ClientError(400, "bad_id", "an id is 64 hex characters")
+    return record_id
+
+
 class _Requests:
     """(method, path, kwargs) for each API call: the one place the API's shape lives."""
 
@@ -128,11 +138,11 @@ class _Requests:
 
     @staticmethod
     def get(record_id: str) -> tuple:
-        return "GET", f"/v1/experiences/{record_id}", {}
+        return "GET", f"/v1/experiences/{_record_id(record_id)}", {}
 
     @staticmethod
     def revoke(record_id: str) -> tuple:
-        return "POST", f"/v1/experiences/{record_id}/revoke", {}
+        return "POST", f"/v1/experiences/{_record_id(record_id)}/revoke", {}
 
     @staticmethod
     def query(text, k, domain, min_confidence, federated) -> tuple:

@@ -73,7 +73,28 @@ def _multiaddrs(values: list[str]) -> list[str]:
         try:
             multiaddr.Multiaddr(value)
         except Exception as exc:  # multiaddr raises several types
-            raise ValueError(f"{value!r} is not a multiaddr ({exc})") from None
+            # the library repeats the address twice around its reason; keep the reason
+            why = re.sub(r"^Invalid MultiAddr '.*?': | \(string: .*\)$", "", str(exc))
+            raise ValueError(f"{value!r} is not a multiaddr: {why}") from None
+    return values
+
+
+def _listen_multiaddrs(values: list[str]) -> list[str]:
+    """Addresses a node can listen on: ``/ip4/HOST/tcp/PORT`` or ``/ip6/HOST/tcp/PORT``, TCP
+    being py-libp2p's only transport here. Anything else was accepted and then skipped with a
+    log line (``/udp/...``: a node listening nowhere) or bound to every interface
+    (``/dns4/localhost/tcp/0`` listened on 0.0.0.0 and ::)."""
+    import multiaddr
+
+    _multiaddrs(values)
+    for value in values:
+        names = [p.name for p in multiaddr.Multiaddr(value).protocols()]
+        if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+            raise ValueError(
+                f"{value!r} cannot be listened on: a listen address is /ip4/HOST/tcp/PORT or "
+                "/ip6/HOST/tcp/PORT (HOST an IP address of this machine, PORT 0 for any free "
+                "one)"
+            )
     return values
 
 
@@ -138,7 +159,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen: Annotated[list[str], AfterValidator(_multiaddrs)] = field(
+    listen: Annotated[list[str], AfterValidator(_listen_multiaddrs)] = field(
         default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"]
     )
     bootstrap: Annotated[list[str], AfterValidator(_peer_multiaddrs)] = field(default_factory=list)

@@ -50,10 +50,10 @@ def query_view(answer: dict[str, Any], legend: bool = True) -> str:
         if s.get("group_size", 1) > 1:
             why += f", stands for {s['group_size']} near-duplicates"
         lines.append(
-            f"    {s['domain']} · confidence {s['confidence']:.2f} · author "
-            f"{short(s['author'], 8)} · id {short(s['id'])}"
+            f"    {s['domain']} · confidence {s['confidence']:.2f} · author {short(s['author'], 8)}"
         )
         lines.append(f"    picked for: {why}")
+        lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
     considered = answer.get("considered", 0)
     if not selected:
         lines.append(f"no lesson selected ({considered} considered)")
