@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -360,4 +359,4 @@ def _print_info(info: NodeInfo, peers: int = 0) -> None:
         print("  " + JOIN_HINT, flush=True)
         for addr in info.addrs:
             print(f"    --bootstrap {addr}", flush=True)
-    print(json.dumps({"event": "started", **info.as_dict()}), file=sys.stderr, flush=True)
+    log.info("started %s", json.dumps(info.as_dict()))  # the same, for log collectors
