@@ -445,6 +445,7 @@ def select(
     chosen_vectors: list[np.ndarray] = []
     slots: dict[bytes, int] = defaultdict(int)
     held_back: list[tuple[Selected, np.ndarray]] = []
+    near_copies: list[Selected] = []  # the last resort of a short answer
 
     def redundant(vector: np.ndarray) -> bool:
         return (
@@ -463,7 +464,7 @@ def select(
             held_back.append((item, vector))
             continue
         if redundant(vector):
-            reasons["near_duplicate_in_answer"] += 1
+            near_copies.append(item)
             continue
         chosen.append(item)
         chosen_vectors.append(vector)
@@ -477,8 +478,14 @@ def select(
             chosen.append(item)
             chosen_vectors.append(vector)
         else:
-            reasons["near_duplicate_in_answer"] += 1
+            near_copies.append(item)
+    # Near-copies of a lesson already in the answer come last and only fill an answer that
+    # would otherwise be short: k answers whenever k candidates clear the floor.
+    near_copies.sort(key=lambda x: -x.score)
+    filled = near_copies[: max(0, s.k - len(chosen))]
+    reasons["near_duplicate_in_answer"] += len(near_copies) - len(filled)
     chosen.sort(key=lambda x: -x.score)
+    chosen.extend(filled)
     return Selection(
         chosen,
         centre.astype(np.float32),
