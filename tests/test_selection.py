@@ -400,8 +400,8 @@ def test_near_duplicates_answer_side_by_side_unless_nearly_identical():
 
 
 def test_near_copies_fill_an_answer_that_would_be_short():
-    """k answers whenever k candidates clear the floor: a near-copy of a lesson already in the
-    answer comes last, and only where nothing else clears the floor."""
+    """k answers whenever k candidates clear the floor: an established author's near-copy of
+    a lesson already in the answer comes last, and only where nothing else clears the floor."""
     rng = np.random.default_rng(7)
     topic = unit(rng.normal(size=64))
     base = unit(topic + 0.3 * unit(rng.normal(size=64)))
@@ -419,3 +419,7 @@ def test_near_copies_fill_an_answer_that_would_be_short():
     short = select(topic, cands, replace(settings, k=2))  # room for two: the copy stays out
     assert [s.candidate.id for s in short.selected] == [cands[0].id, cands[2].id]
     assert short.down_weighted["near_duplicate_in_answer"] == 1
+    # A fresh identity's copy never fills (Sybil variants of one poison are such copies).
+    fresh = [cands[0], replace(cands[1], reputation=0.0), cands[2]]
+    sybil = select(topic, fresh, replace(settings, newcomer_weight=1.0))
+    assert [s.candidate.id for s in sybil.selected] == [cands[0].id, cands[2].id]
