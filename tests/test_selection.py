@@ -401,7 +401,8 @@ def test_near_duplicates_answer_side_by_side_unless_nearly_identical():
 
 def test_near_copies_fill_an_answer_that_would_be_short():
     """k answers whenever k candidates clear the floor: an established author's near-copy of
-    a lesson already in the answer comes last, and only where nothing else clears the floor."""
+    a lesson already in the answer, from an author already answering, comes last, and only
+    where nothing else clears the floor."""
     rng = np.random.default_rng(7)
     topic = unit(rng.normal(size=64))
     base = unit(topic + 0.3 * unit(rng.normal(size=64)))
@@ -423,3 +424,7 @@ def test_near_copies_fill_an_answer_that_would_be_short():
     fresh = [cands[0], replace(cands[1], reputation=0.0), cands[2]]
     sybil = select(topic, fresh, replace(settings, newcomer_weight=1.0))
     assert [s.candidate.id for s in sybil.selected] == [cands[0].id, cands[2].id]
+    # Nor an established copy by an author not already answering (aged Sybil identities).
+    other = [cands[0], replace(cands[1], author=b"q" * 32), cands[2]]
+    aged = select(topic, other, settings)
+    assert [s.candidate.id for s in aged.selected] == [cands[0].id, cands[2].id]
