@@ -21,7 +21,8 @@ from zoonode.experiences import sign_lessons
 from zoonode.identity import IDENTITY_FILE, load_or_create_identity
 from zoonode.knowledge import KnowledgeBase
 from zoonode.native.encoder import Encoder
-from zoonode.protocol.record import _CONTROL_RE, MAX_TEXT_BYTES
+from zoonode.protocol import ProtocolError
+from zoonode.protocol.record import MAX_TEXT_BYTES, check_text
 from zoonode.store import Incoming
 
 from datasets import load as load_retrieval_set
@@ -45,7 +46,11 @@ class Corpus:
 
 
 def _valid_text(text: str) -> bool:
-    return not _CONTROL_RE.search(text) and len(text.encode("utf-8")) <= MAX_TEXT_BYTES
+    try:
+        check_text("text", text, MAX_TEXT_BYTES, allow_blank=False)
+    except ProtocolError:
+        return False
+    return True
 
 
 def load(size: int, enc) -> Corpus:

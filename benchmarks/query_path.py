@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
 import tempfile
 import time
@@ -109,7 +110,17 @@ def main() -> None:
     parser.add_argument("--authors", nargs="+", default=["own", "64"], choices=["own", "64"])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--name", default="query-path")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the encoder (as versus_chroma.py: 2 threads stall on a busy "
+        "2-core machine and the encoding then hides every other stage)",
+    )
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     enc = Encoder.default()
     queries = load_queries().queries[: args.queries]
     rows = []
@@ -122,7 +133,16 @@ def main() -> None:
             rows.append(row)
             print(table([row], list(row)), flush=True)
     print(table(rows, list(rows[0])))
-    path = write_json(args.name, {"rows": rows, "queries": len(queries), "k": 10})
+    path = write_json(
+        args.name,
+        {
+            "rows": rows,
+            "queries": len(queries),
+            "k": 10,
+            "torch threads": args.threads,
+            "load average (1, 5, 15 min) at the end": os.getloadavg(),
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -23,7 +23,8 @@ Ingest through the API, the text's encoding included on both sides, is timed ove
 Chroma through its client, zoonode in process with KnowledgeBase.ingest while the node is
 stopped (what publish and import store, minus the encoder and HTTP). Queries: k = 10 (Chroma
 ``n_results=10``), the query's encoding included on both sides (Chroma: the client encodes,
-then queries), two passes in alternating order after 10 warm-up queries; quality from the
+then queries), two passes after 10 warm-up queries, each query asked of every system in
+turn (who goes first rotating query by query); quality from the
 first pass. RSS: the server processes after the queries (Chroma's client also holds the
 encoder; it is not counted); disk: the data directories.
 """
@@ -152,12 +153,15 @@ class ZooNode:
         self.size = b
         return seconds
 
-    def query(self, text: str) -> tuple[list[str], list[float]]:
+    def query(self, text: str) -> tuple[list[str], list[float], int | None]:
+        """Texts, relevances, and how many candidates cleared the query's floor."""
         assert self.http is not None
         r = self.http.post("/v1/query", json={"text": text, "k": K})
         r.raise_for_status()
-        sel = r.json()["selected"]
-        return [s["text"] for s in sel], [s["relevance"] for s in sel]
+        body = r.json()
+        sel = body["selected"]
+        clear = body["considered"] - body["down_weighted"].get("below_similarity_floor", 0)
+        return [s["text"] for s in sel], [s["relevance"] for s in sel], clear
 
     @property
     def pid(self) -> int:
@@ -231,13 +235,13 @@ class Chroma:
         self.size = b
         return time.perf_counter() - t0
 
-    def query(self, text: str) -> tuple[list[str], list[float]]:
+    def query(self, text: str) -> tuple[list[str], list[float], int | None]:
         q = self.enc.encode_compact(text)
         r = self.collection.query(
             query_embeddings=q, n_results=K, include=["documents", "distances"]
         )
         # Default space "l2" returns squared distances; unit vectors: cos = 1 - d / 2.
-        return list(r["documents"][0]), [1 - d / 2 for d in r["distances"][0]]
+        return list(r["documents"][0]), [1 - d / 2 for d in r["distances"][0]], None
 
     @property
     def pid(self) -> int:
@@ -266,20 +270,32 @@ def quality(answers: list[list[str]], relevant: list[set[str]]) -> dict[str, flo
 
 
 def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[str, dict]:
+    """Every query is asked of every system in turn (who goes first rotating query by query),
+    so that a burst of load from other processes on this shared machine falls on all of them
+    alike; ``passes`` passes, quality from the first. Besides each system's p50/p99, the
+    median over queries of the per-query latency ratio to Chroma (paired, side by side)."""
     relevant = [{corpus.texts[i] for i in rel if i < size} for rel in corpus.relevant]
-    out: dict[str, dict] = {s.name: {"latency": [], "answers": [], "scores": []} for s in systems}
+    out: dict[str, dict] = {
+        s.name: {"latency": [], "answers": [], "scores": [], "clear": []} for s in systems
+    }
+    load = [os.getloadavg()[0]]
     for s in systems:
         for q in corpus.queries[:10]:
             s.query(q)
+    j = 0
     for p in range(passes):
-        for s in systems if p % 2 == 0 else systems[::-1]:
-            for q in corpus.queries:
+        for q in corpus.queries:
+            turn = systems[j % len(systems) :] + systems[: j % len(systems)]
+            j += 1
+            for s in turn:
                 t = time.perf_counter()
-                texts, scores = s.query(q)
+                texts, scores, clear = s.query(q)
                 out[s.name]["latency"].append((time.perf_counter() - t) * 1000)
                 if p == 0:
                     out[s.name]["answers"].append(texts)
                     out[s.name]["scores"].append(scores)
+                    out[s.name]["clear"].append(clear)
+        load.append(os.getloadavg()[0])
     chroma = out["Chroma"]
     rows = {}
     for s in systems:
@@ -293,16 +309,25 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
             if not got
             and any(t in rel and sc >= 0.3 for t, sc in zip(c_got[:5], c_scores[:5], strict=True))
         )
+        short = sum(
+            1
+            for n, clear in zip(counts, o["clear"], strict=True)
+            if clear is not None and n < min(K, clear)
+        )
+        paired = np.array(o["latency"]) / np.array(chroma["latency"])
         rows[s.name] = {
             **quality(o["answers"], relevant),
             "results k=5": float(np.mean([min(5, c) for c in counts])),
             "results k=10": float(np.mean(counts)),
             "empty": sum(1 for c in counts if c == 0),
             "empty, Chroma top 5 relevant >= 0.3": empty_with_relevant,
+            "short of k with k clearing the floor": short,
             "query p50 ms": float(np.percentile(o["latency"], 50)),
             "query p99 ms": float(np.percentile(o["latency"], 99)),
+            "paired p50 ratio": float(np.median(paired)),
             "rss MB": rss_mb(s.pid),
             "disk MB": s.disk(),
+            "load average (1 min) during queries": [round(x, 2) for x in load],
         }
     return rows
 
@@ -355,7 +380,9 @@ def main() -> None:
                     seconds[s.name] += s.ingest(corpus, a, min(end, a + BATCH))
             for s in systems:
                 rate = args.window / seconds[s.name]
-                ingest[s.name].append({"from": start, "to": end, "docs/s": rate})
+                ingest[s.name].append(
+                    {"from": start, "to": end, "docs/s": rate, "load": os.getloadavg()[0]}
+                )
                 print(f"ingest {s.name} {start}-{end}: {rate:.1f}/s", flush=True)
             if start + args.window in sizes:
                 size = start + args.window
@@ -392,6 +419,7 @@ def main() -> None:
         "results k=10",
         "empty",
         "empty, Chroma top 5 relevant >= 0.3",
+        "short of k with k clearing the floor",
         "query p50 ms",
         "query p99 ms",
         "ingest docs/s",
@@ -400,7 +428,13 @@ def main() -> None:
         "disk MB",
     ]
     print(table(rows, columns))
-    ratios = ["Recall@5 ratio", "Hit@5 ratio", "MRR@10 ratio", "query p50 ms ratio"]
+    ratios = [
+        "Recall@5 ratio",
+        "Hit@5 ratio",
+        "MRR@10 ratio",
+        "query p50 ms ratio",
+        "paired p50 ratio",
+    ]
     print(table(rows, ["lessons", "system", *ratios, "ingest docs/s ratio"]))
     path = write_json(
         args.name,

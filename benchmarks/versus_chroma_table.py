@@ -19,7 +19,13 @@ START, END = "<!-- versus-chroma:start -->", "<!-- versus-chroma:end -->"
 SYSTEMS = ("zoonode (1 author)", "zoonode (64 authors)")
 
 
-def _fmt(key: str, v: float) -> str:
+def _fmt(key: str, v: float | None) -> str:
+    if v is None:
+        return "–"
+    if key.startswith("short"):
+        return f"{int(v)}"
+    if key == "paired p50 ratio":
+        return f"{v:.2f}"
     if key in ("Recall@5", "Hit@5", "MRR@10"):
         return f"{v:.3f}"
     if key.startswith("results"):
@@ -39,7 +45,12 @@ ROWS = [
         "… of them with a relevant lesson >= 0.3 in Chroma's top 5",
         ("empty, Chroma top 5 relevant >= 0.3",),
     ),
+    (
+        "answers shorter than k although k candidates clear the floor",
+        ("short of k with k clearing the floor",),
+    ),
     ("query p50 / p99 ms (HTTP, encoding included)", ("query p50 ms", "query p99 ms")),
+    ("median of per-query latency / Chroma's (paired)", ("paired p50 ratio",)),
     ("API ingest docs/s at this size (embedding included)", ("ingest docs/s",)),
     ("… over the rate at 1k", ("ingest vs 1k",)),
     ("RSS MB (server) / disk MB", ("rss MB", "disk MB")),
@@ -71,7 +82,7 @@ def tables(after: dict, before: dict | None) -> str:
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for label, keys in ROWS:
-            cells = [" / ".join(_fmt(k, row[k]) for k in keys) for _, row in columns]
+            cells = [" / ".join(_fmt(k, row.get(k)) for k in keys) for _, row in columns]
             ratios = []
             for n in ratio_of:
                 rk = RATIO_KEYS.get(label)
@@ -85,6 +96,10 @@ def tables(after: dict, before: dict | None) -> str:
                     )
                 )
             out.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+        load = got["Chroma"].get("load average (1 min) during queries")
+        if load:
+            out.append("")
+            out.append(f"Load average (1 min) on the 2-core machine during the queries: {load}.")
         out.append("")
     return "\n".join(out)
 

@@ -81,7 +81,12 @@ def test_share_query_get_revoke_and_metrics(node):
     assert top["text"] in (lesson["text"], reworded["text"]) and top["relevance"] >= 0.4
     assert {"agreement", "distance_to_centre", "group_size"} <= set(top)
     assert top["group_size"] == 2  # the two wordings form one near-duplicate cluster
-    assert len(result["selected"]) == 1  # ... and take one slot, not two
+    # ... and the copy (cos >= selection.answer_duplicate) answers only because nothing else
+    # clears the floor: k answers whenever k candidates do; it comes last.
+    assert [s["text"] for s in result["selected"]] == [top["text"]] + [
+        t for t in (lesson["text"], reworded["text"]) if t != top["text"]
+    ]
+    assert result["down_weighted"].get("near_duplicate_in_answer", 0) == 0
 
     got = httpx.get(f"{url}/v1/experiences/{record_id}").json()
     assert got["status"] == "active" and got["domain"] == "software.security"

@@ -397,3 +397,34 @@ def test_near_duplicates_answer_side_by_side_unless_nearly_identical():
     assert result.groups == 5  # the cluster still votes once
     one_per_group = select(topic, same_cluster + others, replace(settings, answer_duplicate=None))
     assert len({s.candidate.cluster for s in one_per_group.selected}) == 3
+
+
+def test_near_copies_fill_an_answer_that_would_be_short():
+    """k answers whenever k candidates clear the floor: an established author's near-copy of
+    a lesson already in the answer, from an author already answering, comes last, and only
+    where nothing else clears the floor."""
+    rng = np.random.default_rng(7)
+    topic = unit(rng.normal(size=64))
+    base = unit(topic + 0.3 * unit(rng.normal(size=64)))
+    copy = unit(base + 0.02 * unit(rng.normal(size=64)))
+    other = unit(topic + 0.5 * unit(rng.normal(size=64)))
+    cands = [
+        make(1, base, 0.8, b"o" * 32, cluster=1),
+        make(2, copy, 0.79, b"o" * 32, cluster=1),
+        make(3, other, 0.5, b"p" * 32, cluster=2),
+    ]
+    settings = SelectionSettings(k=3, min_similarity=0.4, answer_duplicate=0.95)
+    result = select(topic, cands, settings)
+    assert [s.candidate.id for s in result.selected] == [cands[0].id, cands[2].id, cands[1].id]
+    assert result.down_weighted.get("near_duplicate_in_answer", 0) == 0
+    short = select(topic, cands, replace(settings, k=2))  # room for two: the copy stays out
+    assert [s.candidate.id for s in short.selected] == [cands[0].id, cands[2].id]
+    assert short.down_weighted["near_duplicate_in_answer"] == 1
+    # A fresh identity's copy never fills (Sybil variants of one poison are such copies).
+    fresh = [cands[0], replace(cands[1], reputation=0.0), cands[2]]
+    sybil = select(topic, fresh, replace(settings, newcomer_weight=1.0))
+    assert [s.candidate.id for s in sybil.selected] == [cands[0].id, cands[2].id]
+    # Nor an established copy by an author not already answering (aged Sybil identities).
+    other = [cands[0], replace(cands[1], author=b"q" * 32), cands[2]]
+    aged = select(topic, other, settings)
+    assert [s.candidate.id for s in aged.selected] == [cands[0].id, cands[2].id]
