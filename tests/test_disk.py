@@ -266,10 +266,9 @@ def test_a_full_disk_while_peers_records_wait_for_the_check(small_disk, encoder)
     (pending picks left out, never served unchecked), and once there is room every record is
     checked: the honest ones end active, the hijacker is banned."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from test_two_stage import hijack
 
     from zoonode.experiences import create_experiences
-
-    from test_two_stage import hijack
 
     honest = create_experiences(
         encoder, Ed25519PrivateKey.generate(), [{"text": t, "domain": "a"} for t in TEXTS]
