@@ -372,3 +372,24 @@ def test_records_in_the_ingest_queue_count_toward_the_backlog_bounds(tmp_path, e
                 nursery.cancel_scope.cancel()
 
     run_trio(main)
+
+
+def test_sync_has_room_when_max_pending_is_under_one_get(tmp_path, encoder):
+    """max_pending under one sync ``get`` (128): sync said "backlog full" with nothing waiting
+    and never fetched (a real node with max_pending 120 stayed at 534 of 900 records)."""
+    import trio
+
+    from zoonode.node import Node
+
+    from netutil import node_config, run_trio
+
+    cfg = node_config(tmp_path / "n", ingest={"max_pending": 100})
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = Node(cfg, encoder=encoder)
+            await nursery.start(node.run)
+            assert node.kb.backlog.total == 0 and node.antientropy._room()
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
