@@ -10,11 +10,13 @@ real 8 MiB tmpfs filled up (root only: skipped, saying so, where mount is not pe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -189,12 +191,13 @@ def fill(path: Path, keep: int) -> Path:
     return filler
 
 
-def start(data: Path) -> tuple[subprocess.Popen, str, dict]:
+def start(data: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, dict]:
     proc = subprocess.Popen(
         [ZOONODE, "start", "--data-dir", str(data), "--api", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=None if env is None else os.environ | env,
     )
     for line in proc.stdout:
         match = API_RE.search(line)
@@ -255,3 +258,45 @@ def test_a_full_filesystem_for_real(small_disk):
         assert found.json()["selected"][0]["id"] == next(iter(acked))
     finally:
         stop(proc)
+
+
+def test_a_full_disk_while_peers_records_wait_for_the_check(small_disk, encoder):
+    """The background embedding check meets a full filesystem (it used to stop the node:
+    StorageFull escaped the checker's task). The checked batch stays pending, queries go on
+    (pending picks left out, never served unchecked), and once there is room every record is
+    checked: the honest ones end active, the hijacker is banned."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from test_two_stage import hijack
+
+    from zoonode.experiences import create_experiences
+
+    honest = create_experiences(
+        encoder, Ed25519PrivateKey.generate(), [{"text": t, "domain": "a"} for t in TEXTS]
+    )
+    liar = hijack(encoder, Ed25519PrivateKey.generate(), "Buy cheap pills today", TEXTS[0])
+    data = small_disk / "node"
+    proc, url, auth = start(
+        data, {"ZOONODE_INGEST__CHECK_RATE": "2", "ZOONODE_INGEST__CHECK_BATCH": "1"}
+    )
+    try:
+        wires = [r.wire.hex() for r in [liar, *honest]]
+        r = httpx.post(f"{url}/v1/records", json={"wires": wires}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        filler = fill(small_disk, keep=0)
+        time.sleep(6)  # > FULL_RETRY_S: the check has met the full disk
+        status = httpx.get(f"{url}/v1/status", timeout=30).json()
+        assert status["backlog"]["pending"] > 0
+        found = httpx.post(f"{url}/v1/query", json={"text": TEXTS[0]}, timeout=60)
+        assert found.status_code == 200, found.text
+        assert liar.id.hex() not in {s["id"] for s in found.json()["selected"]}
+        filler.unlink()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/status", timeout=30).json()["backlog"]["pending"]:
+            assert time.monotonic() < deadline, "the backlog did not drain after room returned"
+            time.sleep(0.2)
+        status = httpx.get(f"{url}/v1/status", timeout=30).json()
+        assert status["counts"]["active"] == len(TEXTS) and status["backlog"]["rejected"] == 1
+        assert httpx.get(f"{url}/v1/experiences/{liar.id.hex()}", timeout=30).status_code == 404
+    finally:
+        stderr = stop(proc)
+    assert "not recorded" in stderr and "full" in stderr  # the full disk was met, and said

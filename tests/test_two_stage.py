@@ -335,3 +335,61 @@ def test_eviction_takes_waiting_records_before_checked_ones(tmp_path, encoder, k
     assert all(kb.get(r.id) is not None for r in checked)  # low confidence, but checked
     assert kb.backlog.total == 1  # the evicted waiting ones left the backlog too
     kb.close()
+
+
+def test_records_in_the_ingest_queue_count_toward_the_backlog_bounds(tmp_path, encoder):
+    """A burst is admitted against the backlog's counts while its records still wait in the
+    ingest queue: those must count, or the bounds are overshot by up to the queue (10,000;
+    a real node with max_pending 120 and max_pending_per_author 2 held 219, 4 of one author)."""
+    import trio
+
+    from zoonode.node import Node
+
+    from netutil import node_config, run_trio, wait_until
+
+    cfg = node_config(tmp_path / "n", ingest={"max_pending": 3, "max_pending_per_author": 2})
+    x, y, z = (Ed25519PrivateKey.generate() for _ in range(3))
+    texts = [f"Lesson {i}: check the inputs of step {i} before running it" for i in range(3)]
+    xs = create_experiences(encoder, x, [{"text": t, "domain": "a"} for t in texts])
+    ys = create_experiences(encoder, y, [{"text": t, "domain": "b"} for t in texts[:1]])
+    zs = create_experiences(encoder, z, [{"text": t, "domain": "c"} for t in texts[:1]])
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = Node(cfg, encoder=encoder)
+            await nursery.start(node.run)
+            async with node.checker._encoder_slot:  # no check: what is stored stays pending
+                async with node._kb_lock:  # nothing stored yet: all of it in the queue
+                    for r in xs[:2]:
+                        await node.ingest.enqueue(r, "a-peer")
+                    assert not node.backlog_admits(xs[2])  # per author: 2 queued
+                    assert node.backlog_admits(ys[0])
+                    await node.ingest.enqueue(ys[0], "a-peer")
+                    assert not node.backlog_admits(zs[0])  # in total: 3 queued
+                await wait_until(lambda: node.kb.backlog.total == 3)
+                assert node.ingest.queued_lessons == 0 and not node.ingest.queued_of
+                assert not node.backlog_admits(xs[2]) and not node.backlog_admits(zs[0])
+                nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_sync_has_room_when_max_pending_is_under_one_get(tmp_path, encoder):
+    """max_pending under one sync ``get`` (128): sync said "backlog full" with nothing waiting
+    and never fetched (a real node with max_pending 120 stayed at 534 of 900 records)."""
+    import trio
+
+    from zoonode.node import Node
+
+    from netutil import node_config, run_trio
+
+    cfg = node_config(tmp_path / "n", ingest={"max_pending": 100})
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = Node(cfg, encoder=encoder)
+            await nursery.start(node.run)
+            assert node.kb.backlog.total == 0 and node.antientropy._room()
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)

@@ -246,10 +246,11 @@ class AntiEntropy:
         return fetched
 
     def _room(self) -> bool:
-        """Room in the backlog for a newcomer's records (an ingest queue's worth spare)."""
+        """Room in the backlog for a newcomer's records (one ``get``'s worth spare, or an
+        empty backlog where ``max_pending`` is under one ``get``: else sync never fetched)."""
         node = self.node
         waiting = node.kb.backlog.total + node.ingest.queued()
-        return waiting + MAX_GET_ROOM <= node.bounds.total
+        return waiting + min(MAX_GET_ROOM, node.bounds.total) <= node.bounds.total
 
 
 def _sync_protocol() -> str:

@@ -33,7 +33,7 @@ import trio
 
 from zoonode.net.validation import AbsoluteAgreement, EmbeddingRule, Reason
 from zoonode.protocol import decode
-from zoonode.store import Row
+from zoonode.store import Row, StorageFull
 
 if TYPE_CHECKING:
     from zoonode.node.core import Node
@@ -52,6 +52,7 @@ SHARE = 0.25
 FLOOD_SHARE = 0.05  # while records wait in the ingest queue: stage 1 first
 RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
+FULL_RETRY_S = 5.0  # a full disk: the checked batch stays pending, tried again after this
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,15 @@ class Checker:
                 CHECK_THREADS,
                 limiter=self._encoder_slot,
             )
-            await node.in_kb(self._apply, rows, compact, "background")
+            try:
+                await node.in_kb(self._apply, rows, compact, "background")
+            except StorageFull as exc:
+                # Nothing of the failed write changed (one transaction each); the records
+                # still wait, so they are checked again once there is room. The node goes on.
+                node.counters["check:storage_full"] += len(rows)
+                log.warning("embedding check of %d records not recorded: %s", len(rows), exc)
+                await trio.sleep(FULL_RETRY_S)
+                continue
             self._batch_s = time.monotonic() - started
             if self.max_rate > 0:  # the operator's cap: leave the CPU to other work
                 await trio.sleep(max(0.0, len(rows) / self.max_rate - (time.monotonic() - started)))
@@ -173,7 +182,12 @@ class Checker:
         if rows:
             texts = [decode(r.wire).experience.text for r in rows]
             compact = node.encoder.encode_compact(texts, len(texts), False, CHECK_THREADS)
-            outcome = self._apply(rows, compact, "on_demand")
+            try:
+                outcome = self._apply(rows, compact, "on_demand")
+            except StorageFull as exc:  # a query is a read: it goes on without these records
+                node.counters["check:storage_full"] += len(rows)
+                log.warning("on-demand check of %d records not recorded: %s", len(rows), exc)
+                return CheckOutcome({}, set(seqs))
             vectors |= outcome.vectors
             removed |= outcome.removed
         rest = [s for s in seqs if s not in vectors and s not in removed]
@@ -198,6 +212,8 @@ class Checker:
         for row, verdict in zip(rows, verdicts, strict=True):
             if verdict.accept:
                 continue
+            if verdict.ban and row.author not in node.banned:  # first: a full disk retries
+                kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)  # the whole step
             if not kb.remove([row], Reason.EMBEDDING_MISMATCH):
                 continue  # already handled elsewhere
             removed.add(row.seq)
@@ -211,9 +227,8 @@ class Checker:
                 ": author banned" if verdict.ban else "",
             )
             if verdict.ban and row.author not in node.banned:
-                kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)
-                node.banned.add(row.author)
                 purged = kb.remove(kb.pending_of(row.author), Reason.AUTHOR_BANNED)
+                node.banned.add(row.author)  # after the purge, which a full disk retries
                 removed |= {r.seq for r in purged}
                 node.counters["check:purged"] += len(purged)
         node.counters[f"check:{how}:promoted"] += len(promoted)

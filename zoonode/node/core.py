@@ -234,13 +234,17 @@ class Node:
 
     def backlog_admits(self, record: SignedRecord) -> bool:
         """May this record wait for the embedding check now (``ingest`` bounds)? Read on the
-        trio thread from the in-memory backlog counts: no SQLite in the validator."""
+        trio thread from the in-memory backlog counts, records in the ingest queue included:
+        no SQLite in the validator."""
         if record.experience.op is Op.REVOKE:
             return True  # stored without the check
-        backlog = self.kb.backlog
+        backlog, queued = self.kb.backlog, self.ingest
         author = record.experience.author
         return backlog_admits(
-            backlog.total, backlog.of(author), author in backlog.vouched, self.bounds
+            backlog.total + queued.queued_lessons,
+            backlog.of(author) + queued.queued_of[author],
+            author in backlog.vouched,
+            self.bounds,
         )
 
     # -- knowledge-base work, one thread at a time ---------------------------------------------

@@ -48,6 +48,11 @@ class Ingest:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._send, self._recv = trio.open_memory_channel[tuple[SignedRecord, str]](INGEST_QUEUE)
+        # Peers' lessons in the queue, not yet stored, by author: they count toward the
+        # backlog bounds (``Node.backlog_admits``) as if already waiting for the check;
+        # otherwise a burst is admitted against counts that lag by up to the whole queue.
+        self.queued_of: Counter[bytes] = Counter()
+        self.queued_lessons = 0
 
     # -- our own lessons ----------------------------------------------------------------------
     async def publish(self, items: Sequence[dict]) -> list[tuple[bytes, str]]:
@@ -160,6 +165,7 @@ class Ingest:
         (:meth:`room`), so the reader does not wait."""
         for checked in accepted:
             assert checked.record is not None
+            self._count(checked.record, 1)
             try:
                 self._send.send_nowait((checked.record, forwarder))
             except trio.WouldBlock:  # not expected: admission leaves the room
@@ -170,7 +176,17 @@ class Ingest:
         the queue, so that gossip always finds room."""
         while self.queued() >= INGEST_QUEUE // 2:
             await trio.sleep(0.01)
+        self._count(record, 1)
         await self._send.send((record, peer))
+
+    def _count(self, record: SignedRecord, step: int) -> None:
+        if record.experience.op is Op.REVOKE:
+            return
+        author = record.experience.author
+        self.queued_of[author] += step
+        if self.queued_of[author] <= 0:
+            del self.queued_of[author]
+        self.queued_lessons += step
 
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
@@ -189,13 +205,19 @@ class Ingest:
             try:
                 stored = await self.node.in_kb(self.store_pending, batch)
             except StorageFull as exc:
+                self._uncount(batch)
                 # Not stored, so not in the digest: sync fetches them again once there is room.
                 self.node.counters["ingest:storage_full"] += len(batch)
                 log.warning("%d peer records dropped: %s", len(batch), exc)
                 continue
+            self._uncount(batch)  # stored now: counted by the backlog itself
             self.node.note_stored(stored)
             self.node.checker.active()
             self.node.checker.notify()
+
+    def _uncount(self, batch: list[tuple[SignedRecord, str]]) -> None:
+        for record, _ in batch:
+            self._count(record, -1)
 
     def store_pending(
         self, batch: list[tuple[SignedRecord, str]], outcomes: dict[bytes, str] | None = None
