@@ -130,7 +130,7 @@ class Query:
             for h in hits
         ]
         if federated:
-            extra = await self.federated_candidates(q, sel.candidates, filters)
+            extra = await self.federated_candidates(q, sel.candidates, filters, skip=set(wires))
             known = await node.in_kb(node.kb.authors_first_seen, [c.author for _, c in extra])
             seen = set(wires)
             for record, cand in extra:
@@ -223,11 +223,17 @@ class Query:
         return author_standing(first_seen.get(author), now_ms(), maturity_ms)
 
     async def federated_candidates(
-        self, q: np.ndarray, k: int, filters: Filters | None = None
+        self,
+        q: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        skip: set[bytes] | frozenset[bytes] = frozenset(),
     ) -> list[tuple[SignedRecord, Candidate]]:
         """Ask every connected peer for its top ``k`` (``/zoo/dso/query/2``) and validate the
         answers like gossip plus the embedding check; ``q`` is our compact query, lifted to
-        the canonical space for the wire. Peers' answers must also pass ``filters``."""
+        the canonical space for the wire. Peers' answers must also pass ``filters``. Records
+        in ``skip`` (the local candidates' ids) and repeats across peers are not re-encoded:
+        the embedding check costs ~10 ms a record."""
         from zoonode.net.rpc import QUERY_PROTOCOL, RpcError, request
 
         node = self.node
@@ -260,11 +266,14 @@ class Query:
                 nursery.start_soon(ask, peer)
         limiter = AuthorLimiter(rate=1e9, burst=1e9)
         valid = []
-        for wire in answers:
+        for wire in dict.fromkeys(answers):  # one copy of what several peers answered
             checked = check_record(
                 wire, node.policy, now_ms(), lambda _id: False, limiter, node.banned.__contains__
             )
             if checked.verdict is not Verdict.ACCEPT or checked.record.experience.op is Op.REVOKE:
+                continue
+            if checked.record.id in skip:
+                node.counters["query:federated_held"] += 1
                 continue
             if filters is not None and not filters.match(checked.record.experience):
                 continue
