@@ -38,6 +38,7 @@ from zoonode.native.space import load_space
 from common import table, write_json
 
 RNG = np.random.default_rng(22)
+UNRELATED = 0.3
 
 
 def quantiles(x: np.ndarray) -> dict[str, float]:
@@ -118,7 +119,7 @@ def main() -> None:
         np.fill_diagonal(own, -2)
         own_nn = own.argmax(1)
         for r in args.backbones:
-            refs = vec[r]["reference"]
+            refs = np.concatenate([vec[r]["reference"], vec[r]["anchors"]])  # Encoder.references
             u = held[r]
             pair = f"{s} -> {r}"
             kind = "honest same-backbone" if s == r else "honest fitted"
@@ -134,12 +135,22 @@ def main() -> None:
                     cvecs[s][own_nn], u, refs
                 ),
             }
+            # the same hijacks restricted to texts truly unrelated to the code's source text
+            # (anchor cosine < 0.3): a "hijack" whose text is about the same thing (git vs
+            # git, copying vs copying) is a relevant lesson, stored at its own text's place
+            for kind, src in (
+                ("target query's code", np.arange(nq)),
+                ("target's neighbour's code", nearest_tip),
+            ):
+                a, rk = stat[f"hijack: {kind}"]
+                keep = np.einsum("ij,ij->i", held["l6"][src], held["l6"][target_text]) < UNRELATED
+                stat[f"hijack: {kind}, text cos < {UNRELATED}"] = (a[keep], rk[keep])
             if s == r:
                 stat["hijack: random code"] = agreement_and_rank(rand_vecs, u[random_text], refs)
             cases[pair] = stat
 
     settings = [(f"absolute >= {t}", partial(absolute, t)) for t in (0.9, 0.5, 0.35)]
-    for k, floor in ((0, 0.0), (2, 0.0), (5, 0.0), (10, 0.0), (5, 0.25), (10, 0.25), (5, 0.3)):
+    for k, floor in ((0, 0.0), (2, 0.1), (5, 0.1), (10, 0.1), (20, 0.1), (5, 0.3)):
         name = f"rank <= {k}" + (f", agreement >= {floor}" if floor else "")
         settings.append((name, partial(relative, k, floor)))
     confusion = []
@@ -173,27 +184,41 @@ def main() -> None:
         "hijack: target query's code",
         "hijack: target's neighbour's code",
         "hijack: random code",
+        f"hijack: target query's code, text cos < {UNRELATED}",
+        f"hijack: target's neighbour's code, text cos < {UNRELATED}",
         "own neighbour's code (not a hijack)",
     ]
     summary = []
-    for name, _ in settings:
-        row = {"setting": name}
-        for kind in kinds:
-            vals = [c[kind] for c in confusion if c["setting"] == name and kind in c]
-            row[kind] = min(vals) if kind.startswith("honest") else max(vals)
-        summary.append(row)
-    print("\nAccepted share, worst pair (min over pairs for honest, max for hijacks)")
-    print(table(summary, ["setting", *kinds]))
+    networks = [n for n in (("l6", "mpnet"), ("l6", "l3")) if set(n) <= set(args.backbones)]
+    for net in networks:
+        pairs = {f"{s} -> {r}" for s in net for r in net}
+        for name, _ in settings:
+            row = {"network": " + ".join(net), "setting": name}
+            for kind in kinds:
+                vals = [
+                    c[kind]
+                    for c in confusion
+                    if c["setting"] == name and c["pair"] in pairs and kind in c
+                ]
+                row[kind] = min(vals) if kind.startswith("honest") else max(vals)
+            summary.append(row)
+    print(
+        "\nAccepted share in a two-backbone network, worst case (min over receivers and "
+        "senders for honest records, max for hijacks)"
+    )
+    print(table(summary, ["network", "setting", *kinds]))
     path = write_json(
         "hetero_check",
         {
             "backbones": args.backbones,
             "held_out": n,
             "targets": nq,
-            "references": int(vec[args.backbones[0]]["reference"].shape[0]),
+            "references": int(
+                len(vec[args.backbones[0]]["reference"]) + len(vec[args.backbones[0]]["anchors"])
+            ),
             "distributions": distributions,
             "confusion": confusion,
-            "summary_worst_pair": summary,
+            "summary_worst_case_per_network": summary,
         },
     )
     print(f"\nwrote {path}")

@@ -178,18 +178,15 @@ class Encoder:
         return self.lift(self.encode_compact(texts, batch_size, show_progress))
 
     def references(self) -> np.ndarray:
-        """This encoder's compact vectors (m, hidden) float32 of the space's reference corpus
-        (native/data/reference_corpus.txt, m = 1,085): the fixed set the relative embedding
-        check ranks a record's text against (zoonode.embedcheck). Shipped for the anchor
-        backbone (native/data/reference-compact.npz) and stored in a head fitted by
-        ``zoonode space fit-head``; otherwise encoded once here (~10-60 s on a CPU)."""
+        """This encoder's compact vectors (m, hidden) float32 of the check's reference texts
+        (:func:`reference_texts`, m = 5,085): the fixed set the relative embedding check ranks
+        a record's text against (zoonode.embedcheck). Shipped for the anchor backbone
+        (native/data/reference-compact.npz), stored in a head fitted by ``zoonode space
+        fit-head``; otherwise encoded once here (~1-5 min on a CPU)."""
         if self._references is None:
             self._references = shipped_references(self) if self.adapter is None else None
         if self._references is None:
-            from .space import data_dir
-
-            lines = (data_dir() / REFERENCE_CORPUS).read_text(encoding="utf-8").splitlines()
-            self._references = self.encode_compact([t.strip() for t in lines if t.strip()])
+            self._references = self.encode_compact(reference_texts())
         return self._references
 
     def lift(self, compact: np.ndarray) -> np.ndarray:
@@ -255,14 +252,26 @@ def _check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
-REFERENCE_CORPUS = "reference_corpus.txt"
+REFERENCE_FILES = ("reference_corpus.txt", "anchors-v1.txt")
 SHIPPED_REFERENCES = "reference-compact.npz"
 
 
-def reference_corpus_sha256() -> str:
+def reference_texts() -> list[str]:
+    """The relative embedding check's reference texts: the space's reference corpus (1,085
+    stdlib docstring lines) then the shipped fit-head anchors (4,000 stdlib docstring
+    paragraphs), non-empty lines stripped, in file order."""
     from .space import data_dir
 
-    return hashlib.sha256((data_dir() / REFERENCE_CORPUS).read_bytes()).hexdigest()
+    out: list[str] = []
+    for name in REFERENCE_FILES:
+        lines = (data_dir() / name).read_text(encoding="utf-8").splitlines()
+        out += [t.strip() for t in lines if t.strip()]
+    return out
+
+
+def reference_corpus_sha256() -> str:
+    """SHA-256 of the reference texts (joined by newlines): pins stored reference vectors."""
+    return hashlib.sha256("\n".join(reference_texts()).encode()).hexdigest()
 
 
 def shipped_references(encoder: Encoder) -> np.ndarray | None:

@@ -590,30 +590,49 @@ def space_fit_head(
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit a head that maps another backbone into the canonical space (Procrustes), then
-    report how its codes fare in the space's embedding check on the reference corpus (texts
-    the fit never saw)."""
+    """Fit a head that maps another backbone into the canonical space (Procrustes), store
+    the embedding check's reference vectors with it, and report how its codes fare in an
+    anchor node's check on the 1,085 reference-corpus texts (not among the shipped anchors)."""
     import numpy as np
 
     from zoonode.embedcheck import agreement_and_rank, code_vectors
     from zoonode.native.codec import compress_many
-    from zoonode.native.encoder import Backbone, Encoder
-    from zoonode.spacetools import default_anchors, fit_adapter, read_corpus, save_adapter
+    from zoonode.native.encoder import Backbone, Encoder, reference_texts
+    from zoonode.native.head import normalize
+    from zoonode.spacetools import (
+        default_anchors,
+        embed_normalised,
+        procrustes,
+        read_corpus,
+        save_adapter,
+    )
 
     encoder = _encoder(_config(config, None))
     other = Backbone(backbone)
-    texts = read_corpus(anchors) if anchors else default_anchors()
-    adapter = fit_adapter(encoder, other, texts)
+    shipped = default_anchors()
+    texts = read_corpus(anchors) if anchors else shipped
+    source = embed_normalised(other, texts)
+    adapter = procrustes(encoder.encode_compact(texts), source)
     fitted = Encoder(other, encoder.space_info, adapter)
-    refs = fitted.references()
+    # The relative check's reference texts through the fitted head (saved with it): the
+    # shipped anchors' embeddings are reused when the fit was on them.
+    ref_texts = reference_texts()
+    if texts == shipped and ref_texts[-len(shipped) :] == shipped:
+        head = ref_texts[: -len(shipped)]
+        refs = np.concatenate([fitted.encode_compact(head), normalize(source @ adapter.T)])
+    else:
+        refs = fitted.encode_compact(ref_texts)
+    fitted = Encoder(other, encoder.space_info, adapter, refs)
     save_adapter(out, adapter, other, encoder.space_info, refs)
-    # The fitted peer's codes of the reference texts, checked by an anchor node (leave one
-    # out: each text is itself one of the references, so its own entry is not counted).
+    # The fitted peer's codes of the reference corpus (texts the default fit never saw),
+    # checked by an anchor node (leave one out: each text is itself one of the references,
+    # so its own entry is not counted).
     space = encoder.space_info
-    codes = compress_many(fitted.lift(refs), space.v_ref)
+    held_out = len(ref_texts) - len(shipped)
+    codes = compress_many(fitted.lift(refs[:held_out]), space.v_ref)
     anchor_refs = encoder.references()
     agreement, rank = agreement_and_rank(
-        code_vectors(codes, space.head, space.v_ref), anchor_refs, anchor_refs
+        code_vectors(codes, space.head, space.v_ref), anchor_refs[:held_out], anchor_refs
     )
     rank = rank - 1
     rule = _relative_rule(anchor_refs)
@@ -626,7 +645,7 @@ def space_fit_head(
                 "shape": list(adapter.shape),
                 "space": encoder.space_info.hex,
                 "check": {
-                    "texts": len(refs),
+                    "texts": held_out,
                     "agreement_median": round(float(np.median(agreement)), 4),
                     "agreement_min": round(float(agreement.min()), 4),
                     "rank_max": int(rank.max()),

@@ -8,10 +8,11 @@ projected onto the space's basis, unit norm) and the text's re-encoding ``u``:
 - ``agreement = s . u``: the absolute cosine. Same-backbone records score 0.96-0.99; a peer
   on another backbone with a fitted head scores far lower (all-mpnet-base-v2: median ~0.73,
   minimum ~0.35), as low as many hijacks, so no threshold on it alone separates the two.
-- ``rank``: how many texts of a fixed *reference set* (the shipped reference corpus, encoded
-  once by the receiver's own encoder) the code scores at least as high as the record's own
-  text: ``#{j : s . r_j >= s . u}``. An honest code singles out its own text among unrelated
-  ones whatever backbone made it (cross-backbone same-text retrieval is near perfect, R@5
+- ``rank``: how many texts of a fixed *reference set* (5,085 shipped texts: the space's
+  reference corpus and the fit-head anchors, encoded once by the receiver's own encoder; see
+  ``Encoder.references``) the code scores at least as high as the record's own text:
+  ``#{j : s . r_j >= s . u}``. An honest code singles out its own text among unrelated ones
+  whatever backbone made it (cross-backbone same-text retrieval is near perfect, R@5
   1.000), while a code lifted from another text points at that text's neighbourhood, where
   reference texts outscore the unrelated text the record carries.
 
@@ -19,8 +20,8 @@ projected onto the space's basis, unit norm) and the text's re-encoding ``u``:
 floor`` (a low floor that every honest backbone measured clears by a margin, there only to
 stop codes that point nowhere, such as random bits, from winning a rank among references
 that point nowhere either). Thresholds come from ``benchmarks/hetero_check.py`` (numbers in
-benchmarks/README.md, "Heterogeneous peers"). Cost: one (m x h) product per record, m = 1,085
-references, h = 384: ~0.4 MFLOP, tens of microseconds, next to the ~10 ms re-encoding.
+benchmarks/README.md, "Heterogeneous peers"). Cost: one (m x h) product per record, m = 5,085
+references, h = 384: ~2 MFLOP, well under a millisecond, next to the ~10 ms re-encoding.
 
 :class:`Punishment` turns failed checks into bans in proportion to the evidence: a failure an
 honest backbone may produce once in a few hundred records is a strike, not a ban; an author is
@@ -32,11 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zoonode.native.codec import decompress_many
 from zoonode.native.head import lower
+
+if TYPE_CHECKING:
+    from zoonode.native.space import Space
 
 
 def code_vectors(codes: Sequence[bytes], head: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
@@ -85,8 +90,8 @@ class RelativeAgreement:
 
     references: np.ndarray  # (m, h) this node's encoder's vectors of the reference corpus
     max_rank: int = 5
-    floor: float = 0.25
-    decisive_rank: int = 100
+    floor: float = 0.1
+    decisive_rank: int = 500
     decisive_floor: float = 0.15
 
     def scores(self, code_vecs: np.ndarray, text_compact: np.ndarray) -> list[Score]:
@@ -97,6 +102,43 @@ class RelativeAgreement:
             decisive = r > self.decisive_rank and a < self.decisive_floor
             out.append(Score(accept, float(r), float(a), (not accept) and decisive))
         return out
+
+    def __call__(
+        self, codes: Sequence[bytes], text_compact: np.ndarray, space: Space
+    ) -> list[Score]:
+        """The node's rule interface: codes and their texts' vectors -> one Score each."""
+        return self.scores(code_vectors(codes, space.head, space.v_ref), text_compact)
+
+
+@dataclass(frozen=True)
+class AbsoluteAgreement:
+    """The single-backbone rule: accept when ``agreement >= threshold``; every failure is
+    decisive (honest same-backbone records score 0.96-0.99, so one failure is proof)."""
+
+    threshold: float = 0.9
+
+    def scores(self, code_vecs: np.ndarray, text_compact: np.ndarray) -> list[Score]:
+        a = np.einsum("ij,ij->i", np.asarray(code_vecs, np.float32), text_compact)
+        return [Score(x >= self.threshold, x, x, x < self.threshold) for x in a.tolist()]
+
+    def __call__(
+        self, codes: Sequence[bytes], text_compact: np.ndarray, space: Space
+    ) -> list[Score]:
+        return self.scores(code_vectors(codes, space.head, space.v_ref), text_compact)
+
+
+def make_rule(
+    kind: str, references: np.ndarray | None, max_rank: int, floor: float, threshold: float
+) -> RelativeAgreement | AbsoluteAgreement:
+    """The node's embedding rule from its settings (``network.embedding_*``). ``references``
+    (m, h) is needed for ``relative`` only. Raises ValueError for an unknown kind."""
+    if kind == "absolute":
+        return AbsoluteAgreement(threshold)
+    if kind == "relative":
+        if references is None:
+            raise ValueError("the relative embedding check needs reference vectors")
+        return RelativeAgreement(np.asarray(references, np.float32), max_rank, floor)
+    raise ValueError(f"unknown embedding check {kind!r}")
 
 
 @dataclass(frozen=True)

@@ -85,13 +85,25 @@ def fit_adapter(
     that best sends ``other``'s normalised outputs onto the anchor's compact coordinates of the
     same texts (min ||R X - Y||_F, R R^T = I), computed by one SVD of Y X^T."""
     target = anchor.encode_compact(anchors, batch_size=batch_size)
-    source = normalize(
-        np.concatenate(
-            [other.embed(anchors[i : i + batch_size]) for i in range(0, len(anchors), batch_size)]
-        )
-    )
+    return procrustes(target, embed_normalised(other, anchors, batch_size))
+
+
+def embed_normalised(backbone: Backbone, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """The backbone's mean-pooled outputs (n, hidden), L2-normalised, sorted-length batches."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), backbone.hidden), np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = backbone.embed([texts[i] for i in idx])
+    return normalize(out)
+
+
+def procrustes(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """R (h_target, h_source) with orthonormal rows minimising ||R X^T - Y^T||_F for rows of
+    ``source`` X (n, h_source) and ``target`` Y (n, h_target): U V^T from the SVD of Y^T X
+    (Schönemann 1966). Pure."""
     u, _, vt = np.linalg.svd(
-        target.T.astype(np.float64) @ source.astype(np.float64), full_matrices=False
+        np.asarray(target, np.float64).T @ np.asarray(source, np.float64), full_matrices=False
     )
     return (u @ vt).astype(np.float32)
 
