@@ -30,7 +30,7 @@ from functools import partial
 import numpy as np
 from hetero_vectors import vectors
 
-from zoonode.embedcheck import agreement_and_rank, code_vectors
+from zoonode.embedcheck import RelativeAgreement, agreement_and_rank, code_vectors
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
 from zoonode.native.space import load_space
@@ -47,6 +47,8 @@ def quantiles(x: np.ndarray) -> dict[str, float]:
         "p1": float(np.percentile(x, 1)),
         "p5": float(np.percentile(x, 5)),
         "median": float(np.median(x)),
+        "p95": float(np.percentile(x, 95)),
+        "p99": float(np.percentile(x, 99)),
         "max": float(np.max(x)),
     }
 
@@ -76,7 +78,8 @@ def absolute(threshold: float, a: np.ndarray, rank: np.ndarray) -> np.ndarray:
 
 
 def relative(max_rank: int, floor: float, a: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    return (rank <= max_rank) & (a >= floor)
+    """RelativeAgreement's decision (its accept_above = 0.9 shortcut included)."""
+    return ((rank <= max_rank) & (a >= floor)) | (a >= 0.9)
 
 
 def main() -> None:
@@ -207,6 +210,39 @@ def main() -> None:
         "senders for honest records, max for hijacks)"
     )
     print(table(summary, ["network", "setting", *kinds]))
+    # Cost per record, 16-record batches as the background check runs them (median of 5
+    # passes over the l6 held-out codes): decoding codes to vectors (both rules), then each
+    # rule's statistic on the vectors.
+    import time
+
+    from zoonode.embedcheck import AbsoluteAgreement
+
+    refs = np.concatenate([vec["l6"]["reference"], vec["l6"]["anchors"]])
+    fitted = "mpnet" if "mpnet" in args.backbones else args.backbones[-1]
+    steps = {
+        "decode + project (both rules)": lambda i: code_vectors(
+            codes["l6"][i : i + 16], head, v_ref
+        ),
+        "absolute statistic": lambda i: AbsoluteAgreement(0.9).scores(
+            cvecs["l6"][i : i + 16], held["l6"][i : i + 16]
+        ),
+        "relative statistic, same-backbone codes (l6 -> l6)": lambda i: RelativeAgreement(
+            refs
+        ).scores(cvecs["l6"][i : i + 16], held["l6"][i : i + 16]),
+        "relative statistic, fitted peer's codes (rank over 5,085)": lambda i: RelativeAgreement(
+            refs
+        ).scores(cvecs[fitted][i : i + 16], held["l6"][i : i + 16]),
+    }
+    cost = {}
+    for name, step in steps.items():
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for i in range(0, n, 16):
+                step(i)
+            runs.append((time.perf_counter() - t0) / n * 1e6)
+        cost[name] = round(float(np.median(runs)), 1)
+    print(f"\ncheck cost per record (us): {cost}")
     path = write_json(
         "hetero_check",
         {
@@ -219,6 +255,7 @@ def main() -> None:
             "distributions": distributions,
             "confusion": confusion,
             "summary_worst_case_per_network": summary,
+            "cost_us_per_record": cost,
         },
     )
     print(f"\nwrote {path}")

@@ -36,11 +36,14 @@ def test_rank_counts_references_the_code_prefers():
 
 
 def test_shipped_references_are_this_encoders(encoder):
+    from zoonode.native.encoder import reference_texts
+
     refs = encoder.references()
-    assert refs.shape == (1085, 384)
-    lines = (resources.files("zoonode.native") / "data" / "reference_corpus.txt").read_text()
-    again = encoder.encode_compact([t.strip() for t in lines.splitlines() if t.strip()][:20])
-    np.testing.assert_allclose(again, refs[:20], atol=2e-3)  # float16 on disk
+    texts = reference_texts()
+    assert refs.shape == (len(texts), 384) == (5085, 384)
+    picked = [0, 1084, 1085, 5084]  # both ends of the reference corpus and of the anchors
+    again = encoder.encode_compact([texts[i] for i in picked])
+    np.testing.assert_allclose(again, refs[picked], atol=2e-3)  # float16 on disk
 
 
 def test_relative_rule_accepts_honest_codes_and_rejects_hijacks(encoder):

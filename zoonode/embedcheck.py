@@ -86,19 +86,31 @@ class Score:
 class RelativeAgreement:
     """Accept when the code ranks its own text among the top ``max_rank`` of the reference
     set and agrees with it at least ``floor``; a failure is decisive (``ban``) when the rank
-    exceeds ``decisive_rank`` and the agreement is under ``decisive_floor``."""
+    exceeds ``decisive_rank`` and the agreement is under ``decisive_floor``. A record whose
+    agreement reaches ``accept_above`` (the single-backbone check's own bound: honest
+    same-backbone codes score 0.96-0.99) is accepted without ranking (its ``score`` is 0),
+    which spares the (m x h) product for same-backbone traffic."""
 
-    references: np.ndarray  # (m, h) this node's encoder's vectors of the reference corpus
+    references: np.ndarray  # (m, h) this node's encoder's vectors of the reference texts
     max_rank: int = 5
     floor: float = 0.1
     decisive_rank: int = 500
     decisive_floor: float = 0.15
+    accept_above: float = 0.9
 
     def scores(self, code_vecs: np.ndarray, text_compact: np.ndarray) -> list[Score]:
-        agreement, rank = agreement_and_rank(code_vecs, text_compact, self.references)
+        s = np.asarray(code_vecs, np.float32)
+        u = np.asarray(text_compact, np.float32)
+        if s.shape != u.shape or s.ndim != 2:
+            raise ValueError(f"shapes: codes {s.shape}, texts {u.shape}")
+        agreement = np.einsum("ij,ij->i", s, u)
+        rank = np.zeros(len(s), np.int64)
+        todo = np.flatnonzero(agreement < self.accept_above)
+        if len(todo):
+            _, rank[todo] = agreement_and_rank(s[todo], u[todo], self.references)
         out = []
         for a, r in zip(agreement.tolist(), rank.tolist(), strict=True):
-            accept = r <= self.max_rank and a >= self.floor
+            accept = a >= self.accept_above or (r <= self.max_rank and a >= self.floor)
             decisive = r > self.decisive_rank and a < self.decisive_floor
             out.append(Score(accept, float(r), float(a), (not accept) and decisive))
         return out
