@@ -9,6 +9,10 @@ from zoonode.native.encoder import Backbone, Encoder
 from zoonode.native.space import SpaceError, data_dir
 from zoonode.spacetools import read_corpus
 
+# The session fixtures convert L3 and fit its head (`zoonode space fit-head`: 800 anchors and
+# the check's 5,085 reference texts through L3): ~1-2 min on an idle 2-core box, more when busy.
+pytestmark = pytest.mark.timeout(900)
+
 
 def test_other_backbone_needs_a_head(l3_backbone, encoder):
     with pytest.raises(SpaceError, match="fit a head"):

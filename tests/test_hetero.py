@@ -11,6 +11,7 @@ import json
 from importlib import resources
 
 import numpy as np
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,6 +21,10 @@ from zoonode.node.antientropy import PeerSync
 from zoonode.protocol import Experience, Op, public_key_bytes, sign
 
 from netutil import node_config, run_trio, wait_meshed, wait_until
+
+# The session fixtures convert L3 and fit its head (`zoonode space fit-head`: 800 anchors and
+# the check's 5,085 reference texts through L3): ~1-2 min on an idle 2-core box, more when busy.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _data(name: str) -> list[dict]:
