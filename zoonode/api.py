@@ -146,6 +146,34 @@ class _NodeCollector:
             "Gossip messages accepted but not forwarded: all their records were ignored",
             value=m["messages_not_forwarded"],
         )
+        backlog = m["backlog"]
+        yield GaugeMetricFamily(
+            "zoonode_backlog_pending",
+            "Stored records waiting for the embedding check",
+            value=backlog["pending"],
+        )
+        yield GaugeMetricFamily(
+            "zoonode_backlog_check_rate",
+            "Records re-encoded for the embedding check per second (last 30 s)",
+            value=backlog["check_rate"],
+        )
+        checks = CounterMetricFamily(
+            "zoonode_embedding_checks",
+            "Records through the embedding check, by path (background, on_demand) and outcome",
+            labels=["path", "outcome"],
+        )
+        for path in ("background", "on_demand"):
+            for outcome in ("promoted", "rejected"):
+                checks.add_metric([path, outcome], m["counters"].get(f"check:{path}:{outcome}", 0))
+        yield checks
+        yield GaugeMetricFamily(
+            "zoonode_ingest_queue", "Validated records queued for the store", m["ingest_queue"]
+        )
+        yield CounterMetricFamily(
+            "zoonode_gossip_reader_wait_seconds",
+            "Time the gossip reader waited for room in the ingest queue",
+            value=m["gossip_reader_wait_s"],
+        )
         yield GaugeMetricFamily("zoonode_replica_size", "Vectors in the replica", m["replica"])
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
 
@@ -199,6 +227,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 "replica": len(node.kb.replica),
                 "peers": len(node.connected_peers()),
                 "mesh": len(node.gossip.mesh_peers()),
+                "backlog": node.checker.status(),
                 "version": _version(),
             }
         )
@@ -273,7 +302,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
 
     async def get_experience(request: Request) -> Response:
         record_id = _hex_id(request.path_params["id"])
-        row = await node.in_kb(node.kb.get, record_id)
+        row = await node.experience(record_id)  # a pending record is checked first
         if row is None:
             raise ApiError(404, "not_found", "no such experience")
         return JSONResponse(

@@ -133,6 +133,20 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """Two-stage ingest: peers' records are stored pending at once and re-encoded for the
+    embedding check in the background (README, "Ingest in two stages")."""
+
+    # over it, newcomers' records are ignored (reason backlog)
+    max_pending: Annotated[int, _range(ge=1, le=100_000_000)] = 100_000
+    # over it, that author's records are ignored
+    max_pending_per_author: Annotated[int, _range(ge=1, le=100_000_000)] = 10_000
+    check_batch: Annotated[int, _range(ge=1, le=4096)] = 16  # texts per background batch
+    # most records/s the background check re-encodes; 0: no cap
+    check_rate: Annotated[float, _range(ge=0.0, le=1e9)] = 0.0
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     listen: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8780"  # "": no HTTP API
     mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
@@ -193,6 +207,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 

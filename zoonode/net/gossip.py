@@ -44,6 +44,7 @@ from zoonode.net.validation import (
     check_message,
     encode_batch,
 )
+from zoonode.protocol import SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class GossipStats:
     messages_out: int = 0
     records_out: int = 0
     not_forwarded: int = 0  # messages whose records were all ignored
+    reader_wait_s: float = 0.0  # time the subscription reader spent handing records over
+    queue_full: int = 0  # messages ignored because the ingest queue had no room for them
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -127,7 +130,9 @@ class Gossip:
     """Subscribes to the space's topic, validates every message, batches what we publish.
 
     ``on_records`` receives the ACCEPTed records of each valid message with the forwarding
-    peer; it must return quickly (the node queues them durably for the embedding check).
+    peer; it must return quickly (the node queues them for the store, where they wait for the
+    embedding check). ``backlog(record)``: whether the record may join the node's backlog of
+    unchecked records; when not, the record is ignored (reason ``backlog``).
     """
 
     def __init__(
@@ -139,6 +144,8 @@ class Gossip:
         on_records: Callable[[list[Checked], str], Awaitable[None]],
         *,
         flood_rate: float = 50.0,
+        backlog: Callable[[SignedRecord], bool] = lambda r: True,
+        room: Callable[[], int] = lambda: 1 << 30,
     ) -> None:
         from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
         from libp2p.pubsub.pubsub import Pubsub
@@ -148,6 +155,13 @@ class Gossip:
         self.known = known
         self.banned = banned
         self.on_records = on_records
+        self.backlog = backlog  # may this record wait for the embedding check? (else IGNORE)
+        # Records the ingest queue can still take. py-libp2p drops a validated message when
+        # the subscription's 32-message channel is full, so the reader must never wait: a
+        # message whose records would not fit beside those already accepted and not yet
+        # handed over is ignored (reason backlog) before it is accepted, never lost after.
+        self.room = room
+        self.inflight = 0  # records accepted by the validator, not yet handed to on_records
         self.topic = topic_for(policy.space)
         self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
         self.meter = FloodMeter()
@@ -211,6 +225,7 @@ class Gossip:
             self.known,
             self.limiter,
             self.banned,
+            backlog=self.backlog,
         )
         for checked in outcome.checked:
             self.stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
@@ -221,10 +236,19 @@ class Gossip:
             return False
         accepted = outcome.accepted
         message_id = content_message_id(msg)
+        if accepted and self.room() - self.inflight < len(accepted):
+            self.stats.verdicts[f"accept:{Reason.OK}"] -= len(accepted)
+            self.stats.verdicts[f"ignore:{Reason.BACKLOG}"] += len(accepted)
+            self.stats.queue_full += 1
+            self._ignored[message_id] = None  # not forwarded, nobody penalised
+            while len(self._ignored) > MAX_PENDING:
+                self._ignored.popitem(last=False)
+            return True
         if accepted:
             self._pending[message_id] = (accepted, str(forwarder))
+            self.inflight += len(accepted)
             while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
+                self.inflight -= len(self._pending.popitem(last=False)[1][0])
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
             self.meter.hit(forwarder, time.monotonic())  # nothing new: counts toward a flood
             self._ignored[message_id] = None
@@ -251,8 +275,11 @@ class Gossip:
         while True:
             msg = await subscription.get()
             accepted, forwarder = self._pending.pop(content_message_id(msg), ([], ""))
+            self.inflight -= len(accepted)
             if accepted:
+                started = time.monotonic()
                 await self.on_records(accepted, forwarder)
+                self.stats.reader_wait_s += time.monotonic() - started
 
     async def publish(self, wires: list[bytes]) -> None:
         for wire in wires:

@@ -1,8 +1,15 @@
 """The anti-entropy room (``/zoo/dso/sync/1``, NETWORK.md §6): serve our digest, ids and
 records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we lack
 (``zoonode.net.sync`` holds the pure digest). Fetched records are validated like gossip and
-join the ingest queue. A peer that does not serve sync (another implementation may not) or
-whose rounds fail is backed off and logged once per state change, not once per round."""
+join the ingest queue; a round that brought records is followed by the next at once (a
+joining node catches up at the store's pace, not one round per interval), and a round stops
+when the backlog of records waiting for the embedding check is full for their authors (they
+are fetched after it drains). A peer that does not serve sync (another implementation may
+not) or whose rounds fail is backed off and logged once per state change, not once per round.
+
+Records waiting for the embedding check are held, so they are in the digest and served to
+peers (who check them themselves, as they check gossip); one that fails becomes a tombstone,
+which the digest counts the same, so the digest does not change when a record is checked."""
 
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ log = logging.getLogger("zoonode.node.sync")
 
 SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
 ROUND_TIMEOUT = 120.0
+MAX_GET_ROOM = 128  # one ``get`` of records
+SYNC_PARALLEL = 4  # buckets fetched at a time from one peer
 
 
 UNSUPPORTED_RETRY = 600.0  # seconds before asking again a peer that does not serve sync
@@ -85,8 +94,13 @@ class AntiEntropy:
                 entry = self.peers.get(key) or self._track(key)
                 if time.monotonic() >= entry.next_round:
                     entry.next_round = time.monotonic() + self.interval  # until the round ends
+                    fetched = 0
                     with trio.move_on_after(ROUND_TIMEOUT):
-                        await self.sync_with(peer)
+                        fetched = await self.sync_with(peer)
+                    if fetched and entry.state == "ok":
+                        # More may be waiting: the next round at once (a full backlog makes
+                        # it fetch nothing, and then the interval applies).
+                        entry.next_round = time.monotonic()
             await trio.sleep(0.5)
 
     def _track(self, key: str) -> PeerSync:
@@ -131,13 +145,13 @@ class AntiEntropy:
         entry.state = state
 
     async def sync_with(self, peer) -> int:
-        """One anti-entropy round with ``peer``; returns how many records were fetched."""
+        """One anti-entropy round with ``peer``; returns how many records were fetched.
+        ``SYNC_PARALLEL`` differing buckets are fetched at a time (each costs two or more
+        request round trips; one at a time, a joining node waited on the network)."""
         from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, Unsupported, request
-        from zoonode.net.sync import MAX_GET
 
         node = self.node
         key = str(peer)
-        fetched = 0
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
         try:
             theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
@@ -147,50 +161,91 @@ class AntiEntropy:
             buckets = theirs.get("buckets")
             if not isinstance(buckets, dict):
                 raise ValueError("digest without buckets")
-            for start in node.digest.differing(buckets):
-                listed = await request(
-                    node.host,
-                    peer,
-                    SYNC_PROTOCOL,
-                    {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
-                )
-                ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-                missing = await node.in_kb(
-                    lambda ids=ids: [i for i in ids if not node.kb.store.known(i)]
-                )
-                for chunk in range(0, len(missing), MAX_GET):
-                    got = await request(
-                        node.host,
-                        peer,
-                        SYNC_PROTOCOL,
-                        {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
-                    )
-                    for wire in got.get("wires", []):
-                        checked = check_record(
-                            wire,
-                            node.policy,
-                            now_ms(),
-                            node.kb.store.known,
-                            limiter,
-                            node.banned.__contains__,
-                        )
-                        node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
-                        if checked.verdict is Verdict.ACCEPT:
-                            await node.ingest.enqueue(checked.record, str(peer))
-                            fetched += 1
+            starts = node.digest.differing(buckets)
         except Unsupported:
             self._outcome(key, "unsupported")
             return 0
         except RpcError as exc:
             self._outcome(key, "failing", f"{exc.code}: {exc}")
-            return fetched
+            return 0
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
-            return fetched
+            return 0
+        fetched = [0]
+        errors: list[Exception] = []
+
+        async def worker() -> None:
+            while starts and not errors and self._room():
+                start = starts.pop(0)
+                try:
+                    fetched[0] += await self._bucket(peer, start, limiter)
+                except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(SYNC_PARALLEL):
+                nursery.start_soon(worker)
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, Unsupported):
+                self._outcome(key, "unsupported")
+            elif isinstance(exc, RpcError):
+                self._outcome(key, "failing", f"{exc.code}: {exc}")
+            else:
+                self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
+            return fetched[0]
         self._outcome(key, "ok")
-        if fetched:
-            log.info("sync: fetched %d records from %s", fetched, peer)
+        if starts:
+            log.info("sync: backlog full, fetching the rest after it drains")
+        if fetched[0]:
+            log.info("sync: fetched %d records from %s", fetched[0], peer)
+        return fetched[0]
+
+    async def _bucket(self, peer, start: int, limiter: AuthorLimiter) -> int:
+        """Fetch what we lack of one time bucket; returns how many records were queued."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, request
+        from zoonode.net.sync import MAX_GET
+
+        node = self.node
+        fetched = 0
+        listed = await request(
+            node.host,
+            peer,
+            SYNC_PROTOCOL,
+            {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
+        )
+        ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
+        missing = await node.in_kb(lambda: [i for i in ids if not node.kb.store.known(i)])
+        for chunk in range(0, len(missing), MAX_GET):
+            if not self._room():
+                break
+            got = await request(
+                node.host,
+                peer,
+                SYNC_PROTOCOL,
+                {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
+            )
+            for wire in got.get("wires", []):
+                checked = check_record(
+                    wire,
+                    node.policy,
+                    now_ms(),
+                    node.kb.store.known,
+                    limiter,
+                    node.banned.__contains__,
+                    backlog=node.backlog_admits,
+                )
+                node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
+                if checked.verdict is Verdict.ACCEPT:
+                    await node.ingest.enqueue(checked.record, str(peer))
+                    fetched += 1
         return fetched
+
+    def _room(self) -> bool:
+        """Room in the backlog for a newcomer's records (an ingest queue's worth spare)."""
+        node = self.node
+        waiting = node.kb.backlog.total + node.ingest.queued()
+        return waiting + MAX_GET_ROOM <= node.bounds.total
 
 
 def _sync_protocol() -> str:

@@ -1,8 +1,8 @@
 """The node: identity, encoder, knowledge base, libp2p host and gossip under one trio
 nursery, and the rooms that do its jobs:
 
-- ``ingest``: publish, import, revoke, and peers' records through the embedding check to the
-  store;
+- ``ingest``: publish, import, revoke, and peers' records into the store as pending;
+- ``checker``: the embedding check of pending records, in the background and on demand;
 - ``query``: robust selection, local and federated, and the query protocol's server;
 - ``antientropy``: the sync protocol, both sides;
 - ``discovery``: bootstrap and mDNS dialling.
@@ -31,13 +31,15 @@ from zoonode.datadir import DataDirLock
 from zoonode.identity import IDENTITY_FILE, load_or_create_identity
 from zoonode.knowledge import Filters, KnowledgeBase
 from zoonode.native.encoder import Encoder, EncoderSettings
-from zoonode.net.validation import Policy
+from zoonode.net.validation import BacklogBounds, Policy, backlog_admits
 from zoonode.node.antientropy import AntiEntropy
+from zoonode.node.checker import Checker
 from zoonode.node.discovery import Discovery, unwrap
 from zoonode.node.ingest import Ingest
 from zoonode.node.query import Query
-from zoonode.protocol import SignedRecord, public_key_bytes
+from zoonode.protocol import Op, SignedRecord, public_key_bytes
 from zoonode.selection import Selection
+from zoonode.store import Row
 
 log = logging.getLogger("zoonode.node")
 
@@ -129,7 +131,11 @@ class Node:
         # cos(W^T v_hat, u): honest records 0.963-0.985 on real text; a random text's code
         # median 0.09 (benchmarks/embedding_check.py).
         self.embedding_threshold = net.embedding_threshold
+        self.bounds = BacklogBounds(cfg.ingest.max_pending, cfg.ingest.max_pending_per_author)
+        self.kb.backlog.vouched |= self.trusted_authors | {self.author}
+        self.counters: dict[str, int] = defaultdict(int)
         self.ingest = Ingest(self)
+        self.checker = Checker(self)
         self.queries = Query(self)
         self.antientropy = AntiEntropy(self)
         self.discovery = Discovery(self)
@@ -141,8 +147,9 @@ class Node:
             self.banned.__contains__,
             self.ingest.on_gossip,
             flood_rate=net.flood_rate,
+            backlog=self.backlog_admits,
+            room=self.ingest.room,
         )
-        self.counters: dict[str, int] = defaultdict(int)
         self._kb_lock = trio.CapacityLimiter(1)
         self._cancel: trio.CancelScope | None = None
         self.api_url: str | None = None
@@ -183,6 +190,7 @@ class Node:
                 async with self.host.run(listen_addrs=listen):
                     try:
                         nursery.start_soon(self.ingest.run)
+                        nursery.start_soon(self.checker.run)
                         nursery.start_soon(self.antientropy.run)
                         nursery.start_soon(self.discovery.watch_departures)
                         if self.cfg.network.mdns:
@@ -223,6 +231,17 @@ class Node:
         if not await self.dial_bootstrap([addr]):
             raise ConnectionError(f"could not connect to {addr}")
 
+    def backlog_admits(self, record: SignedRecord) -> bool:
+        """May this record wait for the embedding check now (``ingest`` bounds)? Read on the
+        trio thread from the in-memory backlog counts: no SQLite in the validator."""
+        if record.experience.op is Op.REVOKE:
+            return True  # stored without the check
+        backlog = self.kb.backlog
+        author = record.experience.author
+        return backlog_admits(
+            backlog.total, backlog.of(author), author in backlog.vouched, self.bounds
+        )
+
     # -- knowledge-base work, one thread at a time ---------------------------------------------
     async def in_kb(self, fn: Callable, *args: Any) -> Any:
         """Run ``fn(*args)`` on the knowledge-base thread (one call at a time)."""
@@ -246,7 +265,25 @@ class Node:
         filters: Filters | None = None,
         federated: bool = False,
     ) -> tuple[Selection, dict[bytes, SignedRecord]]:
-        return await self.queries.query(text, vector, k, filters, federated)
+        self.checker.queries += 1  # the background check waits for running queries
+        try:
+            return await self.queries.query(text, vector, k, filters, federated)
+        finally:
+            self.checker.queries -= 1
+            self.checker.active()
+
+    async def experience(self, record_id: bytes) -> Row | None:
+        """One stored record by id, for ``GET /v1/experiences/{id}``: a record still waiting
+        for the embedding check is checked first (None if it fails)."""
+
+        def get() -> Row | None:
+            row = self.kb.get(record_id)
+            if row is not None and row.pending:
+                self.checker.check_now([row.seq])
+                row = self.kb.get(record_id)
+            return row
+
+        return await self.in_kb(get)
 
     async def export_page(
         self, after_seq: int, limit: int, domain: str | None = None
@@ -276,6 +313,9 @@ class Node:
             "messages_in": self.gossip.stats.messages_in,
             "messages_out": self.gossip.stats.messages_out,
             "messages_not_forwarded": self.gossip.stats.not_forwarded,
+            "gossip_reader_wait_s": self.gossip.stats.reader_wait_s,
+            "ingest_queue": self.ingest.queued(),
+            "backlog": self.checker.status(),
             "replica": len(self.kb.replica),
             "peers": len(self.connected_peers()),
         }
@@ -301,8 +341,10 @@ def _print_info(info: NodeInfo) -> None:
     print(f"zoonode node running  peer id {info.peer_id}", flush=True)
     for addr in info.addrs:
         print(f"  listening on {addr}", flush=True)
+    waiting = info.counts.get("pending", 0)
     print(
-        f"  space {info.space}  data {info.data_dir}  experiences {info.counts['active']}",
+        f"  space {info.space}  data {info.data_dir}  experiences {info.counts['active']}"
+        + (f" (+{waiting} waiting for the embedding check)" if waiting else ""),
         flush=True,
     )
     if info.api:
