@@ -4,11 +4,14 @@ of the 10 target lessons, local (after gossip) and federated (sync kept out of t
 
     python benchmarks/hetero_nodes.py [--other mpnet|l3] [--extra 200]
 
-Two nodes in one trio run with real libp2p hosts on 127.0.0.1 (tests/netutil.py's way), each
-with its own encoder: l6 (the anchor, default) and the other backbone with the head and
-reference vectors from benchmarks/hetero_vectors.py (fitted on the 4,000 shipped anchors).
-Published: the 40 shipped lessons split by parity, plus ``--extra`` held-out cheat tips per
-side (texts no fit saw). Writes results/hetero-nodes-<other>.json.
+Twice (each backbone as the holder), two nodes in one trio run with real libp2p hosts on
+127.0.0.1 (tests/netutil.py's way), each with its own encoder: l6 (the anchor, default) and
+the other backbone with the head and reference vectors from benchmarks/hetero_vectors.py
+(fitted on the 4,000 shipped anchors). The holder holds the 40 shipped lessons; the asker,
+holding nothing of its own (its own lessons would outrank a just-met author's by standing,
+which is selection's business, not the embedding check's), asks the 10 target queries by
+federated query, then again locally after sync; then the holder gossips ``--extra / 2``
+held-out cheat tips (texts no fit saw). Writes results/hetero-nodes-<other>.json.
 """
 
 from __future__ import annotations
@@ -49,83 +52,49 @@ def other_encoder(name: str) -> Encoder:
     return Encoder(b, load_space(), v["adapter"], refs)
 
 
-async def exchange(tmp: Path, other: Encoder, extra: list[str]) -> dict:
+async def one_way(tmp: Path, holder_enc: Encoder, asker_enc: Encoder, tips: list[str]) -> dict:
+    """``holder`` holds the 40 shipped lessons (its own, imported unshared); ``asker`` on the
+    other backbone asks the 10 target queries by federated query (sync kept out of the way),
+    then receives the lessons by sync and asks again locally, then receives ``tips`` by
+    gossip. Counts: targets found in the asker's selection, records accepted, bans."""
     lessons = [{**x, "confidence": 0.8} for x in _data("lessons.jsonl")]
     targets = _data("sim_targets.jsonl")
-    tips = [{"text": t, "domain": "shell.tips", "confidence": 0.6} for t in extra]
     out: dict = {}
     async with trio.open_nursery() as nursery:
-        a = Node(node_config(tmp / "a"), encoder=Encoder.default())
-        b = Node(node_config(tmp / "b"), encoder=other)
-        for node in (a, b):
+        holder = Node(node_config(tmp / "holder"), encoder=holder_enc)
+        asker = Node(node_config(tmp / "asker"), encoder=asker_enc)
+        for node in (holder, asker):
             await nursery.start(node.run)
-        # Federated first: each holds its half of the targets, unshared (no gossip, no sync).
-        ids: dict[str, bytes] = {}
-        for node, parity in ((a, 0), (b, 1)):
-            items = [lessons[t["lesson"]] for t in targets if t["lesson"] % 2 == parity]
-            results = await node.ingest.import_records([r.wire for r in _sign(node, items)])
-            ids |= {i["text"]: rid for i, (rid, _) in zip(items, results, strict=True)}
-        for node, peer in ((a, b), (b, a)):
+        results = await holder.ingest.import_records([r.wire for r in _sign(holder, lessons)])
+        ids = [rid for rid, _ in results]
+        for node, peer in ((holder, asker), (asker, holder)):
             node.antientropy.peers[peer.peer_id] = PeerSync("ok", float("inf"))
-        await b.connect(a.info().addrs[0])
-        await wait_meshed(a, b)
-        fed = {"l6 asks other": 0, "other asks l6": 0}
-        for t in targets:
-            asker, key = (b, "other asks l6") if t["lesson"] % 2 == 0 else (a, "l6 asks other")
-            sel, _ = await asker.query(t["query"], federated=True)
-            chosen = {s.candidate.id for s in sel.selected}
-            fed[key] += ids[lessons[t["lesson"]]["text"]] in chosen
-        out["federated_found"] = fed
-        # Gossip: the 30 other lessons by parity plus the extra held-out tips.
-        held = {0: [], 1: []}
-        for i, item in enumerate(lessons):
-            if item["text"] not in ids:
-                held[i % 2].append(item)
-        half = len(tips) // 2
-        sent: dict[str, list[bytes]] = {}
-        t0 = time.perf_counter()
-        for node, name, items in (
-            (a, "l6", held[0] + tips[:half]),
-            (b, "other", held[1] + tips[half:]),
-        ):
-            published = await node.publish(items)
-            sent[name] = [rid for rid, _ in published]
-        for node, name in ((b, "l6"), (a, "other")):
-            await wait_until(
-                lambda n=node, s=sent[name]: all(n.kb.store.has(i) for i in s), 600, "delivery"
-            )
-            await wait_until(lambda n=node: n.kb.backlog.total == 0, 1200, "the check")
-        out["exchange_s"] = time.perf_counter() - t0
-        for node, name, receiver in ((b, "l6", "other"), (a, "other", "l6")):
-            rows = [node.kb.get(i) for i in sent[name]]
-            ok = sum(r is not None and not r.pending for r in rows)
-            out[f"{name} -> {receiver}"] = {
-                "sent": len(rows),
-                "accepted": ok,
-                "share": ok / len(rows),
-            }
-        out["banned_on_l6"] = len(a.banned)
-        out["banned_on_other"] = len(b.banned)
-        out["rejected"] = {
-            "l6": a.checker.status()["rejected"],
-            "other": b.checker.status()["rejected"],
-        }
-        # Local retrieval: the target lessons now travel by sync between the two (restore it).
-        for node, peer in ((a, b), (b, a)):
+        await asker.connect(holder.info().addrs[0])
+        await wait_meshed(holder, asker)
+
+        async def found(federated: bool) -> int:
+            hits = 0
+            for t in targets:
+                sel, _ = await asker.query(t["query"], federated=federated)
+                hits += ids[t["lesson"]] in {s.candidate.id for s in sel.selected}
+            return hits
+
+        out["federated_found"] = await found(True)
+        for node, peer in ((holder, asker), (asker, holder)):  # sync on again
             node.antientropy.peers[peer.peer_id] = PeerSync("ok", 0.0)
-        for node in (a, b):
-            await wait_until(
-                lambda n=node: all(n.kb.store.has(i) for i in ids.values()), 600, "sync"
-            )
-            await wait_until(lambda n=node: n.kb.backlog.total == 0, 600, "the check")
-        local = {"l6 asks": 0, "other asks": 0}
-        for t in targets:
-            asker, key = (b, "other asks") if t["lesson"] % 2 == 0 else (a, "l6 asks")
-            sel, _ = await asker.query(t["query"])
-            local[key] += ids[lessons[t["lesson"]]["text"]] in {
-                s.candidate.id for s in sel.selected
-            }
-        out["local_found"] = local
+        t0 = time.perf_counter()
+        await settled(asker, ids)
+        published = await holder.publish(
+            [{"text": t, "domain": "shell.tips", "confidence": 0.6} for t in tips]
+        )
+        sent = ids + [rid for rid, _ in published]
+        await settled(asker, sent)
+        out["exchange_s"] = time.perf_counter() - t0
+        ok = sum(asker.kb.get(i) is not None and not asker.kb.get(i).pending for i in sent)
+        out["records"] = {"sent": len(sent), "accepted": ok, "share": ok / len(sent)}
+        out["banned"] = {"holder": len(holder.banned), "asker": len(asker.banned)}
+        out["rejected"] = asker.checker.status()["rejected"]
+        out["local_found"] = await found(False)
         nursery.cancel_scope.cancel()
     return out
 
@@ -149,8 +118,15 @@ def main() -> None:
     args = parser.parse_args()
     data = load()
     extra = data.corpus[:: max(1, len(data.corpus) // args.extra)][: args.extra]
+    anchor, other = Encoder.default(), other_encoder(args.other)
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        out = trio.run(exchange, Path(tmp), other_encoder(args.other), extra)
+        for name, holder, asker, half in (
+            ("l6 holds, other asks", anchor, other, extra[::2]),
+            ("other holds, l6 asks", other, anchor, extra[1::2]),
+        ):
+            (Path(tmp) / name).mkdir()
+            out[name] = trio.run(one_way, Path(tmp) / name, holder, asker, half)
     print(json.dumps(out, indent=2))
     path = write_json(
         f"hetero-nodes-{args.other}", {"other": args.other, "extra": len(extra), **out}

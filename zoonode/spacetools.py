@@ -203,11 +203,16 @@ def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Pa
         intermediate_size=state["encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_position_embeddings=state["embeddings.position_embeddings.weight"].shape[0],
     )
-    model = BertModel(config, add_pooling_layer=False)
+    # With its pooler (unused by mean pooling, set to zeros): AutoModel builds one when it
+    # loads the folder, and a pooler missing from the file would be randomly initialised,
+    # giving the weights another hash at every load.
+    model = BertModel(config, add_pooling_layer=True)
+    torch.nn.init.zeros_(model.pooler.dense.weight)
+    torch.nn.init.zeros_(model.pooler.dense.bias)
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}, strict=False
     )
-    missing = [k for k in missing if not k.endswith("position_ids")]
+    missing = [k for k in missing if not k.endswith("position_ids") and "pooler" not in k]
     if missing or unexpected:
         raise ValueError(f"ONNX graph does not map onto BERT: {missing} {unexpected}")
     out = Path(out_dir)
