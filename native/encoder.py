@@ -126,7 +126,13 @@ def _state_dict_sha256(model: torch.nn.Module) -> str:
 class Encoder:
     """Texts -> unit vectors in the canonical 7680-d space named by :attr:`space`."""
 
-    def __init__(self, backbone: Backbone, space: Space, adapter: np.ndarray | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        space: Space,
+        adapter: np.ndarray | None = None,
+        references: np.ndarray | None = None,
+    ):
         if adapter is None and backbone.weights_sha256 != space.anchor_weights_sha256:
             raise SpaceError(
                 f"backbone {backbone.name} (weights {backbone.weights_sha256[:12]}) is not the "
@@ -144,6 +150,7 @@ class Encoder:
         self._head_t = torch.from_numpy(np.ascontiguousarray(space.head.T))
         self.adapter = adapter
         self.dim = space.dim
+        self._references = references
         self.threads = torch.get_num_threads()  # per call, in whichever thread encodes
 
     @classmethod
@@ -155,8 +162,10 @@ class Encoder:
             precision=settings.precision,
             threads=settings.threads,
         )
-        adapter = load_adapter(settings.adapter, backbone, space) if settings.adapter else None
-        return cls(backbone, space, adapter)
+        adapter, refs = None, None
+        if settings.adapter:
+            adapter, refs = load_adapter_and_references(settings.adapter, backbone, space)
+        return cls(backbone, space, adapter, refs)
 
     @classmethod
     def default(cls, **overrides: object) -> Encoder:
@@ -173,6 +182,18 @@ class Encoder:
     ) -> np.ndarray:
         """Canonical vectors (n, 7680) float32, unit L2 norm. A single str gives (1, 7680)."""
         return self.lift(self.encode_compact(texts, batch_size, show_progress))
+
+    def references(self) -> np.ndarray:
+        """This encoder's compact vectors (m, hidden) float32 of the check's reference texts
+        (:func:`reference_texts`, m = 5,085): the fixed set the relative embedding check ranks
+        a record's text against (zoonode.embedcheck). Shipped for the anchor backbone
+        (native/data/reference-compact.npz), stored in a head fitted by ``zoonode space
+        fit-head``; otherwise encoded once here (~1-5 min on a CPU)."""
+        if self._references is None:
+            self._references = shipped_references(self) if self.adapter is None else None
+        if self._references is None:
+            self._references = self.encode_compact(reference_texts())
+        return self._references
 
     def lift(self, compact: np.ndarray) -> np.ndarray:
         """Compact coordinates -> canonical 7680-d vectors, computed by torch.
@@ -249,11 +270,60 @@ def _check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
+REFERENCE_FILES = ("reference_corpus.txt", "anchors-v1.txt")
+SHIPPED_REFERENCES = "reference-compact.npz"
+
+
+def reference_texts() -> list[str]:
+    """The relative embedding check's reference texts: the space's reference corpus (1,085
+    stdlib docstring lines) then the shipped fit-head anchors (4,000 stdlib docstring
+    paragraphs), non-empty lines stripped, in file order."""
+    from .space import data_dir
+
+    out: list[str] = []
+    for name in REFERENCE_FILES:
+        lines = (data_dir() / name).read_text(encoding="utf-8").splitlines()
+        out += [t.strip() for t in lines if t.strip()]
+    return out
+
+
+def reference_corpus_sha256() -> str:
+    """SHA-256 of the reference texts (joined by newlines): pins stored reference vectors."""
+    return hashlib.sha256("\n".join(reference_texts()).encode()).hexdigest()
+
+
+def shipped_references(encoder: Encoder) -> np.ndarray | None:
+    """The anchor backbone's reference vectors shipped with the package (float16 on disk),
+    when they were made by this encoder's weights from this reference corpus; else None."""
+    from .space import data_dir
+
+    path = data_dir() / SHIPPED_REFERENCES
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["weights_sha256"]) != encoder.backbone.weights_sha256:
+            return None
+        if str(data["corpus_sha256"]) != reference_corpus_sha256():
+            return None
+        return np.asarray(data["vectors"], dtype=np.float32)
+
+
 def load_adapter(path: str, backbone: Backbone, space: Space) -> np.ndarray:
     """A fitted head (npz: adapter, weights_sha256, space_id) for a non-anchor backbone."""
+    return load_adapter_and_references(path, backbone, space)[0]
+
+
+def load_adapter_and_references(
+    path: str, backbone: Backbone, space: Space
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A fitted head's adapter (hidden_space, hidden_backbone) and, when ``fit-head`` stored
+    them for the current reference corpus, its reference vectors (m, hidden_space)."""
     with np.load(path, allow_pickle=False) as data:
         if str(data["space_id"]) != space.hex:
             raise SpaceError(f"adapter {path} was fitted for space {data['space_id']}")
         if str(data["weights_sha256"]) != backbone.weights_sha256:
             raise SpaceError(f"adapter {path} was fitted for other weights than {backbone.name}")
-        return np.asarray(data["adapter"], dtype=np.float32)
+        refs = None
+        if "references" in data and str(data["corpus_sha256"]) == reference_corpus_sha256():
+            refs = np.asarray(data["references"], dtype=np.float32)
+        return np.asarray(data["adapter"], dtype=np.float32), refs

