@@ -1,7 +1,10 @@
 """The anti-entropy room (``/zoo/dso/sync/1``, NETWORK.md §6): serve our digest, ids and
 records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we lack
-(``zoonode.net.sync`` holds the pure digest). Fetched records are validated like gossip and
-join the ingest queue. A peer that does not serve sync (another implementation may not) or
+(``zoonode.net.sync`` holds the pure digest). Two record types are synced, each with its own
+digest: experiences (no ``type``, the default) and feedback (``"type": "feedback"``); a peer
+that answers ``unknown_type`` for feedback (an older node) is asked again after
+``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue. A
+peer that does not serve sync (another implementation may not) or
 whose rounds fail is backed off and logged once per state change, not once per round."""
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class PeerSync:
     state: str = "new"
     next_round: float = 0.0
     failures: int = 0
+    feedback_after: float = 0.0  # monotonic time before which feedback is not asked again
 
 
 class AntiEntropy:
@@ -56,26 +60,33 @@ class AntiEntropy:
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
         from zoonode.net.rpc import BAD_REQUEST, ServeError
-        from zoonode.net.sync import MAX_GET, MAX_IDS, RECORD_TYPE
+        from zoonode.net.sync import FEEDBACK_TYPE, MAX_GET, MAX_IDS, RECORD_TYPE
 
         node = self.node
-        if req.get("type", RECORD_TYPE) != RECORD_TYPE:
-            raise ServeError("unknown_type", f"this node syncs only {RECORD_TYPE!r} records")
+        kind = req.get("type", RECORD_TYPE)
+        if kind == RECORD_TYPE:
+            digest, table = node.digest, node.kb.store
+        elif kind == FEEDBACK_TYPE:
+            digest, table = node.feedback_digest, node.kb.store.feedback
+        else:
+            raise ServeError(
+                "unknown_type", f"this node syncs {RECORD_TYPE!r} and {FEEDBACK_TYPE!r} records"
+            )
         op = req.get("op")
         if op == "digest":
-            return {"buckets": node.digest.to_wire(), "bucket_ms": node.digest.bucket_ms}
+            return {"buckets": digest.to_wire(), "bucket_ms": digest.bucket_ms}
         if op == "ids":
             start, end = req.get("start"), req.get("end")
             if type(start) is not int or type(end) is not int:
                 raise ServeError(BAD_REQUEST, "ids needs int start and end (ms)")
-            ids = await node.in_kb(node.kb.store.ids_between, start, end, MAX_IDS)
+            ids = await node.in_kb(table.ids_between, start, end, MAX_IDS)
             return {"ids": ids}
         if op == "get":
             wanted = req.get("ids")
             if type(wanted) is not list:
                 raise ServeError(BAD_REQUEST, "get needs ids, a list of 32-byte bin")
             ids = [i for i in wanted[:MAX_GET] if type(i) is bytes and len(i) == 32]
-            return {"wires": await node.in_kb(node.kb.store.wires, ids)}
+            return {"wires": await node.in_kb(table.wires, ids)}
         raise ServeError("unknown_op", f"unknown op {op!r}: digest, ids or get")
 
     async def run(self) -> None:
@@ -131,53 +142,23 @@ class AntiEntropy:
         entry.state = state
 
     async def sync_with(self, peer) -> int:
-        """One anti-entropy round with ``peer``; returns how many records were fetched."""
-        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, Unsupported, request
-        from zoonode.net.sync import MAX_GET
+        """One anti-entropy round with ``peer``: experiences, then feedback; returns how many
+        records were fetched."""
+        from zoonode.net.rpc import RpcError, Unsupported
 
-        node = self.node
         key = str(peer)
         fetched = 0
-        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
         try:
-            theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
-            if theirs.get("bucket_ms") != node.digest.bucket_ms:
-                self._outcome(key, "failing", "bad_answer: other bucket_ms")
-                return 0
-            buckets = theirs.get("buckets")
-            if not isinstance(buckets, dict):
-                raise ValueError("digest without buckets")
-            for start in node.digest.differing(buckets):
-                listed = await request(
-                    node.host,
-                    peer,
-                    SYNC_PROTOCOL,
-                    {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
-                )
-                ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-                missing = await node.in_kb(
-                    lambda ids=ids: [i for i in ids if not node.kb.store.known(i)]
-                )
-                for chunk in range(0, len(missing), MAX_GET):
-                    got = await request(
-                        node.host,
-                        peer,
-                        SYNC_PROTOCOL,
-                        {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
-                    )
-                    for wire in got.get("wires", []):
-                        checked = check_record(
-                            wire,
-                            node.policy,
-                            now_ms(),
-                            node.kb.store.known,
-                            limiter,
-                            node.banned.__contains__,
-                        )
-                        node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
-                        if checked.verdict is Verdict.ACCEPT:
-                            await node.ingest.enqueue(checked.record, str(peer))
-                            fetched += 1
+            fetched = await self._sync_type(peer, "experience")
+            entry = self.peers.get(key) or self._track(key)
+            if time.monotonic() >= entry.feedback_after:
+                try:
+                    fetched += await self._sync_type(peer, "feedback")
+                except RpcError as exc:
+                    if exc.code != "unknown_type":
+                        raise
+                    entry.feedback_after = time.monotonic() + self.unsupported_retry
+                    self.node.counters["sync:feedback_unsupported"] += 1
         except Unsupported:
             self._outcome(key, "unsupported")
             return 0
@@ -190,6 +171,62 @@ class AntiEntropy:
         self._outcome(key, "ok")
         if fetched:
             log.info("sync: fetched %d records from %s", fetched, peer)
+        return fetched
+
+    async def _sync_type(self, peer, kind: str) -> int:
+        """digest -> ids of differing buckets -> get what we lack, for one record type.
+        Raises RpcError, or ValueError on a malformed answer."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, request
+        from zoonode.net.sync import MAX_GET
+        from zoonode.net.validation import check_feedback
+
+        node = self.node
+        if kind == "experience":
+            digest, table, base = node.digest, node.kb.store, {}
+            check, enqueue, extra = check_record, node.ingest.enqueue, {}
+        else:
+            digest, table, base = node.feedback_digest, node.kb.store.feedback, {"type": kind}
+            check, enqueue = check_feedback, node.feedback.enqueue
+            extra = {"standing": table.standing}
+        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+        fetched = 0
+        theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest", **base})
+        if theirs.get("bucket_ms") != digest.bucket_ms:
+            raise ValueError("other bucket_ms")
+        buckets = theirs.get("buckets")
+        if not isinstance(buckets, dict):
+            raise ValueError("digest without buckets")
+        for start in digest.differing(buckets):
+            listed = await request(
+                node.host,
+                peer,
+                SYNC_PROTOCOL,
+                {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base},
+            )
+            ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
+            missing = await node.in_kb(lambda ids=ids: [i for i in ids if not table.known(i)])
+            for chunk in range(0, len(missing), MAX_GET):
+                got = await request(
+                    node.host,
+                    peer,
+                    SYNC_PROTOCOL,
+                    {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
+                )
+                for wire in got.get("wires", []):
+                    checked = check(
+                        wire,
+                        node.policy,
+                        now_ms(),
+                        table.known,
+                        limiter,
+                        node.banned.__contains__,
+                        **extra,
+                    )
+                    prefix = "sync" if kind == "experience" else "sync_feedback"
+                    node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
+                    if checked.verdict is Verdict.ACCEPT:
+                        await enqueue(checked.record, str(peer))
+                        fetched += 1
         return fetched
 
 
