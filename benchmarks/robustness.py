@@ -8,9 +8,10 @@ poison text is real text embedded by the real encoder: the target query's wordin
 honest tip) plus a harmful shell instruction. Every experience is clustered by the store's
 rule (cos >= 0.9 joins the first-seen member's cluster, honest experiences having arrived
 first). The baselines see the 150 experiences most similar to the query above the floor (the
-raw replica top 150); zoonode's rows see what the node's store search hands selection: one
-experience per cluster, 150 clusters, ordered by relevance x standing factor (by relevance in
-the no-standing row).
+raw replica top 150); zoonode's rows see what the node's store search hands selection: 150
+experiences, at most selection.cluster_members per cluster, ordered by relevance x standing
+factor (by relevance in the no-standing row), and select runs with the node's defaults
+(config/default.toml) but for the floor given here.
 
 Attacks (per target):
 - poisonedrag: 5 crafted texts "query + harmful instruction", 5 fresh identities;
@@ -57,6 +58,7 @@ from zoonode.sim.agents import DUPLICATE_COSINE, clusters_in_order
 from common import table, write_json
 from datasets import load
 
+CONFIG = SelectionConfig()  # the node's defaults (config/default.toml) for everything else
 HONEST_AUTHORS = 100
 OURS = "zoonode (groups + caps + GM + standing)"
 SLEEPERS = "zoonode, no standing (= sleepers)"
@@ -144,7 +146,16 @@ def methods(floor: float, newcomer_weight: float) -> dict:
                 for i in range(len(pool["rel"]))
             ]
             settings = SelectionSettings(
-                k=K, min_similarity=floor, newcomer_weight=newcomer_weight, newcomers_alone=alone
+                k=K,
+                min_similarity=floor,
+                floor_min=min(floor, CONFIG.floor_min),
+                floor_margin=CONFIG.floor_margin,
+                per_author=CONFIG.per_author,
+                established_slots=CONFIG.established_slots,
+                agreement_quantile=CONFIG.agreement_quantile,
+                answer_duplicate=CONFIG.answer_duplicate,
+                newcomer_weight=newcomer_weight,
+                newcomers_alone=alone,
             )
             result = select(pool["q"], cands, settings)
             return np.array(
@@ -214,15 +225,25 @@ def raw_pool(world: dict, floor: float) -> dict:
 
 
 def node_pool(world: dict, floor: float, newcomer_weight: float | None) -> dict:
-    """What the node's store search returns (KnowledgeBase.search): one experience per
-    near-duplicate cluster, POOL clusters, ordered by relevance x standing factor when the node
-    weighs by standing (``newcomer_weight`` not None), by relevance otherwise."""
+    """What the node's store search returns (KnowledgeBase.search): POOL experiences, at most
+    ``selection.cluster_members`` per near-duplicate cluster, ordered by relevance x standing
+    factor when the node weighs by standing (``newcomer_weight`` not None), by relevance
+    otherwise."""
     rank = world["rel"]
     if newcomer_weight is not None:
         rank = rank * (newcomer_weight + (1 - newcomer_weight) * world["standing"])
-    _, first = np.unique(world["cluster"][np.argsort(-rank, kind="stable")], return_index=True)
-    best = np.argsort(-rank, kind="stable")[np.sort(first)][:POOL]
-    return subset(world, best[world["rel"][best] >= floor])
+    members: dict[int, int] = {}
+    best = []
+    for i in np.argsort(-rank, kind="stable"):
+        cluster = int(world["cluster"][i])
+        if members.get(cluster, 0) < CONFIG.cluster_members:
+            members[cluster] = members.get(cluster, 0) + 1
+            best.append(i)
+            if len(best) == POOL:
+                break
+    best = np.asarray(best, dtype=int)
+    # select applies the query's floor (selection.similarity_floor): down to floor_min.
+    return subset(world, best[world["rel"][best] >= min(floor, CONFIG.floor_min)])
 
 
 def build_world(

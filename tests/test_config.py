@@ -162,3 +162,19 @@ def test_choice_lists_match_the_code():
     assert typing.get_args(hints["replica_backend"]) == BACKENDS
     hints = typing.get_type_hints(SelectionConfig, include_extras=True)
     assert typing.get_args(hints["newcomers_alone"]) == NEWCOMERS_ALONE
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "match"),
+    [
+        ("selection", {"floor_min": 0.5}, "floor_min"),  # above min_similarity 0.4
+        ("selection", {"floor_margin": -0.1}, "floor_margin"),
+        ("selection", {"per_author": 0}, "per_author"),
+        ("selection", {"agreement_quantile": 1.0}, "agreement_quantile"),
+        ("selection", {"answer_duplicate": 0.0}, "answer_duplicate"),
+        ("node", {"blas_threads": -1}, "blas_threads"),
+    ],
+)
+def test_selection_and_thread_settings_are_checked(section, values, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(env={}, overrides={section: values})

@@ -13,6 +13,8 @@ from hypothesis.extra.numpy import arrays
 from zoonode.selection import (
     Candidate,
     SelectionSettings,
+    agreement_factor,
+    author_slots,
     author_standing,
     coordinate_median,
     geometric_median,
@@ -22,6 +24,7 @@ from zoonode.selection import (
     multi_krum,
     plain_top_k,
     select,
+    similarity_floor,
     trimmed_mean,
 )
 
@@ -194,14 +197,89 @@ def test_selection_resists_an_outlier_flood_and_explains_itself():
 
 
 def test_floor_and_author_slots():
+    """A new author gets one slot while other authors' lessons clear the floor; its other
+    lessons fill what is left, so slots order the answer without shortening it."""
     topic = unit(np.ones(8))
-    same_author = [make(i, topic + 0.01 * i, 0.9, b"a" * 32) for i in range(4)]
+    rng = np.random.default_rng(2)
+    newcomer = [
+        replace(
+            make(i, topic + 0.3 * unit(rng.normal(size=8)), 0.9 - 0.01 * i, b"a" * 32),
+            reputation=0.5,
+        )
+        for i in range(4)
+    ]
+    other = replace(make(8, topic + 0.3 * unit(rng.normal(size=8)), 0.7, b"c" * 32), reputation=0.5)
     low = [make(10, topic, 0.3, b"b" * 32)]
-    result = select(topic, same_author + low, SelectionSettings(k=5))
-    assert len(result.selected) == 1  # one slot per author, the other author is below floor
+    result = select(topic, [*newcomer, other, *low], SelectionSettings(k=2, alpha=0))
+    assert {s.candidate.id for s in result.selected} == {newcomer[0].id, other.id}
     assert result.down_weighted["below_similarity_floor"] == 1
     assert result.down_weighted["author_slot_limit"] == 3
+    assert result.floor == 0.6
+    filled = select(topic, [*newcomer, other, *low], SelectionSettings(k=3, alpha=0))
+    assert {s.candidate.id for s in filled.selected} == {newcomer[0].id, newcomer[1].id, other.id}
+    assert [s.score for s in filled.selected] == sorted(
+        (s.score for s in filled.selected), reverse=True
+    )
     assert select(topic, low).selected == []
+
+
+def test_similarity_floor_follows_a_weak_best_candidate_down_to_its_minimum():
+    assert similarity_floor(0.9, 0.4, 0.3, 0.1) == 0.4  # a clear best: the fixed floor
+    assert similarity_floor(0.5, 0.4, 0.3, 0.1) == 0.4
+    assert similarity_floor(0.45, 0.4, 0.3, 0.1) == pytest.approx(0.35)
+    assert similarity_floor(0.35, 0.4, 0.3, 0.1) == 0.3  # never under floor_min
+    assert similarity_floor(0.1, 0.4, 0.3, 0.1) == 0.3
+    assert similarity_floor(0.35, 0.4, None, 0.1) == 0.4  # no minimum: the fixed floor
+    assert similarity_floor(0.35, 0.4, 0.4, 0.1) == 0.4
+    assert similarity_floor(0.35, 0.4, 0.3, 0.0) == 0.35  # margin 0: the best always answers
+
+
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=20),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(0, 0.5),
+)
+def test_similarity_floor_properties(rels, lo, hi, margin):
+    lo, hi = min(lo, hi), max(lo, hi)
+    best = max(rels)
+    floor = similarity_floor(best, hi, lo, margin)
+    assert lo <= floor <= hi
+    # More candidates can only raise it, never lower it (an attacker cannot lower the floor).
+    assert similarity_floor(max(best, 0.99), hi, lo, margin) >= floor
+    # Where the best candidate reaches floor_min, it clears the floor: no empty answer.
+    if best >= lo:
+        assert best >= floor
+
+
+def test_author_slots():
+    assert author_slots(1.0, 5, 1, 0) == 5  # established: up to k
+    assert author_slots(1.0, 10, 1, 0) == 10
+    assert author_slots(1.0, 5, 1, 2) == 2
+    assert author_slots(1.0, 5, 1, 9) == 5
+    assert author_slots(0.99, 5, 1, 0) == 1  # not yet established: per_author
+    assert author_slots(0.0, 5, 2, 0) == 2
+
+
+def test_one_established_author_fills_k_slots_and_a_weak_query_still_answers():
+    """A node whose lessons all share its own identity (standing 1) answers with k of them;
+    a query whose best lesson sits under the fixed floor still gets it."""
+    rng = np.random.default_rng(4)
+    topic = unit(rng.normal(size=32))
+    own = [
+        make(i, topic + 0.4 * unit(rng.normal(size=32)), 0.8 - 0.02 * i, b"o" * 32)
+        for i in range(12)
+    ]
+    settings = SelectionSettings(k=5, min_similarity=0.4, floor_min=0.3, newcomer_weight=0.2)
+    result = select(topic, own, settings)
+    assert len(result.selected) == 5
+    assert "author_slot_limit" not in result.down_weighted
+    assert len(select(topic, own, replace(settings, k=10)).selected) == 10
+    weak = [replace(c, relevance=0.36 - 0.01 * i) for i, c in enumerate(own[:4])]
+    answer = select(topic, weak, settings)
+    assert answer.floor == pytest.approx(0.3)
+    assert len(answer.selected) == 4
+    assert select(topic, weak, replace(settings, floor_min=None)).selected == []  # fixed 0.4
 
 
 def test_author_standing_grows_with_time_known_and_cannot_be_negative():
@@ -283,3 +361,39 @@ def test_a_fresh_variant_does_not_speak_for_an_established_group():
     variant = replace(make(2, topic, 0.8, b"s" * 32, cluster=7), reputation=0.0)
     result = select(topic, [established, variant], SelectionSettings(k=1, newcomer_weight=0.2))
     assert result.selected[0].candidate.id == established.id
+
+
+def test_agreement_factor_only_penalises_under_the_gate():
+    assert agreement_factor(0.8, None, 2.0) == pytest.approx(0.64)
+    assert agreement_factor(0.8, 0.5, 2.0) == 1.0  # above the gate: nothing lost
+    assert agreement_factor(0.25, 0.5, 2.0) == pytest.approx(0.25)
+    assert agreement_factor(-0.3, 0.5, 2.0) == 0.0
+    assert agreement_factor(0.25, 0.5, 0.0) == 1.0
+
+
+def test_near_duplicates_answer_side_by_side_unless_nearly_identical():
+    """Members of one near-duplicate cluster (cos >= 0.9) keep one vote in the centre but
+    may each answer while their cosine stays under answer_duplicate; copies do not."""
+    rng = np.random.default_rng(6)
+    topic = unit(rng.normal(size=64))
+    base = unit(topic + 0.3 * unit(rng.normal(size=64)))
+    sibling = unit(base + 0.35 * unit(rng.normal(size=64)))  # cos ~0.94: a distinct lesson
+    copy = unit(base + 0.02 * unit(rng.normal(size=64)))  # cos ~0.9998: the same lesson
+    assert 0.9 <= float(base @ sibling) < 0.95 and float(base @ copy) > 0.99
+    same_cluster = [
+        make(1, base, 0.8, b"o" * 32, cluster=1),
+        make(2, sibling, 0.78, b"o" * 32, cluster=1),
+        make(3, copy, 0.79, b"o" * 32, cluster=1),
+    ]
+    others = [
+        make(10 + i, topic + 0.5 * unit(rng.normal(size=64)), 0.5, bytes([i]) * 32)
+        for i in range(4)
+    ]
+    settings = SelectionSettings(k=3, min_similarity=0.4, answer_duplicate=0.95)
+    result = select(topic, same_cluster + others, settings)
+    chosen = {s.candidate.id for s in result.selected}
+    assert {same_cluster[0].id, same_cluster[1].id} <= chosen and same_cluster[2].id not in chosen
+    assert result.down_weighted["near_duplicate_in_answer"] == 1
+    assert result.groups == 5  # the cluster still votes once
+    one_per_group = select(topic, same_cluster + others, replace(settings, answer_duplicate=None))
+    assert len({s.candidate.cluster for s in one_per_group.selected}) == 3

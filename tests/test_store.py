@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,11 +18,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, create_revocation
-from zoonode.knowledge import Filters, KnowledgeBase, snapshot_due
+from zoonode.knowledge import DB_FILE, Filters, KnowledgeBase, snapshot_due
 from zoonode.native.space import data_dir
 from zoonode.protocol import public_key_bytes
 from zoonode.replica import BACKENDS, INDEX_FILES, META_FILE, Replica
-from zoonode.store import Incoming, Outcome, Status, StoreError
+from zoonode.store import SCHEMA_VERSION, Incoming, Outcome, Status, StoreError
 
 from helpers import lessons
 
@@ -416,3 +418,80 @@ def test_authors_first_seen_is_the_first_acceptance_on_our_clock(kb, encoder, ke
     # How long the node has known any peer: our own lessons do not count.
     assert kb.first_peer_acceptance(theirs) == seen[ours]
     assert kb.first_peer_acceptance(ours) == seen[theirs]
+
+
+def _plans(store, sql, params) -> str:
+    return " | ".join(r[-1] for r in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+def test_a_store_written_before_schema_versions_is_migrated_on_open(tmp_path, encoder, key):
+    """Schema 0 (no authors table, no content key) upgrades in place on open: standing keeps
+    each author's first acceptance, re-sharing a lesson finds it by index, and the query
+    path's store reads use indexes, not table scans."""
+    path = tmp_path / "node"
+    other = Ed25519PrivateKey.generate()
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    kb.ingest(lessons(encoder, key, TEXTS[:3]))
+    kb.ingest(lessons(encoder, other, TEXTS[3:5]))
+    before = {
+        a: t
+        for a, t in kb.store.db.execute(
+            "SELECT author, min(accepted_at) FROM records GROUP BY author"
+        )
+    }
+    kb.close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(  # what zoonode wrote before this change
+        "DROP TABLE authors; DROP INDEX records_content; DROP INDEX records_cluster_status;"
+        "ALTER TABLE records DROP COLUMN content_key;"
+        "CREATE INDEX records_cluster ON records(cluster) WHERE cluster IS NOT NULL;"
+        "PRAGMA user_version = 0;"
+    )
+    db.close()
+
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    store = kb.store
+    assert store.schema_version == SCHEMA_VERSION
+    ours, theirs = public_key_bytes(key), public_key_bytes(other)
+    assert kb.authors_first_seen([ours, theirs]) == before
+    assert kb.first_peer_acceptance(ours) == before[theirs]
+    [row] = store.own_active(ours, "test.lessons", TEXTS[1])
+    assert row.seq == 2
+    assert store.own_active(theirs, "test.lessons", TEXTS[1]) == []
+    assert store.own_active(ours, "other.domain", TEXTS[1]) == []
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "records_cluster" not in indexes and "records_cluster_status" in indexes
+    # New records keep both up to date.
+    third = Ed25519PrivateKey.generate()
+    kb.ingest(lessons(encoder, third, TEXTS[5:6]))
+    assert set(kb.authors_first_seen([public_key_bytes(third)])) == {public_key_bytes(third)}
+    assert len(store.own_active(public_key_bytes(third), "test.lessons", TEXTS[5])) == 1
+    # No table scan on the paths a query or a share takes.
+    for sql, params in [
+        ("SELECT first_seen FROM authors WHERE author IN (?, ?)", [ours, theirs]),
+        ("SELECT first_seen FROM authors WHERE author != ? ORDER BY first_seen LIMIT 1", [ours]),
+        (
+            "SELECT cluster, count(*) FROM records WHERE status = 0 AND cluster IN (?, ?) "
+            "GROUP BY cluster",
+            [1, 2],
+        ),
+        (
+            "SELECT seq FROM records WHERE content_key = ? AND author = ? AND domain = ? "
+            "AND op != 2 AND status = 0",
+            [b"k" * 16, ours, "d"],
+        ),
+    ]:
+        plan = _plans(store, sql, params)
+        assert "USING" in plan and "SCAN records" not in plan, (sql, plan)
+        assert not re.search(r"SCAN authors(?! USING)", plan), (sql, plan)
+    kb.close()
+
+
+def test_a_store_from_a_newer_zoonode_is_refused(tmp_path, encoder):
+    path = tmp_path / "node"
+    KnowledgeBase(path, encoder.space, encoder.space_info.hidden).close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="schema version"):
+        KnowledgeBase(path, encoder.space, encoder.space_info.hidden)

@@ -34,8 +34,13 @@ class ConfigError(ValueError):
 
 # Every setting's range or choices, checked by pydantic when the object is built (strict: no
 # coercion; floats must be finite). A default that breaks its own rule fails the tests.
-def _range(ge: float | None = None, le: float | None = None, gt: float | None = None) -> Field:
-    return Field(ge=ge, le=le, gt=gt, strict=True, allow_inf_nan=False)
+def _range(
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+) -> Field:
+    return Field(ge=ge, le=le, gt=gt, lt=lt, strict=True, allow_inf_nan=False)
 
 
 def _host_port(value: str) -> str:
@@ -72,6 +77,8 @@ class NodeConfig:
     data_dir: str = ""  # empty: the user's data dir (platformdirs)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["console", "json"] = "console"
+    # numpy's BLAS threads (threadpoolctl); 0: the library's default
+    blas_threads: Annotated[int, _range(ge=0, le=1024)] = 1
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,23 @@ NEWCOMERS_ALONE = ("bootstrap", "always", "never")
 class SelectionConfig:
     k: Annotated[int, _range(ge=1, le=50)] = 5  # the API's k range
     candidates: Annotated[int, _range(ge=1, le=100_000)] = 150
+    # the similarity floor; lowered per query down to floor_min ...
     min_similarity: Cosine = 0.4
+    # ... when the best candidate is under min_similarity + floor_margin
+    # (selection.similarity_floor)
+    floor_min: Cosine = 0.3
+    floor_margin: Annotated[float, _range(ge=0.0, le=2.0)] = 0.1
     author_cap: Annotated[float, _range(gt=0.0)] = 1.0
+    # answer slots of an author not yet established (standing < 1)
+    per_author: Annotated[int, _range(ge=1, le=50)] = 1
+    # answer slots of an established author (own, trusted, matured); 0: up to k
+    established_slots: Annotated[int, _range(ge=0, le=50)] = 0
+    # agreement with the robust centre counts under this quantile
+    agreement_quantile: Annotated[float, _range(ge=0.0, lt=1.0)] = 0.1
+    # candidates per near-duplicate cluster (best by relevance x standing)
+    cluster_members: Annotated[int, _range(ge=1, le=1000)] = 3
+    # members of one cluster answer apart while cos < this
+    answer_duplicate: Annotated[float, _range(gt=0.0, le=1.0)] = 0.95
     # an author's standing grows from 0 to 1 over this long
     maturity_days: Annotated[float, _range(ge=0.0, le=36_500.0)] = 7.0
     newcomer_weight: Unit = 0.2  # score factor of an author this node has just met
@@ -140,6 +162,11 @@ class SelectionConfig:
     trusted_authors: list[str] = field(default_factory=list)  # hex keys: standing 1 at once
 
     def __post_init__(self) -> None:
+        if self.floor_min > self.min_similarity:
+            raise ConfigError(
+                f"selection.floor_min = {self.floor_min!r}: must be at most "
+                f"selection.min_similarity ({self.min_similarity!r})"
+            )
         for key in self.trusted_authors:
             if len(key) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in key):
                 raise ConfigError(

@@ -4,9 +4,9 @@ Write path: verified records with their exact compact vectors -> near-duplicate 
 lookup -> one store transaction (durable: the acknowledgement) -> replica -> eviction.
 Read path: replica candidates -> store rows with their exact vectors -> rerank by exact
 inner product (the default replica's int8 scores are approximate) -> status and filters ->
-one hit per near-duplicate cluster -> top k. A caller may weigh rows (the node weighs them by
-their author's standing) to choose which member speaks for a cluster and which clusters fill
-the k.
+at most ``per_cluster`` hits per near-duplicate cluster -> top k. A caller may weigh rows
+(the node weighs them by their author's standing) to choose which members speak for a
+cluster and which clusters fill the k.
 """
 
 from __future__ import annotations
@@ -314,8 +314,10 @@ class KnowledgeBase:
         candidates: int | None = None,
         dedupe: bool = True,
         weigh: Weigh | None = None,
+        per_cluster: int = 1,
     ) -> list[Hit]:
-        """Top ``k`` active lessons by exact cosine, one per near-duplicate cluster.
+        """Top ``k`` active lessons by exact cosine, at most ``per_cluster`` (the best) per
+        near-duplicate cluster (``dedupe``; all of them otherwise).
 
         ``weigh`` maps rows to factors in [0, 1]: the order is then by cosine x factor, so a
         low-weight row neither speaks for a cluster a higher-weight member also matches nor
@@ -327,16 +329,16 @@ class KnowledgeBase:
         fetch = max(candidates or 0, k + max(k // 4, 16), RERANK_CANDIDATES)
         while True:
             seqs, _approximate = self.replica.search(query, k=fetch)
-            hits = self._keep(seqs, query, filters, dedupe, limit=k, weigh=weigh)
+            hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster)
             exhausted = len(seqs) < fetch
             if len(hits) >= k or exhausted:
                 return (
                     hits[:k]
                     if len(hits) >= k or filters.empty
-                    else self._exact(query, k, filters, dedupe, weigh)
+                    else self._exact(query, k, filters, dedupe, weigh, per_cluster)
                 )
             if fetch >= 4096:
-                return self._exact(query, k, filters, dedupe, weigh)
+                return self._exact(query, k, filters, dedupe, weigh, per_cluster)
             fetch *= 4
 
     def _keep(
@@ -347,30 +349,30 @@ class KnowledgeBase:
         dedupe: bool,
         limit: int | None = None,
         weigh: Weigh | None = None,
+        per_cluster: int = 1,
     ) -> list[Hit]:
-        """The best ``limit`` active, matching candidates by exact inner product, one per
-        cluster, with their vectors."""
+        """The best ``limit`` active, matching candidates by exact inner product, at most
+        ``per_cluster`` per cluster, with their vectors."""
         rows = self.store.rows_with_vectors(list(seqs))
         found = [rows[int(s)] for s in seqs if int(s) in rows]  # evicted ones are gone
         if not found:
             return []
         sims = np.stack([vector for _, vector in found]) @ query
         rank = sims if weigh is None else sims * weigh([row for row, _ in found])
-        best: dict[int, tuple[Row, float, np.ndarray]] = {}
-        order: list[int] = []
+        members: dict[int, int] = {}
+        kept: list[tuple[int, Row, float, np.ndarray]] = []
         for i in np.argsort(-rank, kind="stable"):
             row, vector = found[i]
-            sim = sims[i]
             if row.status is not Status.ACTIVE or not filters.match(row):
                 continue
             group = row.cluster if dedupe and row.cluster is not None else -row.seq
-            if group not in best:
-                best[group] = (row, float(sim), vector)
-                order.append(group)
-                if limit is not None and len(order) >= limit:
+            if members.get(group, 0) < per_cluster:
+                members[group] = members.get(group, 0) + 1
+                kept.append((group, row, float(sims[i]), vector))
+                if limit is not None and len(kept) >= limit:
                     break
-        sizes = self.store.cluster_sizes([g for g in order if g > 0]) if dedupe else {}
-        return [Hit(best[g][0], best[g][1], sizes.get(g, 1), best[g][2]) for g in order]
+        sizes = self.store.cluster_sizes([g for g in members if g > 0]) if dedupe else {}
+        return [Hit(row, sim, sizes.get(g, 1), vector) for g, row, sim, vector in kept]
 
     def _exact(
         self,
@@ -379,6 +381,7 @@ class KnowledgeBase:
         filters: Filters,
         dedupe: bool,
         weigh: Weigh | None = None,
+        per_cluster: int = 1,
     ) -> list[Hit]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
@@ -386,7 +389,7 @@ class KnowledgeBase:
         if len(seqs) == 0:
             return []
         order = np.argsort(-(vectors @ query), kind="stable")
-        return self._keep(seqs[order], query, filters, dedupe, limit=k, weigh=weigh)
+        return self._keep(seqs[order], query, filters, dedupe, k, weigh, per_cluster)
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)

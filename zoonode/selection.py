@@ -3,7 +3,10 @@
 A query's candidates come from the replica. Poisoned and Sybil-flooded experiences must not
 win, so selection does not simply take the top k by relevance:
 
-1. **Floor**: candidates below the similarity floor (DSO: 0.6) are dropped.
+1. **Floor** (``similarity_floor``): candidates below the query's similarity floor are
+   dropped. The floor is ``min_similarity`` (DSO: 0.6; this space: 0.4), lowered for a query
+   whose best candidate is weak, to ``floor_margin`` below it and never under ``floor_min``:
+   no empty answer while some lesson reaches ``floor_min``.
 2. **Groups, so that volume buys no votes**: one group per near-duplicate cluster; every
    author's total weight is capped (``author_cap``) and shared among the groups it appears in,
    so 1000 copies, or 1000 Sybil identities behind one cluster, still weigh one vote, and one
@@ -11,10 +14,17 @@ win, so selection does not simply take the top k by relevance:
 3. **Robust centre**: the weighted geometric median of the groups' representatives, computed by
    smoothed Weiszfeld (RFA, Pillutla et al. 2019). Its breakdown point is 1/2: while honest
    weight is the majority, no placement of the rest moves it far from the honest centre.
-4. **Ranking**: ``score = relevance * agreement ** alpha`` where agreement is the cosine with
-   the robust centre, times a confidence factor and a standing factor. Outliers pushed towards
-   the query but away from the consensus lose; then at most ``per_author`` slots per author and
-   one per group.
+4. **Ranking**: ``score = relevance * agreement_factor * confidence factor * standing
+   factor``. ``agreement_factor`` is ``(agreement / gate) ** alpha`` capped at 1, the gate
+   being a low quantile (``agreement_quantile``) of the groups' agreement (cosine) with the
+   robust centre: outliers pushed towards the query but away from the consensus lose, while
+   the ordinary spread of honest lessons around a query keeps its plain relevance order (the
+   ungated ``agreement ** 2`` cost a sixth of plain top-k's recall on clean data,
+   benchmarks/selection_clean.py). Answer **slots**: an established author (standing 1) may
+   fill all k, an author not yet established ``per_author`` while others' lessons remain
+   (``author_slots``); members of one near-duplicate group answer side by side while their
+   cosine with a lesson already in the answer stays under ``answer_duplicate`` (copies and
+   Sybil variants, cos >= 0.976 in benchmarks/robustness.py, do not).
 
 **Standing** (``author_standing``) is the information the embedding cannot carry: how long this
 node has known the author. It grows from 0 for an identity whose first lesson this node
@@ -264,18 +274,70 @@ class Selection:
     groups: int
     authors: int
     down_weighted: dict[str, int] = field(default_factory=dict)
+    floor: float = 0.0  # the similarity floor this query used (similarity_floor)
 
 
 @dataclass(frozen=True)
 class SelectionSettings:
     k: int = 5
-    min_similarity: float = 0.6
+    min_similarity: float = 0.6  # the floor (see similarity_floor): its ceiling
+    floor_min: float | None = None  # the floor's lowest value; None: min_similarity (fixed)
+    floor_margin: float = 0.1  # the floor follows the best relevance down to this below it
     author_cap: float = 1.0
     alpha: float = 2.0  # how strongly agreement with the centre counts against relevance
     confidence_weight: float = 0.1  # score factor (1 - cw) + cw * confidence
-    per_author: int = 1
+    per_author: int = 1  # answer slots of an author not yet established (standing < 1)
+    established_slots: int = 0  # slots of an established author (standing 1); 0: up to k
     newcomer_weight: float = 1.0  # score factor of an author of standing 0 (1: standing unused)
     newcomers_alone: bool = True  # probation only where an established author answers
+    # Agreement with the robust centre counts only under this quantile of the groups'
+    # agreements (agreement_factor); 0: everywhere, as agreement ** alpha.
+    agreement_quantile: float = 0.0
+    # Near-duplicate members of one group may each answer unless their cosine with a lesson
+    # already in the answer reaches this; None: one answer per group (its speaker).
+    answer_duplicate: float | None = None
+
+
+def similarity_floor(
+    best: float, min_similarity: float, floor_min: float | None, margin: float
+) -> float:
+    """The similarity floor of one query: ``min_similarity``, lowered towards ``floor_min``
+    when even the most relevant candidate (relevance ``best``) is weak, to ``margin`` below it:
+    ``clamp(best - margin, floor_min, min_similarity)``.
+
+    A fixed floor leaves a query whose best lesson sits just under it with nothing (0.4 in
+    this space: 5 of 443 eg queries, benchmarks/versus_chroma.py); a floor relative to the
+    best alone would let any query, however unrelated, fill k slots. This rule keeps the
+    fixed floor wherever some candidate clears it by ``margin`` and never goes under
+    ``floor_min``, so a query answers with nothing only when no candidate reaches
+    ``floor_min``. Adding candidates can only raise it (to ``min_similarity`` at most): an
+    attacker cannot lower it. ``floor_min`` None (or >= ``min_similarity``): the fixed floor.
+    """
+    if floor_min is None or floor_min >= min_similarity:
+        return float(min_similarity)
+    return float(min(min_similarity, max(floor_min, best - margin)))
+
+
+def agreement_factor(agreement: float, gate: float | None, alpha: float) -> float:
+    """What a score keeps for its lesson's agreement (cosine) with the robust centre:
+    ``agreement ** alpha`` without a gate; with one, ``min(1, agreement / gate) ** alpha``, so
+    only lessons that agree less than the gate (a low quantile of the candidates'
+    agreements) lose, in proportion. Negative agreement keeps nothing."""
+    a = max(agreement, 0.0)
+    if gate is not None:
+        a = min(1.0, a / gate)
+    return a**alpha
+
+
+def author_slots(standing: float, k: int, per_author: int, established_slots: int) -> int:
+    """Answer slots of one author in a top ``k``: an established author (standing 1: known to
+    this node past the maturity, our own identity, an operator-trusted author) may fill up to
+    ``established_slots`` (0: all k), so a node whose lessons share one identity answers with
+    k of them; an author not yet established gets ``per_author``, so one fresh identity
+    cannot fill a whole answer where newcomers answer alone."""
+    if standing >= 1.0:
+        return k if established_slots <= 0 else min(k, established_slots)
+    return per_author
 
 
 def author_standing(first_seen_ms: int | None, now_ms: int, maturity_ms: int) -> float:
@@ -303,7 +365,9 @@ def select(
     """Robust top-k of ``candidates`` for ``query``; every choice explains itself."""
     s = settings or SelectionSettings()
     reasons: dict[str, int] = defaultdict(int)
-    kept = [c for c in candidates if c.relevance >= s.min_similarity]
+    best = max((c.relevance for c in candidates), default=0.0)
+    floor = similarity_floor(best, s.min_similarity, s.floor_min, s.floor_margin)
+    kept = [c for c in candidates if c.relevance >= floor]
     reasons["below_similarity_floor"] = len(candidates) - len(kept)
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
     if s.newcomer_weight < 1.0 and (
@@ -313,11 +377,11 @@ def select(
         # with its standing-weighted relevance, so fresh identities cannot fill the slots
         # established lessons leave empty. With no established answer everyone may answer,
         # unless ``newcomers_alone`` is off.
-        probation = [c for c in kept if c.relevance * _standing_factor(s, c) < s.min_similarity]
+        probation = [c for c in kept if c.relevance * _standing_factor(s, c) < floor]
         reasons["newcomer_on_probation"] = len(probation)
-        kept = [c for c in kept if c.relevance * _standing_factor(s, c) >= s.min_similarity]
+        kept = [c for c in kept if c.relevance * _standing_factor(s, c) >= floor]
     if not kept:
-        return Selection([], None, 0, len(candidates), 0, 0, dict(reasons))
+        return Selection([], None, 0, len(candidates), 0, 0, dict(reasons), floor)
 
     groups: dict[int, list[Candidate]] = defaultdict(list)
     for c in kept:
@@ -337,50 +401,84 @@ def select(
 
     # A group shows its most relevant member, weighed by standing: a fresh identity's variant
     # of an established lesson does not speak for the group.
-    reps = [
-        max(
-            groups[g],
-            key=lambda c: c.relevance * _standing_factor(s, c),
-        )
-        for g in group_ids
-    ]
+    reps = [max(groups[g], key=lambda c: c.relevance * _standing_factor(s, c)) for g in group_ids]
     points = np.stack([np.asarray(r.vector, np.float64) for r in reps])
     if weights.sum() <= 0:
         weights = np.ones(len(group_ids))
     median = geometric_median(points, weights)
     centre = median.median / max(float(np.linalg.norm(median.median)), 1e-12)
 
+    # Who may answer: every kept member (``answer_duplicate`` set) or each group's speaker.
+    group_of = {id(c): i for i, g in enumerate(group_ids) for c in groups[g]}
+    answering = kept if s.answer_duplicate is not None else reps
+    vectors = np.stack([np.asarray(c.vector, np.float32) for c in answering])
+    agreements = vectors @ centre
+    distances = np.linalg.norm(vectors - median.median[None, :], axis=1)
+    gate = None
+    if s.agreement_quantile > 0:  # quantile over the groups' speakers: volume cannot move it
+        gate = max(float(np.quantile(points @ centre, s.agreement_quantile)), 1e-6)
     scored = []
-    for i, rep in enumerate(reps):
-        agreement = float(np.asarray(rep.vector, np.float32) @ centre)
-        distance = float(np.linalg.norm(np.asarray(rep.vector, np.float32) - median.median))
-        conf = (1 - s.confidence_weight) + s.confidence_weight * rep.confidence
-        standing = _standing_factor(s, rep)
-        score = rep.relevance * max(agreement, 0.0) ** s.alpha * conf * standing
+    for c, agreement, distance, vector in zip(
+        answering, agreements, distances, vectors, strict=True
+    ):
+        i = group_of[id(c)]
+        conf = (1 - s.confidence_weight) + s.confidence_weight * c.confidence
+        factor = agreement_factor(float(agreement), gate, s.alpha)
+        members = groups[group_ids[i]]
         scored.append(
-            Selected(
-                rep,
-                score,
-                rep.relevance,
-                agreement,
-                distance,
-                max(len(groups[group_ids[i]]), *(c.cluster_size for c in groups[group_ids[i]])),
-                float(weights[i]),
+            (
+                Selected(
+                    c,
+                    c.relevance * factor * conf * _standing_factor(s, c),
+                    c.relevance,
+                    float(agreement),
+                    float(distance),
+                    max(len(members), *(m.cluster_size for m in members)),
+                    float(weights[i]),
+                ),
+                vector,
             )
         )
-    scored.sort(key=lambda x: -x.score)
+    scored.sort(key=lambda x: -x[0].score)
 
     chosen: list[Selected] = []
+    chosen_vectors: list[np.ndarray] = []
     slots: dict[bytes, int] = defaultdict(int)
-    for item in scored:
-        author = item.candidate.author
-        if slots[author] >= s.per_author:
-            reasons["author_slot_limit"] += 1
-            continue
-        chosen.append(item)
-        slots[author] += 1
+    held_back: list[tuple[Selected, np.ndarray]] = []
+
+    def redundant(vector: np.ndarray) -> bool:
+        return (
+            s.answer_duplicate is not None
+            and bool(chosen_vectors)
+            and float(np.max(np.stack(chosen_vectors) @ vector)) >= s.answer_duplicate
+        )
+
+    for item, vector in scored:
         if len(chosen) == s.k:
             break
+        author = item.candidate.author
+        if slots[author] >= author_slots(
+            item.candidate.reputation, s.k, s.per_author, s.established_slots
+        ):
+            held_back.append((item, vector))
+            continue
+        if redundant(vector):
+            reasons["near_duplicate_in_answer"] += 1
+            continue
+        chosen.append(item)
+        chosen_vectors.append(vector)
+        slots[author] += 1
+    # Slots order the answer (other authors first); they do not shorten it: where fewer than
+    # k lessons of other authors clear the floor, the held-back ones fill the rest, in order.
+    for item, vector in held_back:
+        if len(chosen) == s.k:
+            reasons["author_slot_limit"] += 1
+        elif not redundant(vector):
+            chosen.append(item)
+            chosen_vectors.append(vector)
+        else:
+            reasons["near_duplicate_in_answer"] += 1
+    chosen.sort(key=lambda x: -x.score)
     return Selection(
         chosen,
         centre.astype(np.float32),
@@ -389,6 +487,7 @@ def select(
         len(group_ids),
         len(author_groups),
         dict(reasons),
+        floor,
     )
 
 

@@ -13,6 +13,7 @@ parent, and children that arrive before their parent are applied when it arrives
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+import msgpack
 import numpy as np
 
 from zoonode.protocol import Op, SignedFeedback, SignedRecord
@@ -49,7 +51,6 @@ CREATE INDEX IF NOT EXISTS records_parent ON records(parent) WHERE parent IS NOT
 CREATE INDEX IF NOT EXISTS records_author ON records(author);
 CREATE INDEX IF NOT EXISTS records_created ON records(created_at);
 CREATE INDEX IF NOT EXISTS records_evict ON records(op, status, confidence, created_at);
-CREATE INDEX IF NOT EXISTS records_cluster ON records(cluster) WHERE cluster IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- ids we hold no record for on purpose (evicted, or rejected after the embedding check):
 -- sync counts them as known so that they are never fetched again.
@@ -60,30 +61,85 @@ CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL
                                    at INTEGER NOT NULL);
 """
 
-# Schema changes after the first release, applied in order and counted in PRAGMA user_version
-# (the step's number): a store opened by an older zoonode gets the later steps on open.
-_MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "feedback records (issue #24): one standing verdict per voter and target",
-        """
-        CREATE TABLE IF NOT EXISTS feedback (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order
-            id BLOB NOT NULL UNIQUE,
-            wire BLOB NOT NULL,                     -- canonical signed bytes, as received
-            voter BLOB NOT NULL,
-            target BLOB NOT NULL,                   -- an experience id (maybe not held yet)
-            verdict INTEGER NOT NULL,               -- 1 helpful, -1 harmful, 0 withdrawn
-            task BLOB,
-            created_at INTEGER NOT NULL,
-            accepted_at INTEGER NOT NULL,
-            peer TEXT,
-            UNIQUE (voter, target)
-        );
-        CREATE INDEX IF NOT EXISTS feedback_target ON feedback(target);
-        CREATE INDEX IF NOT EXISTS feedback_created ON feedback(created_at);
-        """,
-    ),
-]
+# Schema versions (``PRAGMA user_version``). A store opened by this code is migrated forward,
+# one transaction per step; the step's number is written in the same transaction, so a crash
+# mid-migration leaves the previous version intact and the step runs again on the next open.
+#   0 -> 1: the ``authors`` table (first acceptance per author, kept on insert: standing's
+#           basis, read per query, no longer a min(accepted_at) GROUP BY over every row of a
+#           prolific author) and ``records.content_key`` (an index for "have we shared this text
+#           in this domain already?", no longer an instr() scan of all the author's lessons);
+#           the cluster index also covers status (cluster sizes read from the index alone).
+#   1 -> 2: the ``feedback`` table (issue #24): agents' signed verdicts, one standing verdict
+#           per (voter, target), the latest; ``seq`` is acceptance order (trust reads pages).
+SCHEMA_VERSION = 2
+
+_MIGRATION_1 = """
+CREATE TABLE IF NOT EXISTS authors (
+    author BLOB PRIMARY KEY,
+    first_seen INTEGER NOT NULL             -- ms, our clock: when we first accepted its record
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS authors_first_seen ON authors(first_seen);
+INSERT OR IGNORE INTO authors
+    SELECT author, min(accepted_at) FROM records GROUP BY author;
+ALTER TABLE records ADD COLUMN content_key BLOB;
+CREATE INDEX IF NOT EXISTS records_content ON records(content_key)
+    WHERE content_key IS NOT NULL;
+DROP INDEX IF EXISTS records_cluster;
+CREATE INDEX IF NOT EXISTS records_cluster_status ON records(cluster, status)
+    WHERE cluster IS NOT NULL;
+"""
+
+
+def content_key(author: bytes, domain: str, text: str) -> bytes:
+    """16-byte BLAKE2b of (author, domain, text), length-prefixed: the index key of "this
+    author already holds this text in this domain" (own lessons shared twice)."""
+    h = hashlib.blake2b(digest_size=16)
+    d = domain.encode()
+    h.update(author)
+    h.update(len(d).to_bytes(4, "big"))
+    h.update(d)
+    h.update(text.encode())
+    return h.digest()
+
+
+def _migrate_1(db: sqlite3.Connection) -> None:
+    # One statement at a time: executescript() would commit the migration's transaction.
+    for statement in _MIGRATION_1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    keys = []
+    for seq, wire in db.execute("SELECT seq, wire FROM records WHERE op != ?", (int(Op.REVOKE),)):
+        fields = msgpack.unpackb(wire, raw=False, strict_map_key=False)
+        keys.append((content_key(fields[2], fields[7], fields[6]), seq))
+    db.executemany("UPDATE records SET content_key = ? WHERE seq = ?", keys)
+
+
+_MIGRATION_2 = """
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order
+    id BLOB NOT NULL UNIQUE,
+    wire BLOB NOT NULL,                     -- canonical signed bytes, as received
+    voter BLOB NOT NULL,
+    target BLOB NOT NULL,                   -- an experience id (maybe not held yet)
+    verdict INTEGER NOT NULL,               -- 1 helpful, -1 harmful, 0 withdrawn
+    task BLOB,
+    created_at INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    peer TEXT,
+    UNIQUE (voter, target)
+);
+CREATE INDEX IF NOT EXISTS feedback_target ON feedback(target);
+CREATE INDEX IF NOT EXISTS feedback_created ON feedback(created_at)
+"""
+
+
+def _migrate_2(db: sqlite3.Connection) -> None:
+    for statement in _MIGRATION_2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 class Status(IntEnum):
@@ -216,17 +272,36 @@ class Store:
         ).fetchone()
         self.feedback = FeedbackStore(self)
 
+    def _migrate(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}; this zoonode knows up to "
+                f"{SCHEMA_VERSION} (a newer zoonode wrote it)"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            started = time.perf_counter()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                _MIGRATIONS[step](self.db)
+                self.db.execute(f"PRAGMA user_version = {step}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            log.info(
+                "store %s migrated to schema %d in %.1f s",
+                self.path,
+                step,
+                time.perf_counter() - started,
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
     def close(self) -> None:
         self.db.close()
-
-    def _migrate(self) -> None:
-        """Apply the schema steps this file lacks, each in one transaction with its number."""
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        for number, (what, script) in enumerate(_MIGRATIONS[version:], version + 1):
-            log.info("store %s: schema step %d: %s", self.path, number, what)
-            self.db.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
-            )
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -298,10 +373,11 @@ class Store:
                 "SELECT cluster FROM records WHERE id = ?", (cluster,)
             ).fetchone()
             cluster = found[0] if found else None
+        key = None if exp.op is Op.REVOKE else content_key(exp.author, exp.domain, exp.text)
         cur = self.db.execute(
             "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
-            "accepted_at, peer, parent, status, cluster, vector) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, peer, parent, status, cluster, vector, content_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.wire,
@@ -316,8 +392,10 @@ class Store:
                 int(status),
                 cluster,
                 vector,
+                key,
             ),
         )
+        self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
         seq = cur.lastrowid
         if cluster is None and exp.op is not Op.REVOKE:
             self.db.execute("UPDATE records SET cluster = seq WHERE seq = ?", (seq,))
@@ -491,17 +569,20 @@ class Store:
         )
 
     def first_peer_acceptance(self, own: bytes) -> int | None:
-        """When this node accepted the oldest lesson it holds from an author other than
-        ``own`` (ms, its own clock): how long it has known its peers. Walks seq order, which
-        is acceptance order, and stops at the first peer row."""
+        """When this node first accepted a record of an author other than ``own`` (ms, its own
+        clock): how long it has known its peers. One step along the ``authors_first_seen``
+        index (it skips at most our own row), whatever the store's size."""
         row = self.db.execute(
-            "SELECT accepted_at FROM records WHERE author != ? ORDER BY seq LIMIT 1", (own,)
+            "SELECT first_seen FROM authors WHERE author != ? ORDER BY first_seen LIMIT 1",
+            (own,),
         ).fetchone()
         return row[0] if row else None
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
-        """When this node first accepted a lesson of each author (ms, its own clock): the
-        basis of an author's standing. Authors it holds nothing from are absent."""
+        """When this node first accepted a record of each author (ms, its own clock): the
+        basis of an author's standing. Kept on insert and never lowered or forgotten (an
+        evicted lesson does not make its author new again); authors it never accepted anything
+        from are absent. One primary-key lookup per author."""
         out: dict[bytes, int] = {}
         distinct = list(dict.fromkeys(authors))
         for start in range(0, len(distinct), 900):
@@ -509,9 +590,7 @@ class Store:
             marks = ",".join("?" * len(chunk))
             out.update(
                 self.db.execute(
-                    f"SELECT author, min(accepted_at) FROM records WHERE author IN ({marks}) "
-                    "GROUP BY author",
-                    chunk,
+                    f"SELECT author, first_seen FROM authors WHERE author IN ({marks})", chunk
                 ).fetchall()
             )
         return out
@@ -568,12 +647,12 @@ class Store:
         return [_row(r) for r in rows]
 
     def own_active(self, author: bytes, domain: str, text: str) -> list[Row]:
-        """An author's active lessons in one domain whose bytes contain ``text``: the
-        candidates for a re-shared lesson (the caller compares the decoded text)."""
+        """An author's active lessons with exactly this text in this domain (one index lookup
+        on ``content_key``; the caller may still compare the decoded text)."""
         rows = self.db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM records WHERE author = ? AND domain = ? "
-            "AND op != 2 AND status = 0 AND instr(wire, ?) > 0",
-            (author, domain, text.encode()),
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE content_key = ? AND author = ? "
+            "AND domain = ? AND op != 2 AND status = 0",
+            (content_key(author, domain, text), author, domain),
         )
         return [_row(r) for r in rows]
 

@@ -105,6 +105,12 @@ class Node:
         from zoonode.net.host import make_host
         from zoonode.net.sync import Digest
 
+        if cfg.node.blas_threads > 0:
+            # Process-wide: numpy's BLAS pool. Selection's 150 x 384 products took 5-10x longer
+            # with 2 threads than with 1 while another process held a core (query_path.py).
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(cfg.node.blas_threads, user_api="blas")
         self.key = load_or_create_identity(cfg.data_path / IDENTITY_FILE)
         self.author = public_key_bytes(self.key)
         self.trusted_authors = {bytes.fromhex(a) for a in cfg.selection.trusted_authors}

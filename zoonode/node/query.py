@@ -56,6 +56,7 @@ class Query:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._knows_peers_long = False  # set once a peer has been known past the maturity
+        self._first_peer_ms: int | None = None  # never changes once known (authors table)
 
     async def query(
         self,
@@ -89,7 +90,9 @@ class Query:
 
         def local() -> tuple[np.ndarray, list, bool]:
             q = node.encoder.encode_compact(text)[0] if vector is None else vector
-            found = node.kb.search(q, k=sel.candidates, filters=filters, weigh=weigh)
+            found = node.kb.search(
+                q, k=sel.candidates, filters=filters, weigh=weigh, per_cluster=sel.cluster_members
+            )
             return q, found, self.newcomers_may_answer_alone()
 
         q, hits, alone = await node.in_kb(local)
@@ -122,7 +125,13 @@ class Query:
         settings = SelectionSettings(
             k=k or sel.k,
             min_similarity=sel.min_similarity,
+            floor_min=sel.floor_min,
+            floor_margin=sel.floor_margin,
             author_cap=sel.author_cap,
+            per_author=sel.per_author,
+            established_slots=sel.established_slots,
+            agreement_quantile=sel.agreement_quantile,
+            answer_duplicate=sel.answer_duplicate,
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
         )
@@ -142,7 +151,9 @@ class Query:
         if policy != "bootstrap":
             return policy == "always"
         if not self._knows_peers_long:  # once true it stays true: no query needed then
-            first = node.kb.first_peer_acceptance(node.author)
+            if self._first_peer_ms is None:  # an index lookup (authors table), then cached
+                self._first_peer_ms = node.kb.first_peer_acceptance(node.author)
+            first = self._first_peer_ms
             maturity_ms = int(node.cfg.selection.maturity_days * 86_400_000)
             self._knows_peers_long = first is not None and now_ms() - first >= maturity_ms
         return not self._knows_peers_long

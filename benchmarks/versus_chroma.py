@@ -1,0 +1,439 @@
+"""zoonode against a plain vector store (Chroma) when nobody attacks: quality, latency, ingest.
+
+    python benchmarks/versus_chroma.py [--sizes 20000 100000] [--window 1000] [--modes own 64]
+
+Needs the benchmark extra: ``pip install -e '.[bench]'`` (chromadb). Both systems run as
+their own server processes and are used over HTTP with keep-alive, as an agent would use
+them: Chroma's server (``chroma run``, persistent, default HNSW, fed the same MiniLM vectors
+by the client, which encodes the texts with zoonode's own encoder) and a real ``zoonode
+start`` process per author layout:
+
+- ``own``: one author, the node's own identity; lessons shared through
+  ``POST /v1/experiences/batch`` (the node encodes and signs them);
+- ``64``: 64 authors, records signed beforehand (corpus.signed) and imported through
+  ``POST /v1/records`` (the node checks each code against its own encoding of the text).
+
+Lessons: benchmarks/corpus.py (the 1,334 cheat tips among real filler text: docstring
+paragraphs, benchmarks/filler.py), 20k and 100k; queries: the 443 eg examples, relevant = the
+tips of the same command. Encoded vectors are cached in .bench-cache/.
+
+Ingest through the API, the text's encoding included on both sides, is timed over windows of
+``--window`` lessons at 1k (lessons 1,000-2,000) and just below each size (e.g. 19k-20k and
+99k-100k). Between windows each store is filled to the next window with the cached vectors:
+Chroma through its client, zoonode in process with KnowledgeBase.ingest while the node is
+stopped (what publish and import store, minus the encoder and HTTP). Queries: k = 10 (Chroma
+``n_results=10``), the query's encoding included on both sides (Chroma: the client encodes,
+then queries), two passes in alternating order after 10 warm-up queries; quality from the
+first pass. RSS: the server processes after the queries (Chroma's client also holds the
+encoder; it is not counted); disk: the data directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from zoonode.identity import IDENTITY_FILE, load_or_create_identity
+from zoonode.native.encoder import Encoder
+
+from common import table, write_json
+from corpus import DOMAIN, author_keys, fill, load, signed
+
+ZOONODE = str(Path(sys.executable).with_name("zoonode"))
+CHROMA = str(Path(sys.executable).with_name("chroma"))
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # offline: no telemetry attempts
+API_RE = re.compile(r"HTTP API (\S+)")
+K = 10
+BATCH = 256  # lessons per API request (zoonode's MAX_BATCH)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def disk_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ZooNode:
+    """A real ``zoonode start`` process on a data dir, restarted around in-process fills."""
+
+    def __init__(self, data: Path, mode: str, enc: Encoder) -> None:
+        self.data, self.mode, self.enc = data, mode, enc
+        self.name = f"zoonode ({'1 author' if mode == 'own' else '64 authors'})"
+        self.proc: subprocess.Popen | None = None
+        self.http: httpx.Client | None = None
+        self.size = 0
+        load_or_create_identity(data / IDENTITY_FILE)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [ZOONODE, "start", "--data-dir", str(self.data), "--api", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        url = next(m.group(1) for line in self.proc.stdout if (m := API_RE.search(line)))
+        token = (self.data / "api.token").read_text().strip()
+        self.http = httpx.Client(
+            base_url=url, timeout=600, headers={"authorization": f"Bearer {token}"}
+        )
+
+    def stop(self) -> None:
+        if self.http:
+            self.http.close()
+            self.http = None
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+            self.proc = None
+
+    def bulk(self, corpus, end: int) -> float:
+        """Fill to ``end`` lessons in process (the node stopped)."""
+        running = self.proc is not None
+        if running:
+            self.stop()
+        seconds = fill(self.data, self.enc, corpus.texts, corpus.vectors, self.size, end, self.mode)
+        self.size = end
+        if running:
+            self.start()
+        return seconds
+
+    def prepare(self, corpus, start: int, end: int) -> None:
+        """The 64 authors' records for lessons start..end, signed beforehand (not timed)."""
+        self.wires: dict[int, str] = {}
+        if self.mode == "64":
+            records = signed(
+                self.enc, author_keys(), corpus.texts[start:end], corpus.vectors[start:end], start
+            )
+            self.wires = {start + i: r.wire.hex() for i, r in enumerate(records)}
+
+    def ingest(self, corpus, a: int, b: int) -> float:
+        """Lessons a..b through the API, the node encoding them; returns seconds."""
+        assert self.http is not None
+        t0 = time.perf_counter()
+        if self.mode == "own":
+            body = {
+                "experiences": [
+                    {"text": t, "domain": DOMAIN, "confidence": 0.7} for t in corpus.texts[a:b]
+                ]
+            }
+            r = self.http.post("/v1/experiences/batch", json=body)
+        else:
+            r = self.http.post("/v1/records", json={"wires": [self.wires[i] for i in range(a, b)]})
+        r.raise_for_status()
+        seconds = time.perf_counter() - t0
+        bad = [x for x in r.json()["results"] if x.get("outcome") != "accepted"]
+        if len(bad) > 2:  # two cheat tips repeat word for word: duplicates there
+            raise RuntimeError(f"{self.name}: {bad[:3]}")
+        self.size = b
+        return seconds
+
+    def query(self, text: str) -> tuple[list[str], list[float]]:
+        assert self.http is not None
+        r = self.http.post("/v1/query", json={"text": text, "k": K})
+        r.raise_for_status()
+        sel = r.json()["selected"]
+        return [s["text"] for s in sel], [s["relevance"] for s in sel]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def disk(self) -> float:
+        return disk_mb(self.data)
+
+
+class Chroma:
+    """Chroma's server process (``chroma run``), used through chromadb.HttpClient."""
+
+    name = "Chroma"
+
+    def __init__(self, data: Path, enc: Encoder) -> None:
+        self.data, self.enc = data, enc
+        self.size = 0
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import chromadb
+
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [CHROMA, "run", "--path", str(self.data), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                self.client = chromadb.HttpClient(host="127.0.0.1", port=port)
+                self.client.heartbeat()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.collection = self.client.get_or_create_collection("lessons")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+            self.proc = None
+
+    def _add(self, corpus, a: int, b: int, vectors: np.ndarray) -> None:
+        self.collection.add(
+            ids=[str(i) for i in range(a, b)],
+            embeddings=vectors,
+            documents=corpus.texts[a:b],
+            metadatas=[{"domain": DOMAIN, "confidence": 0.7} for _ in range(a, b)],
+        )
+
+    def bulk(self, corpus, end: int) -> float:
+        t0 = time.perf_counter()
+        for a in range(self.size, end, 1000):
+            b = min(end, a + 1000)
+            self._add(corpus, a, b, corpus.vectors[a:b])
+        self.size = end
+        return time.perf_counter() - t0
+
+    def prepare(self, corpus, start: int, end: int) -> None:
+        pass
+
+    def ingest(self, corpus, a: int, b: int) -> float:
+        """The client encodes the batch (as zoonode's node does), then adds it."""
+        t0 = time.perf_counter()
+        self._add(corpus, a, b, self.enc.encode_compact(corpus.texts[a:b]))
+        self.size = b
+        return time.perf_counter() - t0
+
+    def query(self, text: str) -> tuple[list[str], list[float]]:
+        q = self.enc.encode_compact(text)
+        r = self.collection.query(
+            query_embeddings=q, n_results=K, include=["documents", "distances"]
+        )
+        # Default space "l2" returns squared distances; unit vectors: cos = 1 - d / 2.
+        return list(r["documents"][0]), [1 - d / 2 for d in r["distances"][0]]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def disk(self) -> float:
+        return disk_mb(self.data)
+
+
+def quality(answers: list[list[str]], relevant: list[set[str]]) -> dict[str, float]:
+    recall, hit, mrr = [], [], []
+    for got, rel in zip(answers, relevant, strict=True):
+        if not rel:
+            continue
+        top5 = set(got[:5])
+        recall.append(len(top5 & rel) / min(5, len(rel)))
+        hit.append(float(bool(top5 & rel)))
+        first = next((r for r, t in enumerate(got[:K]) if t in rel), None)
+        mrr.append(0.0 if first is None else 1.0 / (first + 1))
+    return {
+        "Recall@5": float(np.mean(recall)),
+        "Hit@5": float(np.mean(hit)),
+        "MRR@10": float(np.mean(mrr)),
+    }
+
+
+def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[str, dict]:
+    relevant = [{corpus.texts[i] for i in rel if i < size} for rel in corpus.relevant]
+    out: dict[str, dict] = {s.name: {"latency": [], "answers": [], "scores": []} for s in systems}
+    for s in systems:
+        for q in corpus.queries[:10]:
+            s.query(q)
+    for p in range(passes):
+        for s in systems if p % 2 == 0 else systems[::-1]:
+            for q in corpus.queries:
+                t = time.perf_counter()
+                texts, scores = s.query(q)
+                out[s.name]["latency"].append((time.perf_counter() - t) * 1000)
+                if p == 0:
+                    out[s.name]["answers"].append(texts)
+                    out[s.name]["scores"].append(scores)
+    chroma = out["Chroma"]
+    rows = {}
+    for s in systems:
+        o = out[s.name]
+        counts = [len(a) for a in o["answers"]]
+        empty_with_relevant = sum(
+            1
+            for got, c_got, c_scores, rel in zip(
+                o["answers"], chroma["answers"], chroma["scores"], relevant, strict=True
+            )
+            if not got
+            and any(t in rel and sc >= 0.3 for t, sc in zip(c_got[:5], c_scores[:5], strict=True))
+        )
+        rows[s.name] = {
+            **quality(o["answers"], relevant),
+            "results k=5": float(np.mean([min(5, c) for c in counts])),
+            "results k=10": float(np.mean(counts)),
+            "empty": sum(1 for c in counts if c == 0),
+            "empty, Chroma top 5 relevant >= 0.3": empty_with_relevant,
+            "query p50 ms": float(np.percentile(o["latency"], 50)),
+            "query p99 ms": float(np.percentile(o["latency"], 99)),
+            "rss MB": rss_mb(s.pid),
+            "disk MB": s.disk(),
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--window", type=int, default=1536)
+    parser.add_argument("--modes", nargs="+", default=["own", "64"], choices=["own", "64"])
+    parser.add_argument("--name", default="versus-chroma")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of both encoders (the node's encoder.threads, this client's); "
+        "1 by default: on a shared 2-core machine 2 threads stall (p50 74 ms vs 12 ms measured)",
+    )
+    args = parser.parse_args()
+    os.environ["ZOONODE_ENCODER__THREADS"] = str(args.threads)  # the node processes
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    enc = Encoder.default()
+    sizes = sorted(args.sizes)
+    corpus = load(sizes[-1], enc)
+    work = Path(tempfile.mkdtemp(prefix="zoo-vs-chroma-"))
+    chroma = Chroma(work / "chroma", enc)
+    nodes = [ZooNode(work / f"zoonode-{m}", m, enc) for m in args.modes]
+    systems = [chroma, *nodes]
+    windows = sorted({args.window, *(s - args.window for s in sizes)})
+    ingest: dict[str, list[dict]] = {s.name: [] for s in systems}
+    bulk_s: dict[str, float] = {s.name: 0.0 for s in systems}
+    results: dict[int, dict] = {}
+    try:
+        for s in systems:
+            s.start()
+        for start in windows:
+            for s in systems:
+                bulk_s[s.name] += s.bulk(corpus, start)
+            # Side by side: batch by batch in turn (rotating who goes first), so that every
+            # system meets the same load on this shared machine.
+            end = start + args.window
+            for s in systems:
+                s.prepare(corpus, start, end)
+            seconds = {s.name: 0.0 for s in systems}
+            for j, a in enumerate(range(start, end, BATCH)):
+                turn = systems[j % len(systems) :] + systems[: j % len(systems)]
+                for s in turn:
+                    seconds[s.name] += s.ingest(corpus, a, min(end, a + BATCH))
+            for s in systems:
+                rate = args.window / seconds[s.name]
+                ingest[s.name].append({"from": start, "to": end, "docs/s": rate})
+                print(f"ingest {s.name} {start}-{end}: {rate:.1f}/s", flush=True)
+            if start + args.window in sizes:
+                size = start + args.window
+                results[size] = measure_queries(systems, corpus, size)
+                rows_now = [{"system": k, **v} for k, v in results[size].items()]
+                print(table(rows_now, list(rows_now[0])), flush=True)
+    finally:
+        for s in systems:
+            s.stop()
+    rows = []
+    base = {size: results[size][chroma.name] for size in results}
+    for size in sorted(results):
+        for name, r in results[size].items():
+            first = ingest[name][0]["docs/s"]
+            at = next(w["docs/s"] for w in ingest[name] if w["to"] == size)
+            row = {
+                "lessons": size,
+                "system": name,
+                **r,
+                "ingest docs/s": at,
+                "ingest vs 1k": at / first,
+            }
+            for key in ("Recall@5", "Hit@5", "MRR@10", "query p50 ms", "ingest docs/s"):
+                ref = base[size][key] if key != "ingest docs/s" else _at(ingest, "Chroma", size)
+                row[f"{key} ratio"] = row[key] / ref if ref else float("nan")
+            rows.append(row)
+    columns = [
+        "lessons",
+        "system",
+        "Recall@5",
+        "Hit@5",
+        "MRR@10",
+        "results k=5",
+        "results k=10",
+        "empty",
+        "empty, Chroma top 5 relevant >= 0.3",
+        "query p50 ms",
+        "query p99 ms",
+        "ingest docs/s",
+        "ingest vs 1k",
+        "rss MB",
+        "disk MB",
+    ]
+    print(table(rows, columns))
+    ratios = ["Recall@5 ratio", "Hit@5 ratio", "MRR@10 ratio", "query p50 ms ratio"]
+    print(table(rows, ["lessons", "system", *ratios, "ingest docs/s ratio"]))
+    path = write_json(
+        args.name,
+        {
+            "rows": rows,
+            "ingest windows": ingest,
+            "bulk fill s (cached vectors, not timed as ingest)": bulk_s,
+            "settings": {
+                "k": K,
+                "window": args.window,
+                "api batch": BATCH,
+                "queries": len(corpus.queries),
+                "chroma": _version("chromadb"),
+                "zoonode": _version("zoonode"),
+                "torch threads (both encoders)": args.threads,
+            },
+            "filler": corpus.filler,
+            "seconds": time.time() - t_start,
+        },
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nwrote {path}")
+
+
+def _at(ingest: dict, name: str, size: int) -> float:
+    return next(w["docs/s"] for w in ingest[name] if w["to"] == size)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    main()

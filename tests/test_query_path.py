@@ -1,0 +1,120 @@
+"""The query path on clean data: a one-author node answers with k lessons (real process, real
+HTTP), and a query's store work is bounded by its candidates, not by the store (real node,
+real SQLite: every statement's plan, and the SQLite VM steps per query at two store sizes)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import numpy as np
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.experiences import sign_lessons
+from zoonode.node import Node
+from zoonode.store import Incoming
+
+from netutil import node_config
+from nodeproc import running_node
+
+LESSONS = [
+    "Before running a database migration in production, take a backup and test a restore",
+    "Run database migrations inside a transaction so that a failed step rolls back cleanly",
+    "Review the SQL a migration generates before applying it to the production database",
+    "Keep database migrations small and reversible; write the down migration as well",
+    "Lock-heavy database migrations on big tables should run in batches off peak hours",
+    "After a database migration, check row counts and constraints before reopening traffic",
+    "Unrelated: water boils at a lower temperature at high altitude, so cooking takes longer",
+]
+QUERY = "How do I run a database migration safely in production?"
+
+
+def test_a_one_author_node_answers_with_k_of_its_own_lessons(tmp_path):
+    """Every lesson shared through the API carries the node's own identity (one author):
+    a query with k relevant lessons gets k of them, not one; sharing one again is found by
+    the content index and returns the same id."""
+    with running_node(tmp_path / "node") as node:
+        items = [{"text": t, "domain": "ops.databases"} for t in LESSONS]
+        shared = httpx.post(
+            f"{node.url}/v1/experiences/batch",
+            json={"experiences": items},
+            headers=node.auth,
+            timeout=120,
+        ).json()["results"]
+        assert [r["outcome"] for r in shared] == ["accepted"] * len(LESSONS)
+        again = httpx.post(
+            f"{node.url}/v1/experiences", json=items[2], headers=node.auth, timeout=60
+        ).json()
+        assert again == {"id": shared[2]["id"], "outcome": "duplicate"}
+        for k in (5, 3):
+            answer = httpx.post(
+                f"{node.url}/v1/query", json={"text": QUERY, "k": k}, timeout=60
+            ).json()
+            texts = [s["text"] for s in answer["selected"]]
+            assert len(texts) == k, answer
+            assert set(texts) <= set(LESSONS[:6])
+            assert "author_slot_limit" not in answer["down_weighted"]
+
+
+def _fill(node: Node, encoder, n: int, peers: int, rng: np.random.Generator) -> None:
+    """``n`` own lessons and ``peers`` lessons of another author, all near the query."""
+    q = encoder.encode_compact(QUERY)[0]
+    other = Ed25519PrivateKey.generate()
+    for key, count, peer in ((node.key, n, "local"), (other, peers, "gossip")):
+        vectors = q + 0.9 * rng.normal(size=(count, q.size)).astype(np.float32) / np.sqrt(q.size)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        items = [{"text": f"lesson {peer} {i}", "domain": "ops.databases"} for i in range(count)]
+        records = sign_lessons(encoder, key, items, vectors)
+        node.kb.ingest([Incoming(r, v, peer) for r, v in zip(records, vectors, strict=True)])
+
+
+def _query_cost(node: Node) -> tuple[int, set[str]]:
+    """SQLite VM steps (in thousands) and the statements of one query."""
+    db = node.kb.store.db
+    steps = [0]
+    statements: set[str] = set()
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    async def query():
+        await node.query(text=QUERY, k=5)  # warm: caches, the replica
+        db.set_progress_handler(count, 1000)
+        db.set_trace_callback(statements.add)
+        try:
+            selection, _ = await node.query(text=QUERY, k=5)
+        finally:
+            db.set_progress_handler(None, 0)
+            db.set_trace_callback(None)
+        assert len(selection.selected) == 5
+
+    trio.run(query)
+    return steps[0], statements
+
+
+def test_a_query_costs_what_its_candidates_cost_not_what_the_store_holds(tmp_path, encoder):
+    """No statement of the query path scans a table, and the SQLite work of one query stays
+    flat when the node's own lessons grow tenfold (it used to grow with them: standing read
+    min(accepted_at) over every row of a prolific author, and a node without peers scanned
+    the table for its first peer on every query)."""
+    rng = np.random.default_rng(7)
+    costs = []
+    for size, name in ((200, "small"), (2000, "large")):
+        node = Node(node_config(tmp_path / name, selection={"candidates": 40}), encoder=encoder)
+        _fill(node, encoder, size, 0, rng)  # no peers yet: the bootstrap check runs per query
+        steps, statements = _query_cost(node)
+        costs.append(steps)
+        db = node.kb.store.db
+        for sql in statements:
+            if not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = " | ".join(r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert not re.search(r"SCAN (records|authors)(?! USING)", plan), (sql, plan)
+        if name == "large":
+            _fill(node, encoder, 0, 5, rng)  # a peer author now: the other branch
+            steps_with_peer, _ = _query_cost(node)
+            assert steps_with_peer <= 1.5 * costs[0] + 20
+        node.kb.close()
+    assert costs[1] <= 1.5 * costs[0] + 20, costs
