@@ -51,6 +51,7 @@ def _brief(item: dict) -> dict:
         "relevance",
         "group_size",
         "standing",
+        "trust",
         "examples",
     )
     return {k: item[k] for k in keep if k in item}
@@ -118,6 +119,14 @@ def build_server(client: AsyncClient) -> MCPServer:
         lesson twice returns the first id.
         """
         return await call(client.share(text, domain, confidence, examples, source_model))
+
+    @server.tool()
+    async def rate_experience(id: str, verdict: str, task: str | None = None) -> dict:
+        """Report whether a lesson you used helped: verdict "helpful" (it was the relevant
+        advice and it worked), "harmful" (it misled you) or "withdrawn" (cancel your earlier
+        verdict). id: the 64-hex-character id shown with the lesson. task: optional, the task
+        text (only its SHA-256 is sent). Your verdicts make good authors trusted."""
+        return await call(client.feedback(id, verdict, task))
 
     @server.tool()
     async def get_experience(id: str) -> dict:
