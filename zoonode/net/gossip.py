@@ -149,7 +149,7 @@ class Gossip:
     """Subscribes to the space's topics, validates every message, batches what we publish.
 
     The experience topic is always on; ``add_feedback`` adds the feedback topic (NETWORK.md
-    §4.6) before ``run_services``. ``on_records`` receives the ACCEPTed records of each valid
+    §4.7) before ``run_services``. ``on_records`` receives the ACCEPTed records of each valid
     message with the forwarding peer; it must return quickly (the node queues them durably for
     the embedding check).
     """

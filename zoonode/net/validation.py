@@ -47,7 +47,7 @@ class Reason(StrEnum):
     AUTHOR_BANNED = "author_banned"
     EMBEDDING_MISMATCH = "embedding_mismatch"
     FLOOD = "flood"  # the forwarder sends more than flood_rate messages/s of nothing new
-    # feedback topic only (NETWORK.md §4.6)
+    # feedback topic only (NETWORK.md §4.7)
     SUPERSEDED = "superseded"  # a later verdict of the same voter on the same target is held
     VOTER_RATE = "voter_rate"  # the voter is over its feedback rate
     # plus every protocol ErrorCode value (bad_signature, oversize, ...), used as is
@@ -172,7 +172,7 @@ def check_feedback(
     standing: Callable[[bytes, bytes], tuple[int, bytes] | None] = lambda v, t: None,
     decoder: Callable[[bytes], SignedFeedback] = decode_feedback,
 ) -> Checked:
-    """One feedback record on the feedback topic (NETWORK.md §4.6): decode and verify
+    """One feedback record on the feedback topic (NETWORK.md §4.7): decode and verify
     (REJECT, the SPEC code), space (REJECT ``wrong_space``), ``from_future`` (REJECT),
     ``too_old``, ``known``, ``author_banned`` (the voter), ``superseded`` (``standing(voter,
     target)`` names a verdict held that is later: (created_at, id) greater), ``voter_rate``
