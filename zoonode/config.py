@@ -184,7 +184,7 @@ class TrustConfig:
 
     damping: Annotated[float, _range(gt=0.0, le=0.95)] = 0.5  # share a voter's votes pass on
     # the most trusted non-root authors holding this share of trust are established
-    established_mass: Annotated[float, _range(gt=0.0, le=1.0)] = 0.8
+    established_mass: Annotated[float, _range(gt=0.0, le=1.0)] = 0.95
     # authors the roots must endorse before time known stops establishing authors
     min_endorsements: Annotated[int, _range(ge=0, le=1_000_000)] = 5
     unendorsed_cap: Unit = 0.2  # the most standing time known alone gives, once trust is ready

@@ -27,7 +27,7 @@ more trust than flows into it over the edges honest voters gave it ("attack edge
 region add nothing. So it holds at most that mass / ``reference`` established identities.
 
 **Standing.** ``standing(a) = min(1, T(a) / reference)``. ``reference`` is the trust level
-above which the most trusted non-root authors hold ``established_mass`` (0.8) of all non-root
+above which the most trusted non-root authors hold ``established_mass`` (0.95) of all non-root
 trust: a mass-weighted quantile, so splitting a small mass over many identities cannot move it
 (it is not a count-based mean or median, which new identities would shift). Roots have
 standing 1.
@@ -49,7 +49,7 @@ import scipy.sparse as sp
 @dataclass(frozen=True)
 class TrustSettings:
     damping: float = 0.5  # share of a voter's trust its votes pass on (PageRank's d)
-    established_mass: float = 0.8  # top-down share of non-root trust whose holders are established
+    established_mass: float = 0.95  # top-down share of non-root trust whose holders are established
     passes: int = 2  # the second pass lets a denounced voter's own votes weigh less
     tol: float = 1e-10  # L1 change that stops the power iteration
     max_iter: int = 200

@@ -202,21 +202,26 @@ class Feedback:
         the room's worker thread, and make it the one queries use."""
         started = time.perf_counter()
         self._dirty = False
-        table = VoteTable()
+        pages = []
         after = 0
         store = self.node.kb.store.feedback
         while True:
             page = await self.node.in_kb(store.edges_page, after, EDGE_PAGE)
             if not page:
                 break
-            table.add((voter, author, verdict) for _, voter, author, verdict in page)
+            pages.append(page)
             after = page[-1][0]
             if len(page) < EDGE_PAGE:
                 break
         roots = self.roots
-        result = await trio.to_thread.run_sync(
-            compute_trust, table, roots, self.settings, limiter=self._worker
-        )
+
+        def work() -> TrustResult:  # ~3 s of table building at 1M votes: off the trio thread
+            table = VoteTable()
+            for page in pages:
+                table.add((voter, author, verdict) for _, voter, author, verdict in page)
+            return compute_trust(table, roots, self.settings)
+
+        result = await trio.to_thread.run_sync(work, limiter=self._worker)
         self.trust = result
         self.recomputed_at = now_ms()
         self.recompute_seconds = time.perf_counter() - started
