@@ -128,6 +128,84 @@ def cached(enc, texts: list[str]) -> np.ndarray:
     return vectors
 
 
+def over_time(
+    rng,
+    query_vec,
+    honest_vec,
+    honest_authors,
+    data,
+    settings,
+    cap,
+    *,
+    rounds=14,
+    tasks=1,
+    root_tasks=5,
+    join=4,
+    colluders=(),
+) -> list[dict]:
+    """Trust day by day: every day each honest voter runs ``tasks`` tasks (the node
+    ``root_tasks``) and reports helpful verdicts as in ``honest_votes``; sleepers (aged, time
+    standing 1) keep their ring and demotion votes; honest author 0 is a newcomer that joins
+    on day ``join`` (its lessons are not served, it does not vote, before; its time standing
+    grows over the 7-day maturity after). Mean standing per group after each day."""
+    keys = sorted(set(honest_authors))
+    newcomer = keys[0]
+    hidden = np.array([a == newcomer for a in honest_authors])
+    votes: list = []
+    series = []
+    for day in range(1, rounds + 1):
+        for voter in [ROOT, *keys]:
+            if voter == newcomer and day < join:
+                continue
+            for t in rng.choice(len(query_vec), size=root_tasks if voter == ROOT else tasks):
+                scores = honest_vec @ query_vec[t]
+                if day < join:
+                    scores = np.where(hidden, -np.inf, scores)
+                relevant = data.relevant(int(t))
+                top = np.argsort(-scores)[:K]
+                votes += [(voter, honest_authors[i], 1) for i in top if int(i) in relevant]
+        result = trust_of(votes + sleeper_votes(list(colluders), keys), settings)
+        ready = result.root_endorsements >= TrustConfig.min_endorsements
+
+        def standing(key, time_standing, result=result, ready=ready):
+            return author_standing_from(
+                result.standing(key), time_standing, ready=ready, unendorsed_cap=cap
+            )
+
+        series.append(
+            {
+                "day": day,
+                "verdicts": len(votes),
+                "ready": ready,
+                "honest": float(np.mean([standing(h, 1.0) for h in keys[1:]])),
+                "sleepers": float(np.mean([standing(c, 1.0) for c in colluders])),
+                "newcomer": standing(newcomer, min(1.0, max(0, day - join) / 7))
+                if day >= join
+                else None,
+            }
+        )
+    return series
+
+
+def plot(series: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    days = [r["day"] for r in series]
+    for group, style in (("honest", "-o"), ("sleepers", "-s"), ("newcomer", "-^")):
+        ax.plot(days, [r[group] for r in series], style, label=group, markersize=4)
+    ax.set_xlabel("day (1 task per honest voter, 5 for this node's agents)")
+    ax.set_ylabel("mean standing")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Standing from trust and time, 45 % sleepers in a ring")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--targets", type=int, default=40)
@@ -312,6 +390,33 @@ def main() -> None:
     print(f"\nAttack edges (45 % sleepers, cap {caps[0]:g}):")
     print(table(edges_rows, list(edges_rows[0])))
 
+    colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
+    series = over_time(
+        np.random.default_rng(args.seed + 2),
+        query_vec,
+        honest_vec,
+        honest_authors,
+        data,
+        settings,
+        caps[0],
+        colluders=colluders,
+    )
+    print("\nOver time (45 % sleepers; newcomer joins on day 4):")
+    print(
+        table(
+            [
+                {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
+                for r in series
+            ],
+            list(series[0]),
+        )
+    )
+    from pathlib import Path
+
+    figure = Path(__file__).resolve().parent.parent / "docs" / "trust-over-time.png"
+    plot(series, figure)
+    print(f"plot: {figure}")
+
     costs = [cost(10_000, 100_000, settings), cost(100_000, args.cost_votes, settings)]
     print("\nRecomputation cost:")
     print(
@@ -340,6 +445,7 @@ def main() -> None:
             "newcomer_established_after_with_node_verdict": first_root,
             "flood_max_relative_change": change,
             "attack_edges": edges_rows,
+            "over_time": series,
             "cost": costs,
             "seconds": time.time() - t_start,
         },
