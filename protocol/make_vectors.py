@@ -788,9 +788,10 @@ def build_network_vectors() -> dict[str, Any]:
         _frame_case(
             "bad_request_answer", {"error": "bad_request", "message": "ids needs int start and end"}
         ),
-        _frame_case("unknown_type_request", {"op": "digest", "type": "feedback"}),
+        _frame_case("unknown_type_request", {"op": "digest", "type": "endorsement"}),
         _frame_case(
-            "unknown_type_answer", {"error": "unknown_type", "message": "only 'experience'"}
+            "unknown_type_answer",
+            {"error": "unknown_type", "message": "syncs 'experience' and 'feedback' records"},
         ),
     ]
     code = valid["add_with_examples"].code
