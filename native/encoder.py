@@ -10,6 +10,7 @@ Sentence-transformers style API::
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,14 +94,18 @@ class Backbone:
         self.weights_sha256 = _state_dict_sha256(model)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.hidden = int(model.config.hidden_size)
+        # The fast tokenizer is not re-entrant ("Already borrowed" when two threads set its
+        # padding at once); the node encodes queries and background checks in two threads.
+        self._tokenizer_lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled token embeddings (n, hidden) float32, not normalised."""
         import torch
 
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        ).to(self.device)
+        with self._tokenizer_lock:
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            ).to(self.device)
         with torch.inference_mode():
             tokens = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
@@ -139,6 +144,7 @@ class Encoder:
         self._head_t = torch.from_numpy(np.ascontiguousarray(space.head.T))
         self.adapter = adapter
         self.dim = space.dim
+        self.threads = torch.get_num_threads()  # per call, in whichever thread encodes
 
     @classmethod
     def from_settings(cls, settings: EncoderSettings) -> Encoder:
@@ -193,13 +199,25 @@ class Encoder:
         return arr @ self.space_info.head
 
     def encode_compact(
-        self, texts: list[str] | str, batch_size: int = 32, show_progress: bool | None = None
+        self,
+        texts: list[str] | str,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
         """The same vectors in the head's basis (n, hidden): ``encode(t) = head @ compact``.
 
         Inner products are identical to the 7680-d ones (orthonormal head); the replica and
-        selection work here.
+        selection work here. ``threads``: torch threads for this call in this thread (torch
+        keeps the count per thread), default the encoder's; the node's background check
+        encodes with 1 beside queries, so that two encodes never wait on each other's
+        thread barrier on a 2-core machine.
         """
+        import torch
+
+        wanted = threads or self.threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
         items = _check_texts(texts)
         if batch_size < 1:
             raise EncoderError("batch_size must be >= 1")

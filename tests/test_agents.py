@@ -6,6 +6,7 @@ over stdio and streamable HTTP."""
 from __future__ import annotations
 
 import json
+import re
 
 import anyio
 import httpx
@@ -291,11 +292,15 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     )
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "own_lesson"
 
-    out = a.cli("feedback", theirs, "--harmful")
+    out = a.cli("feedback", theirs, "--harmful", "--json")
     assert json.loads(out.stdout) | {"id": None} == {
         "id": None, "target": theirs, "verdict": "harmful", "outcome": "replaced",
         "previous": "helpful",
     }  # fmt: skip
+    again = a.cli("feedback", theirs, "--harmful")  # for people: outcome, verdict, target
+    first_line, id_line = again.stdout.splitlines()
+    assert first_line == f"replaced harmful on {theirs} (was harmful)"
+    assert re.fullmatch(r"verdict [0-9a-f]{64}", id_line)
     both = a.cli("feedback", theirs, "--harmful", "--helpful", check=False)
     assert both.returncode == 1 and "exactly one" in both.stderr
 

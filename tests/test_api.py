@@ -112,12 +112,15 @@ def metric(text: str, name: str, default: float | None = None) -> float:
 def test_cli_against_the_node(node):
     _, _, data = node
 
-    def cli(*args):
+    def cli(*args, as_json=True):
         out = subprocess.run(
-            [ZOONODE, *args, "--data-dir", str(data)], capture_output=True, text=True, timeout=60
+            [ZOONODE, *args, "--data-dir", str(data), *(["--json"] if as_json else [])],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return json.loads(out.stdout) if as_json else out.stdout
 
     shared = cli(
         "publish",
@@ -132,6 +135,31 @@ def test_cli_against_the_node(node):
     assert found["selected"][0]["id"] == shared["id"]
     assert cli("status")["counts"]["active"] >= 1
     assert cli("peers") == []
+    # For people: a few lines per lesson, rounded, with why it was picked; then revoke.
+    view = cli("query", "dividing both sides of an inequality", as_json=False)
+    assert view.startswith(" 1. Before dividing an inequality, check the sign of the divisor")
+    assert "picked for: relevance 0." in view
+    assert "relevance: cosine similarity" in view and "1.0000001" not in view
+    status = cli("status", as_json=False)
+    assert "no peers: this node is alone" in status and "/p2p/" in status
+    assert cli("peers", as_json=False).strip() == "no peers connected"
+    # An id that is not one is bad_id, as over HTTP; never a path of its own ("" was a 404
+    # "no such path: /v1/experiences//revoke", x/../../status a POST to /v1/status/revoke).
+    for bad in ("", shared["id"][:12], "x/../../status", shared["id"][:-2] + "/."):
+        out = subprocess.run(
+            [ZOONODE, "revoke", bad, "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1 and out.stderr.startswith("error: 400 bad_id:"), out.stderr
+    # The id the human view prints is the one revoke takes (it printed 12 of 64 characters).
+    (shown,) = [line.split()[1] for line in view.splitlines() if line.startswith("    id ")]
+    assert shown == shared["id"]
+    assert cli("revoke", shown, as_json=False).strip() == f"revoked {shared['id']}"
+    again = cli("revoke", shared["id"], as_json=False)
+    assert again.strip() == f"already_revoked {shared['id']}"
+    assert "no lesson selected" in cli("query", "dividing an inequality", as_json=False)
     missing = subprocess.run(
         [ZOONODE, "status", "--url", "http://127.0.0.1:9"],
         capture_output=True,

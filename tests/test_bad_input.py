@@ -13,6 +13,8 @@ import subprocess
 import httpx
 import pytest
 
+from zoonode.inputs import ENVELOPE_DEPTH, MAX_DEPTH
+
 from conftest import ZOONODE
 from nodeproc import running_node
 
@@ -61,9 +63,12 @@ def refused(node, response: httpx.Response, status: int, code: str, before: tupl
         ("/v1/records", True),
     ],
 )
-@pytest.mark.parametrize("depth", [33, 3_000, 30_000])
+@pytest.mark.parametrize("depth", [None, 3_000, 30_000])  # None: one level past the limit
 def test_deeply_nested_json_is_bad_json_on_every_endpoint(node, path, auth, depth):
     before = state(node)
+    if depth is None:  # a batch's items may nest as deep as a body of their own
+        batch = path in ("/v1/experiences/batch", "/v1/records")
+        depth = MAX_DEPTH + 1 + (ENVELOPE_DEPTH if batch else 0)
     body = "[" * depth + "]" * depth  # 30,000 levels: 60 KB, under the 64 KiB limit
     refused(node, post(node, path, body, auth), 400, "bad_json", before)
     inner = '{"text": "sql", "x": ' + "[" * depth + "]" * depth + "}"
@@ -346,3 +351,133 @@ def test_a_domain_filter_that_is_not_a_domain_is_bad_domain(node, domain):
         "error: 422 bad_domain: domain must be dotted lowercase words like 'math.geometry', "
         f"got {domain!r}"
     )
+
+
+# -- found in review: a bearer header with non-ASCII bytes was a 500 ----------------------------
+@pytest.mark.parametrize("path", ["/v1/experiences", "/v1/experiences/batch", "/mcp"])
+@pytest.mark.parametrize("value", [b"Bearer \xe9", b"Bearer \xff\xfe", "Bearer é".encode()])
+def test_a_bearer_header_that_is_not_ascii_is_unauthorized(node, path, value):
+    before = state(node)
+    headers = {"content-type": "application/json", "authorization": value}
+    r = httpx.post(f"{node.url}{path}", content=json.dumps(GOOD), headers=headers, timeout=60)
+    refused(node, r, 401, "unauthorized", before)
+
+
+# -- found in review: a line nested 31-32 deep (accepted alone) failed its whole import chunk --
+def test_a_batch_item_may_nest_as_deep_as_a_body_and_import_keeps_its_neighbours(node, tmp_path):
+    deep = {**GOOD, "text": "A lesson with a deeply nested extra field", "x": []}
+    inner: list = deep["x"]
+    for _ in range(MAX_DEPTH - 2):  # the object, then MAX_DEPTH - 1 lists: MAX_DEPTH levels
+        inner.append([])
+        inner = inner[0]
+    alone = post(node, "/v1/experiences", json.dumps(deep))
+    assert alone.status_code == 201, alone.text  # the deepest body the API takes
+    item = {**deep, "text": "Deep batch item, as deep as alone"}
+    body = json.dumps({"experiences": [item]})  # MAX_DEPTH + ENVELOPE_DEPTH levels
+    batch = post(node, "/v1/experiences/batch", body)
+    assert batch.status_code == 200 and batch.json()["results"][0]["outcome"] == "accepted"
+    goods = [
+        {"text": f"Deep import neighbour {n}: check the exit code of every step", "domain": "a.b"}
+        for n in ("one", "two")
+    ]
+    too_deep = {**deep, "text": "One level too deep for any entry", "x": [deep["x"]]}
+    path = tmp_path / "deep.jsonl"
+    lines = [goods[0], {**deep, "text": "Deep import line kept"}, too_deep, goods[1]]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    before, replica = state(node)
+    out = node.cli("import", str(path), check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"{path}:3: bad_json: line is nested deeper than {MAX_DEPTH} levels"
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": 3, "errors": 1}
+    after, replica_after = state(node)
+    assert after["active"] == before["active"] + 3 and replica_after == replica + 3
+
+
+# -- found in review: POST /mcp parsed by the SDK alone, with other codes than stdio ------------
+DEEP_ARGS = '{"query": "sql", "x": ' + "[" * 40 + "]" * 40 + "}"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "rpc", "code", "rid"),
+    [
+        ("not json", 400, -32700, "bad_json", None),
+        (
+            '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": '
+            '{"name": "search_experiences", "arguments": ' + DEEP_ARGS + "}}",
+            400,
+            -32700,
+            "bad_json",
+            None,
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": '
+            '{"name": "search_experiences", "arguments": {"query": "sql \\ud800"}}}',
+            400,
+            -32602,
+            "bad_text",
+            4,
+        ),
+        ('{"jsonrpc": "2.0", "id": "\\ud800", "method": "ping"}', 400, -32602, "bad_text", None),
+        ('{"id": 5, "params": 5}', 400, -32600, "bad_request", 5),
+        (
+            '{"jsonrpc": "2.0", "id": ' + TEN_400 + ', "method": "ping"}',
+            400,
+            -32600,
+            "bad_request",
+            None,
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 6, "method": "ping", "x": "' + "a" * 70_000 + '"}',
+            413,
+            -32700,
+            "too_large",
+            None,
+        ),
+    ],
+)
+def test_mcp_over_http_answers_bad_messages_as_stdio_does(node, body, status, rpc, code, rid):
+    before = state(node)
+    headers = {**node.auth, "accept": "application/json, text/event-stream"}
+    r = httpx.post(
+        f"{node.url}/mcp",
+        content=body.encode("utf-8", "surrogatepass"),
+        headers={**headers, "content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    answer = r.json()
+    assert answer["id"] == rid and answer["error"]["code"] == rpc, answer
+    assert answer["error"]["data"]["code"] == code
+    assert state(node) == before
+    ping = httpx.post(
+        f"{node.url}/mcp",
+        json={"jsonrpc": "2.0", "id": 7, "method": "ping"},
+        headers=headers,
+        timeout=60,
+    )
+    assert ping.status_code == 200 and ping.json() == {"jsonrpc": "2.0", "id": 7, "result": {}}
+
+
+# -- found in review: a file's BOM failed line 1; messages named the item's slot in a request ---
+def test_import_takes_a_bom_and_words_errors_by_line_not_by_request_slot(node, tmp_path):
+    good = {"text": "Import after a byte order mark: line one is kept", "domain": "a.b"}
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(good).encode(),  # 1: a BOM, as Notepad writes
+        json.dumps({**good, "text": "Import neighbour of a bad number"}).encode(),  # 2
+        lesson_with(TEN_400).encode(),  # 3
+        json.dumps({"wire": "zz"}).encode(),  # 4
+    ]
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    before, replica = state(node)
+    out = node.cli("import", str(path), check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-2:] == [
+        f"{path}:3: out_of_range: confidence is out of range: a 401-digit integer",
+        f"{path}:4: bad_hex: wire is not hex",
+    ]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": 2, "errors": 2}
+    after, replica_after = state(node)
+    assert after["active"] == before["active"] + 2 and replica_after == replica + 2

@@ -89,3 +89,15 @@ def test_verify_accepts_hex_and_reports_decode_errors(tmp_path):
     assert json.loads(out.stdout)["code"] == "malformed"
     missing = run("experience", "verify", str(tmp_path / "absent"))
     assert missing.returncode == 2
+
+
+def test_create_refuses_a_bad_confidence_with_the_apis_code(tmp_path):
+    """The same fault, the same code: `experience create` runs the API's lesson checks."""
+    for value, code in (("nan", "non_finite"), ("1e400", "non_finite"), ("1.5", "out_of_range")):
+        out = run(
+            "experience", "create", "Check the units first", "--domain", "math",
+            "--confidence", value, "--data-dir", str(tmp_path / "d"),
+        )  # fmt: skip
+        assert out.returncode == 1, out.stdout
+        assert out.stderr.startswith(f"error: {code}: confidence"), out.stderr
+        assert not out.stdout

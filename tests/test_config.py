@@ -6,6 +6,8 @@ import pytest
 
 from zoonode.config import Config, ConfigError, load_config
 
+PEER = "12D3KooWSPQSD8pppZJEg58cChDaXrnNTzUCBJWcPSfsKpyATYZw"
+
 
 def test_defaults_match_the_dataclasses():
     assert load_config(env={}) == Config()
@@ -16,14 +18,19 @@ def test_layers_override_in_order(tmp_path):
     path.write_text("[selection]\nk = 7\nmin_similarity = 0.5\n[network]\nmdns = true\n")
     env = {
         "ZOONODE_SELECTION__K": "9",
-        "ZOONODE_NETWORK__BOOTSTRAP": "/ip4/1.2.3.4/tcp/1,/ip4/5.6.7.8/tcp/2",
+        "ZOONODE_NETWORK__BOOTSTRAP": (
+            f"/ip4/1.2.3.4/tcp/1/p2p/{PEER},/ip4/5.6.7.8/tcp/2/p2p/{PEER}"
+        ),
     }
     cfg = load_config(path, env=env, overrides={"selection": {"candidates": 50, "k": None}})
     assert cfg.selection.k == 9  # env beats file; a None flag leaves it alone
     assert cfg.selection.min_similarity == 0.5
     assert cfg.selection.candidates == 50
     assert cfg.network.mdns is True
-    assert cfg.network.bootstrap == ["/ip4/1.2.3.4/tcp/1", "/ip4/5.6.7.8/tcp/2"]
+    assert cfg.network.bootstrap == [
+        f"/ip4/1.2.3.4/tcp/1/p2p/{PEER}",
+        f"/ip4/5.6.7.8/tcp/2/p2p/{PEER}",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -32,8 +39,8 @@ def test_layers_override_in_order(tmp_path):
         ("[selection]\nkk = 1\n", {}, "unknown config key"),
         ("[nope]\nx = 1\n", {}, "unknown config key"),
         ("[selection]\nk = 'five'\n", {}, "must be int"),
-        ("", {"ZOONODE_SELECTION__K": "five"}, "not a"),
-        ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "not a"),
+        ("", {"ZOONODE_SELECTION__K": "five"}, "selection.k must be an integer, got 'five'"),
+        ("", {"ZOONODE_NETWORK__MDNS": "maybe"}, "network.mdns must be true or false"),
         ("[selection\n", {}, "node.toml"),
         ("[store]\nreplica_backend = 'faiss'\n", {}, "replica_backend = 'faiss': must be one of"),
         ("[store]\nreplica_backend = 'faiss-ivf'\nivf_lists = 0\n", {}, "ivf_lists = 0: must be"),
@@ -178,3 +185,62 @@ def test_choice_lists_match_the_code():
 def test_selection_and_thread_settings_are_checked(section, values, match):
     with pytest.raises(ConfigError, match=match):
         load_config(env={}, overrides={section: values})
+
+
+# -- found in review: these were tracebacks (exit 1), not one line (exit 2) ---------------------
+@pytest.mark.parametrize(
+    ("content", "env", "line"),
+    [
+        (None, {}, "cannot read config file {path}: Is a directory"),
+        (b'[node]\nlog_level = "\xff"\n', {}, "{path}: not valid UTF-8 (byte 20)"),
+        (b"[network]\nlisten = " + b"[" * 5000 + b"]" * 5000, {}, "{path}: nested too deeply"),
+        (b"[store]\ncapacity = " + b"9" * 5000, {}, "{path}: Exceeds the limit (4300 digits)"),
+        (
+            b"",
+            {"ZOONODE_NETWORK__LISTEN": "[" * 5000 + "]" * 5000},
+            "environment value for network.listen is nested deeper than 32 levels",
+        ),
+        (
+            b"",
+            {"ZOONODE_NETWORK__LISTEN": "[/ip4/1.2.3.4]"},
+            "environment value for network.listen is not JSON",
+        ),
+    ],
+)
+def test_a_config_file_or_env_that_cannot_be_read_is_one_line_exit_2(tmp_path, content, env, line):
+    import os
+    import subprocess
+
+    from conftest import ZOONODE
+
+    path = tmp_path / "node.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    want = line.format(path=path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    assert str(caught.value).startswith(want)
+    out = subprocess.run(
+        [ZOONODE, "start", "--config", str(path), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2, out.stderr
+    [printed] = out.stderr.strip().splitlines()
+    assert printed.startswith(f"error: {want}")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("value", ["\u00e9\u00e9:8799", "a b:1", "-x:1", "x..y:1"])
+def test_api_listen_host_must_be_an_ip_or_an_ascii_host_name(value):
+    with pytest.raises(ConfigError, match="IP address or an ASCII host name"):
+        load_config(env={}, overrides={"api": {"listen": value}})
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:0", "localhost:8780", "[::1]:0", "node-1.lan:80"])
+def test_api_listen_takes_ips_and_host_names(value):
+    assert load_config(env={}, overrides={"api": {"listen": value}}).api.listen == value

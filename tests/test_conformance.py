@@ -117,6 +117,12 @@ def test_a_minimal_peer_publishes_is_rejected_syncs_and_queries(tmp_path, encode
             assert got == {"wires": [record.wire]}
             refused = await peer.request(node_id, sync, {"op": "merkle"})
             assert refused["error"] == "unknown_op"
+            # any msgpack int is a valid bound (clamped to created_at's range): 2^64 - 1 used to
+            # overflow SQLite and the node closed the stream without an answer
+            wide = await peer.request(
+                node_id, sync, {"op": "ids", "start": -(2**63), "end": 2**64 - 1}
+            )
+            assert wide == {"ids": [record.id]}
 
             # query in the canonical space (NETWORK.md §7)
             query = PROTOCOLS["query"]
@@ -132,6 +138,19 @@ def test_a_minimal_peer_publishes_is_rejected_syncs_and_queries(tmp_path, encode
             assert refused["error"] == "wrong_dimension"
             other = await peer.request(node_id, query, {"space": bytes(16), "vector": canonical})
             assert other["error"] == "wrong_space"
+            # filters at their limits (NETWORK.md §7.1): answers, never a silently closed stream
+            asked = {"space": space, "vector": canonical}
+            edges = {  # the codes the HTTP API gives for the same faults
+                "out_of_range": {"min_confidence": 2**64 - 1},  # overflowed SQLite before
+                "non_finite": {"min_confidence": float("nan")},  # answered an empty list
+                "oversize": {"domain": "a" * 60_000},  # SQLite: LIKE pattern too complex
+                "bad_domain": {"domain": "Math"},
+                "bad_request": {"min_confidence": True},
+            }
+            for code, bad in edges.items():
+                assert (await peer.request(node_id, query, {**asked, **bad}))["error"] == code
+            edge = await peer.request(node_id, query, {**asked, "min_confidence": 1, "domain": ""})
+            assert edge == {"wires": [], "scores": []}  # an int bound; "" is no domain filter
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoonode.inputs import InputError, parse_json
+from zoonode.inputs import InputError, invalid_unicode_at, parse_json
 
 from conftest import ZOONODE
 from nodeproc import running_node
@@ -147,6 +147,17 @@ def test_a_lone_surrogate_in_an_argument_is_invalid_params_with_the_id(mcp):
     mcp.alive()
 
 
+@pytest.mark.parametrize("rid", ['"\\ud800"', '"ok \\udfff"', '"\\udc00\\ud800"'])
+def test_an_id_that_is_not_valid_unicode_is_answered_with_a_null_id(mcp, rid):
+    """Found in review: the error answer carried the id back, could not be serialised, and
+    the server exited with no answer to anyone."""
+    mcp.send('{"jsonrpc": "2.0", "id": ' + rid + ', "method": "ping"}')
+    [answer] = mcp.wait(lambda got: len(got) == 1)
+    assert answer["id"] is None and answer["error"]["code"] == INVALID_PARAMS, answer
+    assert answer["error"]["data"]["code"] == "bad_text"
+    mcp.alive()
+
+
 def test_not_a_jsonrpc_message_is_invalid_request(mcp):
     for line, rid in (('{"id": 51, "params": 5}', 51), ("[1, 2]", None), ('"text"', None)):
         mcp.send(line)
@@ -273,11 +284,14 @@ def expected(line: bytes):
         return ("null", None)
     rid = value.get("id")
     if rid is None:
-        return ("none", None) if isinstance(value.get("method"), str) else ("null", None)
+        # A notification is a JSON-RPC 2.0 message; anything else is an invalid request.
+        notification = value.get("jsonrpc") == "2.0" and isinstance(value.get("method"), str)
+        return ("none", None) if notification else ("null", None)
     if (
         isinstance(rid, bool)
         or not isinstance(rid, int | str)
         or (isinstance(rid, int) and abs(rid) >= 2**53)
+        or (isinstance(rid, str) and invalid_unicode_at(rid) is not None)
     ):
         return ("null", None)
     return ("id", rid)

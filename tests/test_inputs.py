@@ -121,8 +121,13 @@ def test_lesson_items_are_checked_like_signing_checks_them(item, code):
 
 def test_k_from_prompt_text():
     assert inputs.k_argument("7") == 7
+    assert inputs.k_argument(" 7 ") == 7 and inputs.k_argument("+7") == 7
     for bad, code in (("abc", "wrong_type"), ("0", "out_of_range"), ("9" * 5000, "wrong_type")):
         assert code_of(inputs.k_argument, bad) == code
+    # found in review: int() took these as 5, 10 and 3
+    for bad in ("\u0665", "1_0", "\uff13", "5.0", "--5", ""):
+        assert code_of(inputs.k_argument, bad) == "wrong_type", bad
+    assert code_of(inputs.k_argument, "1" + "0" * 400) == "out_of_range"
 
 
 JSON_VALUES = st.recursive(

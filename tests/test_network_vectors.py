@@ -191,3 +191,41 @@ def test_author_rate_and_ban_are_ignores_in_their_order():
     assert (banned.verdict, banned.reason) == (Verdict.IGNORE, "author_banned")
     known = check_record(wire, policy, now, lambda _: True, limiter, lambda _: True)
     assert (known.verdict, known.reason) == (Verdict.IGNORE, "known")
+
+
+def test_a_handler_that_fails_answers_internal_and_the_stream_is_closed(caplog):
+    """NETWORK.md §5: a request the responder could read but failed to serve gets
+    ``{"error": "internal"}``, never a silently closed stream; the fault is logged."""
+    from types import SimpleNamespace
+
+    from zoonode.net.rpc import read_frame, serve, write_frame
+
+    class Stream(_Bytes):
+        muxed_conn = SimpleNamespace(peer_id="peer-x")
+        closed = False
+
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.out = _Bytes()
+
+        async def write(self, data: bytes) -> None:
+            await self.out.write(data)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    async def broken(peer, request):
+        raise RuntimeError("disk on fire")
+
+    async def main():
+        request = _Bytes()
+        await write_frame(request, {"op": "digest", "type": "experience"})
+        stream = Stream(request.data)
+        await serve(broken)(stream)
+        assert stream.closed
+        answer = await read_frame(stream.out)
+        assert answer["error"] == "internal" and "RuntimeError" in answer["message"]
+
+    with caplog.at_level("WARNING", logger="zoonode.net.rpc"):
+        trio.run(main)
+    assert any("handler failed" in r.message for r in caplog.records)

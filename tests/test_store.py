@@ -445,6 +445,8 @@ def test_a_store_written_before_schema_versions_is_migrated_on_open(tmp_path, en
         "DROP TABLE authors; DROP INDEX records_content; DROP INDEX records_cluster_status;"
         "ALTER TABLE records DROP COLUMN content_key;"
         "CREATE INDEX records_cluster ON records(cluster) WHERE cluster IS NOT NULL;"
+        "DROP INDEX records_pending; ALTER TABLE records DROP COLUMN pending;"
+        "DROP TABLE replica_journal;"
         "PRAGMA user_version = 0;"
     )
     db.close()

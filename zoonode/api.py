@@ -79,6 +79,14 @@ def load_or_create_token(data_dir: Path) -> str:
 ApiError = InputError  # an API error is a refused input: status, code, message
 
 
+def bearer_matches(header: str | bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>``, in constant time.
+    Compared as bytes: a header with non-ASCII bytes (Starlette decodes headers as latin-1)
+    is simply wrong, where ``compare_digest`` on two ``str`` raises TypeError."""
+    given = header.encode("latin-1", "replace") if isinstance(header, str) else header
+    return secrets.compare_digest(given, f"Bearer {token}".encode())
+
+
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
@@ -100,10 +108,16 @@ async def _raw_body(request: Request, limit: int) -> bytes:
     return raw
 
 
-async def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+async def _body(request: Request, limit: int = MAX_BODY, depth: int = inputs.MAX_DEPTH) -> dict:
     """The JSON object of a request (an empty body is ``{}``), through ``inputs.parse_json``."""
     raw = await _raw_body(request, limit)
-    return inputs.parse_object(raw) if raw.strip() else {}
+    return inputs.parse_object(raw, max_depth=depth) if raw.strip() else {}
+
+
+async def _batch_body(request: Request) -> dict[str, Any]:
+    """A batch body: each item may nest as deep as the same item sent alone (``zoonode
+    import`` wraps the lines it read in ``{"experiences": [...]}``)."""
+    return await _body(request, MAX_BATCH_BODY, inputs.MAX_DEPTH + inputs.ENVELOPE_DEPTH)
 
 
 def _list_field(body: dict, name: str, limit: int) -> list:
@@ -156,6 +170,34 @@ class _NodeCollector:
             "Gossip messages accepted but not forwarded: all their records were ignored",
             value=m["messages_not_forwarded"],
         )
+        backlog = m["backlog"]
+        yield GaugeMetricFamily(
+            "zoonode_backlog_pending",
+            "Stored records waiting for the embedding check",
+            value=backlog["pending"],
+        )
+        yield GaugeMetricFamily(
+            "zoonode_backlog_check_rate",
+            "Records re-encoded for the embedding check per second (last 30 s)",
+            value=backlog["check_rate"],
+        )
+        checks = CounterMetricFamily(
+            "zoonode_embedding_checks",
+            "Records through the embedding check, by path (background, on_demand) and outcome",
+            labels=["path", "outcome"],
+        )
+        for path in ("background", "on_demand"):
+            for outcome in ("promoted", "rejected"):
+                checks.add_metric([path, outcome], m["counters"].get(f"check:{path}:{outcome}", 0))
+        yield checks
+        yield GaugeMetricFamily(
+            "zoonode_ingest_queue", "Validated records queued for the store", m["ingest_queue"]
+        )
+        yield CounterMetricFamily(
+            "zoonode_gossip_reader_wait_seconds",
+            "Time the gossip reader waited for room in the ingest queue",
+            value=m["gossip_reader_wait_s"],
+        )
         yield GaugeMetricFamily("zoonode_replica_size", "Vectors in the replica", m["replica"])
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
 
@@ -199,7 +241,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     )
 
     def require_token(request: Request) -> None:
-        if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        if not bearer_matches(request.headers.get("authorization", ""), token):
             raise ApiError(401, "unauthorized", "write endpoints need the node's bearer token")
 
     async def status(request: Request) -> Response:
@@ -211,6 +253,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 "replica": len(node.kb.replica),
                 "peers": len(node.connected_peers()),
                 "mesh": len(node.gossip.mesh_peers()),
+                "backlog": node.checker.status(),
                 "trust": node.feedback.status().as_dict(),
                 "version": _version(),
             }
@@ -246,7 +289,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def share_batch(request: Request) -> Response:
         """Many lessons at once (``zoonode import``): bad items are reported, good ones kept."""
         require_token(request)
-        raw = _list_field(await _body(request, MAX_BATCH_BODY), "experiences", MAX_BATCH)
+        raw = _list_field(await _batch_body(request), "experiences", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         good: list[tuple[int, dict]] = []
         for i, entry in enumerate(raw):
@@ -263,7 +306,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def import_records(request: Request) -> Response:
         """Signed records from another node's export: checked like gossip, authorship kept."""
         require_token(request)
-        raw = _list_field(await _body(request, MAX_BATCH_BODY), "wires", MAX_BATCH)
+        raw = _list_field(await _batch_body(request), "wires", MAX_BATCH)
         results: list[dict[str, Any]] = [{} for _ in raw]
         wires: list[tuple[int, bytes]] = []
         for i, text in enumerate(raw):
@@ -286,7 +329,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
 
     async def get_experience(request: Request) -> Response:
         record_id = _hex_id(request.path_params["id"])
-        row = await node.in_kb(node.kb.get, record_id)
+        row = await node.experience(record_id)  # a pending record is checked first
         if row is None:
             raise ApiError(404, "not_found", "no such experience")
         return JSONResponse(

@@ -16,6 +16,9 @@ from typing import Annotated
 import typer
 
 from zoonode import __version__
+from zoonode.config import Config
+
+_DEFAULT = Config()  # the shipped defaults, shown in --help
 
 app = typer.Typer(
     name="zoonode",
@@ -33,8 +36,18 @@ space_app = typer.Typer(
 app.add_typer(experience_app, name="experience")
 app.add_typer(space_app, name="space")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Node data directory.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML config file (default: none; config/default.toml applies)."),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help=f"Node data directory (default: node.data_dir, {_DEFAULT.data_path}).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full JSON answer instead.")]
 
 
 def _version(value: bool) -> None:
@@ -83,21 +96,37 @@ def start(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     listen: Annotated[
-        list[str] | None, typer.Option(help="Multiaddr to listen on (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="Multiaddr to listen on (repeatable; default: network.listen, "
+            f"{' '.join(_DEFAULT.network.listen)}; /tcp/0 is any free port; "
+            "/ip4/0.0.0.0/tcp/4001 accepts peers from other machines)."
+        ),
     ] = None,
     bootstrap: Annotated[
-        list[str] | None, typer.Option(help="Peer multiaddr to dial (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="A peer to join, /ip4/HOST/tcp/PORT/p2p/PEER_ID as `zoonode start` or "
+            "`zoonode status` prints it (repeatable; default: network.bootstrap, none)."
+        ),
     ] = None,
     api: Annotated[
-        str | None, typer.Option(help="HTTP API host:port (port 0: any free; '' turns it off).")
+        str | None,
+        typer.Option(
+            help=f"HTTP API host:port (default: api.listen, {_DEFAULT.api.listen}; port 0: any "
+            "free; '' turns it off)."
+        ),
     ] = None,
 ) -> None:
     """Run a node: identity, encoder, store + replica, libp2p host, local HTTP API.
-    Ctrl-C (or SIGTERM) stops it cleanly."""
+    Ctrl-C (or SIGTERM) stops it cleanly. mDNS discovery on a LAN: network.mdns = true
+    (ZOONODE_NETWORK__MDNS=true). Every setting: config/default.toml."""
     import trio
 
+    from zoonode.datadir import DataDirBusy, holder
     from zoonode.logs import setup_logging
     from zoonode.node import run_node
+    from zoonode.node.discovery import ListenError, check_api_listen, check_listen
 
     cfg = _config(
         config,
@@ -105,6 +134,14 @@ def start(
         network={"listen": listen or None, "bootstrap": bootstrap or None},
         api={"listen": api},
     )
+    pid = holder(cfg.data_path)
+    if pid is not None:  # before the address checks: its ports are in use by that node
+        raise _fail(str(DataDirBusy(cfg.data_path, pid)))
+    try:
+        check_listen(cfg.network.listen)
+        check_api_listen(cfg.api.listen)
+    except ListenError as exc:
+        raise _fail(str(exc), 2) from None
     setup_logging(cfg.node.log_level, cfg.node.log_format)
     try:
         trio.run(run_node, cfg)
@@ -220,7 +257,7 @@ def _maybe_hex(data: bytes) -> bytes:
 def experience_create(
     text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
     domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
-    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    confidence: Annotated[float, typer.Option(help="0 to 1.")] = 0.5,
     source_model: Annotated[str, typer.Option(help="Model that learned it.")] = "",
     out: Annotated[
         Path | None, typer.Option(help="Write the record here (raw bytes); default: print hex.")
@@ -235,13 +272,20 @@ def experience_create(
     """Encode, compress and sign one experience locally (no node needed)."""
     from zoonode.experiences import create_experience
     from zoonode.identity import IDENTITY_FILE, IdentityError, load_or_create_identity
+    from zoonode.inputs import InputError, lesson
     from zoonode.protocol import ProtocolError
 
     cfg = _config(config, data_dir)
+    item = {"text": text, "domain": domain, "confidence": confidence}
+    encoder = _encoder(cfg)
+    try:  # the API's checks, so the same fault gets the same code everywhere
+        lesson({**item, "source_model": source_model}, encoder.space)
+    except InputError as exc:
+        raise _fail(str(exc)) from exc
     try:
         key = load_or_create_identity(identity or cfg.data_path / IDENTITY_FILE)
         record = create_experience(
-            _encoder(cfg), key, text, domain, confidence, source_model=source_model
+            encoder, key, text, domain, confidence, source_model=source_model
         )
     except (IdentityError, ProtocolError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -292,16 +336,39 @@ def _call(fn, *args, **kwargs):
 def publish(
     text: Annotated[str, typer.Argument(help="The lesson, about 32 words.")],
     domain: Annotated[str, typer.Option(help="Dotted domain, e.g. math.geometry.")],
-    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    confidence: Annotated[float, typer.Option(help="0 to 1 (checked by the node).")] = 0.5,
     source_model: Annotated[str, typer.Option()] = "",
+    as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Share an experience through a running node (signed with the node's identity)."""
+    """Share an experience through a running node (signed with the node's identity).
+    Prints OUTCOME ID: accepted, or duplicate (the same text and domain were shared before)."""
+    from zoonode.humanview import write_view
+
     client = _client(url, token, data_dir, config)
-    typer.echo(json.dumps(_call(client.share, text, domain, confidence, source_model=source_model)))
+    answer = _call(client.share, text, domain, confidence, source_model=source_model)
+    typer.echo(json.dumps(answer) if as_json else write_view(answer))
+
+
+@app.command()
+def revoke(
+    record_id: Annotated[str, typer.Argument(metavar="ID", help="The lesson's id (64 hex).")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Withdraw one of this node's own lessons: a signed revocation, gossiped to every peer.
+    Prints OUTCOME ID: revoked, or already_revoked."""
+    from zoonode.humanview import write_view
+
+    client = _client(url, token, data_dir, config)
+    answer = _call(client.revoke, record_id)
+    typer.echo(json.dumps(answer) if as_json else write_view(answer))
 
 
 @app.command()
@@ -311,18 +378,24 @@ def feedback(
     harmful: Annotated[bool, typer.Option("--harmful", help="It misled.")] = False,
     withdraw: Annotated[bool, typer.Option("--withdraw", help="Cancel my verdict.")] = False,
     task: Annotated[str | None, typer.Option(help="The task (sent as SHA-256).")] = None,
+    as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Report whether an experience helped (a signed verdict, gossiped; it feeds trust)."""
+    """Report whether an experience helped (a signed verdict, gossiped; it feeds trust).
+    Prints OUTCOME VERDICT on ID (accepted: the first verdict on it; replaced: the previous
+    one no longer stands), then the verdict's id."""
+    from zoonode.humanview import feedback_view
+
     chosen = [name for name, on in (("helpful", helpful), ("harmful", harmful),
                                     ("withdrawn", withdraw)) if on]  # fmt: skip
     if len(chosen) != 1:
         raise _fail("give exactly one of --helpful, --harmful, --withdraw")
     client = _client(url, token, data_dir, config)
-    typer.echo(json.dumps(_call(client.feedback, record_id, chosen[0], task)))
+    answer = _call(client.feedback, record_id, chosen[0], task)
+    typer.echo(json.dumps(answer) if as_json else feedback_view(answer))
 
 
 @app.command()
@@ -331,28 +404,48 @@ def query(
     k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
     domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
     federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
+    as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Robustly selected experiences for a task, with their explanations (JSON)."""
+    """Robustly selected experiences for a task: per lesson its text, domain, author, and why
+    it was picked (relevance, agreement, standing); then what was left out and why."""
+    from zoonode.humanview import query_view
+
     client = _client(url, token, data_dir, config)
-    typer.echo(
-        json.dumps(_call(client.query, text, k=k, domain=domain, federated=federated), indent=2)
-    )
+    answer = _call(client.query, text, k=k, domain=domain, federated=federated)
+    typer.echo(json.dumps(answer, indent=2) if as_json else query_view(answer))
 
 
 @app.command()
-def peers(url: UrlOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def peers(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Connected peers with their gossip scores."""
-    typer.echo(json.dumps(_call(_client(url, None, data_dir, config).peers), indent=2))
+    from zoonode.humanview import peers_view
+
+    answer = _call(_client(url, None, data_dir, config).peers)
+    typer.echo(json.dumps(answer, indent=2) if as_json else peers_view(answer))
 
 
 @app.command()
-def status(url: UrlOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """The running node's identity, space, counts and peers."""
-    typer.echo(json.dumps(_call(_client(url, None, data_dir, config).status), indent=2))
+def status(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The running node: identity, data dir, counts, peers, and its address for other nodes
+    (with how to join a network when it has no peers)."""
+    from zoonode.humanview import status_view
+
+    answer = _call(_client(url, None, data_dir, config).status)
+    typer.echo(json.dumps(answer, indent=2) if as_json else status_view(answer))
 
 
 @app.command()
@@ -361,13 +454,16 @@ def context(
     k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
     domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
     federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
+    as_json: JsonOpt = False,
     url: UrlOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print the DSO context-injection prompt for TASK (experiences, then the task)."""
+    """Print the DSO context-injection prompt for TASK (experiences, then the task), ready
+    to prepend to an LLM prompt; just the task when no held lesson is relevant."""
     client = _client(url, None, data_dir, config)
-    typer.echo(_call(client.context, task, k=k, domain=domain, federated=federated)["prompt"])
+    answer = _call(client.context, task, k=k, domain=domain, federated=federated)
+    typer.echo(json.dumps(answer, indent=2) if as_json else answer["prompt"])
 
 
 @app.command("import")
@@ -450,7 +546,12 @@ def mcp(
     from zoonode.mcpserver import run_stdio
 
     setup_logging("warning")  # stdout is the protocol: logs go to stderr only
-    run_stdio(_client(url, token, data_dir, config, kind=AsyncClient))
+    if url:
+        client = AsyncClient(url, token)
+    else:  # an agent host may spawn this before the node starts, or keep it across restarts
+        path = _config(config, data_dir).data_path
+        client = AsyncClient.from_data_dir(path, follow=True, token=token)
+    run_stdio(client)
 
 
 @app.command()
@@ -493,10 +594,18 @@ def devnet(
     nodes: Annotated[int, typer.Option("--nodes", min=2, max=30, help="How many nodes.")] = 3,
     base_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the nodes keep their data (default: a new temporary folder)."),
+        typer.Option(
+            help="Where the nodes keep their data, kept on exit (default: a new temporary "
+            "folder, removed on exit unless --keep)."
+        ),
     ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the temporary folder on exit (with no --base-dir).")
+    ] = False,
 ) -> None:
-    """Start N real nodes on 127.0.0.1, wired in a line, seeded with real lessons."""
+    """Start N real nodes on 127.0.0.1, wired in a line, seeded with real lessons; run until
+    Ctrl-C or SIGTERM."""
+    import shutil
     import tempfile
 
     import trio
@@ -505,8 +614,21 @@ def devnet(
     from zoonode.logs import setup_logging
 
     setup_logging("warning")
+    if base_dir is not None and base_dir.exists() and any(base_dir.glob("node*/node.lock")):
+        from zoonode.datadir import holder
+
+        busy = [p.parent for p in base_dir.glob("node*/node.lock") if holder(p.parent)]
+        if busy:
+            raise _fail(f"{busy[0]} is in use by another node (a devnet already runs there?)")
     base = (base_dir or Path(tempfile.mkdtemp(prefix="zoonode-devnet-"))).resolve()
-    trio.run(run_devnet, nodes, base)
+    try:
+        trio.run(run_devnet, nodes, base)
+    finally:
+        if base_dir is None and not keep:
+            shutil.rmtree(base, ignore_errors=True)
+            typer.echo(f"devnet stopped; removed {base} (--keep keeps it)")
+        else:
+            typer.echo(f"devnet stopped; data kept in {base}")
 
 
 @space_app.command("info")

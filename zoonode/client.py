@@ -11,6 +11,7 @@ Both classes build the same requests (``_Requests``) and differ only in how they
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,27 +20,43 @@ import httpx
 
 
 class ClientError(RuntimeError):
-    """The node answered an error (``code`` and ``status`` from its JSON body), or could not
-    be reached (status 0)."""
+    """The node answered an error (``code`` and ``status`` from its JSON body), or none was
+    reached (status 0: ``no_node``, no node runs on the data dir; ``unreachable``, the URL did
+    not answer). ``str()`` is ``"STATUS CODE: MESSAGE"``, or ``"CODE: MESSAGE"`` without a
+    status."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status, self.code, self.message = status, code, message
 
 
-def _node_location(data_dir: str | Path | None) -> tuple[str, str | None]:
+def no_node_message(data_dir: Path) -> str:
+    return f"no node running on {data_dir}; start one with `zoonode start --data-dir {data_dir}`"
+
+
+def node_location(data_dir: str | Path | None = None) -> tuple[str, str | None]:
+    """(API URL, token or None) of the node running on ``data_dir`` (default: the configured
+    one), from its ``api.url`` and ``api.token``.
+
+    Raises ClientError ``no_node`` when no process holds the data dir (``datadir.holder``):
+    an ``api.url`` left by a node that was killed is ignored, never dialled."""
     from zoonode.api import TOKEN_FILE
     from zoonode.config import load_config
+    from zoonode.datadir import holder
     from zoonode.node import API_URL_FILE
 
     base = Path(data_dir) if data_dir else load_config().data_path
+    pid = holder(base)
+    if pid is None:
+        raise ClientError(0, "no_node", no_node_message(base))
     try:
         url = (base / API_URL_FILE).read_text().strip()
     except FileNotFoundError as exc:
         raise ClientError(
             0,
-            "no_node",
-            f"no running node found in {base} (no {API_URL_FILE}); start one with `zoonode start`",
+            "no_api",
+            f"the node on {base} (process {pid or '?'}) has no HTTP API yet: it is starting, "
+            'or runs with [api] listen = ""',
         ) from exc
     token_path = base / TOKEN_FILE
     return url, token_path.read_text().strip() if token_path.exists() else None
@@ -68,6 +85,15 @@ def _answer(response: httpx.Response) -> Any:
     if response.headers.get("content-type", "").startswith("application/json"):
         return response.json()
     return response.text
+
+
+def _record_id(record_id: str) -> str:
+    """An id as a path segment: 64 hex characters, else the API's ``bad_id`` (400) without a
+    request. Put in the URL unchecked, ``""`` became ``//revoke`` (404 ``no such path``) and
+    ``x/../../status`` a request to another endpoint."""
+    if not (isinstance(record_id, str) and re.fullmatch(r"[0-9a-fA-F]{64}", record_id)):
+        raise ClientError(400, "bad_id", "an id is 64 hex characters")
+    return record_id
 
 
 class _Requests:
@@ -112,11 +138,11 @@ class _Requests:
 
     @staticmethod
     def get(record_id: str) -> tuple:
-        return "GET", f"/v1/experiences/{record_id}", {}
+        return "GET", f"/v1/experiences/{_record_id(record_id)}", {}
 
     @staticmethod
     def revoke(record_id: str) -> tuple:
-        return "POST", f"/v1/experiences/{record_id}/revoke", {}
+        return "POST", f"/v1/experiences/{_record_id(record_id)}/revoke", {}
 
     @staticmethod
     def feedback(record_id: str, verdict: str, task: str | None) -> tuple:
@@ -159,7 +185,7 @@ class Client:
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path | None = None) -> Client:
-        return cls(*_node_location(data_dir))
+        return cls(*node_location(data_dir))
 
     def __enter__(self) -> Client:
         return self
@@ -267,10 +293,41 @@ class AsyncClient:
         self.http = httpx.AsyncClient(
             base_url=self.url, headers=_headers(token), timeout=timeout, transport=transport
         )
+        self._follow: Path | None = None  # the data dir whose node each call looks up
+        self._token = token
 
     @classmethod
-    def from_data_dir(cls, data_dir: str | Path | None = None) -> AsyncClient:
-        return cls(*_node_location(data_dir))
+    def from_data_dir(
+        cls, data_dir: str | Path | None = None, *, follow: bool = False, token: str | None = None
+    ) -> AsyncClient:
+        """The client of the node running on ``data_dir`` (default: the configured one).
+
+        ``follow``: look the node up at every call instead of once, as ``zoonode mcp`` does
+        (an agent host may start it before the node, and a node may come back on another
+        port); until a node runs there, every call raises ClientError ``no_node``. ``token``
+        replaces the data dir's ``api.token``."""
+        from zoonode.config import load_config
+
+        if not follow:
+            url, found = node_location(data_dir)
+            return cls(url, token or found)
+        client = cls("http://127.0.0.1:0", token)
+        client._follow = Path(data_dir) if data_dir else load_config().data_path
+        return client
+
+    async def _find_node(self) -> None:
+        if self._follow is None:
+            return
+        url, token = node_location(self._follow)
+        token = self._token or token
+        if url.rstrip("/") != self.url or self.http.headers.get("authorization") != (
+            _headers(token).get("authorization")
+        ):
+            await self.http.aclose()
+            self.url = url.rstrip("/")
+            self.http = httpx.AsyncClient(
+                base_url=self.url, headers=_headers(token), timeout=self.http.timeout
+            )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -282,6 +339,7 @@ class AsyncClient:
         await self.http.aclose()
 
     async def _call(self, request: tuple) -> Any:
+        await self._find_node()
         method, path, kwargs = request
         try:
             return _answer(await self.http.request(method, path, **kwargs))
@@ -339,6 +397,7 @@ class AsyncClient:
         return await self._call(_Requests.context(task, k, domain, federated))
 
     async def export(self, domain: str | None = None) -> AsyncIterator[dict]:
+        await self._find_node()
         method, path, kwargs = _Requests.export(domain)
         try:
             async with self.http.stream(method, path, **kwargs) as response:

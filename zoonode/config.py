@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import platformdirs
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from zoonode.inputs import InputError, parse_json
+
 ENV_PREFIX = "ZOONODE_"
 
 
@@ -43,10 +45,24 @@ def _range(
     return Field(ge=ge, le=le, gt=gt, lt=lt, strict=True, allow_inf_nan=False)
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def _host_port(value: str) -> str:
+    import ipaddress
+
     host, sep, port = value.rpartition(":")
     if value and not (sep and host and port.isdigit() and 0 <= int(port) <= 65535):
         raise ValueError("must be HOST:PORT (port 0-65535; 0 picks a free one) or empty")
+    if value:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not (len(host) <= 253 and _HOSTNAME.fullmatch(host)):
+                raise ValueError(
+                    "must be HOST:PORT with HOST an IP address or an ASCII host name"
+                ) from None
     return value
 
 
@@ -57,7 +73,42 @@ def _multiaddrs(values: list[str]) -> list[str]:
         try:
             multiaddr.Multiaddr(value)
         except Exception as exc:  # multiaddr raises several types
-            raise ValueError(f"{value!r} is not a multiaddr ({exc})") from None
+            # the library repeats the address twice around its reason; keep the reason
+            why = re.sub(r"^Invalid MultiAddr '.*?': | \(string: .*\)$", "", str(exc))
+            raise ValueError(f"{value!r} is not a multiaddr: {why}") from None
+    return values
+
+
+def _listen_multiaddrs(values: list[str]) -> list[str]:
+    """Addresses a node can listen on: ``/ip4/HOST/tcp/PORT`` or ``/ip6/HOST/tcp/PORT``, TCP
+    being py-libp2p's only transport here. Anything else was accepted and then skipped with a
+    log line (``/udp/...``: a node listening nowhere) or bound to every interface
+    (``/dns4/localhost/tcp/0`` listened on 0.0.0.0 and ::)."""
+    import multiaddr
+
+    _multiaddrs(values)
+    for value in values:
+        names = [p.name for p in multiaddr.Multiaddr(value).protocols()]
+        if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+            raise ValueError(
+                f"{value!r} cannot be listened on: a listen address is /ip4/HOST/tcp/PORT or "
+                "/ip6/HOST/tcp/PORT (HOST an IP address of this machine, PORT 0 for any free "
+                "one)"
+            )
+    return values
+
+
+def _peer_multiaddrs(values: list[str]) -> list[str]:
+    """Multiaddrs that name their peer (``.../p2p/<peer id>``): a dial needs the peer id."""
+    import multiaddr
+
+    _multiaddrs(values)
+    for value in values:
+        if "p2p" not in [p.name for p in multiaddr.Multiaddr(value).protocols()]:
+            raise ValueError(
+                f"{value!r} names no peer: a bootstrap address ends with /p2p/<peer id>, as "
+                "`zoonode start` and `zoonode status` print it"
+            )
     return values
 
 
@@ -108,10 +159,10 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen: Annotated[list[str], AfterValidator(_multiaddrs)] = field(
+    listen: Annotated[list[str], AfterValidator(_listen_multiaddrs)] = field(
         default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"]
     )
-    bootstrap: Annotated[list[str], AfterValidator(_multiaddrs)] = field(default_factory=list)
+    bootstrap: Annotated[list[str], AfterValidator(_peer_multiaddrs)] = field(default_factory=list)
     mdns: bool = False
     embedding_threshold: Cosine = 0.9
     max_future_s: Annotated[int, _range(ge=0, le=86_400 * 365)] = 300
@@ -121,6 +172,20 @@ class NetworkConfig:
     flood_rate: Annotated[float, _range(gt=0.0)] = 50.0
     feedback_rate: Annotated[float, _range(gt=0.0)] = 5.0  # verdicts/s one voter may publish
     feedback_burst: Annotated[float, _range(ge=1.0)] = 200.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Two-stage ingest: peers' records are stored pending at once and re-encoded for the
+    embedding check in the background (README, "Ingest in two stages")."""
+
+    # over it, newcomers' records are ignored (reason backlog)
+    max_pending: Annotated[int, _range(ge=1, le=100_000_000)] = 100_000
+    # over it, that author's records are ignored
+    max_pending_per_author: Annotated[int, _range(ge=1, le=100_000_000)] = 10_000
+    check_batch: Annotated[int, _range(ge=1, le=4096)] = 16  # texts per background batch
+    # most records/s the background check re-encodes; 0: no cap
+    check_rate: Annotated[float, _range(ge=0.0, le=1e9)] = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +262,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -223,11 +289,19 @@ def load_config(
     layers: list[tuple[str, dict[str, Any]]] = [("defaults", tomllib.loads(default_toml()))]
     if path is not None:
         try:
-            layers.append((str(path), tomllib.loads(Path(path).read_text())))
+            layers.append((str(path), tomllib.loads(Path(path).read_text(encoding="utf-8"))))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
+        except OSError as exc:  # a directory, no permission, ...
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except RecursionError as exc:  # tomllib's parser recurses per nested array
+            raise ConfigError(f"{path}: nested too deeply") from exc
+        except ValueError as exc:  # an integer over sys.get_int_max_str_digits() digits
+            raise ConfigError(f"{path}: {str(exc).split(';')[0]}") from exc
     layers.append(("environment", _from_env(os.environ if env is None else env)))
     if overrides:
         layers.append(("flags", overrides))
@@ -356,7 +430,13 @@ def _parse_env(hint: Any, raw: str, label: str) -> Any:
         if hint is float:
             return float(raw)
         if typing.get_origin(hint) is list:
-            return json.loads(raw) if raw.startswith("[") else [s for s in raw.split(",") if s]
+            if raw.startswith("["):
+                return parse_json(raw, f"environment value for {label}")
+            return [s for s in raw.split(",") if s]
+    except InputError as exc:  # not JSON or nested too deeply: never a RecursionError
+        raise ConfigError(exc.message) from exc
     except ValueError as exc:
-        raise ConfigError(f"environment value for {label} is not a {hint}: {raw!r}") from exc
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(hint, hint)
+        message = f"environment value for {label} must be {kind}, got {raw[:40]!r}"
+        raise ConfigError(message) from exc
     return raw

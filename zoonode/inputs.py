@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from zoonode.protocol import ProtocolError, check_domain, check_text
 
 MAX_DEPTH = 32  # JSON nesting; the deepest real body (a batch of lessons with examples) is 4
+ENVELOPE_DEPTH = 2  # a batch body's own levels around its items: {"experiences": [item, ...]}
 MAX_QUERY_BYTES = 16 * 1024  # a query or task text, UTF-8 (the encoder reads ~256 tokens)
 MAX_K = 50
 
@@ -57,9 +59,11 @@ def _parse_int(digits: str) -> int:
         return -magnitude if digits.startswith("-") else magnitude
 
 
-def parse_json(data: bytes | str, what: str = "body") -> Any:
+def parse_json(data: bytes | str, what: str = "body", max_depth: int = MAX_DEPTH) -> Any:
     """Decode one JSON document. Raises InputError: ``bad_text`` (422) for bytes that are not
-    UTF-8, ``bad_json`` (400) for a syntax error or nesting deeper than MAX_DEPTH."""
+    UTF-8, ``bad_json`` (400) for a syntax error or nesting deeper than ``max_depth`` (a batch
+    body passes MAX_DEPTH + ENVELOPE_DEPTH, so that each of its items may nest as deep as a
+    body of its own)."""
     if isinstance(data, bytes | bytearray | memoryview):
         try:
             text = bytes(data).decode("utf-8")
@@ -69,7 +73,7 @@ def parse_json(data: bytes | str, what: str = "body") -> Any:
             ) from None
     else:
         text = data
-    too_deep = InputError(400, "bad_json", f"{what} is nested deeper than {MAX_DEPTH} levels")
+    too_deep = InputError(400, "bad_json", f"{what} is nested deeper than {max_depth} levels")
     try:
         value = json.loads(text, parse_int=_parse_int, parse_constant=float)
     except RecursionError:  # the C scanner refuses depth ~1000 cleanly
@@ -78,7 +82,7 @@ def parse_json(data: bytes | str, what: str = "body") -> Any:
         raise InputError(
             400, "bad_json", f"{what} is not JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
         ) from None
-    if _deeper_than(value, MAX_DEPTH):
+    if _deeper_than(value, max_depth):
         raise too_deep
     return value
 
@@ -94,8 +98,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_object(data: bytes | str, what: str = "body") -> dict[str, Any]:
-    value = parse_json(data, what)
+def parse_object(
+    data: bytes | str, what: str = "body", max_depth: int = MAX_DEPTH
+) -> dict[str, Any]:
+    value = parse_json(data, what, max_depth)
     if not isinstance(value, dict):
         raise InputError(400, "bad_json", f"{what} must be a JSON object, got {kind_of(value)}")
     return value
@@ -234,12 +240,15 @@ def lesson(value: Any, space: bytes, where: str = "") -> dict[str, Any]:
 def k_argument(value: Any, name: str = "k") -> int:
     """A k given as text (MCP prompt arguments are strings) or a number."""
     if isinstance(value, str):
+        # ASCII digits only: int() also takes "1_0" and other scripts' digits ("\u0665" is 5)
+        digits = re.fullmatch(r"\s*([+-]?[0-9]+)\s*", value, re.ASCII)
         try:
-            value = int(value.strip())
-        except ValueError:
-            raise InputError(
-                422, "wrong_type", f"{name} must be an integer, got {_show(value)}"
-            ) from None
+            number = int(digits[1]) if digits else None
+        except ValueError:  # over sys.get_int_max_str_digits()
+            number = None
+        if number is None:
+            raise InputError(422, "wrong_type", f"{name} must be an integer, got {_show(value)}")
+        value = number
     if type(value) is not int:
         raise InputError(422, "wrong_type", f"{name} must be an integer, got {kind_of(value)}")
     if not 1 <= value <= MAX_K:

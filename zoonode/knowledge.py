@@ -1,7 +1,10 @@
 """What a node knows: the durable store plus its HNSW replica, kept consistent.
 
-Write path: verified records with their exact compact vectors -> near-duplicate cluster
-lookup -> one store transaction (durable: the acknowledgement) -> replica -> eviction.
+Write path: verified records with their compact vectors -> near-duplicate cluster lookup -> one
+store transaction (durable: the acknowledgement) -> replica -> eviction. A peer's record comes
+*pending*, with the vector its code implies, and waits in the backlog for the embedding check;
+:meth:`KnowledgeBase.promote` then gives it its text's exact vector (store and replica) and
+:meth:`KnowledgeBase.remove` drops one that failed.
 Read path: replica candidates -> store rows with their exact vectors -> rerank by exact
 inner product (the default replica's int8 scores are approximate) -> status and filters ->
 at most ``per_cluster`` hits per near-duplicate cluster -> top k. A caller may weigh rows
@@ -12,6 +15,7 @@ cluster and which clusters fill the k.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,91 @@ RERANK_CANDIDATES = 64
 APPROX_MARGIN = 0.05
 
 Weigh = Callable[[list[Row]], np.ndarray]
+
+# The checker's queue: a newcomer's records (no lesson of theirs has passed the check here)
+# wait behind every record of an author who has passed it; within each group the order is
+# each author's first pending record, then each one's second, ... (newest first).
+NEWCOMER_RANK = 1_000_000_000
+
+
+class PendingIndex:
+    """Exact in-memory index of the records waiting for the embedding check, at the vectors
+    their codes imply. They stay out of the replica until checked: an HNSW insertion costs
+    ~1 ms at 100k records, more than the rest of stage 1 together, and a checked record then
+    enters the graph once, at its exact vector (no replace). Brute force: ~(n x 384) flops a
+    query, a few ms at 100k waiting records; the backlog is bounded (``ingest``)."""
+
+    def __init__(self, dim: int) -> None:
+        self.seqs = np.zeros(1024, np.int64)
+        self.vectors = np.zeros((1024, dim), np.float32)
+        self.slot: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+    def add(self, seqs: Sequence[int], vectors: np.ndarray) -> None:
+        for seq, vector in zip(seqs, vectors, strict=True):
+            seq = int(seq)
+            if seq in self.slot:
+                self.vectors[self.slot[seq]] = vector
+                continue
+            n = len(self.slot)
+            if n == len(self.seqs):
+                self.seqs = np.resize(self.seqs, 2 * n)
+                self.vectors = np.resize(self.vectors, (2 * n, self.vectors.shape[1]))
+            self.seqs[n], self.vectors[n], self.slot[seq] = seq, vector, n
+
+    def remove(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            i = self.slot.pop(int(seq), None)
+            if i is None:
+                continue
+            last = len(self.slot)  # the old last slot moves into the hole
+            if i != last:
+                moved = int(self.seqs[last])
+                self.seqs[i], self.vectors[i] = moved, self.vectors[last]
+                self.slot[moved] = i
+
+    def search(self, query: np.ndarray, k: int) -> np.ndarray:
+        """Seqs of the ``k`` nearest by inner product, best first."""
+        n = len(self.slot)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        sims = self.vectors[:n] @ np.asarray(query, np.float32)
+        top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+        return self.seqs[top[np.argsort(-sims[top], kind="stable")]]
+
+
+class Backlog:
+    """Counts of records waiting for the embedding check, by author, kept in memory (read by
+    the gossip validator without touching SQLite) and the authors vouched for by a check.
+
+    Changed only on the knowledge-base thread; the validator's reads of single ints and set
+    membership are atomic under the GIL."""
+
+    def __init__(self, by_author: dict[bytes, int], vouched: set[bytes]) -> None:
+        self.by_author: Counter[bytes] = Counter(by_author)
+        self.total = sum(self.by_author.values())
+        self.vouched = vouched
+
+    def rank(self, author: bytes) -> int:
+        """The queue place of this author's next pending record."""
+        return self.by_author[author] + (0 if author in self.vouched else NEWCOMER_RANK)
+
+    def added(self, author: bytes) -> None:
+        self.by_author[author] += 1
+        self.total += 1
+
+    def left(self, author: bytes) -> None:
+        left = self.by_author[author] - 1
+        if left > 0:
+            self.by_author[author] = left
+        else:
+            del self.by_author[author]
+        self.total -= 1
+
+    def of(self, author: bytes) -> int:
+        return self.by_author.get(author, 0)
 
 
 def snapshot_due(new_records: int, indexed: int, snapshot_every: int) -> bool:
@@ -126,6 +215,11 @@ class KnowledgeBase:
         self.snapshot_every = snapshot_every
         self.on_evict = on_evict
         self.store = Store(directory / DB_FILE, space, durable=durable)
+        self.backlog = Backlog(self.store.pending_by_author(), self.store.checked_authors())
+        self._journalled = 0  # replica journal entries since the last snapshot
+        self.pending_index = PendingIndex(dim)
+        for seqs, vectors in self.store.vectors_since(0, pending=True):
+            self.pending_index.add(seqs, vectors)
         self.replica = Replica.load(
             directory,
             dim,
@@ -138,8 +232,10 @@ class KnowledgeBase:
         self._replay()
 
     def _replay(self) -> None:
-        """Bring the replica up to the store: add every lesson accepted after the snapshot,
-        then check that it holds every active lesson and add any it lacks."""
+        """Bring the replica up to the store: add every checked lesson accepted after the
+        snapshot, apply the journalled promotions and removals the snapshot does not hold,
+        then check that it holds every checked active lesson and add any it lacks. Records
+        waiting for the check are not in the replica (``pending_index``)."""
         replayed = 0
         for seqs, vectors in self.store.vectors_since(self.replica.snapshot_seq):
             self.replica.add(seqs, vectors)
@@ -150,6 +246,18 @@ class KnowledgeBase:
                 replayed,
                 self.replica.snapshot_seq,
             )
+        _, changed = self.store.journal_since(self.replica.snapshot_journal)
+        older = sorted({s for s in changed if s <= self.replica.snapshot_seq})
+        for start in range(0, len(older), 4096):
+            chunk = older[start : start + 4096]
+            rows = self.store.rows_with_vectors(chunk)
+            held = [s for s in chunk if s in rows]
+            if held:
+                self.replica.replace(np.array(held), np.stack([rows[s][1] for s in held]))
+            self.replica.remove(np.array([s for s in chunk if s not in rows], dtype=np.int64))
+        self._journalled = len(changed)
+        if older:
+            log.info("replica: re-applied %d checked or removed records", len(older))
         self.repair()
 
     def repair(self) -> int:
@@ -183,27 +291,34 @@ class KnowledgeBase:
             total += len(seqs)
             if progress:
                 progress(len(seqs))
-        self.replica.save(self.directory)
+        self._save_replica()
         return total
 
-    def close(self) -> None:
-        """Snapshot the replica if it grew (skipped, with a warning, on a full disk: the next
-        start replays the store), then close the store."""
-        if self.replica.max_seq > self.replica.snapshot_seq:
-            self._snapshot()
-        self.store.close()
-
-    def _snapshot(self) -> None:
+    def _save_replica(self) -> None:
+        """Snapshot the replica with the last journal entry it holds, then forget the journal
+        up to there. On a full disk: a warning; the next start replays store and journal."""
+        serial = self.store.journal_serial()
         try:
-            self.replica.save(self.directory)
+            self.replica.save(self.directory, journal=serial)
         except SnapshotError as exc:
             log.warning(
                 "%s; the next start replays the store after seq %d", exc, self.replica.snapshot_seq
             )
+            return
+        self.store.trim_journal(serial)
+        self._journalled = 0
+
+    def close(self) -> None:
+        """Snapshot the replica if it grew or changed (skipped, with a warning, on a full disk:
+        the next start replays the store and the journal), then close the store."""
+        if self.replica.max_seq > self.replica.snapshot_seq or self._journalled:
+            self._save_replica()
+        self.store.close()
 
     # -- writes -------------------------------------------------------------------------------
     def ingest(self, items: Sequence[Incoming]) -> list[InsertResult]:
-        """Store a batch durably, then index it. Returns one result per item, in order."""
+        """Store a batch durably, then index it. Returns one result per item, in order.
+        Items with ``pending`` set join the backlog of the embedding check."""
         # The same id twice in one batch: the first copy is the one stored and indexed.
         first = {it.record.id: i for i, it in reversed(list(enumerate(items)))}
         fresh = [
@@ -218,15 +333,24 @@ class KnowledgeBase:
             for it in hinted
             if by_id[it.record.id].outcome is Outcome.ACCEPTED and it.vector is not None
         ]
-        if accepted:
+        for it in accepted:  # before the replica: the validator reads these counts
+            if it.pending is not None:
+                self.backlog.added(it.record.experience.author)
+            else:
+                self.backlog.vouched.add(it.record.experience.author)
+        checked = [it for it in accepted if it.pending is None]
+        if checked:
             self.replica.add(
-                np.array([by_id[it.record.id].seq for it in accepted]),
-                np.stack([it.vector for it in accepted]),
+                np.array([by_id[it.record.id].seq for it in checked]),
+                np.stack([it.vector for it in checked]),
+            )
+        waiting = [it for it in accepted if it.pending is not None]
+        if waiting:
+            self.pending_index.add(
+                [by_id[it.record.id].seq for it in waiting], np.stack([it.vector for it in waiting])
             )
         self._evict()
-        new = self.replica.max_seq - self.replica.snapshot_seq
-        if snapshot_due(new, len(self.replica), self.snapshot_every):
-            self._snapshot()
+        self._maybe_snapshot()
         results = []
         for i, it in enumerate(items):
             res = by_id.get(it.record.id) if first[it.record.id] == i else None
@@ -235,6 +359,56 @@ class KnowledgeBase:
                 res = InsertResult(it.record.id, Outcome.DUPLICATE, row.seq if row else None)
             results.append(res)
         return results
+
+    def _maybe_snapshot(self) -> None:
+        new = self.replica.max_seq - self.replica.snapshot_seq + self._journalled
+        if snapshot_due(new, len(self.replica), self.snapshot_every):
+            self._save_replica()
+
+    # -- the embedding check's outcomes -----------------------------------------------------------
+    def pending(self, limit: int, seqs: Sequence[int] | None = None) -> list[Row]:
+        """The next ``limit`` records for the checker, or those of ``seqs`` still pending."""
+        return self.store.pending_rows(limit, seqs)
+
+    def promote(self, rows: Sequence[Row], vectors: np.ndarray) -> list[int]:
+        """Checked records become active with their texts' exact vectors (store, then
+        replica); each joins the near-duplicate cluster its exact vector falls in, among
+        checked records (else it keeps its own). Returns the seqs promoted now."""
+        if not rows:
+            return []
+        vectors = np.asarray(vectors, np.float32)
+        clusters = self._nearest_active_clusters(vectors)
+        done = set(
+            self.store.promote(
+                [(r.seq, v, c) for r, v, c in zip(rows, vectors, clusters, strict=True)]
+            )
+        )
+        keep = [i for i, r in enumerate(rows) if r.seq in done]
+        if keep:  # into the replica once, at the exact vector
+            self.replica.add(np.array([rows[i].seq for i in keep]), vectors[keep])
+            self.pending_index.remove(rows[i].seq for i in keep)
+        for i in keep:
+            self.backlog.left(rows[i].author)
+            self.backlog.vouched.add(rows[i].author)
+        self._journalled += len(keep)
+        self._maybe_snapshot()
+        return [rows[i].seq for i in keep]
+
+    def remove(self, rows: Sequence[Row], reason: str) -> list[Row]:
+        """Delete records (store, tombstone, replica): ones that failed the embedding check
+        or whose author was banned for it. Returns the rows removed now."""
+        done = self.store.remove(rows, reason)
+        self.replica.remove(np.array([r.seq for r in done if not r.pending], dtype=np.int64))
+        self.pending_index.remove(r.seq for r in done)
+        for r in done:
+            if r.pending:
+                self.backlog.left(r.author)
+        self._journalled += len(done)
+        self._maybe_snapshot()
+        return done
+
+    def pending_of(self, author: bytes) -> list[Row]:
+        return self.store.pending_of(author)
 
     def _with_cluster_hints(self, items: list[Incoming]) -> list[Incoming]:
         """Link each lesson to an active near-duplicate (cos >= threshold), in the replica or
@@ -252,25 +426,29 @@ class KnowledgeBase:
         )
         hints: dict[int, int | bytes | None] = dict(zip(lessons, stored, strict=True))
         # Within the batch: one Gram matrix; a lesson links to the most similar *earlier* one.
-        if lessons:
-            matrix = np.stack([items[i].vector for i in lessons])
+        # Records waiting for the embedding check link to checked clusters only, never to each
+        # other: a hijack must not become the anchor of an honest record's cluster.
+        linkable = [i for i in lessons if items[i].pending is None]
+        if linkable:
+            matrix = np.stack([items[i].vector for i in linkable])
             gram = matrix @ matrix.T
-            gram[np.triu_indices(len(lessons))] = -np.inf  # only earlier lessons count
+            gram[np.triu_indices(len(linkable))] = -np.inf  # only earlier lessons count
             nearest = np.argmax(gram, axis=1)
-        position = {i: p for p, i in enumerate(lessons)}
+        position = {i: p for p, i in enumerate(linkable)}
         out: list[Incoming] = []
         for i, it in enumerate(items):
             if i not in hints:
                 out.append(it)
                 continue
-            hint, p = hints[i], position[i]
+            hint, p = hints[i], position.get(i, 0)
             if hint is None and p > 0 and gram[p, nearest[p]] >= self.duplicate_cosine:
-                hint = items[lessons[nearest[p]]].record.id
-            out.append(Incoming(it.record, it.vector, it.peer, hint))
+                hint = items[linkable[nearest[p]]].record.id
+            out.append(Incoming(it.record, it.vector, it.peer, hint, it.pending))
         return out
 
     def _nearest_active_clusters(self, vectors: np.ndarray) -> list[int | None]:
-        """For each vector, the cluster of an active stored record with cos >= threshold."""
+        """For each vector, the cluster of an active, checked stored record with cos >=
+        threshold (a record waiting for the embedding check is nobody's anchor)."""
         # cos >= 0.9 neighbours are the easiest for HNSW to find: a small ef suffices.
         labels, sims = self.replica.search_many(vectors, k=4, ef=32)
         floor = self.duplicate_cosine - (0.0 if self.replica.exact_scores else APPROX_MARGIN)
@@ -302,6 +480,10 @@ class KnowledgeBase:
         except StorageFull as exc:  # the batch is stored; evicting waits for the next one
             log.warning("eviction postponed: %s", exc)
             return
+        for v in victims:
+            if v.pending:
+                self.backlog.left(v.author)
+        self.pending_index.remove(v.seq for v in victims if v.pending)
         if victims and self.on_evict:
             self.on_evict(victims)
 
@@ -315,13 +497,16 @@ class KnowledgeBase:
         dedupe: bool = True,
         weigh: Weigh | None = None,
         per_cluster: int = 1,
+        pending: bool = False,
     ) -> list[Hit]:
         """Top ``k`` active lessons by exact cosine, at most ``per_cluster`` (the best) per
         near-duplicate cluster (``dedupe``; all of them otherwise).
 
         ``weigh`` maps rows to factors in [0, 1]: the order is then by cosine x factor, so a
         low-weight row neither speaks for a cluster a higher-weight member also matches nor
-        pushes such a cluster out of the k. Hit scores stay the exact cosine."""
+        pushes such a cluster out of the k. Hit scores stay the exact cosine. ``pending``:
+        also records waiting for the embedding check (scored by their code's vector; a
+        caller that returns one must check it first, ``Hit.row.pending``)."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -329,16 +514,19 @@ class KnowledgeBase:
         fetch = max(candidates or 0, k + max(k // 4, 16), RERANK_CANDIDATES)
         while True:
             seqs, _approximate = self.replica.search(query, k=fetch)
-            hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster)
             exhausted = len(seqs) < fetch
+            if pending and len(self.pending_index):
+                both = np.concatenate([seqs, self.pending_index.search(query, fetch)])
+                seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
+            hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
             if len(hits) >= k or exhausted:
                 return (
                     hits[:k]
                     if len(hits) >= k or filters.empty
-                    else self._exact(query, k, filters, dedupe, weigh, per_cluster)
+                    else self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
                 )
             if fetch >= 4096:
-                return self._exact(query, k, filters, dedupe, weigh, per_cluster)
+                return self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
             fetch *= 4
 
     def _keep(
@@ -350,22 +538,44 @@ class KnowledgeBase:
         limit: int | None = None,
         weigh: Weigh | None = None,
         per_cluster: int = 1,
+        pending: bool = False,
     ) -> list[Hit]:
         """The best ``limit`` active, matching candidates by exact inner product, at most
-        ``per_cluster`` per cluster, with their vectors."""
+        ``per_cluster`` per cluster, with their vectors; pending ones only if ``pending``, and
+        never in place of a checked member of their cluster among the candidates."""
         rows = self.store.rows_with_vectors(list(seqs))
-        found = [rows[int(s)] for s in seqs if int(s) in rows]  # evicted ones are gone
+        found = [
+            rows[int(s)]
+            for s in seqs
+            if int(s) in rows  # evicted ones are gone
+            and rows[int(s)][0].status is Status.ACTIVE
+            and (pending or not rows[int(s)][0].pending)
+            and filters.match(rows[int(s)][0])
+        ]
         if not found:
             return []
         sims = np.stack([vector for _, vector in found]) @ query
         rank = sims if weigh is None else sims * weigh([row for row, _ in found])
+
+        def group_of(row: Row) -> int:
+            return row.cluster if dedupe and row.cluster is not None else -row.seq
+
+        spoken = {group_of(row) for row, _ in found if not row.pending}
+        # A waiting record is linked to no cluster yet; among the candidates, one within the
+        # near-duplicate cosine of a checked one is that lesson again: the checked one answers
+        # and the query need not check the copy. (Waiting records are not grouped with each
+        # other: a hijack carrying an honest record's code would then hide it.)
+        checked = [v for row, v in found if not row.pending]
+        near = np.stack(checked) if dedupe and checked and pending else None
         members: dict[int, int] = {}
         kept: list[tuple[int, Row, float, np.ndarray]] = []
         for i in np.argsort(-rank, kind="stable"):
             row, vector = found[i]
-            if row.status is not Status.ACTIVE or not filters.match(row):
+            group = group_of(row)
+            if row.pending and group in spoken:
                 continue
-            group = row.cluster if dedupe and row.cluster is not None else -row.seq
+            if row.pending and near is not None and np.max(near @ vector) >= self.duplicate_cosine:
+                continue
             if members.get(group, 0) < per_cluster:
                 members[group] = members.get(group, 0) + 1
                 kept.append((group, row, float(sims[i]), vector))
@@ -382,14 +592,17 @@ class KnowledgeBase:
         dedupe: bool,
         weigh: Weigh | None = None,
         per_cluster: int = 1,
+        pending: bool = False,
     ) -> list[Hit]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
+        if not pending:
+            where += " AND pending IS NULL"
         seqs, vectors = self.store.filtered_vectors(where, params)
         if len(seqs) == 0:
             return []
         order = np.argsort(-(vectors @ query), kind="stable")
-        return self._keep(seqs[order], query, filters, dedupe, k, weigh, per_cluster)
+        return self._keep(seqs[order], query, filters, dedupe, k, weigh, per_cluster, pending)
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)

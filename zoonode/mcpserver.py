@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # one stdio line; an MCP request is a few KB
+MAX_HTTP_BODY = 64 * 1024  # one POST /mcp body, as the API's other bodies
 MAX_ID = 2**53  # JSON-RPC ids beyond this do not survive a JSON round trip in every client
 
 INSTRUCTIONS = (
@@ -149,7 +150,14 @@ def build_server(client: AsyncClient) -> MCPServer:
                 message=f"{exc.code}: {exc.message}",
                 data={"code": exc.code},
             ) from None
-        return (await call(client.context(task, count)))["prompt"]
+        try:  # a prompt's error reaches the host as a JSON-RPC error with our message
+            return (await client.context(task, count))["prompt"]
+        except ClientError as exc:
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"{exc.code}: {exc.message}",
+                data={"code": exc.code},
+            ) from None
 
     return server
 
@@ -174,27 +182,66 @@ class HttpEndpoint:
                 allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
                 allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
             ),
-            max_request_body_size=64 * 1024,
+            max_request_body_size=MAX_HTTP_BODY,
         )
 
     def lifespan(self):
         return self.manager.run()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        import secrets
-
         from starlette.responses import JSONResponse
 
+        from zoonode.api import bearer_matches
+
         headers = dict(scope.get("headers", []))
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        if not secrets.compare_digest(given, f"Bearer {self.token}"):
+        if not bearer_matches(headers.get(b"authorization", b""), self.token):
             response = JSONResponse(
                 {"error": {"code": "unauthorized", "message": "/mcp needs the node's token"}},
                 status_code=401,
             )
             await response(scope, receive, send)
             return
-        await self.manager.handle_request(scope, receive, send)
+        body = b""
+        while len(body) <= MAX_HTTP_BODY:  # the message, checked as a stdio line is
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        refused = _http_refusal(body)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.manager.handle_request(scope, replay, send)
+
+
+def _http_refusal(body: bytes) -> Any:
+    """The answer to a ``POST /mcp`` body that :func:`check_line` refuses (400 with its
+    JSON-RPC error; 413 over MAX_HTTP_BODY; 202 for a notification it drops), or None to
+    serve it: the same codes as over stdio, before the SDK parses anything."""
+    from starlette.responses import JSONResponse, Response
+
+    if len(body) > MAX_HTTP_BODY:
+        too_large = inputs.InputError(413, "too_large", f"message over {MAX_HTTP_BODY} bytes")
+        checked: Any = _rpc_error(None, types.PARSE_ERROR, too_large)
+        status = 413
+    else:
+        checked, status = check_line(body), 400
+    if isinstance(checked, SessionMessage):
+        return None
+    if checked is None:
+        return Response(status_code=202)
+    return JSONResponse(checked.model_dump(mode="json", by_alias=True, exclude_unset=True), status)
 
 
 def endpoint_for(app: ASGIApp, token: str) -> HttpEndpoint:
@@ -250,11 +297,13 @@ def check_line(line: bytes) -> SessionMessage | types.JSONRPCError | None:
 
 
 def _usable_id(value: Any) -> bool:
+    """An id an answer can carry: an int below 2^53 or a string that is valid Unicode (an id
+    with a lone surrogate cannot be written back, and killed the writer)."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
         return abs(value) < MAX_ID
-    return isinstance(value, str)
+    return isinstance(value, str) and inputs.invalid_unicode_at(value) is None
 
 
 def _first(err: ValidationError) -> str:

@@ -20,11 +20,15 @@ Three indexes, chosen by ``store.replica_backend`` (measured side by side in REA
 
 Crash safety: a snapshot is written to a temporary file, fsynced and renamed, with the highest
 seq it contains beside it; after a crash the node loads the last snapshot and replays
-``store.vectors_since(seq)``, so the replica never misses an acknowledged record.
+``store.vectors_since(seq)``, so the replica never misses an acknowledged record. Keys are
+replaced (a pending record promoted to its exact vector) or removed (a record that failed the
+embedding check) after insertion too; the store journals those changes, the snapshot names the
+last journal entry it includes, and load replays the entries after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -62,6 +66,8 @@ class _Index(Protocol):
 
     def __len__(self) -> int: ...
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
+    def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, keys: np.ndarray) -> None: ...
     def contains(self, key: int) -> bool: ...
     def contains_many(self, keys: np.ndarray) -> np.ndarray: ...
     def search(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -96,6 +102,14 @@ class _Hnswlib:
         if needed > self.index.get_max_elements():
             self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
         self.index.add_items(vectors, keys)  # a known label is replaced: replay is idempotent
+
+    def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.add(keys, vectors)  # updates a known label in place (and undeletes it)
+
+    def remove(self, keys: np.ndarray) -> None:
+        for key in keys:
+            with contextlib.suppress(RuntimeError):  # not held, or already deleted
+                self.index.mark_deleted(int(key))
 
     def contains(self, key: int) -> bool:
         try:
@@ -170,6 +184,13 @@ class _UsearchI8:
             # by any search (unum-cloud/USearch#735, open in 2.26). With 2 threads here, 5 of
             # 40 kill -9 runs of tests/test_store.py left records unsearchable; with 1, none.
             self.index.add(keys[fresh], vectors[fresh], threads=1)
+
+    def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.remove(keys)  # a removed key may be added again
+        self.index.add(keys, vectors, threads=1)  # one thread: see add()
+
+    def remove(self, keys: np.ndarray) -> None:
+        self.index.remove(keys)  # keys not held are skipped
 
     def contains(self, key: int) -> bool:
         return bool(self.index.contains(key))
@@ -264,6 +285,18 @@ class _FaissIvf:
         if not self.trained and len(self) >= IVF_TRAIN_PER_LIST * self.lists:
             self._train()
 
+    def replace(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.remove(keys)
+        self.index.add_with_ids(np.ascontiguousarray(vectors), keys)
+        self._mark(keys)
+
+    def remove(self, keys: np.ndarray) -> None:
+        """One pass over the lists for the whole batch (faiss keeps no id -> list map here):
+        ~3 ms at 100k records, so callers remove in batches."""
+        import faiss
+
+        self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(keys, np.int64)))
+
     def _train(self) -> None:
         """Move the flat vectors into lists trained on them (a few seconds, once)."""
         import faiss
@@ -336,6 +369,7 @@ class Replica:
             self.index = _UsearchI8(dim, m, ef_construction, threads)
         self.snapshot_seq = 0
         self.max_seq = 0
+        self.snapshot_journal = 0  # store journal serial the last snapshot includes
 
     @property
     def exact_scores(self) -> bool:
@@ -350,6 +384,20 @@ class Replica:
             return
         self.index.add(np.asarray(seqs, np.int64), np.asarray(vectors, np.float32))
         self.max_seq = max(self.max_seq, int(np.max(seqs)))
+
+    def replace(self, seqs: np.ndarray, vectors: np.ndarray) -> None:
+        """Give held keys new vectors (a pending record's code-implied vector replaced by its
+        text's exact one); keys not held are added."""
+        if len(seqs) == 0:
+            return
+        self.index.replace(np.asarray(seqs, np.int64), np.asarray(vectors, np.float32))
+        self.max_seq = max(self.max_seq, int(np.max(seqs)))
+
+    def remove(self, seqs: np.ndarray) -> None:
+        """Drop keys (a record that failed the embedding check); keys not held are skipped."""
+        if len(seqs) == 0:
+            return
+        self.index.remove(np.asarray(seqs, np.int64))
 
     def contains(self, seq: int) -> bool:
         return self.index.contains(int(seq))
@@ -379,9 +427,11 @@ class Replica:
         return self.index.search(np.asarray(queries, np.float32), k, max(ef or self.ef_search, k))
 
     # -- snapshots ----------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        """Write a snapshot: the index, then its meta (the seq it holds), each to a temporary
-        file that is fsynced and renamed. A meta never names a seq its index lacks.
+    def save(self, directory: Path, journal: int | None = None) -> None:
+        """Write a snapshot: the index, then its meta (the seq it holds and ``journal``, the
+        last serial of the store's replica journal, replacements and removals, that it
+        includes; replayed after it on load), each to a temporary file that is fsynced and
+        renamed. A meta never names a seq its index lacks.
 
         Raises SnapshotError, with no temporary file left, if the disk refuses (full disk):
         the previous snapshot stays, and a restart replays the store after it."""
@@ -394,6 +444,7 @@ class Replica:
             "m": self.m,
             "count": len(self),
             "backend": self.backend,
+            "journal": self.snapshot_journal if journal is None else journal,
         }
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -408,6 +459,7 @@ class Replica:
                 path.unlink(missing_ok=True)
             raise SnapshotError(f"replica snapshot not written to {directory}: {exc}") from exc
         self.snapshot_seq = self.max_seq
+        self.snapshot_journal = meta["journal"]
         for other, stale in INDEX_FILES.items():  # a snapshot of the other backend is dead
             if other != self.backend:
                 (directory / stale).unlink(missing_ok=True)
@@ -440,6 +492,7 @@ class Replica:
             return empty
         replica = cls(dim, backend=backend, _index=index, **settings)
         replica.snapshot_seq = replica.max_seq = int(meta["seq"])
+        replica.snapshot_journal = int(meta.get("journal", 0))
         return replica
 
 

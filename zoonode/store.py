@@ -69,9 +69,17 @@ CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL
 #           prolific author) and ``records.content_key`` (an index for "have we shared this text
 #           in this domain already?", no longer an instr() scan of all the author's lessons);
 #           the cluster index also covers status (cluster sizes read from the index alone).
-#   1 -> 2: the ``feedback`` table (issue #24): agents' signed verdicts, one standing verdict
+#   1 -> 2: two-stage ingest (docs/ingest.md): a record stored before its embedding check is
+#           *pending*; the column holds its place in the checker's queue (lower first; NULL
+#           once checked), and ``vector`` holds the vector its code implies until the check
+#           replaces it with the text's own. Every record of an older store was checked before
+#           it was stored, so all are NULL. The replica journal lists keys whose vectors
+#           changed or went away after insertion, so a restarted replica catches up with its
+#           snapshot (replica.py, knowledge.py). The cluster index also covers ``pending``
+#           (cluster sizes count checked members only, still from the index alone).
+#   2 -> 3: the ``feedback`` table (issue #24): agents' signed verdicts, one standing verdict
 #           per (voter, target), the latest; ``seq`` is acceptance order (trust reads pages).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATION_1 = """
 CREATE TABLE IF NOT EXISTS authors (
@@ -115,6 +123,24 @@ def _migrate_1(db: sqlite3.Connection) -> None:
 
 
 _MIGRATION_2 = """
+ALTER TABLE records ADD COLUMN pending INTEGER;
+CREATE INDEX IF NOT EXISTS records_pending ON records(pending, created_at DESC)
+    WHERE pending IS NOT NULL;
+CREATE TABLE IF NOT EXISTS replica_journal (serial INTEGER PRIMARY KEY AUTOINCREMENT,
+                                            seq INTEGER NOT NULL);
+DROP INDEX IF EXISTS records_cluster_status;
+CREATE INDEX IF NOT EXISTS records_cluster_status ON records(cluster, status, pending)
+    WHERE cluster IS NOT NULL;
+"""
+
+
+def _migrate_2(db: sqlite3.Connection) -> None:
+    for statement in _MIGRATION_2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_MIGRATION_3 = """
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order
     id BLOB NOT NULL UNIQUE,
@@ -133,13 +159,13 @@ CREATE INDEX IF NOT EXISTS feedback_created ON feedback(created_at)
 """
 
 
-def _migrate_2(db: sqlite3.Connection) -> None:
-    for statement in _MIGRATION_2.split(";"):
+def _migrate_3(db: sqlite3.Connection) -> None:
+    for statement in _MIGRATION_3.split(";"):
         if statement.strip():
             db.execute(statement)
 
 
-_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class Status(IntEnum):
@@ -168,6 +194,9 @@ class Incoming:
     # A near-duplicate found by the caller: the cluster id (a seq) of a stored record, or the
     # id of an earlier record in the same batch.
     cluster_hint: int | bytes | None = None
+    # Not None: the record waits for the embedding check (``vector`` is its code's vector);
+    # the value orders the checker's queue, lower first.
+    pending: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,11 +222,12 @@ class Row:
     parent: bytes | None
     status: Status
     cluster: int | None
+    pending: bool = False  # stored, not yet through the embedding check
 
 
 _ROW_COLUMNS = (
     "seq, id, wire, op, author, domain, confidence, created_at, accepted_at, peer, "
-    "parent, status, cluster"
+    "parent, status, cluster, pending IS NOT NULL"
 )
 
 
@@ -219,6 +249,7 @@ def _row(values: tuple) -> Row:
         values[10],
         _STATUSES[values[11]],
         values[12],
+        bool(values[13]),
     )
 
 
@@ -376,8 +407,8 @@ class Store:
         key = None if exp.op is Op.REVOKE else content_key(exp.author, exp.domain, exp.text)
         cur = self.db.execute(
             "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
-            "accepted_at, peer, parent, status, cluster, vector, content_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, peer, parent, status, cluster, vector, content_key, pending) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.wire,
@@ -393,6 +424,7 @@ class Store:
                 cluster,
                 vector,
                 key,
+                None if exp.op is Op.REVOKE else item.pending,
             ),
         )
         self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
@@ -419,8 +451,10 @@ class Store:
 
     def evict_over(self, capacity: int) -> list[Row]:
         """Delete the lowest-value lessons above ``capacity`` and return them (for logs and
-        metrics). Order: inactive (revoked, superseded, invalid) first, then lowest confidence,
-        then oldest. Revoke records are never evicted: they must keep stopping re-delivery."""
+        metrics). Order: inactive (revoked, superseded, invalid) first, then records still
+        waiting for the embedding check (latest in the checker's queue first), then lowest
+        confidence, then oldest. Revoke records are never evicted: they must keep stopping
+        re-delivery."""
         excess = self._lessons - capacity
         if excess <= 0:
             return []
@@ -428,7 +462,7 @@ class Store:
             _row(r)
             for r in self.db.execute(
                 f"SELECT {_ROW_COLUMNS} FROM records WHERE op != ? "
-                "ORDER BY status = 0, confidence, created_at LIMIT ?",
+                "ORDER BY status = 0, pending IS NULL, -pending, confidence, created_at LIMIT ?",
                 (Op.REVOKE, excess),
             )
         ]
@@ -448,6 +482,97 @@ class Store:
                 capacity,
             )
         return victims
+
+    # -- the embedding check's backlog -----------------------------------------------------------
+    def pending_rows(self, limit: int, seqs: Sequence[int] | None = None) -> list[Row]:
+        """Records waiting for the embedding check, first in the checker's order (``pending``
+        value, then newest ``created_at``); or, with ``seqs``, those of them still pending."""
+        if seqs is not None:
+            return [r for r in self.rows_by_seq(seqs).values() if r.pending][:limit]
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE pending IS NOT NULL "
+            "ORDER BY pending, created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_row(r) for r in rows]
+
+    def pending_by_author(self) -> dict[bytes, int]:
+        """How many records of each author wait for the check (start-up: the backlog)."""
+        return dict(
+            self.db.execute(
+                "SELECT author, count(*) FROM records WHERE pending IS NOT NULL GROUP BY author"
+            ).fetchall()
+        )
+
+    def checked_authors(self) -> set[bytes]:
+        """Authors with at least one lesson that passed the embedding check (or was ours)."""
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT author FROM records WHERE pending IS NULL AND op != ?",
+                (Op.REVOKE,),
+            )
+        }
+
+    def promote(self, items: Sequence[tuple[int, np.ndarray, int | None]]) -> list[int]:
+        """(seq, exact vector, cluster) per checked record: it becomes active with its text's
+        vector, in one transaction with the replica journal. Returns the seqs that were still
+        pending (a record checked twice, by the checker and a query, is promoted once)."""
+        done: list[int] = []
+        with self._write():
+            for seq, vector, cluster in items:
+                cur = self.db.execute(
+                    "UPDATE records SET vector = ?, pending = NULL, cluster = coalesce(?, seq) "
+                    "WHERE seq = ? AND pending IS NOT NULL",
+                    (np.asarray(vector, "<f4").tobytes(), cluster, int(seq)),
+                )
+                if cur.rowcount:
+                    done.append(int(seq))
+            self.db.executemany(
+                "INSERT INTO replica_journal (seq) VALUES (?)", [(s,) for s in done]
+            )
+        return done
+
+    def remove(self, rows: Sequence[Row], reason: str) -> list[Row]:
+        """Delete records that failed the embedding check (or whose author was banned for it)
+        and tombstone their ids, in one transaction with the replica journal. Returns the rows
+        that were still there."""
+        done: list[Row] = []
+        with self._write():
+            for row in rows:
+                cur = self.db.execute("DELETE FROM records WHERE seq = ?", (row.seq,))
+                if cur.rowcount:
+                    done.append(row)
+            self.db.executemany(
+                "INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
+                [(r.id, r.created_at, reason) for r in done],
+            )
+            self.db.executemany(
+                "INSERT INTO replica_journal (seq) VALUES (?)", [(r.seq,) for r in done]
+            )
+        self._lessons -= sum(1 for r in done if r.op is not Op.REVOKE)
+        return done
+
+    def pending_of(self, author: bytes) -> list[Row]:
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE author = ? AND pending IS NOT NULL",
+            (author,),
+        )
+        return [_row(r) for r in rows]
+
+    def journal_since(self, serial: int) -> tuple[int, list[int]]:
+        """(last serial, seqs journalled after ``serial``): what a replica snapshot misses."""
+        rows = self.db.execute(
+            "SELECT serial, seq FROM replica_journal WHERE serial > ? ORDER BY serial", (serial,)
+        ).fetchall()
+        return (rows[-1][0] if rows else serial), [r[1] for r in rows]
+
+    def journal_serial(self) -> int:
+        return self.db.execute("SELECT coalesce(max(serial), 0) FROM replica_journal").fetchone()[0]
+
+    def trim_journal(self, serial: int) -> None:
+        """Forget the entries a durable snapshot includes."""
+        self.db.execute("DELETE FROM replica_journal WHERE serial <= ?", (serial,))
 
     def add_tombstone(self, record_id: bytes, created_at: int, reason: str) -> None:
         with self._write():
@@ -519,14 +644,18 @@ class Store:
                 out[r[0]] = (_row(r), np.frombuffer(r[-1], np.float32))
         return out
 
-    def vectors_since(self, seq: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(seqs, vectors) of every stored lesson with seq > ``seq``, in batches: what the
-        replica replays after its snapshot."""
+    def vectors_since(
+        self, seq: int, batch: int = 4096, pending: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(seqs, vectors) of every stored checked lesson (or, with ``pending``, of every one
+        waiting for the check) with seq > ``seq``, in batches: what the replica replays after
+        its snapshot (and the pending index loads at start)."""
         last = seq
+        state = "IS NOT NULL" if pending else "IS NULL"
         while True:
             rows = self.db.execute(
-                "SELECT seq, vector FROM records WHERE seq > ? AND vector IS NOT NULL "
-                "ORDER BY seq LIMIT ?",
+                f"SELECT seq, vector FROM records WHERE seq > ? AND vector IS NOT NULL "
+                f"AND pending {state} ORDER BY seq LIMIT ?",
                 (last, batch),
             ).fetchall()
             if not rows:
@@ -538,9 +667,11 @@ class Store:
             )
 
     def active_lesson_seqs(self) -> np.ndarray:
-        """The seqs of every active lesson with a vector: what the replica must hold."""
+        """The seqs of every checked active lesson with a vector: what the replica must hold
+        (records waiting for the embedding check are in the pending index instead)."""
         rows = self.db.execute(
-            "SELECT seq FROM records WHERE status = 0 AND op != 2 AND vector IS NOT NULL"
+            "SELECT seq FROM records WHERE status = 0 AND op != 2 AND vector IS NOT NULL "
+            "AND pending IS NULL"
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
@@ -562,7 +693,8 @@ class Store:
         marks = ",".join("?" * len(clusters))
         return dict(
             self.db.execute(
-                f"SELECT cluster, count(*) FROM records WHERE status = 0 AND cluster IN ({marks}) "
+                "SELECT cluster, count(*) FROM records WHERE status = 0 AND pending IS NULL "
+                f"AND cluster IN ({marks}) "
                 "GROUP BY cluster",
                 [int(c) for c in clusters],
             ).fetchall()
@@ -599,19 +731,27 @@ class Store:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT op, status, count(*) FROM records GROUP BY op, status")
+        """Records by state; ``active`` counts checked lessons only, ``pending`` those that
+        wait for the embedding check (whatever their status)."""
+        rows = self.db.execute(
+            "SELECT op, status, pending IS NOT NULL, count(*) FROM records "
+            "GROUP BY op, status, pending IS NOT NULL"
+        )
         out = {
             "total": 0,
             "active": 0,
+            "pending": 0,
             "revoked": 0,
             "superseded": 0,
             "invalid": 0,
             "revocations": 0,
         }
-        for op, status, n in rows:
+        for op, status, pending, n in rows:
             out["total"] += n
             if op == Op.REVOKE:
                 out["revocations"] += n
+            elif pending and status == Status.ACTIVE:
+                out["pending"] += n
             else:
                 out[Status(status).name.lower()] += n
         return out
@@ -635,8 +775,9 @@ class Store:
         return out
 
     def active_page(self, after_seq: int, limit: int, domain: str | None = None) -> list[Row]:
-        """Active lessons with seq > ``after_seq`` in seq order: what ``export`` streams."""
-        where, params = "op != 2 AND status = 0 AND seq > ?", [after_seq]
+        """Active lessons with seq > ``after_seq`` in seq order: what ``export`` streams.
+        Records still waiting for the embedding check are not exported."""
+        where, params = "op != 2 AND status = 0 AND pending IS NULL AND seq > ?", [after_seq]
         if domain:
             where += " AND (domain = ? OR substr(domain, 1, ?) = ?)"
             params += [domain, len(domain) + 1, domain + "."]

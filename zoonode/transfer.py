@@ -9,6 +9,7 @@ checks it like anything else it receives and answers for it alone. Every error i
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ def parse_lines(lines: Sequence[str | bytes]) -> Parsed:
     file read as such): one that is not UTF-8 is that line's ``bad_text`` error."""
     lessons, wires, errors = [], [], []
     for number, line in enumerate(lines, 1):
+        if number == 1:  # a byte order mark starts the file (Windows editors write one)
+            line = line.removeprefix(b"\xef\xbb\xbf" if isinstance(line, bytes) else "\ufeff")
         if not line.strip():
             continue
         size = len(line) if isinstance(line, bytes) else len(line.encode("utf-8", "replace"))
@@ -82,6 +85,15 @@ def _chunks(items: list[tuple[int, str]], batch: int) -> list[list[tuple[int, st
     return out
 
 
+def _own(message: str) -> str:
+    """A batch item's message as its line's: ``experiences[3].confidence ...`` names the item
+    by its place in one request, which the reader cannot see; the line number says it."""
+    return _ITEM_PREFIX.sub(lambda m: "" if m[1] == "experiences" else "wire", message, count=1)
+
+
+_ITEM_PREFIX = re.compile(r"^(experiences|wires)\[\d+\]\.?")
+
+
 def import_lines(
     client: Any,
     lines: Sequence[str | bytes],
@@ -109,7 +121,7 @@ def import_lines(
             for (number, _), result in zip(chunk, results, strict=True):
                 if "error" in result:
                     err = result["error"]
-                    report.errors.append((number, err["code"], err["message"]))
+                    report.errors.append((number, err["code"], _own(err["message"])))
                 else:
                     report.outcomes[result["outcome"]] += 1
             progress(len(chunk))

@@ -46,6 +46,7 @@ from zoonode.net.validation import (
     check_message,
     encode_batch,
 )
+from zoonode.protocol import SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class GossipStats:
     messages_out: int = 0
     records_out: int = 0
     not_forwarded: int = 0  # messages whose records were all ignored
+    reader_wait_s: float = 0.0  # time the subscription reader spent handing records over
+    queue_full: int = 0  # messages ignored because the ingest queue had no room for them
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -137,6 +140,12 @@ class Channel:
     check: Callable[[bytes], MessageVerdict]
     on_records: Callable[[list[Checked], str], Awaitable[None]]
     stats: GossipStats = field(default_factory=GossipStats)
+    # Records the receiving queue can still take (None: unbounded). py-libp2p drops a
+    # validated message when the subscription's 32-message channel is full, so the reader
+    # must never wait: a message whose records would not fit beside those already accepted and
+    # not yet handed over is ignored (reason backlog) before it is accepted, never lost after.
+    room: Callable[[], int] | None = None
+    inflight: int = 0  # records accepted by the validator, not yet handed to on_records
     # Validated messages wait here for the subscription reader; bounded, oldest dropped
     # (a message validated but never delivered, e.g. a duplicate, must not leak).
     pending: OrderedDict[bytes, tuple[list[Checked], str]] = field(default_factory=OrderedDict)
@@ -150,8 +159,11 @@ class Gossip:
 
     The experience topic is always on; ``add_feedback`` adds the feedback topic (NETWORK.md
     §4.7) before ``run_services``. ``on_records`` receives the ACCEPTed records of each valid
-    message with the forwarding peer; it must return quickly (the node queues them durably for
-    the embedding check).
+    message with the forwarding peer; it must return quickly (the node queues them for the
+    store, where they wait for the embedding check). ``backlog(record)``: whether the record
+    may join the node's backlog of unchecked records; when not, the record is ignored (reason
+    ``backlog``). ``room()``: records the ingest queue can still take (experience topic only;
+    the feedback topic has its own queue and room, never the records' backlog).
     """
 
     def __init__(
@@ -163,6 +175,8 @@ class Gossip:
         on_records: Callable[[list[Checked], str], Awaitable[None]],
         *,
         flood_rate: float = 50.0,
+        backlog: Callable[[SignedRecord], bool] = lambda r: True,
+        room: Callable[[], int] = lambda: 1 << 30,
     ) -> None:
         from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
         from libp2p.pubsub.pubsub import Pubsub
@@ -172,6 +186,12 @@ class Gossip:
         self.known = known
         self.banned = banned
         self.on_records = on_records
+        self.backlog = backlog  # may this record wait for the embedding check? (else IGNORE)
+        # Records the ingest queue can still take. py-libp2p drops a validated message when
+        # the subscription's 32-message channel is full, so the reader must never wait: a
+        # message whose records would not fit beside those already accepted and not yet
+        # handed over is ignored (reason backlog) before it is accepted, never lost after.
+        self.room = room
         self.topic = topic_for(policy.space)
         self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
         self.meter = FloodMeter()
@@ -187,9 +207,11 @@ class Gossip:
                 self.known,
                 self.limiter,
                 self.banned,
+                backlog=self.backlog,
             ),
             on_records,
             self.stats,
+            room=lambda: self.room(),
         )
         self.feedback: Channel | None = None
         self.router = GossipSub(
@@ -238,10 +260,14 @@ class Gossip:
         known: Callable[[bytes], bool],
         standing: Callable[[bytes, bytes], tuple[int, bytes] | None],
         on_records: Callable[[list[Checked], str], Awaitable[None]],
+        room: Callable[[], int] | None = None,
     ) -> Channel:
         """The feedback topic (``/zoo/dso/1/<space>/feedback``): its records are checked by
         ``check_feedback`` (``known`` ids, the ``standing`` verdict of a voter on a target,
-        the voter's own token bucket) and handed to ``on_records``. Call before running."""
+        the voter's own token bucket) and handed to ``on_records``; ``room()`` is what the
+        feedback queue can still take (a message that does not fit is ignored, reason
+        ``backlog``; the records' backlog of unchecked lessons never limits it). Call before
+        running."""
         limiter = AuthorLimiter(self.policy.feedback_rate, self.policy.feedback_burst)
         topic = topic_for(self.policy.space, FEEDBACK_TOPIC)
         self.feedback = self.channels[topic] = Channel(
@@ -257,9 +283,15 @@ class Gossip:
                 standing=standing,
             ),
             on_records,
+            room=room,
         )
         self.feedback_limiter = limiter
         return self.feedback
+
+    @property
+    def inflight(self) -> int:
+        """Experience records accepted by the validator, not yet handed to ``on_records``."""
+        return self.channels[self.topic].inflight
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, forwarder, msg) -> bool:
@@ -285,10 +317,20 @@ class Gossip:
             return False
         accepted = outcome.accepted
         message_id = content_message_id(msg)
+        room = channel.room
+        if accepted and room is not None and room() - channel.inflight < len(accepted):
+            stats.verdicts[f"accept:{Reason.OK}"] -= len(accepted)
+            stats.verdicts[f"ignore:{Reason.BACKLOG}"] += len(accepted)
+            stats.queue_full += 1
+            self._ignored[message_id] = None  # not forwarded, nobody penalised
+            while len(self._ignored) > MAX_PENDING:
+                self._ignored.popitem(last=False)
+            return True
         if accepted:
             channel.pending[message_id] = (accepted, str(forwarder))
+            channel.inflight += len(accepted)
             while len(channel.pending) > MAX_PENDING:
-                channel.pending.popitem(last=False)
+                channel.inflight -= len(channel.pending.popitem(last=False)[1][0])
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
             self.meter.hit(forwarder, time.monotonic())  # nothing new: counts toward a flood
             self._ignored[message_id] = None
@@ -322,8 +364,11 @@ class Gossip:
         while True:
             msg = await subscription.get()
             accepted, forwarder = channel.pending.pop(content_message_id(msg), ([], ""))
+            channel.inflight -= len(accepted)
             if accepted:
+                started = time.monotonic()
                 await channel.on_records(accepted, forwarder)
+                channel.stats.reader_wait_s += time.monotonic() - started
 
     async def publish(self, wires: list[bytes]) -> None:
         """Queue experience records for the experience topic."""

@@ -27,6 +27,7 @@ SYNC_PROTOCOL = "/zoo/dso/sync/1"
 QUERY_PROTOCOL = "/zoo/dso/query/2"  # /1 carried the backbone's private 384-d coordinates
 
 BAD_REQUEST = "bad_request"
+INTERNAL = "internal"  # the responder failed on a request it could read (NETWORK.md §5)
 
 
 class RpcError(Exception):
@@ -170,6 +171,9 @@ def serve(
                     resp = error_answer(exc.code, exc.message)
                 except (KeyError, TypeError, ValueError) as exc:
                     resp = error_answer(BAD_REQUEST, f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # a fault of ours: answer it, and say so loudly
+                    log.warning("rpc from %s: the handler failed", peer, exc_info=exc)
+                    resp = error_answer(INTERNAL, f"{type(exc).__name__}")
                 await write_frame(stream, resp)
         except (RpcError, trio.TooSlowError) as exc:
             log.debug("rpc from %s failed: %s", peer, exc)

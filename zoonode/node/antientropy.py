@@ -3,9 +3,18 @@ records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we l
 (``zoonode.net.sync`` holds the pure digest). Two record types are synced, each with its own
 digest: experiences (no ``type``, the default) and feedback (``"type": "feedback"``); a peer
 that answers ``unknown_type`` for feedback (an older node) is asked again after
-``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue. A
-peer that does not serve sync (another implementation may not) or
-whose rounds fail is backed off and logged once per state change, not once per round."""
+``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue;
+``SYNC_PARALLEL`` differing buckets are fetched at a time, and a round that brought records is
+followed by the next at once (a joining node catches up at the store's pace, not one round per
+interval). Fetching experiences stops when the backlog of records waiting for the embedding
+check is full for their authors (they are fetched after it drains); feedback has its own
+queue and is never held back by that backlog. A peer that does not serve sync (another
+implementation may not) or whose rounds fail is backed off and logged once per state change,
+not once per round.
+
+Records waiting for the embedding check are held, so they are in the digest and served to
+peers (who check them themselves, as they check gossip); one that fails becomes a tombstone,
+which the digest counts the same, so the digest does not change when a record is checked."""
 
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ log = logging.getLogger("zoonode.node.sync")
 
 SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
 ROUND_TIMEOUT = 120.0
+MAX_GET_ROOM = 128  # one ``get`` of records
+SYNC_PARALLEL = 4  # buckets fetched at a time from one peer
 
 
 UNSUPPORTED_RETRY = 600.0  # seconds before asking again a peer that does not serve sync
@@ -61,6 +72,7 @@ class AntiEntropy:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
         from zoonode.net.rpc import BAD_REQUEST, ServeError
         from zoonode.net.sync import FEEDBACK_TYPE, MAX_GET, MAX_IDS, RECORD_TYPE
+        from zoonode.protocol.record import MAX_CREATED_AT
 
         node = self.node
         kind = req.get("type", RECORD_TYPE)
@@ -79,6 +91,9 @@ class AntiEntropy:
             start, end = req.get("start"), req.get("end")
             if type(start) is not int or type(end) is not int:
                 raise ServeError(BAD_REQUEST, "ids needs int start and end (ms)")
+            # created_at is 0..2^53 - 1 (SPEC §2.1): clamping keeps the answer and keeps
+            # msgpack's 64-bit ints (up to 2^64 - 1) inside SQLite's signed 64-bit range
+            start, end = (min(max(t, 0), MAX_CREATED_AT + 1) for t in (start, end))
             ids = await node.in_kb(table.ids_between, start, end, MAX_IDS)
             return {"ids": ids}
         if op == "get":
@@ -96,8 +111,13 @@ class AntiEntropy:
                 entry = self.peers.get(key) or self._track(key)
                 if time.monotonic() >= entry.next_round:
                     entry.next_round = time.monotonic() + self.interval  # until the round ends
+                    fetched = 0
                     with trio.move_on_after(ROUND_TIMEOUT):
-                        await self.sync_with(peer)
+                        fetched = await self.sync_with(peer)
+                    if fetched and entry.state == "ok":
+                        # More may be waiting: the next round at once (a full backlog makes
+                        # it fetch nothing, and then the interval applies).
+                        entry.next_round = time.monotonic()
             await trio.sleep(0.5)
 
     def _track(self, key: str) -> PeerSync:
@@ -161,7 +181,7 @@ class AntiEntropy:
                     self.node.counters["sync:feedback_unsupported"] += 1
         except Unsupported:
             self._outcome(key, "unsupported")
-            return 0
+            return fetched
         except RpcError as exc:
             self._outcome(key, "failing", f"{exc.code}: {exc}")
             return fetched
@@ -174,8 +194,50 @@ class AntiEntropy:
         return fetched
 
     async def _sync_type(self, peer, kind: str) -> int:
-        """digest -> ids of differing buckets -> get what we lack, for one record type.
-        Raises RpcError, or ValueError on a malformed answer."""
+        """digest -> ids of differing buckets -> get what we lack, for one record type
+        (``experience`` or ``feedback``), ``SYNC_PARALLEL`` buckets at a time (each costs two
+        or more request round trips; one at a time, a joining node waited on the network).
+        Experiences stop while the backlog has no room (``_room``); feedback never does.
+        Returns how many records were queued; raises RpcError (the first a bucket met), or
+        ValueError on a malformed answer."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
+
+        node = self.node
+        if kind == "experience":
+            digest, base, room = node.digest, {}, self._room
+        else:
+            digest, base, room = node.feedback_digest, {"type": kind}, _always
+        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+        theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest", **base})
+        if theirs.get("bucket_ms") != digest.bucket_ms:
+            raise ValueError("other bucket_ms")
+        buckets = theirs.get("buckets")
+        if not isinstance(buckets, dict):
+            raise ValueError("digest without buckets")
+        starts = digest.differing(buckets)
+        fetched = [0]
+        errors: list[Exception] = []
+
+        async def worker() -> None:
+            while starts and not errors and room():
+                start = starts.pop(0)
+                try:
+                    fetched[0] += await self._bucket(peer, kind, start, limiter, room)
+                except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    errors.append(exc)  # raised below, once the other workers stopped
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(SYNC_PARALLEL):
+                nursery.start_soon(worker)
+        if errors:
+            raise errors[0]
+        if starts:
+            log.info("sync: backlog full, fetching the rest after it drains")
+        return fetched[0]
+
+    async def _bucket(self, peer, kind: str, start: int, limiter: AuthorLimiter, room) -> int:
+        """Fetch what we lack of one time bucket of ``kind``; returns how many records were
+        queued."""
         from zoonode.net.rpc import SYNC_PROTOCOL, request
         from zoonode.net.sync import MAX_GET
         from zoonode.net.validation import check_feedback
@@ -183,51 +245,57 @@ class AntiEntropy:
         node = self.node
         if kind == "experience":
             digest, table, base = node.digest, node.kb.store, {}
-            check, enqueue, extra = check_record, node.ingest.enqueue, {}
+            check, enqueue = check_record, node.ingest.enqueue
+            extra: dict[str, Any] = {"backlog": node.backlog_admits}
+            prefix = "sync"
         else:
             digest, table, base = node.feedback_digest, node.kb.store.feedback, {"type": kind}
             check, enqueue = check_feedback, node.feedback.enqueue
             extra = {"standing": table.standing}
-        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+            prefix = "sync_feedback"
         fetched = 0
-        theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest", **base})
-        if theirs.get("bucket_ms") != digest.bucket_ms:
-            raise ValueError("other bucket_ms")
-        buckets = theirs.get("buckets")
-        if not isinstance(buckets, dict):
-            raise ValueError("digest without buckets")
-        for start in digest.differing(buckets):
-            listed = await request(
+        listed = await request(
+            node.host,
+            peer,
+            SYNC_PROTOCOL,
+            {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base},
+        )
+        ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
+        missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
+        for chunk in range(0, len(missing), MAX_GET):
+            if not room():
+                break
+            got = await request(
                 node.host,
                 peer,
                 SYNC_PROTOCOL,
-                {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base},
+                {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
             )
-            ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-            missing = await node.in_kb(lambda ids=ids: [i for i in ids if not table.known(i)])
-            for chunk in range(0, len(missing), MAX_GET):
-                got = await request(
-                    node.host,
-                    peer,
-                    SYNC_PROTOCOL,
-                    {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
+            for wire in got.get("wires", []):
+                checked = check(
+                    wire,
+                    node.policy,
+                    now_ms(),
+                    table.known,
+                    limiter,
+                    node.banned.__contains__,
+                    **extra,
                 )
-                for wire in got.get("wires", []):
-                    checked = check(
-                        wire,
-                        node.policy,
-                        now_ms(),
-                        table.known,
-                        limiter,
-                        node.banned.__contains__,
-                        **extra,
-                    )
-                    prefix = "sync" if kind == "experience" else "sync_feedback"
-                    node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
-                    if checked.verdict is Verdict.ACCEPT:
-                        await enqueue(checked.record, str(peer))
-                        fetched += 1
+                node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
+                if checked.verdict is Verdict.ACCEPT:
+                    await enqueue(checked.record, str(peer))
+                    fetched += 1
         return fetched
+
+    def _room(self) -> bool:
+        """Room in the backlog for a newcomer's records (an ingest queue's worth spare)."""
+        node = self.node
+        waiting = node.kb.backlog.total + node.ingest.queued()
+        return waiting + MAX_GET_ROOM <= node.bounds.total
+
+
+def _always() -> bool:
+    return True
 
 
 def _sync_protocol() -> str:

@@ -1,8 +1,8 @@
 """The node: identity, encoder, knowledge base, libp2p host and gossip under one trio
 nursery, and the rooms that do its jobs:
 
-- ``ingest``: publish, import, revoke, and peers' records through the embedding check to the
-  store;
+- ``ingest``: publish, import, revoke, and peers' records into the store as pending;
+- ``checker``: the embedding check of pending records, in the background and on demand;
 - ``query``: robust selection, local and federated, and the query protocol's server;
 - ``antientropy``: the sync protocol, both sides;
 - ``discovery``: bootstrap and mDNS dialling.
@@ -31,14 +31,16 @@ from zoonode.datadir import DataDirLock
 from zoonode.identity import IDENTITY_FILE, load_or_create_identity
 from zoonode.knowledge import Filters, KnowledgeBase
 from zoonode.native.encoder import Encoder, EncoderSettings
-from zoonode.net.validation import Policy
+from zoonode.net.validation import BacklogBounds, Policy, backlog_admits
 from zoonode.node.antientropy import AntiEntropy
+from zoonode.node.checker import Checker
 from zoonode.node.discovery import Discovery, unwrap
 from zoonode.node.feedback import Feedback
 from zoonode.node.ingest import Ingest
 from zoonode.node.query import Query
-from zoonode.protocol import SignedRecord, public_key_bytes
+from zoonode.protocol import Op, SignedRecord, public_key_bytes
 from zoonode.selection import Selection
+from zoonode.store import Row
 
 log = logging.getLogger("zoonode.node")
 
@@ -132,7 +134,11 @@ class Node:
         # cos(W^T v_hat, u): honest records 0.963-0.985 on real text; a random text's code
         # median 0.09 (benchmarks/embedding_check.py).
         self.embedding_threshold = net.embedding_threshold
+        self.bounds = BacklogBounds(cfg.ingest.max_pending, cfg.ingest.max_pending_per_author)
+        self.kb.backlog.vouched |= self.trusted_authors | {self.author}
+        self.counters: dict[str, int] = defaultdict(int)
         self.ingest = Ingest(self)
+        self.checker = Checker(self)
         self.queries = Query(self)
         self.antientropy = AntiEntropy(self)
         self.discovery = Discovery(self)
@@ -144,14 +150,18 @@ class Node:
             self.banned.__contains__,
             self.ingest.on_gossip,
             flood_rate=net.flood_rate,
+            backlog=self.backlog_admits,
+            room=self.ingest.room,
         )
-        # Feedback (issue #24): its own table, digest, topic and room (node/feedback.py).
+        # Feedback (issue #24): its own table, digest, topic, queue and room (node/feedback.py).
         self.feedback_digest = Digest.build(self.kb.store.feedback.all_ids())
         self.feedback = Feedback(self)
         self.gossip.add_feedback(
-            self.kb.store.feedback.known, self.kb.store.feedback.standing, self.feedback.on_gossip
+            self.kb.store.feedback.known,
+            self.kb.store.feedback.standing,
+            self.feedback.on_gossip,
+            room=self.feedback.room,
         )
-        self.counters: dict[str, int] = defaultdict(int)
         self._kb_lock = trio.CapacityLimiter(1)
         self._cancel: trio.CancelScope | None = None
         self.api_url: str | None = None
@@ -192,6 +202,7 @@ class Node:
                 async with self.host.run(listen_addrs=listen):
                     try:
                         nursery.start_soon(self.ingest.run)
+                        nursery.start_soon(self.checker.run)
                         nursery.start_soon(self.feedback.run)
                         nursery.start_soon(self.antientropy.run)
                         nursery.start_soon(self.discovery.watch_departures)
@@ -217,6 +228,8 @@ class Node:
                                 log.warning("host close: %s", unwrap(exc))
         finally:
             try:
+                if self.api_url is not None:  # ours: nobody else writes it while we hold the lock
+                    (self.cfg.data_path / API_URL_FILE).unlink(missing_ok=True)
                 self.kb.close()
             finally:
                 self.lock.release()
@@ -232,6 +245,17 @@ class Node:
     async def connect(self, addr: str) -> None:
         if not await self.dial_bootstrap([addr]):
             raise ConnectionError(f"could not connect to {addr}")
+
+    def backlog_admits(self, record: SignedRecord) -> bool:
+        """May this record wait for the embedding check now (``ingest`` bounds)? Read on the
+        trio thread from the in-memory backlog counts: no SQLite in the validator."""
+        if record.experience.op is Op.REVOKE:
+            return True  # stored without the check
+        backlog = self.kb.backlog
+        author = record.experience.author
+        return backlog_admits(
+            backlog.total, backlog.of(author), author in backlog.vouched, self.bounds
+        )
 
     # -- knowledge-base work, one thread at a time ---------------------------------------------
     async def in_kb(self, fn: Callable, *args: Any) -> Any:
@@ -256,7 +280,25 @@ class Node:
         filters: Filters | None = None,
         federated: bool = False,
     ) -> tuple[Selection, dict[bytes, SignedRecord]]:
-        return await self.queries.query(text, vector, k, filters, federated)
+        self.checker.queries += 1  # the background check waits for running queries
+        try:
+            return await self.queries.query(text, vector, k, filters, federated)
+        finally:
+            self.checker.queries -= 1
+            self.checker.active()
+
+    async def experience(self, record_id: bytes) -> Row | None:
+        """One stored record by id, for ``GET /v1/experiences/{id}``: a record still waiting
+        for the embedding check is checked first (None if it fails)."""
+
+        def get() -> Row | None:
+            row = self.kb.get(record_id)
+            if row is not None and row.pending:
+                self.checker.check_now([row.seq])
+                row = self.kb.get(record_id)
+            return row
+
+        return await self.in_kb(get)
 
     async def export_page(
         self, after_seq: int, limit: int, domain: str | None = None
@@ -288,6 +330,9 @@ class Node:
             "messages_in": self.gossip.stats.messages_in,
             "messages_out": self.gossip.stats.messages_out,
             "messages_not_forwarded": self.gossip.stats.not_forwarded,
+            "gossip_reader_wait_s": self.gossip.stats.reader_wait_s,
+            "ingest_queue": self.ingest.queued(),
+            "backlog": self.checker.status(),
             "replica": len(self.kb.replica),
             "peers": len(self.connected_peers()),
             "feedback_verdicts": dict(self.gossip.feedback.stats.verdicts)
@@ -315,21 +360,32 @@ async def run_node(cfg: Config, *, announce: Callable[[NodeInfo], None] | None =
         async with trio.open_nursery() as nursery:
             info = await nursery.start(node.run)
             log.info("node started: peer %s, author %s", info.peer_id, node.author.hex())
-            (announce or _print_info)(info)
+            if announce is None:
+                _print_info(info, peers=len(node.connected_peers()))
+            else:
+                announce(info)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
             node.stop()
 
 
-def _print_info(info: NodeInfo) -> None:
+def _print_info(info: NodeInfo, peers: int = 0) -> None:
     print(f"zoonode node running  peer id {info.peer_id}", flush=True)
     for addr in info.addrs:
         print(f"  listening on {addr}", flush=True)
+    waiting = info.counts.get("pending", 0)
     print(
-        f"  space {info.space}  data {info.data_dir}  experiences {info.counts['active']}",
+        f"  space {info.space}  data {info.data_dir}  experiences {info.counts['active']}"
+        + (f" (+{waiting} waiting for the embedding check)" if waiting else ""),
         flush=True,
     )
     if info.api:
         print(f"  HTTP API {info.api}  (token in {info.data_dir}/api.token)", flush=True)
+    if not peers:
+        from zoonode.humanview import JOIN_HINT
+
+        print("  " + JOIN_HINT, flush=True)
+        for addr in info.addrs:
+            print(f"    --bootstrap {addr}", flush=True)
     print(json.dumps({"event": "started", **info.as_dict()}), file=sys.stderr, flush=True)

@@ -26,6 +26,60 @@ DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried aga
 FORGET_AFTER = 30.0
 
 
+class ListenError(RuntimeError):
+    """A ``network.listen`` address this machine cannot listen on (not one of its
+    addresses, a port in use, no permission); the message names the address."""
+
+
+def check_listen(addrs: Sequence[str]) -> None:
+    """Bind each TCP listen address once, as the host is about to, and raise ListenError
+    naming the first that fails and why: py-libp2p only logs a failed listener and runs on
+    without it, unreachable. Port 0 checks the IP only."""
+    import socket
+
+    import multiaddr
+
+    for addr in addrs:
+        m = multiaddr.Multiaddr(addr)
+        names = [p.name for p in m.protocols()]
+        if "tcp" not in names or not ({"ip4", "ip6"} & set(names)):
+            continue
+        ip6 = "ip6" in names
+        host = m.value_for_protocol("ip6" if ip6 else "ip4")
+        port = int(m.value_for_protocol("tcp"))
+        with socket.socket(socket.AF_INET6 if ip6 else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as trio's listeners
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
+def check_api_listen(listen: str) -> None:
+    """Bind the HTTP API's ``HOST:PORT`` once, as the server is about to, and raise
+    ListenError naming it and why: otherwise a foreign IP was a bare ``[Errno 99]`` line and a
+    port in use exit 1, unlike the same faults on ``--listen`` (exit 2). ``""`` (no API) and
+    port 0 (any free port, IP checked) pass."""
+    import socket
+
+    if not listen:
+        return
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as hypercorn's
+            sock.bind(where)
+    except OSError as exc:  # socket.gaierror included
+        raise ListenError(
+            f"cannot serve the HTTP API on {listen}: {exc.strerror or exc}; "
+            "--api 127.0.0.1:0 picks any free port"
+        ) from None
+
+
 def unwrap(exc: BaseException) -> str:
     """ExceptionGroups from libp2p nest 10+ deep (pitfall 11): show the innermost cause."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:

@@ -151,6 +151,10 @@ class Feedback:
             assert isinstance(checked.record, SignedFeedback)
             await self._send.send((checked.record, forwarder))
 
+    def room(self) -> int:
+        """Verdicts the queue can still take (the feedback topic's gossip room)."""
+        return QUEUE - self._send.statistics().current_buffer_used
+
     async def enqueue(self, record: SignedFeedback, peer: str) -> None:
         """A verdict fetched by sync, already validated like gossip."""
         await self._send.send((record, peer))

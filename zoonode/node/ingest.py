@@ -1,16 +1,20 @@
 """The ingest room: what enters the store, from us (publish, revoke), a file (import) or
 the network (gossip, sync).
 
-Data flow of a peer's record: gossip validator (decode, signature, space, time, known, author
-rate; REJECT penalises the forwarder) -> forwarded by GossipSub -> ingest queue -> embedding
-check (re-encode the text; the code must agree) -> store (durable) -> replica. A record that
-fails the embedding check is never stored or returned; its id is tombstoned and its author
-banned on this node. Records missed while away come back through sync and take the same path.
+Data flow of a peer's record, stage 1 (the store's pace): gossip validator (decode, signature,
+space, time, known, banned, backlog bound, author rate; REJECT penalises the forwarder) ->
+forwarded by GossipSub -> ingest queue -> stored durably at once as *pending*, indexed at the
+vector its code implies -> replica. Stage 2 (the encoder's pace) is ``checker``: the text is
+re-encoded and the record promoted to active, or removed, tombstoned and its author banned.
+Nothing pending is ever returned to an agent unchecked (``query``). Records missed while away
+come back through sync and take the same path. Our own lessons are encoded here, so they are
+stored active at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,10 +24,9 @@ from zoonode.experiences import create_revocation, now_ms, sign_lessons
 from zoonode.net.validation import (
     AuthorLimiter,
     Checked,
-    Reason,
     Verdict,
     check_record,
-    embedding_agreement,
+    code_vectors,
 )
 from zoonode.protocol import Op, SignedRecord, decode
 from zoonode.store import Incoming, InsertResult, Outcome, Status, StorageFull
@@ -33,8 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zoonode.node.ingest")
 
-INGEST_BATCH = 64
+INGEST_BATCH = 256
 INGEST_QUEUE = 10_000
+FILL_S = 0.02  # longest a batch waits to fill
 
 
 class Ingest:
@@ -119,8 +123,9 @@ class Ingest:
     # -- records signed by others ---------------------------------------------------------------
     async def import_records(self, wires: Sequence[bytes]) -> list[tuple[bytes | None, str]]:
         """Ingest signed records from a file (another node's export): the gossip checks, the
-        embedding check, the store, then gossip onward. Returns (id, outcome) per wire, the
-        outcome being accepted, duplicate or ``rejected:<reason>``."""
+        store (pending: the embedding check follows in the background), then gossip onward.
+        Returns (id, outcome) per wire, the outcome being accepted (stored), duplicate or
+        ``rejected:<reason>``. The operator's import is not held to the backlog bounds."""
         node = self.node
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # a file, not a live flood
         out: list[tuple[bytes | None, str]] = []
@@ -136,8 +141,10 @@ class Ingest:
             out.append((record.id, "pending"))
             fresh.append((record, "import"))
         outcomes: dict[bytes, str] = {}
-        stored = await node.in_kb(self.check_and_store, fresh, outcomes) if fresh else []
+        stored = await node.in_kb(self.store_pending, fresh, outcomes) if fresh else []
         node.note_stored(stored)
+        node.checker.active()
+        node.checker.notify()
         await node.gossip.publish([r.wire for r in stored])
         out = [
             (record_id, outcomes.get(record_id, "duplicate") if outcome == "pending" else outcome)
@@ -148,76 +155,79 @@ class Ingest:
         return out
 
     async def on_gossip(self, accepted: list[Checked], forwarder: str) -> None:
-        """Gossip's callback: records that passed validation wait for the embedding check."""
+        """Gossip's callback: records that passed validation join the ingest queue, which
+        drains at the store's pace. The validator admitted them only if they fit
+        (:meth:`room`), so the reader does not wait."""
         for checked in accepted:
             assert checked.record is not None
-            await self._send.send((checked.record, forwarder))
+            try:
+                self._send.send_nowait((checked.record, forwarder))
+            except trio.WouldBlock:  # not expected: admission leaves the room
+                await self._send.send((checked.record, forwarder))
 
     async def enqueue(self, record: SignedRecord, peer: str) -> None:
-        """A record fetched by sync, already validated like gossip."""
+        """A record fetched by sync, already validated like gossip. Sync takes at most half
+        the queue, so that gossip always finds room."""
+        while self.queued() >= INGEST_QUEUE // 2:
+            await trio.sleep(0.01)
         await self._send.send((record, peer))
 
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    def room(self) -> int:
+        """Records the ingest queue can still take (the gossip validator's admission)."""
+        return INGEST_QUEUE - self.queued()
+
     async def run(self) -> None:
-        """Drain the queue in batches of up to ``INGEST_BATCH`` (50 ms to fill one)."""
+        """Drain the queue in batches of up to ``INGEST_BATCH`` (``FILL_S`` to fill one)."""
         while True:
             batch = [await self._recv.receive()]
-            with trio.move_on_after(0.05):
+            with trio.move_on_after(FILL_S):
                 while len(batch) < INGEST_BATCH:
                     batch.append(await self._recv.receive())
             try:
-                stored = await self.node.in_kb(self.check_and_store, batch)
+                stored = await self.node.in_kb(self.store_pending, batch)
             except StorageFull as exc:
                 # Not stored, so not in the digest: sync fetches them again once there is room.
                 self.node.counters["ingest:storage_full"] += len(batch)
                 log.warning("%d peer records dropped: %s", len(batch), exc)
                 continue
             self.node.note_stored(stored)
+            self.node.checker.active()
+            self.node.checker.notify()
 
-    def check_and_store(
+    def store_pending(
         self, batch: list[tuple[SignedRecord, str]], outcomes: dict[bytes, str] | None = None
     ) -> list[SignedRecord]:
-        """Runs in the knowledge-base thread. Returns the records newly stored; fills
-        ``outcomes`` (id -> accepted / duplicate / rejected:<reason>) when given."""
+        """Knowledge-base thread: store peers' records at once, lessons as pending with the
+        vectors their codes imply (revokes need no check). Returns the records newly stored;
+        fills ``outcomes`` (id -> accepted / duplicate / rejected:<reason>) when given."""
         node = self.node
-        store = node.kb.store
+        kb = node.kb
         outcomes = {} if outcomes is None else outcomes
-        for r, _ in batch:
-            if store.known(r.id):
-                outcomes[r.id] = "duplicate"
-        batch = [(r, p) for r, p in batch if not store.known(r.id)]
-        lessons = [(r, p) for r, p in batch if r.experience.op is not Op.REVOKE]
-        items = [Incoming(r, None, p) for r, p in batch if r.experience.op is Op.REVOKE]
-        if lessons:
-            compact = node.encoder.encode_compact([r.experience.text for r, _ in lessons])
-            agreement = embedding_agreement(
-                [r.experience.code for r, _ in lessons],
-                compact,
-                node.encoder.space_info.head,
-                node.encoder.space_info.v_ref,
-            )
-            for (record, peer), vector, agree in zip(lessons, compact, agreement, strict=True):
-                if agree >= node.embedding_threshold:
-                    items.append(Incoming(record, vector, peer))
-                    continue
-                node.counters[f"reject:{Reason.EMBEDDING_MISMATCH}"] += 1
-                outcomes[record.id] = f"rejected:{Reason.EMBEDDING_MISMATCH}"
-                log.warning(
-                    "embedding mismatch (agreement %.3f) in %s by author %s from %s: author banned",
-                    agree,
-                    record.id_hex[:16],
-                    record.experience.author.hex()[:16],
-                    peer,
-                )
-                store.add_tombstone(
-                    record.id, record.experience.created_at, Reason.EMBEDDING_MISMATCH
-                )
-                store.ban(record.experience.author, Reason.EMBEDDING_MISMATCH)
-                node.banned.add(record.experience.author)
-        results = node.kb.ingest(items) if items else []
+        fresh = []
+        for record, peer in batch:
+            if kb.store.known(record.id):
+                outcomes[record.id] = "duplicate"
+            else:
+                fresh.append((record, peer))
+        lessons = [(r, p) for r, p in fresh if r.experience.op is not Op.REVOKE]
+        space = node.encoder.space_info
+        vectors = code_vectors([r.experience.code for r, _ in lessons], space.head, space.v_ref)
+        queued: Counter[bytes] = Counter()
+        items = []
+        for (record, peer), vector in zip(lessons, vectors, strict=True):
+            author = record.experience.author
+            rank = kb.backlog.rank(author) + queued[author]
+            items.append(Incoming(record, vector, peer, pending=rank))
+            queued[author] += 1
+        items += [Incoming(r, None, p) for r, p in fresh if r.experience.op is Op.REVOKE]
+        results = kb.ingest(items) if items else []
         stored = []
         for item, result in zip(items, results, strict=True):
-            node.counters[f"store:{result.outcome.name.lower()}"] += 1
             outcome = result.outcome.name.lower()
+            node.counters[f"store:{outcome}"] += 1
             outcomes[item.record.id] = (
                 f"rejected:{result.reason}" if result.outcome is Outcome.REJECTED else outcome
             )

@@ -5,6 +5,12 @@ Federated queries travel in the canonical 7680-d space (float16, 15,360 bytes), 
 node's private compact coordinates: the asking node lifts its query through its own head, the
 answering node lowers it onto its own basis (``Encoder.lower``: head^T v), so peers with
 another backbone and a fitted head can ask and answer.
+
+Records waiting for the embedding check (pending) are candidates of a local query, scored by
+the vector their code implies; the few that selection would return are checked on demand,
+batched (``checker.check_now``), and selection runs again with their exact vectors, without
+those that failed. What a query returns has always passed the check. Federated answers we
+serve and export pages hold checked records only.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import trio
 from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters
 from zoonode.native.head import CANONICAL_DIM
-from zoonode.net.validation import AuthorLimiter, Verdict, check_record, embedding_agreement
-from zoonode.protocol import Op, SignedRecord, decode
+from zoonode.net.validation import AuthorLimiter, Verdict, check_record
+from zoonode.node.checker import CHECK_THREADS
+from zoonode.protocol import Op, ProtocolError, SignedRecord, check_domain, decode
 from zoonode.selection import (
     Candidate,
     Selection,
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zoonode.node.query")
 
+ON_DEMAND_ROUNDS = 3  # selections that may check pending picks before they are left out
 QUERY_VECTOR_BYTES = CANONICAL_DIM * 2  # float16
 DEFAULT_K = 10
 MAX_K = 200
@@ -89,9 +97,17 @@ class Query:
             )
 
         def local() -> tuple[np.ndarray, list, bool]:
-            q = node.encoder.encode_compact(text)[0] if vector is None else vector
+            # While the background check encodes (one thread), one thread here too: two
+            # encodes then share 2 cores without stalling on each other's thread barrier.
+            threads = CHECK_THREADS if node.kb.backlog.total else None
+            q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
             found = node.kb.search(
-                q, k=sel.candidates, filters=filters, weigh=weigh, per_cluster=sel.cluster_members
+                q,
+                k=sel.candidates,
+                filters=filters,
+                weigh=weigh,
+                per_cluster=sel.cluster_members,
+                pending=True,
             )
             return q, found, self.newcomers_may_answer_alone()
 
@@ -135,12 +151,51 @@ class Query:
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
         )
-        selection = select(q, candidates, settings)
+        unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
+        node.checker.touch(list(unchecked.values()))
+        selection = await self.select_checked(q, candidates, settings, unchecked)
         chosen = {
             s.candidate.id: records.get(s.candidate.id) or decode(wires[s.candidate.id])
             for s in selection.selected
         }
         return selection, chosen
+
+    async def select_checked(
+        self,
+        q: np.ndarray,
+        candidates: list[Candidate],
+        settings: SelectionSettings,
+        unchecked: dict[bytes, int],
+    ) -> Selection:
+        """``select``, where no record that has not passed the embedding check is selected:
+        the pending records a selection picks (at most k) are checked at once, in one encoder
+        batch; those that pass come back with their exact vectors and scores, those that fail
+        leave the candidates (their authors banned), and selection runs again. After
+        ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left out."""
+        node = self.node
+        unchecked = dict(unchecked)
+        for _ in range(ON_DEMAND_ROUNDS):
+            selection = select(q, candidates, settings)
+            picked = [
+                unchecked[s.candidate.id] for s in selection.selected if s.candidate.id in unchecked
+            ]
+            if not picked:
+                return selection
+            outcome = await node.in_kb(node.checker.check_now, picked)
+            by_seq = {seq: cid for cid, seq in unchecked.items()}
+            gone = {by_seq[s] for s in outcome.removed}
+            exact = {by_seq[s]: v for s, v in outcome.vectors.items()}
+            candidates = [
+                replace(c, vector=exact[c.id], relevance=float(exact[c.id] @ q))
+                if c.id in exact
+                else c
+                for c in candidates
+                if c.id not in gone
+            ]
+            for cid in gone | exact.keys():
+                del unchecked[cid]
+        # Still picking unchecked records: leave every one out.
+        return select(q, [c for c in candidates if c.id not in unchecked], settings)
 
     def newcomers_may_answer_alone(self) -> bool:
         """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no
@@ -229,20 +284,17 @@ class Query:
         if not valid:
             return []
 
-        def embed() -> tuple[np.ndarray, np.ndarray]:
+        def embed() -> tuple[np.ndarray, list]:
             compact = node.encoder.encode_compact([r.experience.text for r in valid])
-            agree = embedding_agreement(
-                [r.experience.code for r in valid],
-                compact,
-                node.encoder.space_info.head,
-                node.encoder.space_info.v_ref,
+            verdicts = node.checker.rule(
+                [r.experience.code for r in valid], compact, node.encoder.space_info
             )
-            return compact, agree
+            return compact, verdicts
 
-        compact, agree = await node.in_kb(embed)
+        compact, verdicts = await node.in_kb(embed)
         out = []
-        for record, vector, ok in zip(valid, compact, agree, strict=True):
-            if ok >= node.embedding_threshold:
+        for record, vector, verdict in zip(valid, compact, verdicts, strict=True):
+            if verdict.accept:
                 cluster = -int.from_bytes(record.id[:6], "big")  # unknown locally: own group
                 out.append(
                     (
@@ -289,6 +341,18 @@ class Query:
             raise ServeError(BAD_REQUEST, "domain must be a str")
         if min_confidence is not None and type(min_confidence) not in (int, float):
             raise ServeError(BAD_REQUEST, "min_confidence must be a number")
+        # values: the codes the HTTP API and the record format give for the same fault
+        if domain:  # "" is no filter
+            try:
+                check_domain(domain)  # also keeps SQLite's LIKE under its 50,000-byte limit
+            except ProtocolError as exc:
+                raise ServeError(exc.code.value, str(exc)) from None
+        if min_confidence is not None:
+            min_confidence = float(min_confidence)  # an int up to 2^64 - 1 overflows SQLite
+            if not np.isfinite(min_confidence):
+                raise ServeError("non_finite", "min_confidence must be finite")
+            if not 0.0 <= min_confidence <= 1.0:
+                raise ServeError("out_of_range", "min_confidence must be in 0..1")
         canonical = np.frombuffer(raw, "<f2").astype(np.float32)
         if not np.all(np.isfinite(canonical)):
             raise ServeError(BAD_VECTOR, "vector has NaN or infinite values")

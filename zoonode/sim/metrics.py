@@ -41,6 +41,11 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         caught_up = [held[rid] for rid, t in published.items() if t <= t_back and rid in held]
         convergence.append(max(0.0, max(caught_up, default=t_back) - t_back))
+    checked_latencies = []  # publish -> promoted after the embedding check (scale mode)
+    for node, active in raw.get("checked", {}).items():
+        for rid, t_pub in published.items():
+            if rid in active and raw.get("publisher_of", {}).get(rid) != node:
+                checked_latencies.append(max(0.0, active[rid] - t_pub))
     rejected = Counter({str(k): int(v) for k, v in raw["rejected"].items()})
     agents = raw["agents"]
     return {
@@ -52,6 +57,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "delivery_rate": delivered / expected if expected else None,
         "latency_p50_s": _percentile(latencies, 50),
         "latency_p99_s": _percentile(latencies, 99),
+        "checked_latency_p50_s": _percentile(checked_latencies, 50),
+        "checked_latency_p99_s": _percentile(checked_latencies, 99),
+        "backlog_peak": raw.get("backlog_peak"),
         "attack_success": agents["defended"],
         "attack_success_undefended": agents["undefended"],
         "relevant_hit_rate": agents["hit_defended"],

@@ -70,6 +70,13 @@ async def play(spec: dict) -> None:
                 await node.gossip.pubsub.publish(node.gossip.topic, encode_batch([wire]))
                 await trio.sleep(gap)
         await trio.sleep(max(0.0, t0 + spec["duration_s"] - time.time()))
+        expect = {bytes.fromhex(rid) for rid in spec.get("expect", [])}
+        settle_until = t0 + spec["duration_s"] + spec.get("settle_s", 0.0)
+        while expect and time.time() < settle_until:
+            held_now = {rid for (rid,) in node.kb.store.db.execute("SELECT id FROM records")}
+            if expect <= held_now:
+                break
+            await trio.sleep(0.25)
         answers = []
         if honest and spec["queries"]:
             for text in spec["queries"]:

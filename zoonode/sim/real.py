@@ -27,6 +27,7 @@ from zoonode.sim.scenario import Scenario
 from zoonode.sim.workload import build_workload
 
 WARMUP_S = 3.0  # after "go": meshes form (heartbeat 1 s) before anyone publishes
+SETTLE_S = 60.0  # at most this long past the duration for the honest records to arrive
 READY_TIMEOUT_S = 180.0
 
 
@@ -46,6 +47,7 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
     queriers = set(range(min(scenario.workload.query_nodes, n_h)))
     victim = scenario.attack.eclipse_victim % n_h
     selection = history_overrides(scenario, workload)
+    expected_ids = sorted(r.id.hex() for rs in workload.honest.values() for r in rs)
     try:
         for i in range(n):
             role = workload.roles.get(i)
@@ -71,6 +73,10 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
                 "publish_at": WARMUP_S
                 + rng.random() * min(scenario.workload.publish_window_s, scenario.duration_s / 2),
                 "duration_s": WARMUP_S + scenario.duration_s,
+                # Honest nodes wait up to SETTLE_S more for these ids: on a loaded machine
+                # the processes lag, and delivery (not the clock) is what is measured.
+                "expect": expected_ids if role is None else [],
+                "settle_s": SETTLE_S,
                 "rate": scenario.attack.spam_rate if role == "spam" else 50.0,
                 "queries": workload.queries if i in queriers else [],
                 "k": scenario.workload.k,
@@ -97,7 +103,7 @@ def run_real(scenario: Scenario, encoder: Encoder, workdir: Path, progress=None)
         for proc in procs:
             proc.stdin.write(f"go {t0}\n")
             proc.stdin.flush()
-        deadline = t0 + WARMUP_S + scenario.duration_s + 120
+        deadline = t0 + WARMUP_S + scenario.duration_s + SETTLE_S + 120
         for i, proc in enumerate(procs):
             proc.wait(timeout=max(1.0, deadline - time.time()))
             if progress:

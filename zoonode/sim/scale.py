@@ -2,12 +2,19 @@
 
 What is real here: the signed records and their bytes, the gossip message decoding
 (``decode_batch``), the record validation (``check_record``: strict decode, signature, space,
-time horizon, known, banned, per-author rate), the embedding check (``embedding_agreement`` on
-real encoder vectors), the peer-scoring rules (``PeerScores`` with the node's ``ScoreRules``)
-and the selection an agent's query runs (``select``). What is modelled: the network (lognormal
-link latency, per-node uplink bandwidth), the GossipSub mesh (D random peers, eager push to
-the mesh, IHAVE/IWANT lazy gossip to ``lazy_degree`` other peers per heartbeat, graylisted
-peers ignored and pruned) and the anti-entropy sync of a node that rejoins.
+time horizon, known, banned, backlog bound, per-author rate), the embedding check (the node's
+``AbsoluteAgreement`` rule on real encoder vectors), the peer-scoring rules (``PeerScores``
+with the node's ``ScoreRules``) and the selection an agent's query runs (``select``). What is
+modelled: the network (lognormal link latency, per-node uplink bandwidth), the GossipSub mesh
+(D random peers, eager push to the mesh, IHAVE/IWANT lazy gossip to ``lazy_degree`` other
+peers per heartbeat, graylisted peers ignored and pruned), the anti-entropy sync of a node
+that rejoins, and the node's two-stage ingest: a record that passes validation is stored
+*pending* at once (that is its delivery) and forwarded; each node's checker re-encodes
+pending records at ``[ingest] check_rate`` in the node's order (authors vouched for by a
+check first, each author's first waiting record before anyone's second, newest first), then
+promotes each (``active``) or removes it, bans its author and drops the author's other
+waiting records. Agents' queries see what a node returns: checked records and pending ones
+that pass the check on demand, never one that fails it.
 
 Pure decode+verify is memoised per byte string (it is a pure function); everything that
 depends on a node's state runs per node.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
 import math
 import random
 from collections import Counter
@@ -30,13 +38,15 @@ from zoonode.native.encoder import Encoder
 from zoonode.net.gossip import FloodMeter
 from zoonode.net.scoring import PeerScores
 from zoonode.net.validation import (
+    AbsoluteAgreement,
     AuthorLimiter,
+    BacklogBounds,
     Policy,
     Reason,
     Verdict,
+    backlog_admits,
     check_record,
     decode_batch,
-    embedding_agreement,
     encode_batch,
 )
 from zoonode.protocol import decode
@@ -45,6 +55,7 @@ from zoonode.sim.workload import Workload, build_workload
 
 WARMUP_S = 2.0
 EMBEDDING_THRESHOLD = 0.9
+NEWCOMER_RANK = 1_000_000_000  # as knowledge.NEWCOMER_RANK
 WINDOW_HEARTBEATS = 3  # IHAVE advertises messages seen in the last 3 heartbeats
 FLOOD_RATE = 50.0  # messages/s of nothing new per peer before the P6 penalty (the default)
 
@@ -89,7 +100,15 @@ class SimNode:
     seen: set[bytes] = field(default_factory=set)
     window: list[list[Message]] = field(default_factory=lambda: [[]])
     known: set[bytes] = field(default_factory=set)  # record ids held (or tombstoned)
-    stored: dict[bytes, float] = field(default_factory=dict)  # record id -> time accepted
+    stored: dict[bytes, float] = field(default_factory=dict)  # record id -> time stored
+    active: dict[bytes, float] = field(default_factory=dict)  # record id -> time checked
+    # The backlog of the embedding check: a heap of (rank, -created_at, id) and its counts.
+    queue: list = field(default_factory=list)
+    pending_of: Counter = field(default_factory=Counter)
+    author_of: dict[bytes, bytes] = field(default_factory=dict)  # pending id -> author
+    vouched: set[bytes] = field(default_factory=set)
+    checking: bool = False
+    backlog_peak: int = 0
     banned: set[bytes] = field(default_factory=set)
     rejected: Counter = field(default_factory=Counter)
     scores: PeerScores = field(default_factory=PeerScores)
@@ -121,6 +140,11 @@ class ScaleSim:
         self._seconds_per_byte = 8 / (scenario.topology.bandwidth_mbps * 1e6)
         self.decode = functools.lru_cache(maxsize=None)(decode)
         self._agreement: dict[bytes, float] = {}
+        self._records: dict[bytes, object] = {}  # every record some node stored, by id
+        self.rule = AbsoluteAgreement(EMBEDDING_THRESHOLD)
+        ing = scenario.ingest
+        self.bounds = BacklogBounds(ing.max_pending, ing.max_pending_per_author)
+        self.check_rate, self.check_batch = ing.check_rate, ing.check_batch
         self.published: dict[bytes, float] = {}  # honest record id -> publish time
         self.excluded_at: dict[int, float] = {}  # attacker -> first time an honest node did
         self.graylisted_at: dict[int, float] = {}  # attacker -> first time one graylisted it
@@ -250,6 +274,12 @@ class ScaleSim:
                 node.limiter,
                 node.banned.__contains__,
                 decoder=self.decode,
+                backlog=lambda r, node=node: backlog_admits(
+                    len(node.author_of),
+                    node.pending_of[r.experience.author],
+                    r.experience.author in node.vouched,
+                    self.bounds,
+                ),
             )
             if checked.verdict is Verdict.REJECT:
                 node.rejected[checked.reason] += 1
@@ -258,28 +288,80 @@ class ScaleSim:
                 node.rejected[checked.reason] += 1
                 continue
             accepted = True
-            record = checked.record
-            # The ingest path: the embedding check, then the store.
-            if self._agrees(record) < EMBEDDING_THRESHOLD:
-                node.rejected[Reason.EMBEDDING_MISMATCH] += 1
-                node.banned.add(record.experience.author)
-                node.known.add(record.id)
-                continue
-            node.known.add(record.id)
-            node.stored[record.id] = self.env.now
+            self._store_pending(node, checked.record, own=frm == node.index)
         return Verdict.ACCEPT if accepted else Verdict.IGNORE
+
+    # -- two-stage ingest ----------------------------------------------------------------------
+    def _store_pending(self, node: SimNode, record, own: bool = False) -> None:
+        """Stage 1: stored at once, waiting for the embedding check (a node's own lessons
+        are encoded where they are written: active at once)."""
+        author = record.experience.author
+        if own:
+            node.known.add(record.id)
+            node.stored[record.id] = node.active[record.id] = self.env.now
+            node.vouched.add(author)
+            return
+        rank = node.pending_of[author] + (0 if author in node.vouched else NEWCOMER_RANK)
+        heapq.heappush(node.queue, (rank, -record.experience.created_at, record.id))
+        node.pending_of[author] += 1
+        node.author_of[record.id] = author
+        self._records[record.id] = record
+        node.backlog_peak = max(node.backlog_peak, len(node.author_of))
+        node.known.add(record.id)
+        node.stored[record.id] = self.env.now
+        if not node.checking:
+            node.checking = True
+            self.env.process(self._checker(node))
+
+    def _checker(self, node: SimNode):
+        """Stage 2: batches at the encoder's rate, in the node's order, until the queue is
+        empty (a record purged with its banned author is skipped)."""
+        while node.queue:
+            batch = []
+            while node.queue and len(batch) < self.check_batch:
+                _, _, rid = heapq.heappop(node.queue)
+                if rid in node.author_of:
+                    batch.append(rid)
+            if not batch:
+                break
+            yield self.env.timeout(len(batch) / self.check_rate)
+            for rid in batch:
+                author = node.author_of.pop(rid, None)
+                if author is None:
+                    continue  # purged meanwhile
+                node.pending_of[author] -= 1
+                if self._agrees_id(rid) >= EMBEDDING_THRESHOLD:
+                    node.active[rid] = self.env.now
+                    node.vouched.add(author)
+                    continue
+                node.rejected[Reason.EMBEDDING_MISMATCH] += 1
+                node.stored.pop(rid, None)
+                node.banned.add(author)
+                for other in [r for r, a in node.author_of.items() if a == author]:
+                    del node.author_of[other]
+                    node.pending_of[author] -= 1
+                    node.stored.pop(other, None)
+                    node.rejected["purged"] += 1  # waiting records of a banned author
+        node.checking = False
+
+    def servable(self, node: SimNode) -> list[bytes]:
+        """What the node's queries may return: checked records, and waiting ones that pass
+        the on-demand check (the same verdict the background check will give)."""
+        return [
+            rid
+            for rid in node.stored
+            if rid in node.active or self._agrees_id(rid) >= EMBEDDING_THRESHOLD
+        ]
+
+    def _agrees_id(self, rid: bytes) -> float:
+        return self._agrees(self._records[rid])
 
     def _agrees(self, record) -> float:
         if record.id not in self._agreement:
             text = record.experience.text
             vector = self.wl.text_vectors[text]
-            [agree] = embedding_agreement(
-                [record.experience.code],
-                vector[None],
-                self.space_info.head,
-                self.space_info.v_ref,
-            )
-            self._agreement[record.id] = float(agree)
+            [verdict] = self.rule([record.experience.code], vector[None], self.space_info)
+            self._agreement[record.id] = verdict.score
         return self._agreement[record.id]
 
     # -- processes -----------------------------------------------------------------------------
@@ -386,6 +468,7 @@ class ScaleSim:
     # -- run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None) -> None:
         self._wire_of = {r.id: r.wire for rs in self.wl.honest.values() for r in rs}
+
         for i in self.wl.honest:
             self.env.process(self.honest_publisher(i))
         for i in self.wl.attacks:
@@ -419,12 +502,13 @@ def run_scale(
     honest = [n for n in sim.nodes if n.honest]
     holdings = {n.index: n.stored for n in honest}
     queriers = [n.index for n in honest if n.online][: scenario.workload.query_nodes]
+    servable = {i: sim.servable(sim.nodes[i]) for i in queriers}
     bad = attack_records(sim.decode, workload)
     records_by_id = {r.id: r for rs in workload.honest.values() for r in rs}
     records_by_id |= {r.id: r for r in bad}
     agents = agent_outcomes(
         workload,
-        {i: list(holdings[i]) for i in queriers},
+        servable,
         records_by_id,
         scenario.workload.k,
         attack_records=bad,
@@ -443,6 +527,9 @@ def run_scale(
         "attackers": [n.index for n in sim.nodes if not n.honest],
         "attacker_scores": sim.attacker_scores,
         "rejoined": sim.rejoined,
+        "checked": {n.index: n.active for n in honest},
+        "backlog_peak": max((n.backlog_peak for n in honest), default=0),
+        "backlog_left": sum(len(n.author_of) for n in honest),
         "agents": agents,
         "forged_ids": workload.forged_ids,
         "warmup_s": WARMUP_S,

@@ -71,6 +71,19 @@ class Churn:
 
 
 @dataclass(frozen=True)
+class Ingest:
+    """Two-stage ingest (scale mode): a record that passes the cheap checks is stored pending
+    at once and forwarded; each node re-encodes pending texts at ``check_rate`` records/s, in
+    batches of ``check_batch``, and only then promotes, or rejects and bans. The default rate
+    is what one node's encoder checks on 2 cores (benchmarks/ingest.py)."""
+
+    check_rate: float = 50.0
+    check_batch: int = 16
+    max_pending: int = 100_000
+    max_pending_per_author: int = 10_000
+
+
+@dataclass(frozen=True)
 class History:
     """How long, when the run starts, the honest nodes have known each other's authors and the
     attacking identities: what a node's standing (selection.maturity_days) is measured from."""
@@ -91,6 +104,7 @@ class Scenario:
     workload: Workload = field(default_factory=Workload)
     attack: Attack = field(default_factory=Attack)
     churn: Churn = field(default_factory=Churn)
+    ingest: Ingest = field(default_factory=Ingest)
     history: History = field(default_factory=History)
     sweep_adversarial: list[int] = field(default_factory=list)  # extra runs (scale mode)
 
@@ -115,6 +129,8 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         raise ConfigError(f"{source}: nodes.honest must be at least 2")
     if scenario.nodes.adversarial and not scenario.nodes.roles:
         raise ConfigError(f"{source}: adversarial nodes need at least one role")
+    if scenario.ingest.check_rate <= 0 or scenario.ingest.check_batch < 1:
+        raise ConfigError(f"{source}: ingest.check_rate must be > 0 and check_batch >= 1")
     if scenario.history.honest_age_days < 0 or scenario.history.attacker_age_days < 0:
         raise ConfigError(f"{source}: history ages must not be negative")
     if scenario.mode in ("real", "both"):

@@ -1,0 +1,397 @@
+"""Two-stage ingest, part one: the pure rules (code vectors, the embedding rule, the backlog
+bounds), the replica replacing and removing keys on every backend, the store's schema
+migration, and pending records in the knowledge base (search, promote, remove, journal
+replay after a crash, eviction). Real encoder, real SQLite and index files."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zoonode.experiences import create_experiences, now_ms
+from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase
+from zoonode.native.codec import compress_many
+from zoonode.native.head import lift
+from zoonode.net.validation import (
+    AbsoluteAgreement,
+    AuthorLimiter,
+    BacklogBounds,
+    Policy,
+    Reason,
+    Verdict,
+    backlog_admits,
+    check_record,
+    code_vectors,
+)
+from zoonode.protocol import (
+    Experience,
+    Feedback,
+    FeedbackVerdict,
+    Op,
+    public_key_bytes,
+    sign,
+    sign_feedback,
+)
+from zoonode.replica import Replica
+from zoonode.store import SCHEMA_VERSION, Incoming, Status, Store, StoreError
+
+TEXTS = [
+    "Check the sign of the divisor before dividing both sides of an inequality",
+    "Prefer parameterised SQL queries to string formatting to avoid injection",
+    "When a unit test is flaky, look for state shared between tests first",
+    "Read the first frame of a traceback before editing any code",
+    "Check units before adding measured values in a physics problem",
+    "Pin dependency versions in CI so that a new release cannot break a commit",
+]
+
+
+def hijack(encoder, key, text: str, victim_text: str, created_at: int | None = None):
+    """A signed record whose code is another text's: what a hijacker sends."""
+    [vector] = encoder.encode_compact(victim_text)
+    [code] = compress_many(lift(vector[None], encoder.space_info.head), encoder.space_info.v_ref)
+    exp = Experience(
+        op=Op.ADD,
+        author=public_key_bytes(key),
+        space=encoder.space,
+        created_at=created_at or now_ms(),
+        text=text,
+        domain="spam.ads",
+        confidence=1.0,
+        code=code,
+    )
+    return sign(exp, key)
+
+
+def pending_items(encoder, records, rank=0):
+    """Records as a peer's arrive: the vector their code implies, pending."""
+    space = encoder.space_info
+    vectors = code_vectors([r.experience.code for r in records], space.head, space.v_ref)
+    return [
+        Incoming(r, v, "peer", pending=rank + i)
+        for i, (r, v) in enumerate(zip(records, vectors, strict=True))
+    ]
+
+
+# -- pure rules ---------------------------------------------------------------------------------
+def test_code_vectors_place_a_record_near_its_text_and_the_rule_catches_hijacks(encoder, key):
+    records = create_experiences(
+        encoder, key, [{"text": t, "domain": "a.b", "confidence": 0.5} for t in TEXTS]
+    )
+    exact = encoder.encode_compact(TEXTS)
+    space = encoder.space_info
+    implied = code_vectors([r.experience.code for r in records], space.head, space.v_ref)
+    assert implied.shape == exact.shape
+    np.testing.assert_allclose(np.linalg.norm(implied, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(implied * exact, axis=1)
+    assert cos.min() > 0.95  # an honest record sits where its text will
+    bad = hijack(encoder, Ed25519PrivateKey.generate(), "Buy cheap watches today", TEXTS[1])
+    rule = AbsoluteAgreement(0.9)
+    codes = [r.experience.code for r in records] + [bad.experience.code]
+    texts = np.vstack([exact, encoder.encode_compact("Buy cheap watches today")])
+    verdicts = rule(codes, texts, space)
+    assert [v.accept for v in verdicts] == [True] * len(TEXTS) + [False]
+    assert [v.ban for v in verdicts] == [False] * len(TEXTS) + [True]
+    assert verdicts[-1].score < 0.5 and all(v.score > 0.95 for v in verdicts[:-1])
+
+
+def test_backlog_bounds_ignore_newcomers_over_the_total_and_anyone_over_their_share(encoder, key):
+    bounds = BacklogBounds(total=10, per_author=3)
+    assert backlog_admits(9, 2, False, bounds)
+    assert not backlog_admits(10, 0, False, bounds)  # a newcomer waits for the drain
+    assert backlog_admits(10, 0, True, bounds)  # an author vouched for by a check does not
+    assert backlog_admits(50, 2, True, bounds)
+    assert not backlog_admits(0, 3, True, bounds)  # ... up to its own share
+    [record] = create_experiences(encoder, key, [{"text": TEXTS[0], "domain": "a.b"}])
+    limiter = AuthorLimiter(rate=1.0, burst=1.0)
+    policy = Policy(space=encoder.space)
+    now = record.experience.created_at
+    full = check_record(record.wire, policy, now, lambda _: False, limiter, backlog=lambda r: False)
+    assert (full.verdict, full.reason) == (Verdict.IGNORE, Reason.BACKLOG)
+    # Ignored for the backlog before the rate limit: no token spent, the next try passes.
+    later = check_record(record.wire, policy, now, lambda _: False, limiter)
+    assert later.verdict is Verdict.ACCEPT
+
+
+# -- replica ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["usearch-i8", "hnswlib", "faiss-ivf"])
+@pytest.mark.parametrize("size", [200, 600])  # faiss-ivf: flat below 64 x 4 lists, IVF above
+def test_replica_replaces_and_removes_keys(tmp_path, backend, size):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((size, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    replica = Replica(64, backend=backend, lists=4)
+    replica.add(np.arange(1, size + 1), vectors)
+    moved = rng.standard_normal((3, 64)).astype(np.float32)
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    replica.replace(np.array([5, 6, 7]), moved)
+    replica.remove(np.array([9, 10, 99_999]))  # an unknown key is skipped
+    for r in (replica, _reloaded(replica, tmp_path)):
+        keys, sims = r.search(moved[0], k=1, ef=512)
+        assert keys[0] == 5 and sims[0] > 0.95
+        keys, _ = r.search(vectors[8], k=5, ef=512)  # key 9's old vector
+        assert 9 not in keys and 10 not in r.search(vectors[9], k=5, ef=512)[0]
+        keys, _ = r.search(vectors[4], k=5, ef=512)  # key 5's old place: 5 has moved away
+        assert 5 not in keys
+        assert 11 in r.search(vectors[10], k=3, ef=512)[0]  # the rest is untouched
+
+
+def _reloaded(replica: Replica, directory) -> Replica:
+    replica.save(directory)
+    return Replica.load(directory, 64, backend=replica.backend, lists=4)
+
+
+def test_the_pending_index_adds_removes_and_finds_exactly():
+    from zoonode.knowledge import PendingIndex
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    index = PendingIndex(16)
+    index.add(range(1, 3001), vectors)  # grows past its first 1,024 slots
+    index.remove([1, 2, 1500, 3000, 99_999])
+    assert len(index) == 2996
+    held = np.array([s for s in range(1, 3001) if s not in (1, 2, 1500, 3000)])
+    for q in rng.standard_normal((5, 16)).astype(np.float32):
+        expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
+        assert list(index.search(q, 10)) == list(expected)
+    assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+
+
+# -- store schema ---------------------------------------------------------------------------------
+def test_a_version_1_store_of_main_upgrades_to_two_stage(tmp_path, encoder, key):
+    """Schema 1 (authors table and content keys, no pending column nor replica journal)
+    upgrades to 2 on open: its records stay checked, its authors keep their first
+    acceptance, and a record stored pending afterwards is in the checker's queue."""
+    path = tmp_path / "node"
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    [item] = pending_items(
+        encoder, create_experiences(encoder, key, [{"text": TEXTS[0], "domain": "a.b"}])
+    )
+    kb.ingest([replace(item, pending=None)])
+    author = item.record.experience.author
+    first = kb.authors_first_seen([author])
+    kb.close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(  # what zoonode wrote at schema 1
+        "DROP TABLE feedback;"
+        "DROP INDEX records_pending; DROP INDEX records_cluster_status;"
+        "ALTER TABLE records DROP COLUMN pending; DROP TABLE replica_journal;"
+        "CREATE INDEX records_cluster_status ON records(cluster, status)"
+        " WHERE cluster IS NOT NULL;"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    assert kb.store.schema_version == SCHEMA_VERSION == 3
+    row = kb.get(item.record.id)
+    assert row.status is Status.ACTIVE and not row.pending
+    assert kb.authors_first_seen([author]) == first
+    indexes = {r[0]: r[1] for r in kb.store.db.execute("SELECT name, sql FROM sqlite_master")}
+    assert "pending" in indexes["records_cluster_status"] and "records_pending" in indexes
+    [waiting] = pending_items(
+        encoder, create_experiences(encoder, key, [{"text": TEXTS[1], "domain": "a.b"}])
+    )
+    kb.ingest([waiting])
+    assert [r.id for r in kb.pending(10)] == [waiting.record.id]
+    assert kb.store.counts()["pending"] == 1
+    kb.close()
+
+
+def test_a_version_2_store_of_main_gains_the_feedback_table(tmp_path, encoder, key):
+    """Schema 2 (two-stage ingest, no feedback table) upgrades to 3 on open: a checked and a
+    pending record stay as they were (the pending one still in the checker's queue, the
+    replica journal kept), and verdicts are then stored, one standing per voter and target."""
+    path = tmp_path / "node"
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    checked, waiting = pending_items(
+        encoder,
+        create_experiences(
+            encoder, key, [{"text": TEXTS[0], "domain": "a.b"}, {"text": TEXTS[1], "domain": "a.b"}]
+        ),
+    )
+    kb.ingest([replace(checked, pending=None), waiting])
+    journal = kb.store.db.execute("SELECT count(*) FROM replica_journal").fetchone()[0]
+    kb.close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(  # what zoonode wrote at schema 2 (main after #23)
+        "DROP TABLE feedback; PRAGMA user_version = 2;"
+    )
+    db.close()
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    store = kb.store
+    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.db.execute("SELECT count(*) FROM replica_journal").fetchone()[0] == journal
+    assert (
+        kb.get(checked.record.id).status is Status.ACTIVE and not kb.get(checked.record.id).pending
+    )
+    assert [r.id for r in kb.pending(10)] == [waiting.record.id]
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
+    assert {"feedback", "feedback_target", "feedback_created"} <= indexes
+    voter = Ed25519PrivateKey.generate()
+    at = checked.record.experience.created_at
+    votes = [
+        sign_feedback(
+            Feedback(
+                public_key_bytes(voter), encoder.space, at + i, checked.record.id,
+                FeedbackVerdict(v), None,
+            ),
+            voter,
+        )
+        for i, v in enumerate((1, -1))
+    ]  # fmt: skip
+    outcomes = [r.outcome for r in store.feedback.insert([(v, "p") for v in votes])]
+    assert outcomes == ["accepted", "replaced"]
+    assert store.feedback.counts() == {"helpful": 0, "harmful": 1, "withdrawn": 0}
+    kb.close()
+    again = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)  # opening again
+    assert again.store.schema_version == 3 and again.store.feedback.counts()["harmful"] == 1
+    again.close()
+
+
+def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path, encoder, key):
+    from zoonode.store import _SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA)  # the schema every data dir had before versioning
+    [item] = pending_items(
+        encoder, create_experiences(encoder, key, [{"text": TEXTS[0], "domain": "a.b"}])
+    )
+    r = item.record
+    db.execute(
+        "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, accepted_at,"
+        " peer, parent, status, cluster, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r.id,
+            r.wire,
+            0,
+            r.experience.author,
+            "a.b",
+            0.5,
+            1,
+            1,
+            "x",
+            None,
+            0,
+            1,
+            item.vector.tobytes(),
+        ),
+    )
+    db.execute("INSERT INTO meta VALUES ('space', ?)", (encoder.space,))
+    db.commit()
+    db.close()
+    store = Store(path, encoder.space)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    row = store.get(r.id)
+    assert row.status is Status.ACTIVE and not row.pending  # old records were checked
+    assert store.counts()["active"] == 1 and store.counts()["pending"] == 0
+    store.close()
+    Store(path, encoder.space).close()  # opening again changes nothing
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(path, encoder.space)
+
+
+# -- knowledge base -------------------------------------------------------------------------------
+def test_pending_records_are_searched_only_when_asked_then_promoted_or_removed(
+    tmp_path, encoder, key
+):
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    records = create_experiences(
+        encoder, key, [{"text": t, "domain": "a.b", "confidence": 0.5} for t in TEXTS]
+    )
+    bad = hijack(encoder, Ed25519PrivateKey.generate(), "Buy cheap watches today", TEXTS[1])
+    kb.ingest(pending_items(encoder, [*records, bad]))
+    assert kb.backlog.total == 7 and kb.store.counts()["pending"] == 7
+    assert len(kb.replica) == 0 and len(kb.pending_index) == 7  # not in the graph yet
+    assert key_author(key) not in kb.backlog.vouched
+    q = encoder.encode_compact("how do I avoid SQL injection")[0]
+    assert kb.search(q, k=3) == []  # by default only checked records
+    hits = kb.search(q, k=3, pending=True)
+    assert {h.row.id for h in hits[:2]} == {records[1].id, bad.id}  # the hijack sits there too
+    assert all(h.row.pending for h in hits)
+    rows = kb.pending(10)
+    assert rows[0].pending and len(rows) == 7
+    exact = encoder.encode_compact(TEXTS)
+    by_id = {r.id: r for r in rows}
+    promoted = kb.promote([by_id[r.id] for r in records], exact)
+    assert len(promoted) == 6 and kb.promote([by_id[records[0].id]], exact[:1]) == []  # once
+    assert key_author(key) in kb.backlog.vouched and kb.backlog.total == 1
+    assert len(kb.replica) == 6 and len(kb.pending_index) == 1  # entered once, exact
+    [top] = kb.search(q, k=1)
+    assert top.row.id == records[1].id and not top.row.pending
+    assert top.score == pytest.approx(float(exact[1] @ q), abs=1e-5)  # the exact vector now
+    removed = kb.remove([by_id[bad.id]], Reason.EMBEDDING_MISMATCH)
+    assert [r.id for r in removed] == [bad.id] and kb.backlog.total == 0
+    assert kb.get(bad.id) is None and kb.store.known(bad.id)  # tombstoned: never fetched again
+    assert bad.id not in {h.row.id for h in kb.search(q, k=10, pending=True)}
+    assert kb.store.counts() | {"total": 0} == {
+        "total": 0,
+        "active": 6,
+        "pending": 0,
+        "revoked": 0,
+        "superseded": 0,
+        "invalid": 0,
+        "revocations": 0,
+    }
+    kb.close()
+
+
+def key_author(key) -> bytes:
+    return public_key_bytes(key)
+
+
+def test_checks_after_the_last_snapshot_are_replayed_after_a_crash(tmp_path, encoder, key):
+    kb = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, replica_backend="hnswlib"
+    )
+    records = create_experiences(encoder, key, [{"text": t, "domain": "a.b"} for t in TEXTS])
+    kb.ingest(pending_items(encoder, records))
+    kb.replica.save(tmp_path)  # a snapshot holding the code-implied vectors
+    rows = {r.id: r for r in kb.pending(10)}
+    exact = encoder.encode_compact(TEXTS[:3])
+    kb.promote([rows[r.id] for r in records[:3]], exact)
+    kb.remove([rows[records[5].id]], Reason.EMBEDDING_MISMATCH)
+    kb.store.close()  # a crash: the store committed, the replica was never saved again
+    again = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, replica_backend="hnswlib"
+    )
+    for i in range(3):
+        keys, sims = again.replica.search(exact[i], k=1)
+        assert keys[0] == rows[records[i].id].seq and sims[0] == pytest.approx(1.0, abs=1e-5)
+    gone = rows[records[5].id].seq
+    assert gone not in again.replica.search(encoder.encode_compact(TEXTS[5])[0], k=6)[0]
+    assert again.backlog.total == 2 and len(again.pending(10)) == 2
+    again.close()
+    # A clean close snapshots the replica and forgets the journal it includes.
+    assert again.store.path.exists()
+    final = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, replica_backend="hnswlib"
+    )
+    assert final.store.journal_since(0)[1] == [] and final.replica.snapshot_journal > 0
+    final.close()
+
+
+def test_eviction_takes_waiting_records_before_checked_ones(tmp_path, encoder, key):
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden, capacity=4)
+    checked = create_experiences(
+        encoder, key, [{"text": t, "domain": "a.b", "confidence": 0.1} for t in TEXTS[:3]]
+    )
+    kb.ingest(
+        [Incoming(r, v) for r, v in zip(checked, encoder.encode_compact(TEXTS[:3]), strict=True)]
+    )
+    other = Ed25519PrivateKey.generate()
+    waiting = create_experiences(
+        encoder, other, [{"text": t, "domain": "a.b", "confidence": 1.0} for t in TEXTS[3:]]
+    )
+    kb.ingest(pending_items(encoder, waiting, rank=NEWCOMER_RANK))
+    assert kb.store.counts()["total"] == 4
+    assert all(kb.get(r.id) is not None for r in checked)  # low confidence, but checked
+    assert kb.backlog.total == 1  # the evicted waiting ones left the backlog too
+    kb.close()

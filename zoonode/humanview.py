@@ -1,0 +1,141 @@
+"""What the CLI prints for people (``--json`` prints the API's answer instead). Pure: dicts
+as the HTTP API answers them in, text out; numbers rounded to what a person reads."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+WIDTH = 88
+
+# down_weighted keys of a query answer, in words (the API's field names stay the contract).
+REASONS = {
+    "below_similarity_floor": "below the similarity floor (not about this query)",
+    "low_reputation": "by authors of low standing (new to this node), down-weighted",
+    "near_duplicate_merged": "merged into a near-duplicate",
+    "author_capped": "authors with several lessons, their weight shared",
+}
+
+QUERY_LEGEND = (
+    "relevance: cosine similarity of lesson and query (about 0.3 and up is on topic); "
+    "agreement: cosine with the robust centre of the candidates (1 = the consensus); "
+    "standing: how established the author is to this node (0 new .. 1), from how long it has "
+    "known the author (selection.maturity_days) and the trust agents' verdicts give it "
+    "(docs/trust.md); --json shows every field."
+)
+
+JOIN_HINT = (
+    "no peers: this node is alone. To join a network, start it with "
+    "--bootstrap /ip4/HOST/tcp/PORT/p2p/PEER_ID (a peer's address as its `zoonode status` "
+    "prints it), or list peers in network.bootstrap in the config; on a LAN, "
+    "network.mdns = true. Other nodes join this one with:"
+)
+
+
+def short(hex_id: str, n: int = 12) -> str:
+    return hex_id[:n]
+
+
+def query_view(answer: dict[str, Any], legend: bool = True) -> str:
+    """``POST /v1/query``'s answer as a few lines per lesson, most useful first."""
+    lines = []
+    selected = answer.get("selected", [])
+    for i, s in enumerate(selected, 1):
+        body = textwrap.wrap(s["text"], WIDTH - 4) or [""]
+        lines.append(f"{i:>2}. {body[0]}")
+        lines += [f"    {more}" for more in body[1:]]
+        why = (
+            f"relevance {s['relevance']:.2f}, agreement {s['agreement']:.2f}, "
+            f"standing {s['standing']:.2f}"
+        )
+        if s.get("group_size", 1) > 1:
+            why += f", stands for {s['group_size']} near-duplicates"
+        lines.append(
+            f"    {s['domain']} · confidence {s['confidence']:.2f} · author {short(s['author'], 8)}"
+        )
+        lines.append(f"    picked for: {why}")
+        trust = s.get("trust") or {}
+        if trust.get("helpful") or trust.get("harmful"):
+            lines.append(
+                f"    verdicts: {trust['helpful']} helpful, {trust['harmful']} harmful "
+                f"(author's trust standing {trust.get('author_trust_standing', 0):.2f})"
+            )
+        lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
+    considered = answer.get("considered", 0)
+    if not selected:
+        lines.append(f"no lesson selected ({considered} considered)")
+    else:
+        lines.append("")
+        lines.append(f"{len(selected)} selected of {considered} considered")
+    reasons = [
+        f"{n} {REASONS.get(key, key)}" for key, n in answer.get("down_weighted", {}).items() if n
+    ]
+    if reasons:
+        lines.append("  " + "; ".join(reasons))
+    if legend and selected:
+        lines += textwrap.wrap(QUERY_LEGEND, WIDTH)
+    return "\n".join(lines)
+
+
+def status_view(status: dict[str, Any]) -> str:
+    """``GET /v1/status`` as a few lines, with how to join a network when alone."""
+    counts = status.get("counts", {})
+    lines = [
+        f"node     {status['peer_id']}  (zoonode {status.get('version', '?')})",
+        f"author   {status.get('author', '?')}",
+        f"data     {status.get('data_dir', '?')}",
+        f"api      {status.get('api') or 'off'}",
+        f"lessons  {counts.get('active', 0)} active, {counts.get('revoked', 0)} revoked, "
+        f"{counts.get('superseded', 0)} superseded (replica {status.get('replica', '?')})",
+        f"peers    {status.get('peers', 0)} connected, {status.get('mesh', 0)} in the gossip mesh",
+    ]
+    backlog = status.get("backlog")
+    if backlog:
+        lines.append(
+            f"checks   {backlog['pending']} waiting for the embedding check "
+            f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
+            f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand"
+        )
+    trust = status.get("trust")
+    if trust:
+        when = "not yet computed"
+        if trust.get("recomputed_at") is not None:
+            when = f"computed in {trust.get('seconds') or 0:.2f} s"
+        lines.append(
+            f"trust    {trust.get('votes', 0)} verdicts from {trust.get('voters', 0)} voters on "
+            f"{trust.get('authors', 0)} authors; {trust.get('root_endorsements', 0)} endorsed "
+            f"by this node ({'in use' if trust.get('ready') else 'time known still decides'}); "
+            f"{when}"
+        )
+    addrs = status.get("addrs", [])
+    if status.get("peers", 0) == 0:
+        lines += textwrap.wrap(JOIN_HINT, WIDTH)
+    else:
+        lines.append("address (for --bootstrap):")
+    lines += [f"  {a}" for a in addrs]
+    return "\n".join(lines)
+
+
+def peers_view(peers: list[dict[str, Any]]) -> str:
+    """``GET /v1/peers`` as one line per peer."""
+    if not peers:
+        return "no peers connected"
+    lines = [f"{'peer id':<54} {'score':>8}  mesh"]
+    for p in peers:
+        lines.append(f"{p['peer_id']:<54} {p['score']:>8.2f}  {'yes' if p.get('mesh') else 'no'}")
+    lines.append("score: the gossip score this node gives the peer (0 neutral, below 0 penalised)")
+    return "\n".join(lines)
+
+
+def write_view(answer: dict[str, Any]) -> str:
+    """A write's answer (publish, revoke): ``OUTCOME ID``."""
+    return f"{answer['outcome']} {answer['id']}"
+
+
+def feedback_view(answer: dict[str, Any]) -> str:
+    """``POST /v1/experiences/{id}/feedback``'s answer: ``OUTCOME VERDICT on TARGET`` (with
+    the verdict it replaced), then the signed verdict's id."""
+    line = f"{answer['outcome']} {answer['verdict']} on {answer['target']}"
+    if answer.get("previous"):
+        line += f" (was {answer['previous']})"
+    return f"{line}\nverdict {answer['id']}"

@@ -1,0 +1,242 @@
+"""The embedding check's room: the second stage of ingest.
+
+A peer's record is stored *pending* as soon as the cheap checks pass (``ingest``), indexed at
+the vector its code implies. This room re-encodes pending texts in the background, in batches
+at the encoder's pace, and applies the node's :class:`~zoonode.net.validation.EmbeddingRule`:
+an agreeing record is promoted to *active* with its text's exact vector (store and replica);
+a disagreeing one is removed and tombstoned, and, when the rule says the evidence suffices,
+its author is banned and every other record of that author still waiting is dropped unseen.
+
+Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
+waiting long enough to keep ``SHARE`` of the time (a quarter under back-to-back queries, 5 %
+while records wait in the ingest queue: a backlog always drains), and a query checks the few
+pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
+
+Order of the backlog: first the pending records recent queries had among their candidates
+(newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
+before newcomers; within each, every author's first waiting record before anyone's second (a
+liar is found, banned and purged after one check, however many records it queued); newest
+first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trio
+
+from zoonode.net.validation import AbsoluteAgreement, EmbeddingRule, Reason
+from zoonode.protocol import decode
+from zoonode.store import Row
+
+if TYPE_CHECKING:
+    from zoonode.node.core import Node
+
+log = logging.getLogger("zoonode.node.checker")
+
+# One torch thread for the background check: on 2 cores it leaves one to queries, gossip and
+# the store, and two encodes never stall on each other's thread barrier (benchmarks/ingest.py).
+CHECK_THREADS = 1
+# Queries and stage 1 come first. Before each batch the background check waits for a quiet
+# moment (no query running, none and no store batch in the last QUIET_S), but at most so long
+# that it still gets SHARE of the time: under back-to-back queries or a sustained flood it
+# runs one batch in 1/SHARE of the time, and a backlog always drains.
+QUIET_S = 0.05
+SHARE = 0.25
+FLOOD_SHARE = 0.05  # while records wait in the ingest queue: stage 1 first
+RATE_WINDOW_S = 30.0
+HOT_MAX = 4096
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """Outcome of checking some records: exact vectors of the promoted (and of those found
+    already promoted), and the seqs removed (failed, or author banned)."""
+
+    vectors: dict[int, np.ndarray]
+    removed: set[int]
+
+
+class RateMeter:
+    """Events per second over a sliding window (the check rate shown in status)."""
+
+    def __init__(self, window: float = RATE_WINDOW_S) -> None:
+        self.window = window
+        self.events: deque[tuple[float, int]] = deque()
+
+    def add(self, n: int, now: float | None = None) -> None:
+        self.events.append((time.monotonic() if now is None else now, n))
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.events and self.events[0][0] < now - self.window:
+            self.events.popleft()
+        if not self.events:
+            return 0.0
+        span = max(now - self.events[0][0], 1.0)
+        return sum(n for _, n in self.events) / span
+
+
+class Checker:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        settings = node.cfg.ingest
+        self.rule: EmbeddingRule = AbsoluteAgreement(node.embedding_threshold)
+        self.batch = settings.check_batch
+        self.max_rate = settings.check_rate
+        self.meter = RateMeter()
+        self.queries = 0  # queries running now: the background loop waits for them
+        self.last_activity = 0.0  # monotonic time a query or a store batch last ended
+        self._batch_s = 0.1  # how long the last background batch took
+        self._work = trio.Event()
+        self._encoder_slot = trio.CapacityLimiter(1)
+        self._hot: dict[int, None] = {}  # pending seqs queries saw as candidates, newest last
+
+    def touch(self, seqs: Sequence[int]) -> None:
+        """Pending records a query had among its candidates: checked first (queries on the
+        same topic tend to follow)."""
+        for seq in seqs:
+            self._hot.pop(seq, None)
+            self._hot[seq] = None
+        while len(self._hot) > HOT_MAX:
+            del self._hot[next(iter(self._hot))]
+        if seqs:
+            self._work.set()
+
+    def _next(self, hot: list[int]) -> list[Row]:
+        """Knowledge-base thread: the next batch, touched records first."""
+        kb = self.node.kb
+        rows = kb.pending(self.batch, hot) if hot else []
+        if len(rows) < self.batch:
+            taken = {r.seq for r in rows}
+            rows += [r for r in kb.pending(self.batch) if r.seq not in taken]
+        return rows[: self.batch]
+
+    def notify(self) -> None:
+        """New pending records: wake the background loop."""
+        self._work.set()
+
+    async def run(self) -> None:
+        node = self.node
+        while True:
+            self._work = trio.Event()
+            hot = list(self._hot)[-self.batch :][::-1]
+            for seq in hot:
+                del self._hot[seq]
+            rows = await node.in_kb(self._next, hot)
+            if not rows:
+                await self._work.wait()
+                continue
+            await self._yield_to_queries()
+            started = time.monotonic()
+            texts = [decode(r.wire).experience.text for r in rows]
+            compact = await trio.to_thread.run_sync(
+                node.encoder.encode_compact,
+                texts,
+                len(texts),
+                False,
+                CHECK_THREADS,
+                limiter=self._encoder_slot,
+            )
+            await node.in_kb(self._apply, rows, compact, "background")
+            self._batch_s = time.monotonic() - started
+            if self.max_rate > 0:  # the operator's cap: leave the CPU to other work
+                await trio.sleep(max(0.0, len(rows) / self.max_rate - (time.monotonic() - started)))
+
+    def active(self) -> None:
+        """A query or a store batch just ended (the background check waits for quiet)."""
+        self.last_activity = time.monotonic()
+
+    async def _yield_to_queries(self) -> None:
+        ingest = self.node.ingest
+        share = FLOOD_SHARE if ingest.queued() else SHARE
+        with trio.move_on_after(self._batch_s * (1 - share) / share):
+            while (
+                self.queries or ingest.queued() or time.monotonic() - self.last_activity < QUIET_S
+            ):
+                await trio.sleep(0.005)
+
+    def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
+        """Knowledge-base thread: check these records now if they still wait (a query's
+        selected few, one encoder batch), and report every one's fate."""
+        node = self.node
+        seqs = [int(s) for s in seqs]
+        rows = node.kb.pending(len(seqs), seqs)
+        vectors: dict[int, np.ndarray] = {}
+        removed: set[int] = set()
+        if rows:
+            texts = [decode(r.wire).experience.text for r in rows]
+            compact = node.encoder.encode_compact(texts, len(texts), False, CHECK_THREADS)
+            outcome = self._apply(rows, compact, "on_demand")
+            vectors |= outcome.vectors
+            removed |= outcome.removed
+        rest = [s for s in seqs if s not in vectors and s not in removed]
+        found = node.kb.store.rows_with_vectors(rest) if rest else {}
+        for seq in rest:
+            if seq in found and not found[seq][0].pending:
+                vectors[seq] = found[seq][1]
+            else:
+                removed.add(seq)  # gone (rejected, purged, evicted) or, oddly, still waiting
+        return CheckOutcome(vectors, removed)
+
+    def _apply(self, rows: list[Row], compact: np.ndarray, how: str) -> CheckOutcome:
+        """Knowledge-base thread: the rule's verdicts, applied to store, replica and bans."""
+        node = self.node
+        kb = node.kb
+        codes = [decode(r.wire).experience.code for r in rows]
+        verdicts = self.rule(codes, compact, node.encoder.space_info)
+        good = [i for i, v in enumerate(verdicts) if v.accept]
+        promoted = set(kb.promote([rows[i] for i in good], compact[good]))
+        vectors = {rows[i].seq: compact[i] for i in good if rows[i].seq in promoted}
+        removed: set[int] = set()
+        for row, verdict in zip(rows, verdicts, strict=True):
+            if verdict.accept:
+                continue
+            if not kb.remove([row], Reason.EMBEDDING_MISMATCH):
+                continue  # already handled elsewhere
+            removed.add(row.seq)
+            node.counters[f"check:{how}:rejected"] += 1
+            log.warning(
+                "embedding mismatch (score %.3f) in %s by author %s from %s%s",
+                verdict.score,
+                row.id.hex()[:16],
+                row.author.hex()[:16],
+                row.peer,
+                ": author banned" if verdict.ban else "",
+            )
+            if verdict.ban and row.author not in node.banned:
+                kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)
+                node.banned.add(row.author)
+                purged = kb.remove(kb.pending_of(row.author), Reason.AUTHOR_BANNED)
+                removed |= {r.seq for r in purged}
+                node.counters["check:purged"] += len(purged)
+        node.counters[f"check:{how}:promoted"] += len(promoted)
+        node.counters[f"check:{how}"] += len(rows)
+        self.meter.add(len(rows))
+        return CheckOutcome(vectors, removed)
+
+    def status(self) -> dict[str, float | int]:
+        """The backlog as ``/v1/status`` and the CLI show it."""
+        node = self.node
+        backlog = node.kb.backlog
+        c = node.counters
+        return {
+            "pending": backlog.total,
+            "pending_authors": len(backlog.by_author),
+            "check_rate": round(self.meter.rate(), 2),
+            "checked": c["check:background"] + c["check:on_demand"],
+            "promoted": c["check:background:promoted"] + c["check:on_demand:promoted"],
+            "rejected": c["check:background:rejected"] + c["check:on_demand:rejected"],
+            "purged": c["check:purged"],
+            "on_demand": c["check:on_demand"],
+            "ignored": node.gossip.stats.verdicts.get(f"ignore:{Reason.BACKLOG}", 0)
+            + c[f"sync:ignore:{Reason.BACKLOG}"],
+            "max_pending": node.bounds.total,
+            "max_pending_per_author": node.bounds.per_author,
+        }
