@@ -327,3 +327,4 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     assert own_rated.is_error and "own_lesson" in own_rated.content[0].text
     metrics = httpx.get(f"{a.url}/metrics").text
     assert 'zoonode_events_total{kind="feedback",reason="replaced"}' in metrics
+    assert "# TYPE zoonode_gossip_feedback_records_total counter" in metrics  # peers' verdicts

@@ -75,6 +75,7 @@ def test_a_verdict_on_node_a_changes_the_ranking_on_node_c_two_hops_away(tmp_pat
                 what="a's verdict reaching c's trust",
             )
             assert b.kb.store.feedback.counts()["helpful"] == 1  # relayed through b
+            assert b.metrics()["feedback_verdicts"]["accept:ok"] >= 2  # per-topic stats
             assert c.feedback.ready and c.feedback.standing(q_author, 0.0) == 1.0
             after, _ = await c.query(QUERY)
             assert after.selected[0].candidate.id == q_item.record.id

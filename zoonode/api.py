@@ -157,8 +157,17 @@ class _NodeCollector:
         for name, value in sorted(m["gossip_verdicts"].items()):
             verdict, _, reason = name.partition(":")
             records.add_metric([verdict, reason], value)
+        feedback = CounterMetricFamily(
+            "zoonode_gossip_feedback_records",
+            "Gossiped feedback records (NETWORK.md §4.7) by validation verdict and reason",
+            labels=["verdict", "reason"],
+        )
+        for name, value in sorted(m["feedback_verdicts"].items()):
+            verdict, _, reason = name.partition(":")
+            feedback.add_metric([verdict, reason], value)
         yield events
         yield records
+        yield feedback
         yield CounterMetricFamily(
             "zoonode_gossip_messages_in", "Gossip messages received", value=m["messages_in"]
         )
