@@ -5,6 +5,7 @@
 
 - ``v1.json``: records (SPEC.md): valid records with every intermediate byte string, edge
   records that MUST be accepted, and invalid records with the one error code each must get;
+- ``feedback-v1.json``: feedback records (SPEC.md §8), valid, edge and invalid as above;
 - ``network-v1.json``: the network layer (NETWORK.md): topic and protocol ids, gossip
   messages with their message ids and verdicts, and sync and query requests and answers as
   frames.
@@ -29,6 +30,15 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import ErrorCode
+from .feedback import (
+    FEEDBACK_SIGNING_PREFIX,
+    Feedback,
+    FeedbackKey,
+    FeedbackVerdict,
+    encode_feedback_unsigned,
+    sign_feedback,
+)
+from .feedback import _fields as _feedback_fields
 from .record import Example, Experience, Op
 from .wire import SIGNING_PREFIX, Key, _fields, content_id, encode_unsigned, public_key_bytes, sign
 
@@ -39,6 +49,7 @@ ED25519_L = 2**252 + 27742317777372353535851937790883648493
 ED25519_P = 2**255 - 19
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 RECORDS_FILE = "v1.json"
+FEEDBACK_FILE = "feedback-v1.json"
 NETWORK_FILE = "network-v1.json"
 
 
@@ -425,6 +436,164 @@ def experience_from_json(fields: dict[str, Any]) -> Experience:
     )
 
 
+# -- feedback (SPEC.md §8) ------------------------------------------------------------------
+
+
+def _verdict(target: bytes, verdict: int, created_at: int = CREATED_AT + 10, **changes) -> Feedback:
+    fields: dict[str, Any] = dict(
+        voter=public_key_bytes(test_key()),
+        space=SPACE,
+        created_at=created_at,
+        target=target,
+        verdict=FeedbackVerdict(verdict),
+        task=hashlib.sha256(b"Add 3 m and 20 cm").digest(),
+    )
+    fields.update(changes)
+    return Feedback(**fields)
+
+
+def _valid_feedback() -> list[tuple[str, Feedback]]:
+    """Verdicts on the record vectors' experiences (their ids are in v1.json)."""
+    ids = {name: sign(exp, test_key()).id for name, exp in _valid_experiences()}
+    return [
+        ("helpful_with_task", _verdict(ids["add_with_examples"], 1)),
+        ("harmful_without_task", _verdict(ids["modify"], -1, CREATED_AT + 11, task=None)),
+        ("withdrawn", _verdict(ids["add_with_examples"], 0, CREATED_AT + 12)),
+    ]
+
+
+def _edge_feedback() -> list[tuple[str, str, Feedback]]:
+    target = sign(_lesson(), test_key()).id
+    return [
+        ("created_at_zero", "0 is in range (fixint 00)", _verdict(target, 1, 0)),
+        ("created_at_max", "2^53-1 is in range (uint 64)", _verdict(target, -1, 2**53 - 1)),
+        ("zero_target", "any 32 bytes name a target; the record need not be known",
+         _verdict(bytes(32), 1, task=None)),
+    ]  # fmt: skip
+
+
+def _feedback_case(name: str, fb: Feedback) -> dict[str, Any]:
+    record = sign_feedback(fb, test_key())
+    fields: dict[str, Any] = {
+        "voter": fb.voter.hex(),
+        "space": fb.space.hex(),
+        "created_at": fb.created_at,
+        "target": fb.target.hex(),
+        "verdict": int(fb.verdict),
+    }
+    if fb.task is not None:
+        fields["task"] = fb.task.hex()
+    return {
+        "name": name,
+        "fields": fields,
+        "unsigned_hex": encode_feedback_unsigned(fb).hex(),
+        "id": record.id.hex(),
+        "signature": record.signature.hex(),
+        "wire_hex": record.wire.hex(),
+    }
+
+
+def feedback_from_json(fields: dict[str, Any]) -> Feedback:
+    """Rebuild a Feedback from a vector's ``fields``."""
+    return Feedback(
+        voter=bytes.fromhex(fields["voter"]),
+        space=bytes.fromhex(fields["space"]),
+        created_at=fields["created_at"],
+        target=bytes.fromhex(fields["target"]),
+        verdict=FeedbackVerdict(fields["verdict"]),
+        task=bytes.fromhex(fields["task"]) if "task" in fields else None,
+    )
+
+
+def _invalid_feedback(good_fb: Feedback) -> list[tuple[str, ErrorCode, str, bytes]]:
+    record = sign_feedback(good_fb, test_key())
+    good = [(int(k), v) for k, v in _feedback_fields(good_fb)] + [
+        (int(FeedbackKey.SIGNATURE), record.signature)
+    ]
+    wire = _pack_pairs(good)
+    flipped = bytearray(wire)
+    flipped[-1] ^= 0x01
+    E, K = ErrorCode, FeedbackKey
+    r = lambda key, value: _pack_pairs(_replace(good, key, value))  # noqa: E731
+    # The same content id signed under the experience prefix: domain separation.
+    experience_prefixed = test_key().sign(SIGNING_PREFIX + record.id)
+    lesson_wire = sign(_lesson(), test_key()).wire
+    cases: list[tuple[str, ErrorCode, str, bytes]] = [
+        ("oversize", E.OVERSIZE, "over 256 bytes, checked before parsing", wire + bytes(256)),
+        ("truncated", E.MALFORMED, "ends inside the map", wire[:-10]),
+        ("reserved_byte", E.MALFORMED, "0xc1 is never valid msgpack", b"\xc1"),
+        ("trailing_byte", E.TRAILING_BYTES, "one byte after the map", wire + b"\x00"),
+        ("not_a_map", E.NOT_A_MAP, "an array", msgpack.packb([1, 2, 3])),
+        ("unknown_field", E.UNKNOWN_FIELD, "key 8", _pack_pairs([*good, (8, 1)])),
+        ("string_key", E.UNKNOWN_FIELD, "the str key \"5\" is not the int 5",
+         _pack_pairs([(str(k), v) if k == K.VERDICT else (k, v) for k, v in good])),
+        ("duplicate_field", E.DUPLICATE_FIELD, "key 5 twice", _pack_pairs([*good[:6], good[5], *good[6:]])),
+        ("verdict_as_bool", E.WRONG_TYPE, "true is not the int 1", r(K.VERDICT, True)),
+        ("verdict_as_float", E.WRONG_TYPE, "1.0 is not the int 1", r(K.VERDICT, 1.0)),
+        ("verdict_as_string", E.WRONG_TYPE, "\"helpful\" is not an int", r(K.VERDICT, "helpful")),
+        ("voter_as_str", E.WRONG_TYPE, "str for bin", r(K.VOTER, "a" * 32)),
+        ("task_nil", E.WRONG_TYPE, "an absent task is omitted, never nil", r(K.TASK, None)),
+        ("experience_as_feedback", E.OVERSIZE, "a whole experience record is over 256 bytes",
+         lesson_wire),
+        ("experience_pairs_as_feedback", E.WRONG_TYPE,
+         "an experience's first four pairs: its key 1 (op, an int) is no voter",
+         _first_pairs(lesson_wire)),
+        ("version_2", E.UNSUPPORTED_VERSION, "version 2", r(K.VERSION, 2)),
+        ("missing_version", E.MISSING_FIELD, "no key 0", _pack_pairs(_without(good, K.VERSION))),
+        ("missing_target", E.MISSING_FIELD, "no key 4", _pack_pairs(_without(good, K.TARGET))),
+        ("missing_signature", E.MISSING_FIELD, "no key 7", _pack_pairs(_without(good, K.SIGNATURE))),
+        ("voter_31_bytes", E.OUT_OF_RANGE, "bin of the wrong length", r(K.VOTER, good_fb.voter[:31])),
+        ("space_17_bytes", E.OUT_OF_RANGE, "bin of the wrong length", r(K.SPACE, SPACE + b"\x00")),
+        ("negative_created_at", E.OUT_OF_RANGE, "created_at -1", r(K.CREATED_AT, -1)),
+        ("target_33_bytes", E.OUT_OF_RANGE, "bin of the wrong length", r(K.TARGET, bytes(33))),
+        ("verdict_2", E.OUT_OF_RANGE, "-1, 0 or 1 only", r(K.VERDICT, 2)),
+        ("verdict_minus_2", E.OUT_OF_RANGE, "-1, 0 or 1 only", r(K.VERDICT, -2)),
+        ("task_16_bytes", E.OUT_OF_RANGE, "a task digest is 32 bytes", r(K.TASK, bytes(16))),
+        ("signature_63_bytes", E.OUT_OF_RANGE, "a bin of the wrong length",
+         r(K.SIGNATURE, record.signature[:63])),
+        ("verdict_out_of_range_before_non_canonical", E.OUT_OF_RANGE, "values before canonical form",
+         _pack_pairs(list(reversed(_replace(good, K.VERDICT, 5))))),
+        ("keys_out_of_order", E.NON_CANONICAL, "keys descending", _pack_pairs(list(reversed(good)))),
+        ("long_verdict_encoding", E.NON_CANONICAL, "verdict 1 as uint8 (cc 01)",
+         _swap(wire, b"\x05\x01\x06", b"\x05\xcc\x01\x06")),
+        ("long_map_header", E.NON_CANONICAL, "map 16 header for 8 pairs",
+         b"\xde\x00" + bytes([wire[0] & 0x0F]) + wire[1:]),
+        ("bad_signature_last_byte", E.BAD_SIGNATURE, "one bit of S flipped", bytes(flipped)),
+        ("verdict_changed_after_signing", E.BAD_SIGNATURE, "helpful turned harmful",
+         r(K.VERDICT, -1)),
+        ("signed_as_experience", E.BAD_SIGNATURE,
+         "the same id signed under zoo/dso/experience/v1: prefixes keep the types apart",
+         r(K.SIGNATURE, experience_prefixed)),
+    ]  # fmt: skip
+    return cases
+
+
+def _first_pairs(lesson_wire: bytes) -> bytes:
+    """An experience record cut to its first four pairs, re-framed as a 4-pair map: the
+    first pairs an experience decoder sees, small enough for the feedback size limit."""
+    pairs = list(msgpack.unpackb(lesson_wire, strict_map_key=False).items())[:4]
+    return _pack_pairs(pairs)
+
+
+def build_feedback_vectors() -> dict[str, Any]:
+    """The feedback record vectors (``feedback-v1.json``)."""
+    valid = _valid_feedback()
+    return {
+        "protocol": FEEDBACK_SIGNING_PREFIX.decode(),
+        "spec": "SPEC.md §8",
+        "test_seed_hex": TEST_SEED.hex(),
+        "public_key": public_key_bytes(test_key()).hex(),
+        "valid": [_feedback_case(name, fb) for name, fb in valid],
+        "edge_valid": [
+            _feedback_case(name, fb) | {"note": note} for name, note, fb in _edge_feedback()
+        ],
+        "invalid": [
+            {"name": name, "error": code.value, "note": note, "wire_hex": data.hex()}
+            for name, code, note, data in _invalid_feedback(valid[0][1])
+        ],
+    }
+
+
 # -- network (NETWORK.md) -----------------------------------------------------------------------
 
 TOPIC_TEMPLATE = "/zoo/dso/1/{space_hex}/experiences"
@@ -619,9 +788,10 @@ def build_network_vectors() -> dict[str, Any]:
         _frame_case(
             "bad_request_answer", {"error": "bad_request", "message": "ids needs int start and end"}
         ),
-        _frame_case("unknown_type_request", {"op": "digest", "type": "feedback"}),
+        _frame_case("unknown_type_request", {"op": "digest", "type": "endorsement"}),
         _frame_case(
-            "unknown_type_answer", {"error": "unknown_type", "message": "only 'experience'"}
+            "unknown_type_answer",
+            {"error": "unknown_type", "message": "syncs 'experience' and 'feedback' records"},
         ),
     ]
     code = valid["add_with_examples"].code
@@ -686,7 +856,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
     differ = []
-    for name, data in ((RECORDS_FILE, build_vectors()), (NETWORK_FILE, build_network_vectors())):
+    files = (
+        (RECORDS_FILE, build_vectors()),
+        (FEEDBACK_FILE, build_feedback_vectors()),
+        (NETWORK_FILE, build_network_vectors()),
+    )
+    for name, data in files:
         path = args.out / name
         text = render(data)
         if args.check:

@@ -1,10 +1,12 @@
 """What agents and operators touch, against real `zoonode start` processes: the OpenAPI
 contract checked on real answers, /v1/context, batch sharing, export -> import between two
-nodes, the async client, and MCP through a real MCP client over stdio and streamable HTTP."""
+nodes, the async client, outcome reports (HTTP, CLI, MCP), and MCP through a real MCP client
+over stdio and streamable HTTP."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import anyio
 import httpx
@@ -249,3 +251,80 @@ def test_mcp_over_streamable_http_on_the_node(nodes):
 
     hits = anyio.run(main)
     assert hits and hits[0]["domain"] == "math.algebra"
+
+
+def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
+    """A verdict on another author's lesson, by HTTP, CLI and MCP, with the same codes."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    a, b = nodes
+    lesson = {
+        "text": "Let bread dough rise until it has doubled in size, one to two hours when warm",
+        "domain": "cooking.bread",
+        "confidence": 0.7,
+    }
+    theirs = httpx.post(f"{b.url}/v1/experiences", json=lesson, headers=b.auth).json()["id"]
+    line = next(
+        json.loads(x)
+        for x in httpx.get(f"{b.url}/v1/export").text.splitlines()
+        if json.loads(x)["id"] == theirs
+    )
+    imported = httpx.post(f"{a.url}/v1/records", json={"wires": [line["wire"]]}, headers=a.auth)
+    assert imported.json()["results"][0]["id"] == theirs
+    url = f"{a.url}/v1/experiences/{theirs}/feedback"
+
+    assert httpx.post(url, json={"verdict": "helpful"}).status_code == 401
+    first = httpx.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
+    assert first.status_code == 201, first.text
+    conforms(first.json(), "FeedbackOut")
+    assert first.json()["outcome"] == "accepted"
+    bad = httpx.post(url, json={"verdict": "great"}, headers=a.auth)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "wrong_type"
+    missing = httpx.post(
+        f"{a.url}/v1/experiences/{'0' * 64}/feedback", json={"verdict": "helpful"}, headers=a.auth
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    own = httpx.post(f"{a.url}/v1/experiences", json=LESSONS[0], headers=a.auth).json()["id"]
+    refused = httpx.post(
+        f"{a.url}/v1/experiences/{own}/feedback", json={"verdict": "helpful"}, headers=a.auth
+    )
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "own_lesson"
+
+    out = a.cli("feedback", theirs, "--harmful", "--json")
+    assert json.loads(out.stdout) | {"id": None} == {
+        "id": None, "target": theirs, "verdict": "harmful", "outcome": "replaced",
+        "previous": "helpful",
+    }  # fmt: skip
+    again = a.cli("feedback", theirs, "--harmful")  # for people: outcome, verdict, target
+    first_line, id_line = again.stdout.splitlines()
+    assert first_line == f"replaced harmful on {theirs} (was harmful)"
+    assert re.fullmatch(r"verdict [0-9a-f]{64}", id_line)
+    both = a.cli("feedback", theirs, "--harmful", "--helpful", check=False)
+    assert both.returncode == 1 and "exactly one" in both.stderr
+
+    found = httpx.post(f"{a.url}/v1/query", json={"text": "bread dough rise", "k": 3}).json()
+    [item] = [s for s in found["selected"] if s["id"] == theirs] or [None]
+    if item is not None:  # a's own harmful verdict may keep it out; if shown, it is explained
+        assert item["trust"]["harmful"] == 1
+    status = httpx.get(f"{a.url}/v1/status").json()
+    assert status["trust"]["votes"] >= 0 and "recomputed_at" in status["trust"]
+    prompt = httpx.post(f"{a.url}/v1/context", json={"task": "solve a geometry problem"}).json()
+    assert f"id {prompt['experiences'][0]}" in prompt["prompt"]
+
+    async def main():
+        async with (
+            httpx2.AsyncClient(headers=a.auth) as http,
+            Client(streamable_http_client(f"{a.url}/mcp", http_client=http)) as client,
+        ):
+            ok = await client.call_tool("rate_experience", {"id": theirs, "verdict": "withdrawn"})
+            own_rated = await client.call_tool("rate_experience", {"id": own, "verdict": "helpful"})
+            return ok, own_rated
+
+    ok, own_rated = anyio.run(main)
+    assert not ok.is_error and json.loads(ok.content[0].text)["previous"] == "harmful"
+    assert own_rated.is_error and "own_lesson" in own_rated.content[0].text
+    metrics = httpx.get(f"{a.url}/metrics").text
+    assert 'zoonode_events_total{kind="feedback",reason="replaced"}' in metrics
+    assert "# TYPE zoonode_gossip_feedback_records_total counter" in metrics  # peers' verdicts

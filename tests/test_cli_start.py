@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from zoonode.humanview import query_view, status_view
+from zoonode.humanview import feedback_view, query_view, status_view
 
 from conftest import ZOONODE
 
@@ -82,6 +82,27 @@ def test_query_view_rounds_and_explains():
     assert "1 selected of 41 considered" in view and "40 below the similarity floor" in view
     assert "1.0000001" not in view and "e-05" not in view
     assert query_view({"selected": [], "considered": 7}).startswith("no lesson selected")
+    assert "verdicts:" not in view  # no verdicts, no line (the README tour's view)
+    voted = lesson | {"trust": {"helpful": 2, "harmful": 1, "author_trust_standing": 0.4567}}
+    assert (
+        "    verdicts: 2 helpful, 1 harmful (author's trust standing 0.46)"
+        in query_view({"selected": [voted], "considered": 1}).splitlines()
+    )
+
+
+def test_feedback_and_trust_views():
+    answer = {"id": "ef" * 32, "target": "ab" * 32, "verdict": "harmful", "outcome": "accepted"}
+    assert feedback_view(answer | {"previous": None}).splitlines() == [
+        f"accepted harmful on {'ab' * 32}",
+        f"verdict {'ef' * 32}",
+    ]
+    replaced = feedback_view(answer | {"outcome": "replaced", "previous": "helpful"})
+    assert replaced.splitlines()[0].endswith("(was helpful)")
+    trust = {"votes": 12, "voters": 3, "authors": 5, "root_endorsements": 2, "ready": False,
+             "recomputed_at": 1, "seconds": 0.0123}  # fmt: skip
+    view = status_view({"peer_id": PEER, "addrs": [], "peers": 1, "counts": {}, "trust": trust})
+    assert "trust    12 verdicts from 3 voters on 5 authors; 2 endorsed by this node" in view
+    assert "time known still decides" in view and "0.01 s" in view
 
 
 def test_status_view_says_how_to_join_when_alone():

@@ -27,7 +27,15 @@ from zoonode.net.validation import (
     check_record,
     code_vectors,
 )
-from zoonode.protocol import Experience, Op, public_key_bytes, sign
+from zoonode.protocol import (
+    Experience,
+    Feedback,
+    FeedbackVerdict,
+    Op,
+    public_key_bytes,
+    sign,
+    sign_feedback,
+)
 from zoonode.replica import Replica
 from zoonode.store import SCHEMA_VERSION, Incoming, Status, Store, StoreError
 
@@ -168,6 +176,7 @@ def test_a_version_1_store_of_main_upgrades_to_two_stage(tmp_path, encoder, key)
     kb.close()
     db = sqlite3.connect(path / DB_FILE)
     db.executescript(  # what zoonode wrote at schema 1
+        "DROP TABLE feedback;"
         "DROP INDEX records_pending; DROP INDEX records_cluster_status;"
         "ALTER TABLE records DROP COLUMN pending; DROP TABLE replica_journal;"
         "CREATE INDEX records_cluster_status ON records(cluster, status)"
@@ -176,7 +185,7 @@ def test_a_version_1_store_of_main_upgrades_to_two_stage(tmp_path, encoder, key)
     )
     db.close()
     kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
-    assert kb.store.schema_version == SCHEMA_VERSION == 2
+    assert kb.store.schema_version == SCHEMA_VERSION == 3
     row = kb.get(item.record.id)
     assert row.status is Status.ACTIVE and not row.pending
     assert kb.authors_first_seen([author]) == first
@@ -189,6 +198,57 @@ def test_a_version_1_store_of_main_upgrades_to_two_stage(tmp_path, encoder, key)
     assert [r.id for r in kb.pending(10)] == [waiting.record.id]
     assert kb.store.counts()["pending"] == 1
     kb.close()
+
+
+def test_a_version_2_store_of_main_gains_the_feedback_table(tmp_path, encoder, key):
+    """Schema 2 (two-stage ingest, no feedback table) upgrades to 3 on open: a checked and a
+    pending record stay as they were (the pending one still in the checker's queue, the
+    replica journal kept), and verdicts are then stored, one standing per voter and target."""
+    path = tmp_path / "node"
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    checked, waiting = pending_items(
+        encoder,
+        create_experiences(
+            encoder, key, [{"text": TEXTS[0], "domain": "a.b"}, {"text": TEXTS[1], "domain": "a.b"}]
+        ),
+    )
+    kb.ingest([replace(checked, pending=None), waiting])
+    journal = kb.store.db.execute("SELECT count(*) FROM replica_journal").fetchone()[0]
+    kb.close()
+    db = sqlite3.connect(path / DB_FILE)
+    db.executescript(  # what zoonode wrote at schema 2 (main after #23)
+        "DROP TABLE feedback; PRAGMA user_version = 2;"
+    )
+    db.close()
+    kb = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+    store = kb.store
+    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.db.execute("SELECT count(*) FROM replica_journal").fetchone()[0] == journal
+    assert (
+        kb.get(checked.record.id).status is Status.ACTIVE and not kb.get(checked.record.id).pending
+    )
+    assert [r.id for r in kb.pending(10)] == [waiting.record.id]
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
+    assert {"feedback", "feedback_target", "feedback_created"} <= indexes
+    voter = Ed25519PrivateKey.generate()
+    at = checked.record.experience.created_at
+    votes = [
+        sign_feedback(
+            Feedback(
+                public_key_bytes(voter), encoder.space, at + i, checked.record.id,
+                FeedbackVerdict(v), None,
+            ),
+            voter,
+        )
+        for i, v in enumerate((1, -1))
+    ]  # fmt: skip
+    outcomes = [r.outcome for r in store.feedback.insert([(v, "p") for v in votes])]
+    assert outcomes == ["accepted", "replaced"]
+    assert store.feedback.counts() == {"helpful": 0, "harmful": 1, "withdrawn": 0}
+    kb.close()
+    again = KnowledgeBase(path, encoder.space, encoder.space_info.hidden)  # opening again
+    assert again.store.schema_version == 3 and again.store.feedback.counts()["harmful"] == 1
+    again.close()
 
 
 def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path, encoder, key):
@@ -224,7 +284,7 @@ def test_a_version_0_store_upgrades_in_place_and_a_newer_one_is_refused(tmp_path
     db.commit()
     db.close()
     store = Store(path, encoder.space)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     row = store.get(r.id)
     assert row.status is Status.ACTIVE and not row.pending  # old records were checked
     assert store.counts()["active"] == 1 and store.counts()["pending"] == 0

@@ -32,6 +32,7 @@ from zoonode import inputs
 from zoonode.context import Lesson, render_context
 from zoonode.inputs import InputError
 from zoonode.knowledge import Filters
+from zoonode.node.feedback import RateRefused
 from zoonode.protocol import ProtocolError, check_domain, decode, record_to_dict
 from zoonode.store import StorageFull
 
@@ -52,6 +53,15 @@ REVOKE_REFUSALS = {
     "not_found": (404, "not_found", "no such experience"),
     "not_author": (403, "not_author", "only the author may revoke an experience"),
     "not_revocable": (409, "not_revocable", "a revocation cannot itself be revoked"),
+}
+# The verdicts an agent may report, as the record's integers (SPEC.md §8).
+VERDICTS = {"helpful": 1, "harmful": -1, "withdrawn": 0}
+# Feedback.rate refusals: (status, code); the message is the room's.
+FEEDBACK_REFUSALS = {
+    "not_found": (404, "not_found"),
+    "not_a_lesson": (409, "not_a_lesson"),
+    "own_lesson": (409, "own_lesson"),
+    "rate_limited": (429, "rate_limited"),
 }
 
 
@@ -147,8 +157,17 @@ class _NodeCollector:
         for name, value in sorted(m["gossip_verdicts"].items()):
             verdict, _, reason = name.partition(":")
             records.add_metric([verdict, reason], value)
+        feedback = CounterMetricFamily(
+            "zoonode_gossip_feedback_records",
+            "Gossiped feedback records (NETWORK.md §4.7) by validation verdict and reason",
+            labels=["verdict", "reason"],
+        )
+        for name, value in sorted(m["feedback_verdicts"].items()):
+            verdict, _, reason = name.partition(":")
+            feedback.add_metric([verdict, reason], value)
         yield events
         yield records
+        yield feedback
         yield CounterMetricFamily(
             "zoonode_gossip_messages_in", "Gossip messages received", value=m["messages_in"]
         )
@@ -196,7 +215,8 @@ def _filters(query: inputs.QueryIn | inputs.ContextIn) -> Filters:
     return Filters(domain=query.domain, min_confidence=query.min_confidence)
 
 
-def _selection_json(selection: Any, records: dict) -> dict[str, Any]:
+def _selection_json(selection: Any, records: dict, trust: dict | None = None) -> dict[str, Any]:
+    trust = trust or {}
     return {
         "selected": [
             {
@@ -207,6 +227,7 @@ def _selection_json(selection: Any, records: dict) -> dict[str, Any]:
                 "group_size": s.group_size,
                 "standing": s.candidate.reputation,
                 "score": s.score,
+                "trust": trust.get(s.candidate.id),
             }
             for s in selection.selected
         ],
@@ -242,6 +263,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 "peers": len(node.connected_peers()),
                 "mesh": len(node.gossip.mesh_peers()),
                 "backlog": node.checker.status(),
+                "trust": node.feedback.status().as_dict(),
                 "version": _version(),
             }
         )
@@ -350,14 +372,15 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     async def query(request: Request) -> Response:
         body = inputs.validate(inputs.QueryIn, await _body(request))
         selection, records = await run_query(body, "query")
-        return JSONResponse(_selection_json(selection, records))
+        trust = await node.queries.explain(selection)
+        return JSONResponse(_selection_json(selection, records, trust))
 
     async def context(request: Request) -> Response:
         body = inputs.validate(inputs.ContextIn, await _body(request))
         selection, records = await run_query(body, "context")
         lessons = [
-            Lesson(exp.text, exp.domain, exp.confidence)
-            for exp in (records[s.candidate.id].experience for s in selection.selected)
+            Lesson(exp.text, exp.domain, exp.confidence, s.candidate.id.hex())
+            for s, exp in ((s, records[s.candidate.id].experience) for s in selection.selected)
         ]
         return JSONResponse(
             {
@@ -387,6 +410,18 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 yield ("\n".join(chunk) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def feedback(request: Request) -> Response:
+        """An agent's verdict on an experience it used: signed by this node, stored, gossiped
+        on the feedback topic. Body {"verdict": "helpful"|"harmful"|"withdrawn", "task"?}."""
+        require_token(request)
+        record_id = _hex_id(request.path_params["id"])
+        body = inputs.validate(inputs.FeedbackIn, await _body(request))
+        try:
+            result = await node.rate(record_id, VERDICTS[body.verdict], body.task)
+        except RateRefused as exc:
+            raise ApiError(*FEEDBACK_REFUSALS[exc.code], exc.message) from exc
+        return JSONResponse(result, status_code=201 if result["outcome"] == "accepted" else 200)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -421,6 +456,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         Route("/v1/experiences/batch", share_batch, methods=["POST"]),
         Route("/v1/experiences/{id}", get_experience),
         Route("/v1/experiences/{id}/revoke", revoke, methods=["POST"]),
+        Route("/v1/experiences/{id}/feedback", feedback, methods=["POST"]),
         Route("/v1/records", import_records, methods=["POST"]),
         Route("/v1/query", query, methods=["POST"]),
         Route("/v1/context", context, methods=["POST"]),

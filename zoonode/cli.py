@@ -372,6 +372,33 @@ def revoke(
 
 
 @app.command()
+def feedback(
+    record_id: Annotated[str, typer.Argument(metavar="ID", help="The experience's hex id.")],
+    helpful: Annotated[bool, typer.Option("--helpful", help="It helped.")] = False,
+    harmful: Annotated[bool, typer.Option("--harmful", help="It misled.")] = False,
+    withdraw: Annotated[bool, typer.Option("--withdraw", help="Cancel my verdict.")] = False,
+    task: Annotated[str | None, typer.Option(help="The task (sent as SHA-256).")] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Report whether an experience helped (a signed verdict, gossiped; it feeds trust).
+    Prints OUTCOME VERDICT on ID (accepted: the first verdict on it; replaced: the previous
+    one no longer stands), then the verdict's id."""
+    from zoonode.humanview import feedback_view
+
+    chosen = [name for name, on in (("helpful", helpful), ("harmful", harmful),
+                                    ("withdrawn", withdraw)) if on]  # fmt: skip
+    if len(chosen) != 1:
+        raise _fail("give exactly one of --helpful, --harmful, --withdraw")
+    client = _client(url, token, data_dir, config)
+    answer = _call(client.feedback, record_id, chosen[0], task)
+    typer.echo(json.dumps(answer) if as_json else feedback_view(answer))
+
+
+@app.command()
 def query(
     text: Annotated[str, typer.Argument(help="The task or question.")],
     k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,

@@ -145,6 +145,13 @@ class _Requests:
         return "POST", f"/v1/experiences/{_record_id(record_id)}/revoke", {}
 
     @staticmethod
+    def feedback(record_id: str, verdict: str, task: str | None) -> tuple:
+        body: dict = {"verdict": verdict}
+        if task is not None:
+            body["task"] = task
+        return "POST", f"/v1/experiences/{record_id}/feedback", _json(body)
+
+    @staticmethod
     def query(text, k, domain, min_confidence, federated) -> tuple:
         body = {
             "text": text,
@@ -230,6 +237,13 @@ class Client:
 
     def revoke(self, record_id: str) -> dict:
         return self._call(_Requests.revoke(record_id))
+
+    def feedback(self, record_id: str, verdict: str, task: str | None = None) -> dict:
+        """Report whether an experience helped: ``verdict`` "helpful", "harmful" or
+        "withdrawn"; ``task`` (optional) travels as its SHA-256 only. Returns {id, target,
+        verdict, outcome, previous}. Errors: not_found, own_lesson, not_a_lesson,
+        rate_limited, wrong_type."""
+        return self._call(_Requests.feedback(record_id, verdict, task))
 
     def query(
         self,
@@ -362,6 +376,10 @@ class AsyncClient:
 
     async def revoke(self, record_id: str) -> dict:
         return await self._call(_Requests.revoke(record_id))
+
+    async def feedback(self, record_id: str, verdict: str, task: str | None = None) -> dict:
+        """See :meth:`Client.feedback`."""
+        return await self._call(_Requests.feedback(record_id, verdict, task))
 
     async def query(
         self,

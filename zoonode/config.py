@@ -181,6 +181,8 @@ class NetworkConfig:
     author_rate: Annotated[float, _range(gt=0.0)] = 20.0
     author_burst: Annotated[float, _range(ge=1.0)] = 200.0
     flood_rate: Annotated[float, _range(gt=0.0)] = 50.0
+    feedback_rate: Annotated[float, _range(gt=0.0)] = 5.0  # verdicts/s one voter may publish
+    feedback_burst: Annotated[float, _range(ge=1.0)] = 200.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,19 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Personalised trust from feedback (zoonode/trust.py, docs/trust.md)."""
+
+    damping: Annotated[float, _range(gt=0.0, le=0.95)] = 0.5  # share a voter's votes pass on
+    # the most trusted non-root authors holding this share of trust are established
+    established_mass: Annotated[float, _range(gt=0.0, le=1.0)] = 0.95
+    # authors the roots must endorse before time known stops establishing authors
+    min_endorsements: Annotated[int, _range(ge=0, le=1_000_000)] = 5
+    unendorsed_cap: Unit = 0.2  # the most standing time known alone gives, once trust is ready
+    recompute_s: Annotated[float, _range(gt=0.0, le=86_400.0)] = 30.0  # when votes changed
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -260,6 +275,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 
     @property

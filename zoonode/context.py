@@ -15,6 +15,10 @@ PREAMBLE = (
     "Lessons learned on earlier tasks, shared by peers and selected for this task. "
     "Apply the ones that fit; ignore the rest."
 )
+FEEDBACK_HINT = (
+    "After the task, report each lesson you used as helpful or harmful by its id "
+    "(POST /v1/experiences/{id}/feedback, MCP rate_experience, zoonode feedback)."
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Lesson:
     text: str
     domain: str
     confidence: float
+    id: str | None = None  # hex id, shown so an agent can report which lesson helped
 
 
 def render_context(task: str, lessons: Sequence[Lesson]) -> str:
@@ -30,6 +35,9 @@ def render_context(task: str, lessons: Sequence[Lesson]) -> str:
     lines = [HEADING, PREAMBLE, ""]
     for i, lesson in enumerate(lessons, 1):
         text = " ".join(lesson.text.split())  # one line each: no injected headings
-        lines.append(f"{i}. {text} ({lesson.domain}, confidence {lesson.confidence:.2f})")
+        ref = f", id {lesson.id}" if lesson.id else ""
+        lines.append(f"{i}. {text} ({lesson.domain}, confidence {lesson.confidence:.2f}{ref})")
+    if any(lesson.id for lesson in lessons):
+        lines += ["", FEEDBACK_HINT]
     lines += ["", "# Task", task]
     return "\n".join(lines)

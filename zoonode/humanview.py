@@ -19,8 +19,9 @@ REASONS = {
 QUERY_LEGEND = (
     "relevance: cosine similarity of lesson and query (about 0.3 and up is on topic); "
     "agreement: cosine with the robust centre of the candidates (1 = the consensus); "
-    "standing: how long this node has known the author (0 new .. 1 known for "
-    "selection.maturity_days); --json shows every field."
+    "standing: how established the author is to this node (0 new .. 1), from how long it has "
+    "known the author (selection.maturity_days) and the trust agents' verdicts give it "
+    "(docs/trust.md); --json shows every field."
 )
 
 JOIN_HINT = (
@@ -53,6 +54,12 @@ def query_view(answer: dict[str, Any], legend: bool = True) -> str:
             f"    {s['domain']} · confidence {s['confidence']:.2f} · author {short(s['author'], 8)}"
         )
         lines.append(f"    picked for: {why}")
+        trust = s.get("trust") or {}
+        if trust.get("helpful") or trust.get("harmful"):
+            lines.append(
+                f"    verdicts: {trust['helpful']} helpful, {trust['harmful']} harmful "
+                f"(author's trust standing {trust.get('author_trust_standing', 0):.2f})"
+            )
         lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
     considered = answer.get("considered", 0)
     if not selected:
@@ -89,6 +96,17 @@ def status_view(status: dict[str, Any]) -> str:
             f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
             f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand"
         )
+    trust = status.get("trust")
+    if trust:
+        when = "not yet computed"
+        if trust.get("recomputed_at") is not None:
+            when = f"computed in {trust.get('seconds') or 0:.2f} s"
+        lines.append(
+            f"trust    {trust.get('votes', 0)} verdicts from {trust.get('voters', 0)} voters on "
+            f"{trust.get('authors', 0)} authors; {trust.get('root_endorsements', 0)} endorsed "
+            f"by this node ({'in use' if trust.get('ready') else 'time known still decides'}); "
+            f"{when}"
+        )
     addrs = status.get("addrs", [])
     if status.get("peers", 0) == 0:
         lines += textwrap.wrap(JOIN_HINT, WIDTH)
@@ -112,3 +130,12 @@ def peers_view(peers: list[dict[str, Any]]) -> str:
 def write_view(answer: dict[str, Any]) -> str:
     """A write's answer (publish, revoke): ``OUTCOME ID``."""
     return f"{answer['outcome']} {answer['id']}"
+
+
+def feedback_view(answer: dict[str, Any]) -> str:
+    """``POST /v1/experiences/{id}/feedback``'s answer: ``OUTCOME VERDICT on TARGET`` (with
+    the verdict it replaced), then the signed verdict's id."""
+    line = f"{answer['outcome']} {answer['verdict']} on {answer['target']}"
+    if answer.get("previous"):
+        line += f" (was {answer['previous']})"
+    return f"{line}\nverdict {answer['id']}"

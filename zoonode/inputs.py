@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -195,6 +195,14 @@ class ContextIn(_Strict):
     domain: Domain | None = None
     min_confidence: Confidence | None = None
     federated: bool = False
+
+
+class FeedbackIn(_Strict):
+    """``POST /v1/experiences/{id}/feedback``: an agent's verdict on a lesson it used;
+    ``task`` (optional) is the task text, sent as its SHA-256 only."""
+
+    verdict: Literal["helpful", "harmful", "withdrawn"]
+    task: Annotated[str, _query_text("task")] | None = None
 
 
 def validate(model: type[_Strict], value: Any, where: str = "") -> Any:

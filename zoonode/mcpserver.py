@@ -38,7 +38,8 @@ INSTRUCTIONS = (
     "zoonode shares short lessons ('experiences') learned by LLM agents across organisations. "
     "Before a task, call search_experiences (or use the inject_experiences prompt) to get the "
     "lessons peers learned on similar tasks; after solving something the hard way, share the "
-    "lesson in one or two sentences with share_experience."
+    "lesson in one or two sentences with share_experience. After the task, tell the network "
+    "whether each lesson you used helped or misled you with rate_experience (its id)."
 )
 
 
@@ -52,6 +53,7 @@ def _brief(item: dict) -> dict:
         "relevance",
         "group_size",
         "standing",
+        "trust",
         "examples",
     )
     return {k: item[k] for k in keep if k in item}
@@ -119,6 +121,14 @@ def build_server(client: AsyncClient) -> MCPServer:
         lesson twice returns the first id.
         """
         return await call(client.share(text, domain, confidence, examples, source_model))
+
+    @server.tool()
+    async def rate_experience(id: str, verdict: str, task: str | None = None) -> dict:
+        """Report whether a lesson you used helped: verdict "helpful" (it was the relevant
+        advice and it worked), "harmful" (it misled you) or "withdrawn" (cancel your earlier
+        verdict). id: the 64-hex-character id shown with the lesson. task: optional, the task
+        text (only its SHA-256 is sent). Your verdicts make good authors trusted."""
+        return await call(client.feedback(id, verdict, task))
 
     @server.tool()
     async def get_experience(id: str) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from zoonode.protocol import Op, SignedRecord
+from zoonode.protocol import Op, SignedFeedback, SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ CREATE TABLE IF NOT EXISTS banned (author BLOB PRIMARY KEY, reason TEXT NOT NULL
 #           changed or went away after insertion, so a restarted replica catches up with its
 #           snapshot (replica.py, knowledge.py). The cluster index also covers ``pending``
 #           (cluster sizes count checked members only, still from the index alone).
-SCHEMA_VERSION = 2
+#   2 -> 3: the ``feedback`` table (issue #24): agents' signed verdicts, one standing verdict
+#           per (voter, target), the latest; ``seq`` is acceptance order (trust reads pages).
+SCHEMA_VERSION = 3
 
 _MIGRATION_1 = """
 CREATE TABLE IF NOT EXISTS authors (
@@ -138,7 +140,32 @@ def _migrate_2(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+_MIGRATION_3 = """
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order
+    id BLOB NOT NULL UNIQUE,
+    wire BLOB NOT NULL,                     -- canonical signed bytes, as received
+    voter BLOB NOT NULL,
+    target BLOB NOT NULL,                   -- an experience id (maybe not held yet)
+    verdict INTEGER NOT NULL,               -- 1 helpful, -1 harmful, 0 withdrawn
+    task BLOB,
+    created_at INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    peer TEXT,
+    UNIQUE (voter, target)
+);
+CREATE INDEX IF NOT EXISTS feedback_target ON feedback(target);
+CREATE INDEX IF NOT EXISTS feedback_created ON feedback(created_at)
+"""
+
+
+def _migrate_3(db: sqlite3.Connection) -> None:
+    for statement in _MIGRATION_3.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class Status(IntEnum):
@@ -274,6 +301,7 @@ class Store:
         (self._lessons,) = self.db.execute(
             "SELECT count(*) FROM records WHERE op != ?", (Op.REVOKE,)
         ).fetchone()
+        self.feedback = FeedbackStore(self)
 
     def _migrate(self) -> None:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
@@ -768,3 +796,157 @@ class Store:
             (content_key(author, domain, text), author, domain),
         )
         return [_row(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What storing one verdict did: ``accepted`` (first verdict of this voter on this target),
+    ``replaced`` (a newer verdict took the place of ``replaced``, whose id is returned),
+    ``duplicate`` (this very record is held) or ``superseded`` (a newer verdict stands)."""
+
+    id: bytes
+    outcome: str
+    replaced: bytes | None = None
+    replaced_created_at: int | None = None
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    """A standing verdict, for explanations: who said what of a target, and when."""
+
+    voter: bytes
+    target: bytes
+    verdict: int
+    created_at: int
+
+
+def _newer(created_at: int, record_id: bytes, than: tuple[int, bytes]) -> bool:
+    """Latest wins (SPEC §8.4): the later ``created_at``; at equal times the larger id."""
+    return (created_at, record_id) > than
+
+
+class FeedbackStore:
+    """The feedback table of a :class:`Store` (same SQLite file, same owner thread): one
+    standing verdict per (voter, target), the latest."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    def insert(self, items: Sequence[tuple[SignedFeedback, str | None]]) -> list[FeedbackResult]:
+        """Store verdicts in ONE transaction (durable when this returns)."""
+        now = time.time_ns() // 1_000_000
+        out: list[FeedbackResult] = []
+        with self.store._write():
+            for record, peer in items:
+                out.append(self._insert_one(record, peer, now))
+        return out
+
+    def _insert_one(self, record: SignedFeedback, peer: str | None, now: int) -> FeedbackResult:
+        fb = record.feedback
+        if self.db.execute("SELECT 1 FROM feedback WHERE id = ?", (record.id,)).fetchone():
+            return FeedbackResult(record.id, "duplicate")
+        held = self.db.execute(
+            "SELECT id, created_at FROM feedback WHERE voter = ? AND target = ?",
+            (fb.voter, fb.target),
+        ).fetchone()
+        if held is not None and not _newer(fb.created_at, record.id, (held[1], held[0])):
+            return FeedbackResult(record.id, "superseded")
+        if held is not None:
+            self.db.execute("DELETE FROM feedback WHERE id = ?", (held[0],))
+        self.db.execute(
+            "INSERT INTO feedback (id, wire, voter, target, verdict, task, created_at, "
+            "accepted_at, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.wire,
+                fb.voter,
+                fb.target,
+                int(fb.verdict),
+                fb.task,
+                fb.created_at,
+                now,
+                peer,
+            ),
+        )
+        if held is not None:
+            return FeedbackResult(record.id, "replaced", held[0], held[1])
+        return FeedbackResult(record.id, "accepted")
+
+    def known(self, record_id: bytes) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM feedback WHERE id = ?", (record_id,)).fetchone()
+            is not None
+        )
+
+    def standing(self, voter: bytes, target: bytes) -> tuple[int, bytes] | None:
+        """(created_at, id) of the verdict that stands for this voter and target, if any."""
+        row = self.db.execute(
+            "SELECT created_at, id FROM feedback WHERE voter = ? AND target = ?",
+            (voter, target),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def verdict(self, record_id: bytes) -> int | None:
+        row = self.db.execute("SELECT verdict FROM feedback WHERE id = ?", (record_id,)).fetchone()
+        return row[0] if row else None
+
+    def all_ids(self) -> Iterator[tuple[bytes, int]]:
+        """(id, created_at) of every held verdict: what the feedback sync digest covers."""
+        yield from self.db.execute("SELECT id, created_at FROM feedback")
+
+    def ids_between(self, start_ms: int, end_ms: int, limit: int) -> list[bytes]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM feedback WHERE created_at >= ? AND created_at < ? "
+                "ORDER BY id LIMIT ?",
+                (start_ms, end_ms, limit),
+            )
+        ]
+
+    def wires(self, ids: Sequence[bytes]) -> list[bytes]:
+        out = []
+        for record_id in ids:
+            row = self.db.execute("SELECT wire FROM feedback WHERE id = ?", (record_id,)).fetchone()
+            if row:
+                out.append(row[0])
+        return out
+
+    def edges_page(self, after_seq: int, limit: int) -> list[tuple[int, bytes, bytes, int]]:
+        """(seq, voter, author of the target, verdict) of standing helpful and harmful verdicts
+        whose target this node holds, in seq order after ``after_seq``: the endorsement graph,
+        read a page at a time so that the knowledge-base thread is never held long."""
+        return self.db.execute(
+            "SELECT f.seq, f.voter, r.author, f.verdict FROM feedback f "
+            "JOIN records r ON r.id = f.target "
+            "WHERE f.seq > ? AND f.verdict != 0 ORDER BY f.seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+
+    def votes_on(self, targets: Sequence[bytes]) -> dict[bytes, list[VoteRow]]:
+        """The standing verdicts (withdrawn ones left out) on each of ``targets``."""
+        out: dict[bytes, list[VoteRow]] = {}
+        distinct = list(dict.fromkeys(targets))
+        for start in range(0, len(distinct), 900):
+            chunk = distinct[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for voter, target, verdict, created_at in self.db.execute(
+                f"SELECT voter, target, verdict, created_at FROM feedback "
+                f"WHERE target IN ({marks}) AND verdict != 0 ORDER BY created_at",
+                chunk,
+            ):
+                out.setdefault(target, []).append(VoteRow(voter, target, verdict, created_at))
+        return out
+
+    def max_seq(self) -> int:
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM feedback").fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        out = {"helpful": 0, "harmful": 0, "withdrawn": 0}
+        names = {1: "helpful", -1: "harmful", 0: "withdrawn"}
+        for verdict, n in self.db.execute(
+            "SELECT verdict, count(*) FROM feedback GROUP BY verdict"
+        ):
+            out[names[verdict]] = n
+        return out

@@ -38,9 +38,11 @@ from zoonode.net.scoring import RULES, ScoreRules
 from zoonode.net.validation import (
     AuthorLimiter,
     Checked,
+    MessageVerdict,
     Policy,
     Reason,
     Verdict,
+    check_feedback,
     check_message,
     encode_batch,
 )
@@ -53,7 +55,11 @@ MAX_PENDING = 4096
 FLUSH_SECONDS = 0.05
 
 
-def topic_for(space: bytes, record_type: str = "experiences") -> str:
+EXPERIENCE_TOPIC = "experiences"
+FEEDBACK_TOPIC = "feedback"  # "feedback" is its own plural (SPEC.md §1.1)
+
+
+def topic_for(space: bytes, record_type: str = EXPERIENCE_TOPIC) -> str:
     """NETWORK.md §4.1: one topic per space and record type."""
     return f"/zoo/dso/1/{space.hex()}/{record_type}"
 
@@ -126,13 +132,38 @@ def score_params(flood_rate: float, meter: FloodMeter, rules: ScoreRules = RULES
     )
 
 
-class Gossip:
-    """Subscribes to the space's topic, validates every message, batches what we publish.
+@dataclass
+class Channel:
+    """One topic with its own validation, delivery callback, stats and outbox."""
 
-    ``on_records`` receives the ACCEPTed records of each valid message with the forwarding
-    peer; it must return quickly (the node queues them for the store, where they wait for the
-    embedding check). ``backlog(record)``: whether the record may join the node's backlog of
-    unchecked records; when not, the record is ignored (reason ``backlog``).
+    topic: str
+    check: Callable[[bytes], MessageVerdict]
+    on_records: Callable[[list[Checked], str], Awaitable[None]]
+    stats: GossipStats = field(default_factory=GossipStats)
+    # Records the receiving queue can still take (None: unbounded). py-libp2p drops a
+    # validated message when the subscription's 32-message channel is full, so the reader
+    # must never wait: a message whose records would not fit beside those already accepted and
+    # not yet handed over is ignored (reason backlog) before it is accepted, never lost after.
+    room: Callable[[], int] | None = None
+    inflight: int = 0  # records accepted by the validator, not yet handed to on_records
+    # Validated messages wait here for the subscription reader; bounded, oldest dropped
+    # (a message validated but never delivered, e.g. a duplicate, must not leak).
+    pending: OrderedDict[bytes, tuple[list[Checked], str]] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.outbox_send, self.outbox_recv = trio.open_memory_channel[bytes](10_000)
+
+
+class Gossip:
+    """Subscribes to the space's topics, validates every message, batches what we publish.
+
+    The experience topic is always on; ``add_feedback`` adds the feedback topic (NETWORK.md
+    §4.7) before ``run_services``. ``on_records`` receives the ACCEPTed records of each valid
+    message with the forwarding peer; it must return quickly (the node queues them for the
+    store, where they wait for the embedding check). ``backlog(record)``: whether the record
+    may join the node's backlog of unchecked records; when not, the record is ignored (reason
+    ``backlog``). ``room()``: records the ingest queue can still take (experience topic only;
+    the feedback topic has its own queue and room, never the records' backlog).
     """
 
     def __init__(
@@ -161,12 +192,28 @@ class Gossip:
         # message whose records would not fit beside those already accepted and not yet
         # handed over is ignored (reason backlog) before it is accepted, never lost after.
         self.room = room
-        self.inflight = 0  # records accepted by the validator, not yet handed to on_records
         self.topic = topic_for(policy.space)
         self.limiter = AuthorLimiter(policy.author_rate, policy.author_burst)
         self.meter = FloodMeter()
         self.flood_rate = flood_rate
         self.stats = GossipStats()
+        self.channels: dict[str, Channel] = {}
+        self.channels[self.topic] = Channel(
+            self.topic,
+            lambda data: check_message(
+                data,
+                self.policy,
+                time.time_ns() // 1_000_000,
+                self.known,
+                self.limiter,
+                self.banned,
+                backlog=self.backlog,
+            ),
+            on_records,
+            self.stats,
+            room=lambda: self.room(),
+        )
+        self.feedback: Channel | None = None
         self.router = GossipSub(
             # 1.1 and 1.0 only: without IDONTWANT the library roughly doubles throughput
             # (notes, "Numbers"), and 1.1 is enough for scoring and PRUNE backoff.
@@ -192,10 +239,6 @@ class Gossip:
             validation_cache_size=4096,
         )
         self.pubsub.counter = time.time_ns()  # pitfall 5, in case ids ever use seqno
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[bytes](10_000)
-        # Validated messages wait here for the subscription reader; bounded, oldest dropped
-        # (a message validated but never delivered, e.g. a duplicate, must not leak).
-        self._pending: OrderedDict[bytes, tuple[list[Checked], str]] = OrderedDict()
         # Ids of messages the validator ignored: the router's forwarding skips them.
         self._ignored: OrderedDict[bytes, None] = OrderedDict()
         forward = self.router.publish
@@ -204,51 +247,90 @@ class Gossip:
             message_id = content_message_id(msg)
             if message_id in self._ignored:
                 del self._ignored[message_id]
-                self.stats.not_forwarded += 1
+                for topic in msg.topicIDs:
+                    if topic in self.channels:
+                        self.channels[topic].stats.not_forwarded += 1
                 return
             await forward(msg_forwarder, msg)
 
         self.router.publish = forward_unless_ignored
 
+    def add_feedback(
+        self,
+        known: Callable[[bytes], bool],
+        standing: Callable[[bytes, bytes], tuple[int, bytes] | None],
+        on_records: Callable[[list[Checked], str], Awaitable[None]],
+        room: Callable[[], int] | None = None,
+    ) -> Channel:
+        """The feedback topic (``/zoo/dso/1/<space>/feedback``): its records are checked by
+        ``check_feedback`` (``known`` ids, the ``standing`` verdict of a voter on a target,
+        the voter's own token bucket) and handed to ``on_records``; ``room()`` is what the
+        feedback queue can still take (a message that does not fit is ignored, reason
+        ``backlog``; the records' backlog of unchecked lessons never limits it). Call before
+        running."""
+        limiter = AuthorLimiter(self.policy.feedback_rate, self.policy.feedback_burst)
+        topic = topic_for(self.policy.space, FEEDBACK_TOPIC)
+        self.feedback = self.channels[topic] = Channel(
+            topic,
+            lambda data: check_message(
+                data,
+                self.policy,
+                time.time_ns() // 1_000_000,
+                known,
+                limiter,
+                self.banned,
+                check=check_feedback,
+                standing=standing,
+            ),
+            on_records,
+            room=room,
+        )
+        self.feedback_limiter = limiter
+        return self.feedback
+
+    @property
+    def inflight(self) -> int:
+        """Experience records accepted by the validator, not yet handed to ``on_records``."""
+        return self.channels[self.topic].inflight
+
     # -- validation -----------------------------------------------------------------------
     def _validate(self, forwarder, msg) -> bool:
-        """Sync validator, run on every message (ours too) before it is forwarded."""
-        self.stats.messages_in += 1
+        """Sync validator of the experience topic (see ``_validate_on``)."""
+        return self._validate_on(self.channels[self.topic], forwarder, msg)
+
+    def _validate_on(self, channel: Channel, forwarder, msg) -> bool:
+        """Sync validator, run on every message of ``channel``'s topic (ours too) before it
+        is forwarded."""
+        stats = channel.stats
+        stats.messages_in += 1
         if self.meter.rate(forwarder, time.monotonic()) > self.flood_rate:
-            self.stats.verdicts[f"reject:{Reason.FLOOD}"] += 1
+            stats.verdicts[f"reject:{Reason.FLOOD}"] += 1
             log.debug("reject message from %s: flood", forwarder)
             return False
-        outcome = check_message(
-            msg.data,
-            self.policy,
-            time.time_ns() // 1_000_000,
-            self.known,
-            self.limiter,
-            self.banned,
-            backlog=self.backlog,
-        )
+        outcome = channel.check(msg.data)
         for checked in outcome.checked:
-            self.stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
+            stats.verdicts[f"{checked.verdict.value}:{checked.reason}"] += 1
         if outcome.verdict is Verdict.REJECT:
             if not outcome.checked:  # the batch itself, not a record
-                self.stats.verdicts[f"reject:{outcome.reason}"] += 1
-            log.debug("reject message from %s: %s", forwarder, outcome.reason)
+                stats.verdicts[f"reject:{outcome.reason}"] += 1
+            log.debug("reject message from %s on %s: %s", forwarder, channel.topic, outcome.reason)
             return False
         accepted = outcome.accepted
         message_id = content_message_id(msg)
-        if accepted and self.room() - self.inflight < len(accepted):
-            self.stats.verdicts[f"accept:{Reason.OK}"] -= len(accepted)
-            self.stats.verdicts[f"ignore:{Reason.BACKLOG}"] += len(accepted)
-            self.stats.queue_full += 1
+        room = channel.room
+        if accepted and room is not None and room() - channel.inflight < len(accepted):
+            stats.verdicts[f"accept:{Reason.OK}"] -= len(accepted)
+            stats.verdicts[f"ignore:{Reason.BACKLOG}"] += len(accepted)
+            stats.queue_full += 1
             self._ignored[message_id] = None  # not forwarded, nobody penalised
             while len(self._ignored) > MAX_PENDING:
                 self._ignored.popitem(last=False)
             return True
         if accepted:
-            self._pending[message_id] = (accepted, str(forwarder))
-            self.inflight += len(accepted)
-            while len(self._pending) > MAX_PENDING:
-                self.inflight -= len(self._pending.popitem(last=False)[1][0])
+            channel.pending[message_id] = (accepted, str(forwarder))
+            channel.inflight += len(accepted)
+            while len(channel.pending) > MAX_PENDING:
+                channel.inflight -= len(channel.pending.popitem(last=False)[1][0])
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
             self.meter.hit(forwarder, time.monotonic())  # nothing new: counts toward a flood
             self._ignored[message_id] = None
@@ -263,39 +345,53 @@ class Gossip:
 
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
             await self.pubsub.wait_until_ready()
-            self.pubsub.set_topic_validator(self.topic, self._validate, False)
-            subscription = await self.pubsub.subscribe(self.topic)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive, subscription)
-                nursery.start_soon(self._flush_loop)
+                for channel in self.channels.values():
+                    self.pubsub.set_topic_validator(
+                        channel.topic,
+                        lambda forwarder, msg, channel=channel: self._validate_on(
+                            channel, forwarder, msg
+                        ),
+                        False,
+                    )
+                    subscription = await self.pubsub.subscribe(channel.topic)
+                    nursery.start_soon(self._receive, channel, subscription)
+                    nursery.start_soon(self._flush_loop, channel)
                 task_status.started()
                 await trio.sleep_forever()
 
-    async def _receive(self, subscription) -> None:
+    async def _receive(self, channel: Channel, subscription) -> None:
         while True:
             msg = await subscription.get()
-            accepted, forwarder = self._pending.pop(content_message_id(msg), ([], ""))
-            self.inflight -= len(accepted)
+            accepted, forwarder = channel.pending.pop(content_message_id(msg), ([], ""))
+            channel.inflight -= len(accepted)
             if accepted:
                 started = time.monotonic()
-                await self.on_records(accepted, forwarder)
-                self.stats.reader_wait_s += time.monotonic() - started
+                await channel.on_records(accepted, forwarder)
+                channel.stats.reader_wait_s += time.monotonic() - started
 
     async def publish(self, wires: list[bytes]) -> None:
+        """Queue experience records for the experience topic."""
         for wire in wires:
-            await self._outbox_send.send(wire)
+            await self.channels[self.topic].outbox_send.send(wire)
 
-    async def _flush_loop(self) -> None:
+    async def publish_feedback(self, wires: list[bytes]) -> None:
+        """Queue feedback records for the feedback topic."""
+        assert self.feedback is not None, "add_feedback first"
+        for wire in wires:
+            await self.feedback.outbox_send.send(wire)
+
+    async def _flush_loop(self, channel: Channel) -> None:
         batch: list[bytes] = []
         while True:
             with trio.move_on_after(FLUSH_SECONDS):
                 while len(batch) < BATCH_RECORDS:
-                    batch.append(await self._outbox_recv.receive())
+                    batch.append(await channel.outbox_recv.receive())
             if batch:
                 await self._wait_for_room()
-                await self.pubsub.publish(self.topic, encode_batch(batch))
-                self.stats.messages_out += 1
-                self.stats.records_out += len(batch)
+                await self.pubsub.publish(channel.topic, encode_batch(batch))
+                channel.stats.messages_out += 1
+                channel.stats.records_out += len(batch)
                 batch = []
 
     async def _wait_for_room(self, limit: int = 16, timeout: float = 5.0) -> None:
@@ -309,5 +405,5 @@ class Gossip:
         peers = list(self.pubsub.peers) if hasattr(self.pubsub, "peers") else []
         return {str(p): scorer.score(p, [self.topic]) for p in peers}
 
-    def mesh_peers(self) -> list[str]:
-        return [str(p) for p in self.router.mesh.get(self.topic, ())]
+    def mesh_peers(self, topic: str | None = None) -> list[str]:
+        return [str(p) for p in self.router.mesh.get(topic or self.topic, ())]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 RECORD_TYPE = "experience"  # the record type a sync request is about ("type", optional)
+FEEDBACK_TYPE = "feedback"  # feedback records (SPEC.md §8): their own digest, ids and get
 BUCKET_MS = 3_600_000
 MAX_IDS = 20_000
 MAX_GET = 128
@@ -32,6 +33,17 @@ class Digest:
         entry = self.buckets.setdefault(start, [0, 0])
         entry[0] += 1
         entry[1] ^= int.from_bytes(record_id[:16], "big")
+
+    def remove(self, record_id: bytes, created_at: int) -> None:
+        """Undo ``add`` (a feedback verdict replaced by a later one leaves the known set)."""
+        start = created_at - created_at % self.bucket_ms
+        entry = self.buckets.get(start)
+        if entry is None:
+            return
+        entry[0] -= 1
+        entry[1] ^= int.from_bytes(record_id[:16], "big")
+        if entry[0] <= 0:
+            del self.buckets[start]
 
     @classmethod
     def build(cls, items: Iterable[tuple[bytes, int]], bucket_ms: int = BUCKET_MS) -> Digest:

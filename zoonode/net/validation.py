@@ -27,7 +27,7 @@ import numpy as np
 
 from zoonode.native.codec import decompress_many
 from zoonode.native.head import lower
-from zoonode.protocol import ProtocolError, SignedRecord, decode
+from zoonode.protocol import ProtocolError, SignedFeedback, SignedRecord, decode, decode_feedback
 
 if TYPE_CHECKING:
     from zoonode.native.space import Space
@@ -55,6 +55,9 @@ class Reason(StrEnum):
     EMBEDDING_MISMATCH = "embedding_mismatch"
     BACKLOG = "backlog"  # too many unchecked records already wait (from this newcomer or all)
     FLOOD = "flood"  # the forwarder sends more than flood_rate messages/s of nothing new
+    # feedback topic only (NETWORK.md §4.7)
+    SUPERSEDED = "superseded"  # a later verdict of the same voter on the same target is held
+    VOTER_RATE = "voter_rate"  # the voter is over its feedback rate
     # plus every protocol ErrorCode value (bad_signature, oversize, ...), used as is
 
 
@@ -65,6 +68,8 @@ class Policy:
     horizon_ms: int = 365 * 24 * 3_600_000
     author_rate: float = 20.0  # records per second per author, sustained
     author_burst: float = 200.0
+    feedback_rate: float = 5.0  # verdicts per second per voter, sustained
+    feedback_burst: float = 200.0
 
 
 @dataclass
@@ -92,7 +97,7 @@ class AuthorLimiter:
 class Checked:
     verdict: Verdict
     reason: str
-    record: SignedRecord | None = None
+    record: SignedRecord | SignedFeedback | None = None
 
 
 def encode_batch(wires: list[bytes]) -> bytes:
@@ -203,6 +208,44 @@ class MessageVerdict:
     checked: list[Checked]
 
 
+def check_feedback(
+    wire: bytes,
+    policy: Policy,
+    now_ms: int,
+    known: Callable[[bytes], bool],
+    limiter: AuthorLimiter,
+    banned: Callable[[bytes], bool] = lambda a: False,
+    standing: Callable[[bytes, bytes], tuple[int, bytes] | None] = lambda v, t: None,
+    decoder: Callable[[bytes], SignedFeedback] = decode_feedback,
+) -> Checked:
+    """One feedback record on the feedback topic (NETWORK.md §4.7): decode and verify
+    (REJECT, the SPEC code), space (REJECT ``wrong_space``), ``from_future`` (REJECT),
+    ``too_old``, ``known``, ``author_banned`` (the voter), ``superseded`` (``standing(voter,
+    target)`` names a verdict held that is later: (created_at, id) greater), ``voter_rate``
+    (``limiter``: the voter's token bucket): IGNORE. Otherwise ACCEPT."""
+    try:
+        record = decoder(wire)
+    except ProtocolError as exc:
+        return Checked(Verdict.REJECT, exc.code.value)
+    fb = record.feedback
+    if fb.space != policy.space:
+        return Checked(Verdict.REJECT, Reason.WRONG_SPACE, record)
+    if fb.created_at > now_ms + policy.max_future_ms:
+        return Checked(Verdict.REJECT, Reason.FROM_FUTURE, record)
+    if fb.created_at < now_ms - policy.horizon_ms:
+        return Checked(Verdict.IGNORE, Reason.TOO_OLD, record)
+    if known(record.id):
+        return Checked(Verdict.IGNORE, Reason.KNOWN, record)
+    if banned(fb.voter):
+        return Checked(Verdict.IGNORE, Reason.AUTHOR_BANNED, record)
+    held = standing(fb.voter, fb.target)
+    if held is not None and held >= (fb.created_at, record.id):
+        return Checked(Verdict.IGNORE, Reason.SUPERSEDED, record)
+    if not limiter.allow(fb.voter, now_ms / 1000):
+        return Checked(Verdict.IGNORE, Reason.VOTER_RATE, record)
+    return Checked(Verdict.ACCEPT, Reason.OK, record)
+
+
 def check_message(
     data: bytes,
     policy: Policy,
@@ -210,17 +253,20 @@ def check_message(
     known: Callable[[bytes], bool],
     limiter: AuthorLimiter,
     banned: Callable[[bytes], bool] = lambda a: False,
-    backlog: Callable[[SignedRecord], bool] = lambda r: True,
+    check: Callable[..., Checked] = check_record,
+    **extra: Callable,
 ) -> MessageVerdict:
-    """Validate one gossip message's data: the batch framing, then each record in order
-    (``backlog``: see :func:`check_record`)."""
+    """Validate one gossip message's data: the batch framing, then each record in order with
+    ``check`` (``check_record`` on the experience topic, with its ``backlog`` bound: see
+    :func:`check_record`; ``check_feedback`` with its ``standing`` lookup on the feedback
+    topic); ``extra`` keyword arguments go to ``check``."""
     try:
         wires = decode_batch(data)
     except ValueError as exc:
         return MessageVerdict(Verdict.REJECT, str(exc.args[0]), [], [])
     checked: list[Checked] = []
     for wire in wires:
-        result = check_record(wire, policy, now_ms, known, limiter, banned, backlog=backlog)
+        result = check(wire, policy, now_ms, known, limiter, banned, **extra)
         checked.append(result)
         if result.verdict is Verdict.REJECT:
             return MessageVerdict(Verdict.REJECT, result.reason, [], checked)

@@ -1,11 +1,16 @@
 """The anti-entropy room (``/zoo/dso/sync/1``, NETWORK.md §6): serve our digest, ids and
 records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we lack
-(``zoonode.net.sync`` holds the pure digest). Fetched records are validated like gossip and
-join the ingest queue; a round that brought records is followed by the next at once (a
-joining node catches up at the store's pace, not one round per interval), and a round stops
-when the backlog of records waiting for the embedding check is full for their authors (they
-are fetched after it drains). A peer that does not serve sync (another implementation may
-not) or whose rounds fail is backed off and logged once per state change, not once per round.
+(``zoonode.net.sync`` holds the pure digest). Two record types are synced, each with its own
+digest: experiences (no ``type``, the default) and feedback (``"type": "feedback"``); a peer
+that answers ``unknown_type`` for feedback (an older node) is asked again after
+``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue;
+``SYNC_PARALLEL`` differing buckets are fetched at a time, and a round that brought records is
+followed by the next at once (a joining node catches up at the store's pace, not one round per
+interval). Fetching experiences stops when the backlog of records waiting for the embedding
+check is full for their authors (they are fetched after it drains); feedback has its own
+queue and is never held back by that backlog. A peer that does not serve sync (another
+implementation may not) or whose rounds fail is backed off and logged once per state change,
+not once per round.
 
 Records waiting for the embedding check are held, so they are in the digest and served to
 peers (who check them themselves, as they check gossip); one that fails becomes a tombstone,
@@ -48,6 +53,7 @@ class PeerSync:
     state: str = "new"
     next_round: float = 0.0
     failures: int = 0
+    feedback_after: float = 0.0  # monotonic time before which feedback is not asked again
 
 
 class AntiEntropy:
@@ -65,15 +71,22 @@ class AntiEntropy:
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
         from zoonode.net.rpc import BAD_REQUEST, ServeError
-        from zoonode.net.sync import MAX_GET, MAX_IDS, RECORD_TYPE
+        from zoonode.net.sync import FEEDBACK_TYPE, MAX_GET, MAX_IDS, RECORD_TYPE
         from zoonode.protocol.record import MAX_CREATED_AT
 
         node = self.node
-        if req.get("type", RECORD_TYPE) != RECORD_TYPE:
-            raise ServeError("unknown_type", f"this node syncs only {RECORD_TYPE!r} records")
+        kind = req.get("type", RECORD_TYPE)
+        if kind == RECORD_TYPE:
+            digest, table = node.digest, node.kb.store
+        elif kind == FEEDBACK_TYPE:
+            digest, table = node.feedback_digest, node.kb.store.feedback
+        else:
+            raise ServeError(
+                "unknown_type", f"this node syncs {RECORD_TYPE!r} and {FEEDBACK_TYPE!r} records"
+            )
         op = req.get("op")
         if op == "digest":
-            return {"buckets": node.digest.to_wire(), "bucket_ms": node.digest.bucket_ms}
+            return {"buckets": digest.to_wire(), "bucket_ms": digest.bucket_ms}
         if op == "ids":
             start, end = req.get("start"), req.get("end")
             if type(start) is not int or type(end) is not int:
@@ -81,14 +94,14 @@ class AntiEntropy:
             # created_at is 0..2^53 - 1 (SPEC §2.1): clamping keeps the answer and keeps
             # msgpack's 64-bit ints (up to 2^64 - 1) inside SQLite's signed 64-bit range
             start, end = (min(max(t, 0), MAX_CREATED_AT + 1) for t in (start, end))
-            ids = await node.in_kb(node.kb.store.ids_between, start, end, MAX_IDS)
+            ids = await node.in_kb(table.ids_between, start, end, MAX_IDS)
             return {"ids": ids}
         if op == "get":
             wanted = req.get("ids")
             if type(wanted) is not list:
                 raise ServeError(BAD_REQUEST, "get needs ids, a list of 32-byte bin")
             ids = [i for i in wanted[:MAX_GET] if type(i) is bytes and len(i) == 32]
-            return {"wires": await node.in_kb(node.kb.store.wires, ids)}
+            return {"wires": await node.in_kb(table.wires, ids)}
         raise ServeError("unknown_op", f"unknown op {op!r}: digest, ids or get")
 
     async def run(self) -> None:
@@ -149,99 +162,128 @@ class AntiEntropy:
         entry.state = state
 
     async def sync_with(self, peer) -> int:
-        """One anti-entropy round with ``peer``; returns how many records were fetched.
-        ``SYNC_PARALLEL`` differing buckets are fetched at a time (each costs two or more
-        request round trips; one at a time, a joining node waited on the network)."""
-        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, Unsupported, request
+        """One anti-entropy round with ``peer``: experiences, then feedback; returns how many
+        records were fetched."""
+        from zoonode.net.rpc import RpcError, Unsupported
 
-        node = self.node
         key = str(peer)
-        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+        fetched = 0
         try:
-            theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest"})
-            if theirs.get("bucket_ms") != node.digest.bucket_ms:
-                self._outcome(key, "failing", "bad_answer: other bucket_ms")
-                return 0
-            buckets = theirs.get("buckets")
-            if not isinstance(buckets, dict):
-                raise ValueError("digest without buckets")
-            starts = node.digest.differing(buckets)
+            fetched = await self._sync_type(peer, "experience")
+            entry = self.peers.get(key) or self._track(key)
+            if time.monotonic() >= entry.feedback_after:
+                try:
+                    fetched += await self._sync_type(peer, "feedback")
+                except RpcError as exc:
+                    if exc.code != "unknown_type":
+                        raise
+                    entry.feedback_after = time.monotonic() + self.unsupported_retry
+                    self.node.counters["sync:feedback_unsupported"] += 1
         except Unsupported:
             self._outcome(key, "unsupported")
-            return 0
+            return fetched
         except RpcError as exc:
             self._outcome(key, "failing", f"{exc.code}: {exc}")
-            return 0
+            return fetched
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
-            return 0
+            return fetched
+        self._outcome(key, "ok")
+        if fetched:
+            log.info("sync: fetched %d records from %s", fetched, peer)
+        return fetched
+
+    async def _sync_type(self, peer, kind: str) -> int:
+        """digest -> ids of differing buckets -> get what we lack, for one record type
+        (``experience`` or ``feedback``), ``SYNC_PARALLEL`` buckets at a time (each costs two
+        or more request round trips; one at a time, a joining node waited on the network).
+        Experiences stop while the backlog has no room (``_room``); feedback never does.
+        Returns how many records were queued; raises RpcError (the first a bucket met), or
+        ValueError on a malformed answer."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
+
+        node = self.node
+        if kind == "experience":
+            digest, base, room = node.digest, {}, self._room
+        else:
+            digest, base, room = node.feedback_digest, {"type": kind}, _always
+        limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
+        theirs = await request(node.host, peer, SYNC_PROTOCOL, {"op": "digest", **base})
+        if theirs.get("bucket_ms") != digest.bucket_ms:
+            raise ValueError("other bucket_ms")
+        buckets = theirs.get("buckets")
+        if not isinstance(buckets, dict):
+            raise ValueError("digest without buckets")
+        starts = digest.differing(buckets)
         fetched = [0]
         errors: list[Exception] = []
 
         async def worker() -> None:
-            while starts and not errors and self._room():
+            while starts and not errors and room():
                 start = starts.pop(0)
                 try:
-                    fetched[0] += await self._bucket(peer, start, limiter)
+                    fetched[0] += await self._bucket(peer, kind, start, limiter, room)
                 except (RpcError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    errors.append(exc)
+                    errors.append(exc)  # raised below, once the other workers stopped
 
         async with trio.open_nursery() as nursery:
             for _ in range(SYNC_PARALLEL):
                 nursery.start_soon(worker)
         if errors:
-            exc = errors[0]
-            if isinstance(exc, Unsupported):
-                self._outcome(key, "unsupported")
-            elif isinstance(exc, RpcError):
-                self._outcome(key, "failing", f"{exc.code}: {exc}")
-            else:
-                self._outcome(key, "failing", f"bad_answer: {type(exc).__name__}: {exc}")
-            return fetched[0]
-        self._outcome(key, "ok")
+            raise errors[0]
         if starts:
             log.info("sync: backlog full, fetching the rest after it drains")
-        if fetched[0]:
-            log.info("sync: fetched %d records from %s", fetched[0], peer)
         return fetched[0]
 
-    async def _bucket(self, peer, start: int, limiter: AuthorLimiter) -> int:
-        """Fetch what we lack of one time bucket; returns how many records were queued."""
+    async def _bucket(self, peer, kind: str, start: int, limiter: AuthorLimiter, room) -> int:
+        """Fetch what we lack of one time bucket of ``kind``; returns how many records were
+        queued."""
         from zoonode.net.rpc import SYNC_PROTOCOL, request
         from zoonode.net.sync import MAX_GET
+        from zoonode.net.validation import check_feedback
 
         node = self.node
+        if kind == "experience":
+            digest, table, base = node.digest, node.kb.store, {}
+            check, enqueue = check_record, node.ingest.enqueue
+            extra: dict[str, Any] = {"backlog": node.backlog_admits}
+            prefix = "sync"
+        else:
+            digest, table, base = node.feedback_digest, node.kb.store.feedback, {"type": kind}
+            check, enqueue = check_feedback, node.feedback.enqueue
+            extra = {"standing": table.standing}
+            prefix = "sync_feedback"
         fetched = 0
         listed = await request(
             node.host,
             peer,
             SYNC_PROTOCOL,
-            {"op": "ids", "start": start, "end": start + node.digest.bucket_ms},
+            {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base},
         )
         ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-        missing = await node.in_kb(lambda: [i for i in ids if not node.kb.store.known(i)])
+        missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
         for chunk in range(0, len(missing), MAX_GET):
-            if not self._room():
+            if not room():
                 break
             got = await request(
                 node.host,
                 peer,
                 SYNC_PROTOCOL,
-                {"op": "get", "ids": missing[chunk : chunk + MAX_GET]},
+                {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
             )
             for wire in got.get("wires", []):
-                checked = check_record(
+                checked = check(
                     wire,
                     node.policy,
                     now_ms(),
-                    node.kb.store.known,
+                    table.known,
                     limiter,
                     node.banned.__contains__,
-                    backlog=node.backlog_admits,
+                    **extra,
                 )
-                node.counters[f"sync:{checked.verdict.value}:{checked.reason}"] += 1
+                node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
                 if checked.verdict is Verdict.ACCEPT:
-                    await node.ingest.enqueue(checked.record, str(peer))
+                    await enqueue(checked.record, str(peer))
                     fetched += 1
         return fetched
 
@@ -251,6 +293,10 @@ class AntiEntropy:
         node = self.node
         waiting = node.kb.backlog.total + node.ingest.queued()
         return waiting + min(MAX_GET_ROOM, node.bounds.total) <= node.bounds.total
+
+
+def _always() -> bool:
+    return True
 
 
 def _sync_protocol() -> str:

@@ -34,6 +34,7 @@ from zoonode.net.validation import BacklogBounds, Policy, backlog_admits
 from zoonode.node.antientropy import AntiEntropy
 from zoonode.node.checker import Checker
 from zoonode.node.discovery import Discovery, unwrap
+from zoonode.node.feedback import Feedback
 from zoonode.node.ingest import Ingest
 from zoonode.node.query import Query
 from zoonode.protocol import Op, SignedRecord, public_key_bytes
@@ -126,6 +127,8 @@ class Node:
             horizon_ms=net.horizon_days * 86_400_000,
             author_rate=net.author_rate,
             author_burst=net.author_burst,
+            feedback_rate=net.feedback_rate,
+            feedback_burst=net.feedback_burst,
         )
         # cos(W^T v_hat, u): honest records 0.963-0.985 on real text; a random text's code
         # median 0.09 (benchmarks/embedding_check.py).
@@ -148,6 +151,15 @@ class Node:
             flood_rate=net.flood_rate,
             backlog=self.backlog_admits,
             room=self.ingest.room,
+        )
+        # Feedback (issue #24): its own table, digest, topic, queue and room (node/feedback.py).
+        self.feedback_digest = Digest.build(self.kb.store.feedback.all_ids())
+        self.feedback = Feedback(self)
+        self.gossip.add_feedback(
+            self.kb.store.feedback.known,
+            self.kb.store.feedback.standing,
+            self.feedback.on_gossip,
+            room=self.feedback.room,
         )
         self._kb_lock = trio.CapacityLimiter(1)
         self._cancel: trio.CancelScope | None = None
@@ -190,6 +202,7 @@ class Node:
                     try:
                         nursery.start_soon(self.ingest.run)
                         nursery.start_soon(self.checker.run)
+                        nursery.start_soon(self.feedback.run)
                         nursery.start_soon(self.antientropy.run)
                         nursery.start_soon(self.discovery.watch_departures)
                         if self.cfg.network.mdns:
@@ -302,6 +315,8 @@ class Node:
         """Every newly stored record enters the sync digest."""
         for r in records:
             self.digest.add(r.id, r.experience.created_at)
+        if records:
+            self.feedback.changed()  # verdicts on a lesson we lacked now join the graph
 
     def connected_peers(self) -> list:
         return list(self.host.get_network().connections.keys())
@@ -323,7 +338,20 @@ class Node:
             "backlog": self.checker.status(),
             "replica": len(self.kb.replica),
             "peers": len(self.connected_peers()),
+            "feedback_verdicts": dict(self.gossip.feedback.stats.verdicts)
+            if self.gossip.feedback
+            else {},
+            "trust": self.feedback.status().as_dict(),
         }
+
+    async def rate(self, target: bytes, verdict: int, task: str | None = None) -> dict[str, Any]:
+        """This node's agents' verdict on an experience (``Feedback.rate``)."""
+        from zoonode.node.feedback import task_digest
+        from zoonode.protocol import FeedbackVerdict
+
+        return await self.feedback.rate(
+            target, FeedbackVerdict(verdict), task_digest(task) if task else None
+        )
 
 
 async def run_node(cfg: Config, *, announce: Callable[[NodeInfo], None] | None = None) -> None:

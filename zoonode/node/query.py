@@ -214,13 +214,25 @@ class Query:
         return not self._knows_peers_long
 
     def standing(self, author: bytes, first_seen: dict[bytes, int]) -> float:
-        """An author's standing with this node (selection.author_standing): our own identity
-        and the operator's trusted authors are established at once."""
+        """An author's standing with this node: time known (selection.author_standing)
+        combined with trust from feedback (``Feedback.standing``); our own identity and the
+        operator's trusted authors are established at once."""
         node = self.node
         if author == node.author or author in node.trusted_authors:
             return 1.0
         maturity_ms = int(node.cfg.selection.maturity_days * 86_400_000)
-        return author_standing(first_seen.get(author), now_ms(), maturity_ms)
+        # Trust from feedback combined with time known (node/feedback.py, issue #24): once
+        # this node's roots have endorsed enough authors, age alone no longer establishes.
+        return node.feedback.standing(
+            author, author_standing(first_seen.get(author), now_ms(), maturity_ms)
+        )
+
+    async def explain(self, selection: Selection) -> dict[bytes, dict]:
+        """Per selected lesson: its author's trust and the standing verdicts behind it."""
+        node = self.node
+        authors = {s.candidate.id: s.candidate.author for s in selection.selected}
+        votes = await node.in_kb(node.kb.store.feedback.votes_on, list(authors))
+        return node.feedback.explain(authors, votes)
 
     async def federated_candidates(
         self,

@@ -1,0 +1,457 @@
+"""Trust from outcomes against aged identities (issue #24), on robustness.py's real data.
+
+    python benchmarks/trust_robustness.py [--targets 40] [--floor 0.6]
+
+The world of ``robustness.py`` (1334 cheat tips over 100 honest authors, eg queries as
+targets, real poison text through the real encoder, the node's store search and ``select``
+with the node's defaults), plus the **endorsement graph** that agents' feedback builds:
+
+- honest voters: this node (the only root: its own identity, no ``trusted_authors``) and the
+  100 honest authors' nodes. Each runs ``--tasks`` tasks (seeded eg queries; the node itself
+  ``--root-tasks``): plain top-5 over the honest corpus, and a *helpful* verdict on every
+  returned tip that is relevant (same command), as an honest agent would report;
+- sleepers: the colluding identities of collude-10/20/30/45 %, aged past the maturity (time
+  standing 1), who vote *helpful* for each other (a full ring) and *harmful* on every honest
+  author (a demotion attack at once), and publish query-worded poison;
+- trust: ``zoonode.trust.compute_trust`` from the node's roots, standing
+  ``author_standing_from(trust, time=1, ready=True, unendorsed_cap)`` as the node computes it.
+
+Rows: attack success (adversarial share of top-5) with time-only standing (today: sleepers
+are established) and with trust (per ``unendorsed_cap``), and honest recall@5 versus plain
+top-k on clean data. Then: the honest newcomer (helpful verdicts from established voters until
+its standing is 1 and until its lesson is served), a 1,000-voter Sybil flood (largest change
+of an honest author's trust), attack edges (honest voters fooled into endorsing sleepers),
+and the cost of one recomputation at 100k authors / 1M votes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from robustness import (
+    HARMFUL,
+    TEMPLATES,
+    Clusters,
+    author,
+    build_world,
+    evaluate,
+    methods,
+    node_pool,
+)
+
+from zoonode.config import SelectionConfig, TrustConfig
+from zoonode.native.encoder import Encoder
+from zoonode.trust import TrustSettings, VoteTable, author_standing_from, compute_trust
+
+from common import machine, table, write_json
+from datasets import load
+
+K = 5
+OURS = "zoonode (groups + caps + GM + standing)"
+ROOT = author("this-node")
+SHARES = {10: 11, 20: 25, 30: 43, 45: 82}  # colluders for that share of all authors
+
+
+def honest_votes(
+    rng, query_vec, honest_vec, honest_authors, data, tasks: int, root_tasks: int
+) -> list[tuple[bytes, bytes, int]]:
+    """Helpful verdicts of honest agents on the relevant tips plain top-5 gave them."""
+    voters = [ROOT, *sorted(set(honest_authors))]
+    rows = []
+    for voter in voters:
+        for t in rng.choice(len(query_vec), size=root_tasks if voter == ROOT else tasks):
+            top = np.argsort(-(honest_vec @ query_vec[t]))[:K]
+            relevant = data.relevant(int(t))
+            rows += [(voter, honest_authors[i], 1) for i in top if int(i) in relevant]
+    return rows
+
+
+def sleeper_votes(colluders: list[bytes], honest: list[bytes]) -> list[tuple[bytes, bytes, int]]:
+    ring = [(a, b, 1) for a in colluders for b in colluders if a != b]
+    return ring + [(a, h, -1) for a in colluders for h in honest]
+
+
+def standings(result, authors: list[bytes], cap: float) -> np.ndarray:
+    return np.array(
+        [
+            author_standing_from(result.standing(a), 1.0, ready=True, unendorsed_cap=cap)
+            for a in authors
+        ]
+    )
+
+
+def trust_of(rows, settings) -> object:
+    table_ = VoteTable()
+    table_.add(rows)
+    return compute_trust(table_, [ROOT], settings)
+
+
+def cost(n_authors: int, n_votes: int, settings: TrustSettings, seed: int = 3) -> dict:
+    """One recomputation on a random graph: Zipf-ish voters and authors, 90 % helpful."""
+    rng = np.random.default_rng(seed)
+    keys = [i.to_bytes(32, "big") for i in range(n_authors)]
+    voters = np.minimum(rng.zipf(1.3, n_votes) - 1, n_authors - 1)
+    authors = rng.integers(0, n_authors, n_votes)
+    verdicts = np.where(rng.random(n_votes) < 0.9, 1, -1)
+    table_ = VoteTable()
+    started = time.perf_counter()
+    table_.add(
+        zip([keys[v] for v in voters], [keys[a] for a in authors], verdicts.tolist(), strict=True)
+    )
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    result = compute_trust(table_, [keys[0], keys[1]], settings)
+    return {
+        "authors": n_authors,
+        "votes": n_votes,
+        "table_s": built,
+        "compute_s": time.perf_counter() - started,
+        "iterations": result.iterations,
+    }
+
+
+def cached(enc, texts: list[str]) -> np.ndarray:
+    """The encoder's compact vectors of ``texts``, cached on disk by the texts' digest."""
+    import hashlib
+
+    from datasets import CACHE
+
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:20]
+    path = CACHE / f"trust-vectors-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = enc.encode_compact(texts, batch_size=64)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def over_time(
+    rng,
+    query_vec,
+    honest_vec,
+    honest_authors,
+    data,
+    settings,
+    cap,
+    *,
+    rounds=14,
+    tasks=1,
+    root_tasks=5,
+    join=4,
+    colluders=(),
+) -> list[dict]:
+    """Trust day by day: every day each honest voter runs ``tasks`` tasks (the node
+    ``root_tasks``) and reports helpful verdicts as in ``honest_votes``; sleepers (aged, time
+    standing 1) keep their ring and demotion votes; honest author 0 is a newcomer that joins
+    on day ``join`` (its lessons are not served, it does not vote, before; its time standing
+    grows over the 7-day maturity after). Mean standing per group after each day."""
+    keys = sorted(set(honest_authors))
+    newcomer = keys[0]
+    hidden = np.array([a == newcomer for a in honest_authors])
+    votes: list = []
+    series = []
+    for day in range(1, rounds + 1):
+        for voter in [ROOT, *keys]:
+            if voter == newcomer and day < join:
+                continue
+            for t in rng.choice(len(query_vec), size=root_tasks if voter == ROOT else tasks):
+                scores = honest_vec @ query_vec[t]
+                if day < join:
+                    scores = np.where(hidden, -np.inf, scores)
+                relevant = data.relevant(int(t))
+                top = np.argsort(-scores)[:K]
+                votes += [(voter, honest_authors[i], 1) for i in top if int(i) in relevant]
+        result = trust_of(votes + sleeper_votes(list(colluders), keys), settings)
+        ready = result.root_endorsements >= TrustConfig.min_endorsements
+
+        def standing(key, time_standing, result=result, ready=ready):
+            return author_standing_from(
+                result.standing(key), time_standing, ready=ready, unendorsed_cap=cap
+            )
+
+        series.append(
+            {
+                "day": day,
+                "verdicts": len(votes),
+                "ready": ready,
+                "honest": float(np.mean([standing(h, 1.0) for h in keys[1:]])),
+                "sleepers": float(np.mean([standing(c, 1.0) for c in colluders])),
+                "newcomer": standing(newcomer, min(1.0, max(0, day - join) / 7))
+                if day >= join
+                else None,
+            }
+        )
+    return series
+
+
+def plot(series: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    days = [r["day"] for r in series]
+    for group, style in (("honest", "-o"), ("sleepers", "-s"), ("newcomer", "-^")):
+        ax.plot(days, [r[group] for r in series], style, label=group, markersize=4)
+    ax.set_xlabel("day (1 task per honest voter, 5 for this node's agents)")
+    ax.set_ylabel("mean standing")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Standing from trust and time, 45 % sleepers in a ring")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--targets", type=int, default=40)
+    parser.add_argument("--floor", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--tasks", type=int, default=10, help="tasks per honest voter")
+    parser.add_argument("--root-tasks", type=int, default=50, help="tasks of this node's agents")
+    parser.add_argument("--caps", default="0,0.1,0.2", help="unendorsed_cap values to compare")
+    parser.add_argument("--masses", default="0.8,0.95", help="established_mass values")
+    parser.add_argument("--cost-votes", type=int, default=1_000_000)
+    args = parser.parse_args()
+    t_start = time.time()
+    cfg = TrustConfig()
+    settings = TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
+    caps = [float(c) for c in args.caps.split(",")]
+    masses = [float(m) for m in args.masses.split(",")]
+    newcomer_weight = SelectionConfig.newcomer_weight
+
+    enc = Encoder.default()
+    data = load()
+    rng = np.random.default_rng(args.seed)
+    honest_vec = cached(enc, data.corpus)
+    honest_authors = [author(f"honest-{i % 100}") for i in range(len(data.corpus))]
+    honest_keys = sorted(set(honest_authors))
+    query_vec = cached(enc, data.queries)
+    eligible = [i for i in range(len(data.queries)) if data.relevant(i)]
+    targets = sorted(rng.choice(eligible, size=min(args.targets, len(eligible)), replace=False))
+    votes = honest_votes(
+        np.random.default_rng(args.seed + 1),
+        query_vec,
+        honest_vec,
+        honest_authors,
+        data,
+        args.tasks,
+        args.root_tasks,
+    )
+    combos = [(a, b) for b in range(len(TEMPLATES)) for a in range(len(HARMFUL))]
+    texts = {
+        t: [
+            TEMPLATES[b].format(q=data.queries[t].rstrip("."), h=HARMFUL[a])
+            for a, b in combos[: max(SHARES.values())]
+        ]
+        for t in targets
+    }
+    distinct = sorted({x for v in texts.values() for x in v})
+    print(f"{len(votes)} honest verdicts; embedding {len(distinct)} poison texts ...", flush=True)
+    lookup = dict(zip(distinct, cached(enc, distinct), strict=True))
+    select = methods(args.floor, newcomer_weight)
+    clusters = Clusters(honest_vec)
+
+    def run(share: int | None, standing_of) -> tuple[float, float]:
+        """Mean attack success and honest recall@5 of zoonode's selection over the targets."""
+        n = SHARES[share] if share else 0
+        colluders = [author(f"coll-{j}") for j in range(n)]
+        adv, rec = [], []
+        for t in targets:
+            poison = np.stack([lookup[x] for x in texts[t][:n]]) if n else honest_vec[:0]
+            world = build_world(
+                query_vec[t], honest_vec, honest_authors, poison, colluders, clusters
+            )
+            world["standing"] = standing_of(world["author"])
+            pool = node_pool(world, args.floor, newcomer_weight)
+            if len(pool["rel"]) == 0:
+                adv.append(0.0)
+                rec.append(0.0)
+                continue
+            a, r = evaluate(pool, np.asarray(select[OURS](pool), int), data.relevant(t))
+            adv.append(a)
+            rec.append(r)
+        return float(np.mean(adv)), float(np.mean(rec))
+
+    def plain_recall() -> float:
+        rec = []
+        for t in targets:
+            top = np.argsort(-(honest_vec @ query_vec[t]))[:K]
+            relevant = data.relevant(t)
+            rec.append(len(set(map(int, top)) & relevant) / min(K, len(relevant)))
+        return float(np.mean(rec))
+
+    plain = plain_recall()
+    rows, results = [], {}
+    time_only = lambda authors: np.ones(len(authors))  # noqa: E731 - everyone aged: sleepers
+    trust_results: dict = {}
+    for mass in masses:
+        mass_settings = TrustSettings(damping=cfg.damping, established_mass=mass)
+        for share in [None, *SHARES]:
+            n = SHARES[share] if share else 0
+            colluders = [author(f"coll-{j}") for j in range(n)]
+            rows_ = votes + sleeper_votes(colluders, honest_keys)
+            trust_results[mass, share] = trust_of(rows_, mass_settings)
+    variants = [("time known only (sleepers aged)", lambda s: time_only)] + [
+        (
+            f"trust, established_mass {mass:g}, unendorsed_cap {cap:g}",
+            lambda s, cap=cap, mass=mass: (
+                lambda authors: standings(trust_results[mass, s], authors, cap)
+            ),
+        )
+        for mass in masses
+        for cap in caps
+    ]
+    for label, fn in variants:
+        row: dict = {"standing": label}
+        entry = {}
+        for share in [None, *SHARES]:
+            adv, rec = run(share, fn(share))
+            name = "clean" if share is None else f"sleepers-{share}%"
+            entry[name] = {"attack_success": adv, "recall@5": rec}
+            if share is None:
+                row["recall@5 clean"] = f"{rec:.3f}"
+                row["vs plain"] = f"{rec / plain * 100:.0f}%"
+            else:
+                row[name] = f"{adv * 100:.1f}%"
+                row[f"recall {share}%"] = f"{rec / plain * 100:.0f}%"
+        results[label] = entry
+        rows.append(row)
+        print(row, flush=True)
+    trust_results.update({s: trust_results[cfg.established_mass, s] for s in [None, *SHARES]})
+    print(
+        f"\nSleepers voting for each other (ring) and harmful on all honest authors, "
+        f"{len(targets)} targets, floor {args.floor}; plain top-k recall@5 {plain:.3f}"
+    )
+    print(table(rows, list(rows[0])))
+
+    # The honest newcomer: established voters (honest authors) rate its lesson helpful.
+    newcomer = author("newcomer")
+    base = trust_results[None]
+    established = [h for h in honest_keys if base.standing(h) >= 1.0]
+    newcomer_rows = []
+    for n in range(0, 21):
+        result = trust_of(votes + [(v, newcomer, 1) for v in established[:n]], settings)
+        with_root = trust_of(
+            [*votes, (ROOT, newcomer, 1)] + [(v, newcomer, 1) for v in established[:n]], settings
+        )
+        newcomer_rows.append(
+            {
+                "helpful verdicts": n,
+                "standing": round(result.standing(newcomer), 3),
+                "with the node's own verdict": round(with_root.standing(newcomer), 3),
+            }
+        )
+    first_one = next((r["helpful verdicts"] for r in newcomer_rows if r["standing"] >= 1), None)
+    first_root = next(
+        (r["helpful verdicts"] for r in newcomer_rows if r["with the node's own verdict"] >= 1),
+        None,
+    )
+    print(f"\nHonest newcomer ({len(established)} of 100 honest authors established):")
+    print(table(newcomer_rows[::2], list(newcomer_rows[0])))
+
+    # Vote flood: 1000 Sybil voters, each harmful on every honest author and helpful on each other.
+    sybils = [author(f"flood-{j}") for j in range(1000)]
+    flood = [(s, h, -1) for s in sybils for h in honest_keys[:20]]
+    flood += [(s, sybils[(j + 1) % 1000], 1) for j, s in enumerate(sybils)]
+    flooded = trust_of(votes + flood, settings)
+    change = max(
+        abs(flooded.trust_of(h) - base.trust_of(h)) / max(base.trust_of(h), 1e-300)
+        for h in honest_keys
+        if base.trust_of(h) > 0
+    )
+    print(
+        f"\nVote flood, 1000 Sybil voters ({len(flood)} votes): largest relative change of an "
+        f"honest author's trust {change:.2e}"
+    )
+
+    # Attack edges: honest voters fooled into endorsing the 45 % sleepers' ring.
+    edges_rows = []
+    colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
+    for fooled in (1, 5, 20):
+        fooled_rows = [
+            (h, colluders[j % len(colluders)], 1) for j, h in enumerate(honest_keys[:fooled])
+        ]
+        result = trust_of(votes + sleeper_votes(colluders, honest_keys) + fooled_rows, settings)
+        mass = float(sum(result.trust_of(c) for c in colluders))
+        adv, rec = run(45, lambda authors, r=result: standings(r, authors, caps[0]))
+        edges_rows.append(
+            {
+                "honest voters fooled": fooled,
+                "sleeper trust mass": f"{mass:.4f}",
+                "established sleepers": sum(result.standing(c) >= 1 for c in colluders),
+                "attack success": f"{adv * 100:.1f}%",
+            }
+        )
+    print(f"\nAttack edges (45 % sleepers, cap {caps[0]:g}):")
+    print(table(edges_rows, list(edges_rows[0])))
+
+    colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
+    series = over_time(
+        np.random.default_rng(args.seed + 2),
+        query_vec,
+        honest_vec,
+        honest_authors,
+        data,
+        settings,
+        caps[0],
+        colluders=colluders,
+    )
+    print("\nOver time (45 % sleepers; newcomer joins on day 4):")
+    print(
+        table(
+            [
+                {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
+                for r in series
+            ],
+            list(series[0]),
+        )
+    )
+    from pathlib import Path
+
+    figure = Path(__file__).resolve().parent.parent / "docs" / "trust-over-time.png"
+    plot(series, figure)
+    print(f"plot: {figure}")
+
+    costs = [cost(10_000, 100_000, settings), cost(100_000, args.cost_votes, settings)]
+    print("\nRecomputation cost:")
+    print(
+        table(
+            [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in c.items()} for c in costs],
+            list(costs[0]),
+        )
+    )
+    path = write_json(
+        f"trust-robustness-floor{args.floor}",
+        {
+            "machine": machine(),
+            "settings": {
+                **vars(args),
+                "damping": settings.damping,
+                "established_mass": settings.established_mass,
+                "newcomer_weight": newcomer_weight,
+            },
+            "targets": [int(t) for t in targets],
+            "honest_verdicts": len(votes),
+            "plain_recall@5": plain,
+            "results": results,
+            "table": rows,
+            "newcomer": newcomer_rows,
+            "newcomer_established_after": first_one,
+            "newcomer_established_after_with_node_verdict": first_root,
+            "flood_max_relative_change": change,
+            "attack_edges": edges_rows,
+            "over_time": series,
+            "cost": costs,
+            "seconds": time.time() - t_start,
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

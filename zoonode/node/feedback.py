@@ -1,0 +1,315 @@
+"""The feedback room: agents' verdicts on the lessons they used (signed feedback records,
+SPEC.md §8), their gossip topic and sync type, and this node's personalised trust.
+
+Data flow of a verdict: an agent reports it (API, MCP, CLI, client) -> :meth:`Feedback.rate`
+signs it with the node's key -> feedback table (one standing verdict per voter and target,
+the latest) -> the feedback topic. Peers' verdicts: feedback-topic validator (decode,
+signature, space, time, known, voter banned, superseded, voter rate) -> queue -> table.
+
+Trust (``zoonode.trust``) is recomputed every ``trust.recompute_s`` while verdicts or lessons
+changed: the endorsement graph is read from the table a page at a time on the knowledge-base
+thread, then computed on the room's own worker thread (one at a time), so neither queries nor
+ingest wait for it. :meth:`standing` combines it with time known into the standing selection
+receives (``trust.author_standing_from``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from zoonode.experiences import now_ms
+from zoonode.net.validation import AuthorLimiter, Checked
+from zoonode.protocol import (
+    Feedback as FeedbackBody,
+)
+from zoonode.protocol import (
+    FeedbackVerdict,
+    Op,
+    SignedFeedback,
+    sign_feedback,
+)
+from zoonode.store import FeedbackResult, StorageFull, VoteRow
+from zoonode.trust import TrustResult, TrustSettings, VoteTable, author_standing_from, compute_trust
+
+if TYPE_CHECKING:
+    from zoonode.node.core import Node
+
+log = logging.getLogger("zoonode.node.feedback")
+
+QUEUE = 10_000
+BATCH = 256
+EDGE_PAGE = 50_000  # endorsement rows read per knowledge-base call
+MAX_VOTES_SHOWN = 10  # votes listed per lesson in an explanation
+
+
+class RateRefused(Exception):
+    """An agent's verdict that is refused: ``code`` (``not_found``, ``not_a_lesson``,
+    ``own_lesson``, ``rate_limited``) and a message; nothing was stored or sent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class TrustStatus:
+    """What ``/v1/status`` and ``/metrics`` show of the trust graph."""
+
+    votes: int
+    voters: int
+    authors: int
+    identities: int
+    root_endorsements: int
+    ready: bool
+    reference: float | None
+    iterations: int
+    recomputed_at: int | None  # ms
+    seconds: float | None  # the last recomputation's duration (read + compute)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Feedback:
+    """Publishing our agents' verdicts, the queue of peers' verdicts, and trust."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.cfg.trust
+        self.settings = TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
+        self.interval = cfg.recompute_s
+        self._send, self._recv = trio.open_memory_channel[tuple[SignedFeedback, str]](QUEUE)
+        self._own_limiter = AuthorLimiter(node.policy.feedback_rate, node.policy.feedback_burst)
+        self._worker = trio.CapacityLimiter(1)  # the trust computation's own thread
+        self._dirty = True
+        self.trust: TrustResult | None = None
+        self.recomputed_at: int | None = None
+        self.recompute_seconds: float | None = None
+        self.recomputations = 0
+
+    # -- our agents' verdicts ---------------------------------------------------------------
+    async def rate(
+        self, target: bytes, verdict: FeedbackVerdict, task: bytes | None = None
+    ) -> dict[str, Any]:
+        """Sign, store and gossip this node's verdict on the experience ``target``.
+
+        Returns {id, target, verdict, outcome (accepted: first verdict on it; replaced: the
+        previous one no longer stands), previous (its verdict or None)}. Raises RateRefused:
+        ``not_found`` (no such experience here), ``not_a_lesson`` (a revocation),
+        ``own_lesson`` (a vote on our own lesson counts for nothing), ``rate_limited`` (over
+        ``network.feedback_rate``); and StorageFull."""
+        node = self.node
+
+        def work() -> tuple[SignedFeedback, FeedbackResult, int | None]:
+            row = node.kb.get(target)
+            if row is None:
+                raise RateRefused("not_found", "no such experience on this node")
+            if row.op is Op.REVOKE:
+                raise RateRefused("not_a_lesson", "a revocation carries no lesson to rate")
+            if row.author == node.author:
+                raise RateRefused(
+                    "own_lesson", "a verdict on this node's own lesson counts for nothing"
+                )
+            table = node.kb.store.feedback
+            held = table.standing(node.author, target)
+            previous = table.verdict(held[1]) if held is not None else None
+            if not self._own_limiter.allow(node.author, time.monotonic()):
+                raise RateRefused(
+                    "rate_limited",
+                    f"over {node.policy.feedback_rate:g} verdicts/s (burst "
+                    f"{node.policy.feedback_burst:g}): peers would ignore more",
+                )
+            # Latest wins: a verdict made within the same millisecond still follows.
+            stamp = max(now_ms(), held[0] + 1) if held else now_ms()
+            body = FeedbackBody(node.author, node.encoder.space, stamp, target, verdict, task)
+            record = sign_feedback(body, node.key)
+            [result] = table.insert([(record, "local")])
+            return record, result, previous
+
+        record, result, previous = await node.in_kb(work)
+        self._note(record, result)
+        node.counters[f"feedback:{result.outcome}"] += 1
+        await node.gossip.publish_feedback([record.wire])
+        names = {1: "helpful", -1: "harmful", 0: "withdrawn"}
+        return {
+            "id": record.id.hex(),
+            "target": target.hex(),
+            "verdict": record.feedback.verdict.label,
+            "outcome": result.outcome,
+            "previous": names.get(previous) if previous is not None else None,
+        }
+
+    # -- peers' verdicts ----------------------------------------------------------------------
+    async def on_gossip(self, accepted: list[Checked], forwarder: str) -> None:
+        for checked in accepted:
+            assert isinstance(checked.record, SignedFeedback)
+            await self._send.send((checked.record, forwarder))
+
+    def room(self) -> int:
+        """Verdicts the queue can still take (the feedback topic's gossip room)."""
+        return QUEUE - self._send.statistics().current_buffer_used
+
+    async def enqueue(self, record: SignedFeedback, peer: str) -> None:
+        """A verdict fetched by sync, already validated like gossip."""
+        await self._send.send((record, peer))
+
+    async def run(self) -> None:
+        """Store peers' verdicts in batches (50 ms to fill one), and keep trust fresh."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_trust)
+            while True:
+                batch = [await self._recv.receive()]
+                with trio.move_on_after(0.05):
+                    while len(batch) < BATCH:
+                        batch.append(await self._recv.receive())
+                try:
+                    results = await self.node.in_kb(self.node.kb.store.feedback.insert, batch)
+                except StorageFull as exc:
+                    self.node.counters["feedback:storage_full"] += len(batch)
+                    log.warning("%d peer verdicts dropped: %s", len(batch), exc)
+                    continue
+                for (record, _), result in zip(batch, results, strict=True):
+                    self.node.counters[f"feedback_store:{result.outcome}"] += 1
+                    self._note(record, result)
+
+    def _note(self, record: SignedFeedback, result: FeedbackResult) -> None:
+        """The sync digest follows the table: the new verdict in, the one it replaced out."""
+        if result.outcome in ("accepted", "replaced"):
+            self.node.feedback_digest.add(record.id, record.feedback.created_at)
+            if result.replaced is not None and result.replaced_created_at is not None:
+                self.node.feedback_digest.remove(result.replaced, result.replaced_created_at)
+            self.changed()
+
+    def changed(self) -> None:
+        """Verdicts or lessons changed: trust is recomputed at the next tick."""
+        self._dirty = True
+
+    # -- trust --------------------------------------------------------------------------------
+    async def _run_trust(self) -> None:
+        while True:
+            if self._dirty:
+                await self.recompute()
+            await trio.sleep(self.interval)
+
+    @property
+    def roots(self) -> set[bytes]:
+        return {self.node.author, *self.node.trusted_authors}
+
+    async def recompute(self) -> TrustResult:
+        """Read the endorsement graph (pages on the knowledge-base thread), compute trust on
+        the room's worker thread, and make it the one queries use."""
+        started = time.perf_counter()
+        self._dirty = False
+        pages = []
+        after = 0
+        store = self.node.kb.store.feedback
+        while True:
+            page = await self.node.in_kb(store.edges_page, after, EDGE_PAGE)
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1][0]
+            if len(page) < EDGE_PAGE:
+                break
+        roots = self.roots
+
+        def work() -> TrustResult:  # ~3 s of table building at 1M votes: off the trio thread
+            table = VoteTable()
+            for page in pages:
+                table.add((voter, author, verdict) for _, voter, author, verdict in page)
+            return compute_trust(table, roots, self.settings)
+
+        result = await trio.to_thread.run_sync(work, limiter=self._worker)
+        self.trust = result
+        self.recomputed_at = now_ms()
+        self.recompute_seconds = time.perf_counter() - started
+        self.recomputations += 1
+        self.node.counters["trust:recomputed"] += 1
+        log.debug(
+            "trust: %d votes, %d identities, %d root endorsements, %.3f s",
+            result.votes,
+            len(result.identities),
+            result.root_endorsements,
+            self.recompute_seconds,
+        )
+        return result
+
+    @property
+    def ready(self) -> bool:
+        """Whether the roots have endorsed enough authors (``trust.min_endorsements``) for
+        trust, not age, to decide who is established."""
+        return (
+            self.trust is not None
+            and self.trust.root_endorsements >= self.node.cfg.trust.min_endorsements
+        )
+
+    def trust_standing(self, author: bytes) -> float:
+        if author in self.roots:
+            return 1.0
+        return self.trust.standing(author) if self.trust is not None else 0.0
+
+    def standing(self, author: bytes, time_standing: float) -> float:
+        """The standing selection receives: trust combined with time known."""
+        if author in self.roots:
+            return 1.0
+        return author_standing_from(
+            self.trust_standing(author),
+            time_standing,
+            ready=self.ready,
+            unendorsed_cap=self.node.cfg.trust.unendorsed_cap,
+        )
+
+    def status(self) -> TrustStatus:
+        t = self.trust
+        return TrustStatus(
+            votes=t.votes if t else 0,
+            voters=t.voters if t else 0,
+            authors=t.authors if t else 0,
+            identities=len(t.identities) if t else 0,
+            root_endorsements=t.root_endorsements if t else 0,
+            ready=self.ready,
+            reference=t.reference if t and t.informative else None,
+            iterations=t.iterations if t else 0,
+            recomputed_at=self.recomputed_at,
+            seconds=self.recompute_seconds,
+        )
+
+    # -- explanations ---------------------------------------------------------------------------
+    def explain(self, authors: dict[bytes, bytes], votes: dict[bytes, list[VoteRow]]) -> dict:
+        """Per lesson id: its author's trust and the standing verdicts behind it. ``authors``
+        maps lesson id -> author; ``votes`` comes from ``FeedbackStore.votes_on``."""
+        out = {}
+        for lesson, author in authors.items():
+            rows = votes.get(lesson, [])
+            helpful = [r for r in rows if r.verdict > 0]
+            harmful = [r for r in rows if r.verdict < 0]
+            shown = sorted(rows, key=lambda r: -self.trust_standing(r.voter))[:MAX_VOTES_SHOWN]
+            out[lesson] = {
+                "author_trust": self.trust.trust_of(author) if self.trust else 0.0,
+                "author_trust_standing": self.trust_standing(author),
+                "helpful": len(helpful),
+                "harmful": len(harmful),
+                "helpful_trusted": sum(self.trust_standing(r.voter) for r in helpful),
+                "harmful_trusted": sum(self.trust_standing(r.voter) for r in harmful),
+                "votes": [
+                    {
+                        "voter": r.voter.hex(),
+                        "verdict": "helpful" if r.verdict > 0 else "harmful",
+                        "voter_standing": self.trust_standing(r.voter),
+                        "created_at": r.created_at,
+                    }
+                    for r in shown
+                ],
+            }
+        return out
+
+
+def task_digest(task: str) -> bytes:
+    """The optional task field of a verdict: SHA-256 of the task text (UTF-8)."""
+    return hashlib.sha256(task.encode("utf-8")).digest()
