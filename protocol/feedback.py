@@ -23,12 +23,11 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import ErrorCode, ProtocolError
 from .record import AUTHOR_BYTES, ID_BYTES, MAX_CREATED_AT, SIGNATURE_BYTES, SPACE_BYTES
-from .wire import _Pairs, _unpack_pairs, public_key_bytes, verify_signature
+from .wire import _pack, _Pairs, _unpack_pairs, public_key_bytes, verify_signature
 
 FEEDBACK_VERSION = 1
 FEEDBACK_SIGNING_PREFIX = b"zoo/dso/feedback/v1"
@@ -148,11 +147,6 @@ def _fields(fb: Feedback) -> list[tuple[FeedbackKey, Any]]:
     if fb.task is not None:
         pairs.append((FeedbackKey.TASK, fb.task))
     return pairs
-
-
-def _pack(pairs: list[tuple[FeedbackKey, Any]]) -> bytes:
-    packer = msgpack.Packer(use_bin_type=True, use_single_float=False, strict_types=False)
-    return packer.pack_map_pairs([(int(k), v) for k, v in pairs])
 
 
 def encode_feedback_unsigned(fb: Feedback) -> bytes:

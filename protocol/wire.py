@@ -114,7 +114,8 @@ def _fields(exp: Experience) -> list[tuple[Key, Any]]:
     return pairs
 
 
-def _pack(pairs: list[tuple[Key, Any]]) -> bytes:
+def _pack(pairs: list[tuple[int, Any]]) -> bytes:
+    """A map in the canonical form (keys in the given order, bin for bytes, float64)."""
     packer = msgpack.Packer(use_bin_type=True, use_single_float=False, strict_types=False)
     return packer.pack_map_pairs([(int(k), v) for k, v in pairs])
 
