@@ -141,16 +141,18 @@ def test_default_and_fitted_nodes_take_each_others_lessons(tmp_path, encoder, l3
             # with its text); b drops it, keeps a's standing and takes a's next lesson.
             text = "Label the axes of every plot with the quantity and its unit"
             own, other = a.encoder.encode_compact([text, LESSONS[3]["text"]])
-            leaning = own + 2.5 * other
-            [odd] = sign_lessons(
-                a.encoder,
-                a.key,
-                [{"text": text, "domain": "science.plots", "confidence": 0.5}],
-                (leaning / np.linalg.norm(leaning))[None],
-            )
-            [verdict] = b.checker.rule(
-                [odd.experience.code], b.encoder.encode_compact([text]), b.encoder.space_info
-            )
+            b_text = b.encoder.encode_compact([text])
+            for lean in (2.5, 3.0, 4.0, 5.0, 6.0, 8.0):  # the least lean that fails b's check
+                leaning = own + lean * other
+                [odd] = sign_lessons(
+                    a.encoder,
+                    a.key,
+                    [{"text": text, "domain": "science.plots", "confidence": 0.5}],
+                    (leaning / np.linalg.norm(leaning))[None],
+                )
+                [verdict] = b.checker.rule([odd.experience.code], b_text, b.encoder.space_info)
+                if not verdict.accept:
+                    break
             assert not verdict.accept and not verdict.ban, verdict  # the premise
             await a.gossip.publish([odd.wire])
             [(late, _)] = await a.publish(
