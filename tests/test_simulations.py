@@ -86,7 +86,7 @@ def test_scale_mode_thousand_nodes_defences_beat_the_undefended_baseline(encoder
         """
         name = "ci-scale"
         seed = 11
-        duration_s = 8
+        duration_s = 11
         [nodes]
         honest = 850
         adversarial = 150
@@ -150,3 +150,43 @@ def test_bad_scenario_file_is_one_clear_line(tmp_path):
     )
     assert done.returncode == 2
     assert "nodes.honest" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_scale_mode_trust_from_verdicts_beats_sleepers_that_time_alone_lets_in(encoder):
+    """The feedback loop (issue 24): agents' verdicts -> each node's personalised trust ->
+    standing. Sleepers (aged, a helpful ring, harmful on honest authors) take a share of the
+    top-5 with time-only standing and less with trust."""
+    text = """
+        seed = 4
+        duration_s = 11
+        [nodes]
+        honest = 30
+        adversarial = 8
+        roles = ["poison"]
+        [workload]
+        lessons_per_node = 1
+        publish_window_s = 2
+        targets = 10
+        query_nodes = 5
+        [attack]
+        poison_per_target = 2
+        [history]
+        attacker_age_days = 7
+        [feedback]
+        enabled = true
+        standing = "{standing}"
+        start_s = 2
+        round_s = 2
+        tasks_per_round = 4
+        """
+    trust = summarise(run_scale(parse_scenario(text.format(standing="trust")), encoder))
+    time_only = summarise(run_scale(parse_scenario(text.format(standing="time")), encoder))
+    assert time_only["attack_success"] > 0.2, time_only
+    assert trust["attack_success"] < time_only["attack_success"] / 2, trust
+    assert trust["trust_ready_share_final"] == 1.0
+    assert trust["standing_adversarial_final"] <= 0.2 + 1e-9  # age alone, capped
+    assert time_only["standing_adversarial_final"] == 1.0
+    with pytest.raises(ConfigError, match=r"feedback\.standing"):
+        parse_scenario('[feedback]\nstanding = "vibes"\n')
+    with pytest.raises(ConfigError, match="scale mode only"):
+        parse_scenario('mode = "real"\n[feedback]\nenabled = true\n')

@@ -68,17 +68,47 @@ def settings_for(history: History, k: int) -> SelectionSettings:
     )
 
 
-def clusters_in_order(vectors: np.ndarray, threshold: float = DUPLICATE_COSINE) -> list[int]:
+def clusters_in_order(
+    vectors: np.ndarray, threshold: float = DUPLICATE_COSINE, keys: Sequence | None = None
+) -> list[int]:
+    """The store's rule: in arrival order, a vector joins the cluster of its most similar
+    representative if that cosine is >= ``threshold``, else it starts one. ``keys`` (equal
+    keys => equal vectors, e.g. the text) gives the same result faster: the cosines are
+    computed once per distinct key, and a key's decision is reused until a representative is
+    added."""
     ids = list(range(len(vectors)))
     reps: list[int] = []
-    for i in range(len(vectors)):
+    if keys is None:
+        for i in range(len(vectors)):
+            if reps:
+                sims = vectors[reps] @ vectors[i]
+                j = int(np.argmax(sims))
+                if sims[j] >= threshold:
+                    ids[i] = ids[reps[j]]
+                    continue
+            reps.append(i)
+        return ids
+    first: dict = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    distinct = list(first)
+    slot = {key: n for n, key in enumerate(distinct)}
+    gram = vectors[[first[k] for k in distinct]] @ vectors[[first[k] for k in distinct]].T
+    rep_slots: list[int] = []
+    decided: dict = {}  # key -> cluster id, valid while no representative is added
+    for i, key in enumerate(keys):
+        if key in decided:
+            ids[i] = decided[key]
+            continue
         if reps:
-            sims = vectors[reps] @ vectors[i]
+            sims = gram[slot[key], rep_slots]
             j = int(np.argmax(sims))
             if sims[j] >= threshold:
-                ids[i] = ids[reps[j]]
+                ids[i] = decided[key] = ids[reps[j]]
                 continue
         reps.append(i)
+        rep_slots.append(slot[key])
+        decided.clear()
     return ids
 
 
@@ -118,7 +148,7 @@ def candidates_for(
     fetch = CANDIDATES + max(CANDIDATES // 4, 16)
     while True:
         top = np.sort(ranked[:fetch])  # arrival order, as the store assigns clusters
-        clusters = clusters_in_order(vectors[top])
+        clusters = clusters_in_order(vectors[top], keys=[records[i].experience.text for i in top])
         factors = np.array(
             [
                 standing_factor(DEFAULTS.newcomer_weight, standing.get(author_of(i), 0.0))
@@ -156,12 +186,14 @@ def agent_outcomes(
     k: int = 5,
     attack_records: Sequence[SignedRecord] = (),
     history: History | None = None,
+    standing_of: dict[int, dict[bytes, float]] | None = None,
 ) -> dict:
     """Attack success (share of top-k slots held by adversaries) and relevant-hit rate, per
-    querying node, defended and undefended."""
+    querying node, defended and undefended. ``standing_of`` (node -> author -> standing)
+    replaces the time-known standing per node (the feedback loop's trust)."""
     history = history or History()
     settings = settings_for(history, k)
-    standing = standings(workload, history)
+    time_standing = standings(workload, history)
     bad = workload.adversarial_authors
     out: dict[str, list[float]] = {
         "defended": [],
@@ -170,7 +202,8 @@ def agent_outcomes(
         "hit_undefended": [],
     }
     honest_records = [r for rs in workload.honest.values() for r in rs]
-    for ids in holdings.values():
+    for node, ids in holdings.items():
+        standing = (standing_of or {}).get(node, time_standing)
         held = [records_by_id[i] for i in ids if i in records_by_id]
         everything = _unique(honest_records + list(attack_records))
         for q, relevant in zip(workload.query_vectors, workload.relevant, strict=True):

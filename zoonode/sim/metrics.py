@@ -48,7 +48,22 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                 checked_latencies.append(max(0.0, active[rid] - t_pub))
     rejected = Counter({str(k): int(v) for k, v in raw["rejected"].items()})
     agents = raw["agents"]
-    return {
+    fb = raw.get("feedback")
+    loop = {}
+    if fb:
+        rounds = fb["rounds"]
+        last = rounds[-1] if rounds else {}
+        loop = {
+            "standing": fb["standing"],
+            "feedback_rounds": len(rounds),
+            "verdicts": fb["votes"],
+            "attack_success_first_round": rounds[0]["attack_success"] if rounds else None,
+            "attack_success_last_round": last.get("attack_success"),
+            "standing_honest_final": last.get("standing_honest"),
+            "standing_adversarial_final": last.get("standing_adversarial"),
+            "trust_ready_share_final": last.get("trust_ready_share"),
+        }
+    return loop | {
         "mode": raw["mode"],
         "nodes": raw["nodes"],
         "honest_nodes": len(holdings),

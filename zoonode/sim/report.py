@@ -63,6 +63,33 @@ def _plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
         plt.close(fig)
         made.append("attacker_score.png")
 
+    looped = [r for r in runs if r["raw"].get("feedback")]
+    if looped:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for run in looped:
+            rounds = run["raw"]["feedback"]["rounds"]
+            ts = [r["t"] for r in rounds]
+            left.plot(ts, [r["attack_success"] * 100 for r in rounds], "o-", label=run["label"])
+            right.plot(
+                ts, [r["standing_honest"] for r in rounds], "o-", label=f"honest, {run['label']}"
+            )
+            right.plot(
+                ts,
+                [r["standing_adversarial"] for r in rounds],
+                "s--",
+                label=f"sleepers, {run['label']}",
+            )
+        left.set_xlabel("time after warm-up (s)")
+        left.set_ylabel("attack success in the agents' tasks (%)")
+        right.set_xlabel("time after warm-up (s)")
+        right.set_ylabel("mean standing at query nodes")
+        left.legend(fontsize=6)
+        right.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "trust_over_time.png", dpi=110)
+        plt.close(fig)
+        made.append("trust_over_time.png")
+
     scale = [r for r in runs if r["metrics"]["mode"] == "scale"] or runs
     points = sorted(((r["metrics"]["attackers"], r["metrics"]) for r in scale), key=lambda x: x[0])
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -120,6 +147,24 @@ def write_results(out: Path, scenario, runs: list[dict[str, Any]], seconds: floa
     ]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(_fmt(r["metrics"][key]) for r in runs) + " |")
+    for run in runs:
+        rounds = (run["raw"].get("feedback") or {}).get("rounds")
+        if not rounds:
+            continue
+        lines += [
+            "",
+            f"Feedback rounds, {run['label']} (standing {run['raw']['feedback']['standing']}):",
+            "",
+            "| t (s) | tasks | attack success | relevant hit | verdicts | standing honest "
+            "| standing adversarial | trust ready |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rounds:
+            lines.append(
+                f"| {r['t']:.0f} | {r['tasks']} | {r['attack_success']:.3f} | "
+                f"{r['relevant_hit_rate']:.3f} | {r['votes']} | {r['standing_honest']:.3f} | "
+                f"{r['standing_adversarial']:.3f} | {r['trust_ready_share']:.2f} |"
+            )
     lines += ["", "Rejected or ignored, by reason (first run):", ""]
     for reason, count in runs[0]["metrics"]["rejected"].items():
         lines.append(f"- {reason}: {count}")

@@ -21,6 +21,10 @@ def plan(scenario: Scenario, mode: str | None = None) -> list[tuple[str, str, Sc
     mode = mode or scenario.mode
     engines = ["scale", "real"] if mode == "both" else [mode]
     runs = [(engine, engine, scenario) for engine in engines]
+    fb = scenario.feedback
+    if fb.enabled and fb.compare_time_only and fb.standing != "time":
+        time_only = dataclasses.replace(scenario, feedback=dataclasses.replace(fb, standing="time"))
+        runs.append(("scale, time-only standing", "scale", time_only))
     for n in scenario.sweep_adversarial:
         if n != scenario.nodes.adversarial:
             runs.append((f"scale, {n} adversarial", "scale", _with_adversaries(scenario, n)))

@@ -150,6 +150,11 @@ class ScaleSim:
         self.graylisted_at: dict[int, float] = {}  # attacker -> first time one graylisted it
         self.attacker_scores: list[tuple[float, float]] = []  # (t, mean score of attackers)
         self.rejoined: dict[int, float] = {}
+        self.feedback = None
+        if scenario.feedback.enabled:
+            from zoonode.sim.feedback import FeedbackLoop
+
+            self.feedback = FeedbackLoop(scenario, workload, random.Random(scenario.seed + 1))
         self._build_topology()
 
     # -- network model -----------------------------------------------------------------------
@@ -465,6 +470,17 @@ class ScaleSim:
                 msg, peer.index, node.index, extra_delay=2 * self.latency(node.index, peer.index)
             )
 
+    def feedback_rounds(self):
+        """Agents use lessons and report verdicts; every honest node recomputes trust."""
+        fb = self.sc.feedback
+        records_by_id = {r.id: r for rs in self.wl.honest.values() for r in rs}
+        records_by_id |= {r.id: r for r in attack_records(self.decode, self.wl)}
+        yield self.env.timeout(WARMUP_S + fb.start_s)
+        while True:
+            servable = {n.index: self.servable(n) for n in self.nodes if n.honest and n.online}
+            self.feedback.round(self.env.now - WARMUP_S, servable, records_by_id)
+            yield self.env.timeout(fb.round_s)
+
     # -- run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None) -> None:
         self._wire_of = {r.id: r.wire for rs in self.wl.honest.values() for r in rs}
@@ -476,6 +492,8 @@ class ScaleSim:
         self.env.process(self.heartbeat())
         if self.sc.churn.share > 0:
             self.env.process(self.churn())
+        if self.feedback is not None:
+            self.env.process(self.feedback_rounds())
         end = WARMUP_S + self.sc.duration_s
         step = end / 50
         t = 0.0
@@ -513,6 +531,7 @@ def run_scale(
         scenario.workload.k,
         attack_records=bad,
         history=scenario.history,
+        standing_of=({i: sim.feedback.standing_map(i) for i in queriers} if sim.feedback else None),
     )
     return {
         "mode": "scale",
@@ -533,7 +552,17 @@ def run_scale(
         "agents": agents,
         "forged_ids": workload.forged_ids,
         "warmup_s": WARMUP_S,
-    }
+    } | (
+        {
+            "feedback": {
+                "standing": scenario.feedback.standing,
+                "rounds": sim.feedback.rounds,
+                "votes": len(sim.feedback.votes),
+            }
+        }
+        if sim.feedback
+        else {}
+    )
 
 
 def attack_records(sim_decode: Callable, workload: Workload) -> list:

@@ -93,6 +93,30 @@ class History:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """The loop from use to trust (scale mode only; docs/trust.md). Every ``round_s`` the
+    agents of every online honest node run ``tasks_per_round`` target queries through the
+    node's selection and report verdicts signed by the node: helpful on the relevant lesson
+    when it was given, harmful on every poison lesson given. Adversarial ``poison`` identities
+    vote helpful on one lesson of each other (a ring, ``ring``) and harmful on one lesson of
+    each of ``harmful_per_attacker`` honest authors. After the agents' round every honest node
+    recomputes its personalised trust (``zoonode.trust.compute_trust``, its own identity as
+    root) from the verdicts cast so far, and its selection's standing is
+    ``author_standing_from(trust, time known)`` as a node's (``standing = "trust"``), or time
+    known alone (``"time"``: the node before issue 24). ``compare_time_only`` adds a run with
+    ``"time"``."""
+
+    enabled: bool = False
+    standing: str = "trust"  # trust | time
+    compare_time_only: bool = False
+    start_s: float = 5.0  # first round, after warm-up
+    round_s: float = 5.0
+    tasks_per_round: int = 1
+    ring: bool = True
+    harmful_per_attacker: int = 100
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str = "scenario"
     description: str = ""
@@ -106,6 +130,7 @@ class Scenario:
     churn: Churn = field(default_factory=Churn)
     ingest: Ingest = field(default_factory=Ingest)
     history: History = field(default_factory=History)
+    feedback: Feedback = field(default_factory=Feedback)
     sweep_adversarial: list[int] = field(default_factory=list)  # extra runs (scale mode)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +158,16 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         raise ConfigError(f"{source}: ingest.check_rate must be > 0 and check_batch >= 1")
     if scenario.history.honest_age_days < 0 or scenario.history.attacker_age_days < 0:
         raise ConfigError(f"{source}: history ages must not be negative")
+    fb = scenario.feedback
+    if fb.standing not in ("trust", "time"):
+        raise ConfigError(f"{source}: feedback.standing must be trust or time, got {fb.standing!r}")
+    if fb.round_s <= 0 or fb.start_s < 0 or fb.tasks_per_round < 1 or fb.harmful_per_attacker < 0:
+        raise ConfigError(
+            f"{source}: feedback.round_s must be > 0, start_s >= 0, tasks_per_round >= 1 and "
+            "harmful_per_attacker >= 0"
+        )
+    if fb.enabled and scenario.mode != "scale":
+        raise ConfigError(f"{source}: feedback.enabled runs in scale mode only")
     if scenario.mode in ("real", "both"):
         maturity = SelectionConfig().maturity_days
         for key in ("honest_age_days", "attacker_age_days"):
