@@ -271,6 +271,21 @@ def gossip_out(node) -> float:
     raise AssertionError("no zoonode_gossip_messages_out_total")
 
 
+def settled_gossip_out(node) -> float:
+    """gossip_out once it stops moving (publishing is asynchronous: the first revocation, or an
+    earlier test's message, may still be on its way out)."""
+    import time
+
+    last, deadline = gossip_out(node), time.monotonic() + 15
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = gossip_out(node)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("gossip output never settled")
+
+
 def test_revoking_twice_answers_already_revoked_and_emits_nothing(node):
     lesson = {"text": "Revoke me: a lesson about retrying idempotent requests", "domain": "a.b"}
     created = httpx.post(f"{node.url}/v1/experiences", json=lesson, headers=node.auth)
@@ -280,13 +295,13 @@ def test_revoking_twice_answers_already_revoked_and_emits_nothing(node):
     first = httpx.post(url, headers=node.auth)
     assert first.status_code == 200 and first.json() == {"id": record_id, "outcome": "revoked"}
     counts, replica = state(node)
-    sent = gossip_out(node)
+    sent = settled_gossip_out(node)
     for _ in range(2):
         again = httpx.post(url, headers=node.auth)
         assert again.status_code == 200
         assert again.json() == {"id": record_id, "outcome": "already_revoked"}
     assert state(node) == (counts, replica)  # no second revocation record stored ...
-    assert gossip_out(node) == sent  # ... nor published
+    assert settled_gossip_out(node) == sent  # ... nor published
     assert httpx.get(f"{node.url}/v1/experiences/{record_id}").json()["status"] == "revoked"
 
 
