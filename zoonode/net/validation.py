@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import numpy as np
@@ -169,21 +169,42 @@ def check_record(
     except ProtocolError as exc:
         return Checked(Verdict.REJECT, exc.code.value)
     exp = record.experience
-    if exp.space != policy.space:
-        return Checked(Verdict.REJECT, Reason.WRONG_SPACE, record)
-    if exp.created_at > now_ms + policy.max_future_ms:
-        return Checked(Verdict.REJECT, Reason.FROM_FUTURE, record)
-    if exp.created_at < now_ms - policy.horizon_ms:
-        return Checked(Verdict.IGNORE, Reason.TOO_OLD, record)
-    if known(record.id):
-        return Checked(Verdict.IGNORE, Reason.KNOWN, record)
-    if banned(exp.author):
-        return Checked(Verdict.IGNORE, Reason.AUTHOR_BANNED, record)
+    refused = _envelope(
+        record, exp.space, exp.created_at, exp.author, policy, now_ms, known, banned
+    )
+    if refused is not None:
+        return refused
     if not backlog(record):
         return Checked(Verdict.IGNORE, Reason.BACKLOG, record)
     if not limiter.allow(exp.author, now_ms / 1000):
         return Checked(Verdict.IGNORE, Reason.AUTHOR_RATE, record)
     return Checked(Verdict.ACCEPT, Reason.OK, record)
+
+
+def _envelope(
+    record: Any,
+    space: bytes,
+    created_at: int,
+    signer: bytes,
+    policy: Policy,
+    now_ms: int,
+    known: Callable[[bytes], bool],
+    banned: Callable[[bytes], bool],
+) -> Checked | None:
+    """The checks every record type shares (NETWORK.md §4.5, §4.7), in order: space (REJECT
+    ``wrong_space``), ``from_future`` (REJECT), ``too_old``, ``known``, ``author_banned`` (the
+    signer) (IGNORE); None when the record passes them all."""
+    if space != policy.space:
+        return Checked(Verdict.REJECT, Reason.WRONG_SPACE, record)
+    if created_at > now_ms + policy.max_future_ms:
+        return Checked(Verdict.REJECT, Reason.FROM_FUTURE, record)
+    if created_at < now_ms - policy.horizon_ms:
+        return Checked(Verdict.IGNORE, Reason.TOO_OLD, record)
+    if known(record.id):
+        return Checked(Verdict.IGNORE, Reason.KNOWN, record)
+    if banned(signer):
+        return Checked(Verdict.IGNORE, Reason.AUTHOR_BANNED, record)
+    return None
 
 
 def code_vectors(codes: Sequence[bytes], head: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
@@ -228,16 +249,9 @@ def check_feedback(
     except ProtocolError as exc:
         return Checked(Verdict.REJECT, exc.code.value)
     fb = record.feedback
-    if fb.space != policy.space:
-        return Checked(Verdict.REJECT, Reason.WRONG_SPACE, record)
-    if fb.created_at > now_ms + policy.max_future_ms:
-        return Checked(Verdict.REJECT, Reason.FROM_FUTURE, record)
-    if fb.created_at < now_ms - policy.horizon_ms:
-        return Checked(Verdict.IGNORE, Reason.TOO_OLD, record)
-    if known(record.id):
-        return Checked(Verdict.IGNORE, Reason.KNOWN, record)
-    if banned(fb.voter):
-        return Checked(Verdict.IGNORE, Reason.AUTHOR_BANNED, record)
+    refused = _envelope(record, fb.space, fb.created_at, fb.voter, policy, now_ms, known, banned)
+    if refused is not None:
+        return refused
     held = standing(fb.voter, fb.target)
     if held is not None and held >= (fb.created_at, record.id):
         return Checked(Verdict.IGNORE, Reason.SUPERSEDED, record)
