@@ -80,11 +80,44 @@ def test_one_failure_never_bans_an_honest_author():
     assert not banned and standing == Standing(23, 3)  # 3 of 23: under 20 %
 
 
+def test_early_bad_luck_of_an_honest_peer_is_no_ban():
+    # The case that banned an honest paraphrase-MiniLM-L3 peer under the old share rule:
+    # three failures among its first ten checks (30 %, while its true rate is ~5 %).
+    rule = Punishment(strikes=3, share=0.2)
+    standing, banned = Standing(), False
+    for accepted in [False, True, True, False, True, True, True, False, True, True]:
+        standing, banned = rule.update(standing, accepted=accepted, decisive=False)
+        assert not banned
+    assert standing == Standing(10, 3) and rule.evidence(standing) > 0.3
+
+
+def test_an_honest_peer_failing_5_percent_is_never_banned_in_1000_records():
+    rule = Punishment(strikes=3, share=0.2)
+    rng = np.random.default_rng(22)
+    for _trial in range(50):
+        standing = Standing()
+        for fails in rng.random(1000) < 0.05:
+            standing, banned = rule.update(standing, accepted=not fails, decisive=False)
+            assert not banned, standing
+
+
 def test_repeated_failures_ban_and_a_decisive_one_bans_at_once():
     rule = Punishment(strikes=3, share=0.2)
     standing, banned = Standing(), False
-    for _ in range(3):
+    for i in range(5):
+        assert not banned, i  # 4 straight failures: P = 0.2**4 = 1.6e-3, not yet proof
         standing, banned = rule.update(standing, accepted=False, decisive=False)
-    assert banned and standing == Standing(3, 3)
+    assert banned and standing == Standing(5, 5)  # 0.2**5 = 3.2e-4 < 1e-3
     assert rule.update(Standing(50, 0), accepted=False, decisive=True)[1]
     assert not rule.update(Standing(50, 0), accepted=True, decisive=True)[1]
+
+
+def test_a_liar_mixing_in_honest_records_is_banned_as_its_failures_grow():
+    rule = Punishment(strikes=3, share=0.2)
+    standing, banned, seen = Standing(), False, 0
+    while not banned:
+        seen += 1
+        standing, banned = rule.update(standing, accepted=seen % 2 == 0, decisive=False)
+        assert seen < 60
+    assert standing.failed >= 10 and standing.checked <= 30, standing
+    assert rule.evidence(Standing(10, 0)) == 1.0

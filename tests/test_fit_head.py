@@ -9,8 +9,8 @@ from zoonode.native.encoder import Backbone, Encoder
 from zoonode.native.space import SpaceError, data_dir
 from zoonode.spacetools import read_corpus
 
-# The session fixtures convert L3 and fit its head (`zoonode space fit-head`: 800 anchors and
-# the check's 5,085 reference texts through L3): ~1-2 min on an idle 2-core box, more when busy.
+# The session fixtures convert L3 and fit its head (`zoonode space fit-head` on the shipped
+# anchors: the check's 5,085 reference texts through L3): ~1-2 min on an idle 2-core box.
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -39,8 +39,8 @@ def test_fit_head_cli_then_cross_model_retrieval(l3_backbone, l3_head, encoder):
     path, report = l3_head
     assert report["shape"] == [384, 384] and report["space"] == encoder.space.hex()
     # An anchor node's relative check accepts most of the fitted L3's codes of texts the
-    # fit never saw (a weak 3-layer model fitted on 800 anchors; mpnet: benchmarks).
-    assert report["check"]["texts"] == 1085 and report["check"]["accepted"] >= 0.9, report
+    # fit never saw (a weak 3-layer model: 0.99 measured; mpnet: benchmarks).
+    assert report["check"]["texts"] == 1085 and report["check"]["accepted"] >= 0.97, report
 
     fitted = Encoder.default(backbone=str(l3_backbone), adapter=str(path))
     assert fitted.space == encoder.space  # same canonical space, no projection between peers

@@ -740,7 +740,7 @@ def space_fit_head(
 
     from zoonode.embedcheck import agreement_and_rank, code_vectors
     from zoonode.native.codec import compress_many
-    from zoonode.native.encoder import Backbone, Encoder, reference_texts
+    from zoonode.native.encoder import Backbone, Encoder, reference_texts, shipped_references
     from zoonode.native.head import normalize
     from zoonode.spacetools import (
         default_anchors,
@@ -755,12 +755,18 @@ def space_fit_head(
     shipped = default_anchors()
     texts = read_corpus(anchors) if anchors else shipped
     source = embed_normalised(other, texts)
-    adapter = procrustes(encoder.encode_compact(texts), source)
+    ref_texts = reference_texts()
+    on_shipped = texts == shipped and ref_texts[-len(shipped) :] == shipped
+    # The anchor side of the fit: the default backbone's vectors of the shipped anchors are
+    # shipped (the last 4,000 reference vectors, float16: a fit on them differs from a fit on
+    # fresh float32 encodings by ~1e-4 in agreement), so only the new backbone encodes.
+    known = shipped_references(encoder) if on_shipped and encoder.adapter is None else None
+    target = known[-len(shipped) :] if known is not None else encoder.encode_compact(texts)
+    adapter = procrustes(target, source)
     fitted = Encoder(other, encoder.space_info, adapter)
     # The relative check's reference texts through the fitted head (saved with it): the
     # shipped anchors' embeddings are reused when the fit was on them.
-    ref_texts = reference_texts()
-    if texts == shipped and ref_texts[-len(shipped) :] == shipped:
+    if on_shipped:
         head = ref_texts[: -len(shipped)]
         refs = np.concatenate([fitted.encode_compact(head), normalize(source @ adapter.T)])
     else:

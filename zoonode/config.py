@@ -172,8 +172,9 @@ class NetworkConfig:
     embedding_max_rank: Annotated[int, _range(ge=0, le=100_000)] = 5
     embedding_floor: Cosine = 0.1
     embedding_threshold: Cosine = 0.9
-    # an author is banned on this node after ban_strikes failed checks that make more than
-    # ban_share of its checked records, or at once for a decisive failure (no honest encoder)
+    # an author is banned on this node once its failed checks (at least ban_strikes) show a
+    # failure rate above ban_share at 99.9 % confidence (binomial test), or at once for a
+    # decisive failure (no honest encoder)
     ban_strikes: Annotated[int, _range(ge=1, le=1_000_000)] = 3
     ban_share: Unit = 0.2
     max_future_s: Annotated[int, _range(ge=0, le=86_400 * 365)] = 300

@@ -5,8 +5,9 @@ the vector its code implies. This room re-encodes pending texts in the backgroun
 at the encoder's pace, and applies the node's :class:`~zoonode.net.validation.EmbeddingRule`:
 an agreeing record is promoted to *active* with its text's exact vector (store and replica);
 a disagreeing one is removed and tombstoned, and, when the evidence suffices
-(:class:`zoonode.embedcheck.Punishment`: one decisive failure, or ``network.ban_strikes``
-failures over ``ban_share`` of the author's checked records), its author is banned and every
+(:class:`zoonode.embedcheck.Punishment`: one decisive failure, or at least
+``network.ban_strikes`` failures that a binomial test says an author failing at most
+``ban_share`` of its checks would show less than once in a thousand), its author is banned and every
 other record of that author still waiting is dropped unseen. A single failure of an honest
 peer on another backbone is a strike, never a ban.
 
