@@ -8,7 +8,9 @@ import time
 import pytest
 import trio
 
-from netutil import run_trio, start_nodes, wait_meshed, wait_until
+from zoonode.node import Node
+
+from netutil import node_config, run_trio, start_nodes, wait_meshed, wait_until
 
 LESSON = {
     "text": "When solving geometry problems with intersections, validate solutions lie "
@@ -578,3 +580,39 @@ def test_peers_that_do_not_sync_or_left_are_logged_once_and_counted(
     assert len([r for r in about_peer if "did not answer" in r.getMessage()]) == 1
     err = capfd.readouterr().err
     assert "Failed to open TCP stream" not in err and "Failed to open stream" not in err
+
+
+def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
+    """b's only peer is its bootstrap peer a. a stops and starts again (same data dir, so the
+    same peer id, and the same port): b dials it again on its own and gossip flows again."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a_cfg = {"network": {"listen": [f"/ip4/127.0.0.1/tcp/{port}"]}}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a = Node(node_config(tmp_path / "a", **a_cfg), encoder=encoder)
+            await nursery.start(a.run)
+            addr = a.info().addrs[0]
+            b = Node(node_config(tmp_path / "b", network={"bootstrap": [addr]}), encoder=encoder)
+            await nursery.start(b.run)
+            await wait_meshed(a, b)
+            a.stop()
+            await wait_until(lambda: a.peer_id not in b.connected_peers(), 20, "a's departure")
+            await trio.sleep(1.0)  # b's first redials meet a closed port
+            a2 = Node(node_config(tmp_path / "a", **a_cfg), encoder=encoder)
+            await nursery.start(a2.run)
+            assert a2.peer_id == a.peer_id
+            await wait_meshed(a2, b, timeout=30)
+            assert b.counters["discovery:redialled"] >= 1
+            [(rid, outcome)] = await a2.publish(
+                [{"text": "Restart the bootstrap peer last when upgrading", "domain": "ops.x"}]
+            )
+            assert outcome == "accepted"
+            await wait_until(lambda: b.kb.store.known(rid), 30, "delivery after the restart")
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)

@@ -214,6 +214,10 @@ class Node:
                             self.api_url = urls[0]
                             (self.cfg.data_path / API_URL_FILE).write_text(self.api_url + "\n")
                         await self.dial_bootstrap(self.cfg.network.bootstrap)
+                        if self.cfg.network.bootstrap:
+                            nursery.start_soon(
+                                self.discovery.keep_bootstrap, self.cfg.network.bootstrap
+                            )
                         self.started.set()
                         task_status.started(self.info())
                         await trio.sleep_forever()

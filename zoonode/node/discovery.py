@@ -1,4 +1,5 @@
-"""The discovery room: dial the bootstrap peers at start, and (with ``network.mdns``) the
+"""The discovery room: dial the bootstrap peers at start and redial any that is not connected
+(exponential back-off, ``BOOTSTRAP_RETRY``), and (with ``network.mdns``) the
 peers mDNS announces, retrying a failed one after ``DIAL_BACKOFF`` seconds; forget the
 addresses of peers that left, so that neither we nor the library's auto-connector keep dialling
 them (one log line per departed peer instead of a dial error every few seconds)."""
@@ -20,6 +21,11 @@ log = logging.getLogger("zoonode.node.discovery")
 DIAL_TIMEOUT = 10.0
 DISCOVERY_INTERVAL = 2.0  # seconds between dials of peers mDNS found
 DIAL_BACKOFF = 60.0  # seconds before a discovered peer that failed is tried again
+# Seconds between redials of a configured bootstrap peer that is not connected: the first
+# wait, doubled after each failure up to the last (reset once it answers). py-libp2p's
+# auto-connector does not bring back a peer that restarted, so a node whose only bootstrap
+# peer went down stayed alone until something dialled it.
+BOOTSTRAP_RETRY = (2.0, 60.0)
 # Seconds a peer stays disconnected before its addresses are dropped: under py-libp2p's
 # auto-connector's own 60 s back-off after a disconnect, so a peer that left is never redialled
 # (a peer that comes back dials us, or mDNS announces it again).
@@ -147,10 +153,58 @@ class Discovery:
             log.warning("bootstrap peer did not answer: %s", failure)
         if addrs and not ok:
             log.error(
-                "no bootstrap peer answered (%d tried); running alone until a peer dials us",
+                "no bootstrap peer answered (%d tried); redialling them with back-off "
+                "(2 s doubling to 60 s) and answering alone meanwhile",
                 len(addrs),
             )
         return ok
+
+    async def keep_bootstrap(self, addrs: Sequence[str]) -> None:
+        """Redial every configured bootstrap peer that is not connected, with exponential
+        back-off per peer (``BOOTSTRAP_RETRY``): a bootstrap peer that restarts, or starts
+        after us, is joined again without an operator. Counted as ``discovery:redialled``
+        (answered) and ``discovery:redial_failed``; logged once per outage and once when the
+        peer is back."""
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        first, longest = BOOTSTRAP_RETRY
+        peers = []
+        for addr in addrs:
+            try:
+                peers.append((addr, info_from_p2p_addr(multiaddr.Multiaddr(addr))))
+            except Exception:  # config validation names bad addresses; nothing to redial
+                continue
+        wait: dict[str, float] = {}  # addr -> current back-off (present while it is away)
+        due: dict[str, float] = {}  # addr -> when to dial it next
+        while True:
+            connected = set(self.node.connected_peers())
+            for addr, info in peers:
+                now = trio.current_time()
+                if info.peer_id in connected:
+                    if addr in wait:
+                        log.info("bootstrap peer %s is connected again", info.peer_id)
+                    wait.pop(addr, None)
+                    due.pop(addr, None)
+                    continue
+                if addr not in wait:  # just found away: give the library a moment first
+                    wait[addr], due[addr] = first, now + first
+                    continue
+                if now < due[addr]:
+                    continue
+                try:
+                    with trio.fail_after(DIAL_TIMEOUT):
+                        await self.node.host.connect(info)
+                    self.node.counters["discovery:redialled"] += 1
+                except BaseException as exc:
+                    if isinstance(exc, trio.Cancelled):
+                        raise
+                    if wait[addr] == first:
+                        log.info("bootstrap peer %s is away: %s", info.peer_id, unwrap(exc))
+                    self.node.counters["discovery:redial_failed"] += 1
+                    wait[addr] = min(longest, wait[addr] * 2)
+                    due[addr] = trio.current_time() + wait[addr]
+            await trio.sleep(min(1.0, first / 2))
 
     async def run_mdns_dialer(self) -> None:
         """mDNS (zeroconf, in the library) only fills the peerstore; this dials what it
