@@ -26,8 +26,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import ErrorCode, ProtocolError
-from .record import AUTHOR_BYTES, ID_BYTES, MAX_CREATED_AT, SIGNATURE_BYTES, SPACE_BYTES
-from .wire import _pack, _Pairs, _unpack_pairs, public_key_bytes, verify_signature
+from .record import AUTHOR_BYTES, ID_BYTES, MAX_CREATED_AT, SPACE_BYTES
+from .wire import _pack, _unpack_pairs, check_pairs, check_seal, public_key_bytes
 
 FEEDBACK_VERSION = 1
 FEEDBACK_SIGNING_PREFIX = b"zoo/dso/feedback/v1"
@@ -188,7 +188,7 @@ def decode_feedback(data: bytes) -> SignedFeedback:
         raise ProtocolError(
             ErrorCode.OVERSIZE, f"feedback is {len(data)} bytes, limit {MAX_FEEDBACK_BYTES}"
         )
-    values = _check_pairs(_unpack_pairs(data))
+    values = check_pairs(_unpack_pairs(data), FeedbackKey, _TYPES)
     if FeedbackKey.VERSION not in values:
         raise ProtocolError(ErrorCode.MISSING_FIELD, "missing field version")
     if values[FeedbackKey.VERSION] != FEEDBACK_VERSION:
@@ -209,36 +209,11 @@ def decode_feedback(data: bytes) -> SignedFeedback:
         task=values.get(FeedbackKey.TASK),
     )
     signature = values[FeedbackKey.SIGNATURE]
-    if len(signature) != SIGNATURE_BYTES:
-        raise ProtocolError(
-            ErrorCode.OUT_OF_RANGE,
-            f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}",
-        )
-    unsigned = encode_feedback_unsigned(fb)
-    if _pack([*_fields(fb), (FeedbackKey.SIGNATURE, signature)]) != data:
-        raise ProtocolError(ErrorCode.NON_CANONICAL, "feedback is not in canonical encoding")
-    record_id = hashlib.sha256(unsigned).digest()
-    if not verify_signature(fb.voter, feedback_signing_message(record_id), signature):
-        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
+    canonical = _pack([*_fields(fb), (FeedbackKey.SIGNATURE, signature)])
+    record_id = check_seal(
+        data, canonical, encode_feedback_unsigned(fb), fb.voter, signature, feedback_signing_message
+    )
     return SignedFeedback(fb, signature, record_id, data)
-
-
-def _check_pairs(pairs: _Pairs) -> dict[FeedbackKey, Any]:
-    values: dict[FeedbackKey, Any] = {}
-    for raw_key, value in pairs:
-        if type(raw_key) is not int or raw_key not in FeedbackKey._value2member_map_:
-            raise ProtocolError(ErrorCode.UNKNOWN_FIELD, f"unknown field {raw_key!r}")
-        key = FeedbackKey(raw_key)
-        if key in values:
-            raise ProtocolError(ErrorCode.DUPLICATE_FIELD, f"field {key.name.lower()} twice")
-        if type(value) is not _TYPES[key]:  # bool is not int; a map decodes to _Pairs
-            raise ProtocolError(
-                ErrorCode.WRONG_TYPE,
-                f"field {key.name.lower()} must be {_TYPES[key].__name__}, "
-                f"got {type(value).__name__}",
-            )
-        values[key] = value
-    return values
 
 
 def feedback_to_dict(record: SignedFeedback) -> dict[str, Any]:

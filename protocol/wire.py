@@ -187,17 +187,10 @@ def decode(data: bytes) -> SignedRecord:
         parent=values.get(Key.PARENT),
     )
     signature = values[Key.SIGNATURE]
-    if len(signature) != SIGNATURE_BYTES:
-        raise ProtocolError(
-            ErrorCode.OUT_OF_RANGE,
-            f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}",
-        )
-    unsigned = encode_unsigned(exp)
-    if _pack([*_fields(exp), (Key.SIGNATURE, signature)]) != data:
-        raise ProtocolError(ErrorCode.NON_CANONICAL, "record is not in canonical encoding")
-    record_id = hashlib.sha256(unsigned).digest()
-    if not verify_signature(exp.author, signing_message(record_id), signature):
-        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
+    canonical = _pack([*_fields(exp), (Key.SIGNATURE, signature)])
+    record_id = check_seal(
+        data, canonical, encode_unsigned(exp), exp.author, signature, signing_message
+    )
     return SignedRecord(exp, signature, record_id, data)
 
 
@@ -250,30 +243,53 @@ class _Pairs(list):
     """Marks a decoded msgpack map, kept as (key, value) pairs so duplicates stay visible."""
 
 
-def _family_ok(key: Key, value: Any) -> bool:
-    expected = _TYPES[key]
-    if expected is list:
-        return type(value) is list  # a map decodes to _Pairs, a subclass: not an array
-    return type(value) is expected  # bool is not int here
-
-
 def _check_pairs(pairs: list[tuple[Any, Any]]) -> dict[Key, Any]:
     """Step 3: pair by pair in wire order, unknown key, then repeated key, then type."""
-    values: dict[Key, Any] = {}
+    return check_pairs(pairs, Key, _TYPES)
+
+
+def check_pairs(
+    pairs: list[tuple[Any, Any]], keys: type[IntEnum], types: dict[Any, type]
+) -> dict[Any, Any]:
+    """A decoded map's (key, value) pairs, in wire order, checked against a record type's
+    integer keys and value types: ``unknown_field``, then ``duplicate_field``, then
+    ``wrong_type`` (types are exact: bool is not int, and a map, decoded to ``_Pairs``, is not
+    an array). Shared by every record type (SPEC §4.3 step 3, §8.3 step 3)."""
+    values: dict[Any, Any] = {}
     for raw_key, value in pairs:
-        if type(raw_key) is not int or raw_key not in Key._value2member_map_:
+        if type(raw_key) is not int or raw_key not in keys._value2member_map_:
             raise ProtocolError(ErrorCode.UNKNOWN_FIELD, f"unknown field {raw_key!r}")
-        key = Key(raw_key)
+        key = keys(raw_key)
         if key in values:
             raise ProtocolError(ErrorCode.DUPLICATE_FIELD, f"field {key.name.lower()} twice")
-        if not _family_ok(key, value):
+        if type(value) is not types[key]:
             raise ProtocolError(
                 ErrorCode.WRONG_TYPE,
-                f"field {key.name.lower()} must be {_TYPES[key].__name__}, "
+                f"field {key.name.lower()} must be {types[key].__name__}, "
                 f"got {type(value).__name__}",
             )
         values[key] = value
     return values
+
+
+def check_seal(
+    data: bytes, canonical: bytes, unsigned: bytes, signer: bytes, signature: bytes, domain
+) -> bytes:
+    """The last decoding steps every record type shares: the signature's length
+    (``out_of_range``), ``data`` equal to its canonical re-encoding (``non_canonical``), then
+    the Ed25519 signature over ``domain(content id)`` (``bad_signature``). Returns the content
+    id, SHA-256 of ``unsigned``."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise ProtocolError(
+            ErrorCode.OUT_OF_RANGE,
+            f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}",
+        )
+    if canonical != data:
+        raise ProtocolError(ErrorCode.NON_CANONICAL, "record is not in canonical encoding")
+    record_id = hashlib.sha256(unsigned).digest()
+    if not verify_signature(signer, domain(record_id), signature):
+        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
+    return record_id
 
 
 def _check_structure(values: dict[Key, Any]) -> Op:
