@@ -79,9 +79,7 @@ def test_convert_onnx_refuses_bad_paths_and_leaves_nothing(tmp_path):
     refused(convert(tmp_path, "--tokenizer", "/nonexistent"), "--tokenizer", "no such folder")
     readme = ROOT / "README.md"
     refused(convert(tmp_path, out=str(readme)), "is a file")
-    refused(
-        invoke("convert-onnx", "--out", "/nonexistent-dir/model"), "--out", "does not exist"
-    )
+    refused(invoke("convert-onnx", "--out", "/nonexistent-dir/model"), "--out", "does not exist")
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep").write_text("mine")

@@ -137,6 +137,7 @@ def start(
     pid = holder(cfg.data_path)
     if pid is not None:  # before the address checks: its ports are in use by that node
         raise _fail(str(DataDirBusy(cfg.data_path, pid)))
+    _check_encoder_settings(cfg)
     try:
         check_listen(cfg.network.listen)
         check_api_listen(cfg.api.listen)
@@ -150,6 +151,39 @@ def start(
         if error is None:
             raise
         raise error from None
+
+
+def _check_encoder_settings(cfg) -> None:
+    """``[encoder]`` files checked before the node starts (the model loads for seconds):
+    exit 2 with one line naming the setting. Whether a head was fitted for these weights
+    needs the model; :func:`_operator_error` names the setting for that refusal."""
+    import numpy as np
+
+    from zoonode.native.space import SpaceError, load_space
+
+    e = cfg.encoder
+    _local_model_folder(f"encoder.backbone = {e.backbone}", e.backbone, label=False)
+    try:
+        space = load_space(e.space_manifest or None)
+    except SpaceError as exc:
+        raise _fail(f"encoder.space_manifest = {e.space_manifest!r}: {exc}", 2) from None
+    if not e.adapter:
+        return
+    where = f"encoder.adapter = {e.adapter}"
+    if not Path(e.adapter).is_file():
+        raise _fail(f"{where}: file not found", 2)
+    try:
+        with np.load(e.adapter, allow_pickle=False) as data:
+            fitted_for = str(data["space_id"])
+            _ = data["adapter"].shape, str(data["weights_sha256"])
+    except (OSError, ValueError, KeyError):
+        raise _fail(
+            f"{where}: not a head from `zoonode space fit-head` (an .npz with adapter, "
+            "weights_sha256, space_id)",
+            2,
+        ) from None
+    if fitted_for != space.hex:
+        raise _fail(f"{where}: fitted for space {fitted_for[:16]}…, not {space.hex[:16]}…", 2)
 
 
 def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
@@ -170,8 +204,20 @@ def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
         )
     if isinstance(inner, DataDirBusy):
         return _fail(str(inner))
+    if isinstance(inner, SpaceError | EncoderError) and _encoder_setting(inner, cfg):
+        return _fail(f"{_encoder_setting(inner, cfg)}: {inner}", 2)
     if isinstance(inner, IdentityError | EncoderError | SpaceError | StoreError | OSError):
         return _fail(str(inner))
+    return None
+
+
+def _encoder_setting(exc: BaseException, cfg) -> str | None:
+    """The ``[encoder]`` setting a start-up refusal of the encoder is about, if any."""
+    message = str(exc)
+    if cfg.encoder.adapter and message.startswith(("adapter ", "adapter shape")):
+        return f"encoder.adapter = {cfg.encoder.adapter}"
+    if message.startswith(("backbone ", "cannot load backbone")):
+        return f"encoder.backbone = {cfg.encoder.backbone}"
     return None
 
 
@@ -641,7 +687,8 @@ def space_info(config: ConfigOpt = None) -> None:
         space = load_space(cfg.encoder.space_manifest or None)
     except SpaceError as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(json.dumps({"space_id": space.hex, **space.manifest}, indent=2))
+    encoder = {"backbone": cfg.encoder.backbone, "adapter": cfg.encoder.adapter or None}
+    typer.echo(json.dumps({"space_id": space.hex, "encoder": encoder, **space.manifest}, indent=2))
 
 
 @space_app.command("build-reference")
@@ -741,6 +788,7 @@ def space_convert_onnx(
         backbone = Backbone(str(tmp))
         if out.exists():  # --force, checked above
             shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private: as mkdir would make it
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -768,34 +816,37 @@ def _check_writable_parent(option: str, path: Path) -> None:
         raise _fail(f"{option} {path}: folder {parent} is not writable", 2)
 
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".safetensors.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
-def _local_model_folder(option: str, name: str, *, need_weights: bool = True) -> str:
+def _local_model_folder(
+    option: str, name: str, *, need_weights: bool = True, label: bool = True
+) -> str:
     """A model folder the node can load (``package:MODULE`` resolved), checked for its files
     before any work: the node never reaches a model hub. Exit 2 with one line otherwise."""
     from zoonode.native.encoder import EncoderError, resolve_backbone
 
+    if label:  # "--backbone X: ..."; a setting comes as "encoder.backbone = X"
+        option = f"{option} {name}"
     try:
         folder = Path(resolve_backbone(name))
     except EncoderError as exc:
-        raise _fail(f"{option} {name}: {exc}", 2) from None
+        raise _fail(f"{option}: {exc}", 2) from None
     if not folder.exists():
-        raise _fail(f"{option} {name}: no such folder (a local model folder)", 2)
+        raise _fail(f"{option}: no such folder (a local model folder)", 2)
     if not folder.is_dir():
-        raise _fail(f"{option} {name}: not a folder (a local model folder)", 2)
+        raise _fail(f"{option}: not a folder (a local model folder)", 2)
     files = {p.name for p in folder.iterdir()}
-    if need_weights and ("config.json" not in files or not files & set(_WEIGHT_FILES)):
+    weights = any(f.endswith(_WEIGHT_SUFFIXES) for f in files) or (folder / "onnx").is_dir()
+    if need_weights and ("config.json" not in files or not weights):
         raise _fail(
-            f"{option} {name}: no transformers model in this folder (config.json and "
+            f"{option}: no transformers model in this folder (config.json and "
             "model.safetensors or pytorch_model.bin)",
             2,
         )
     if not files & set(_TOKENIZER_FILES):
-        raise _fail(
-            f"{option} {name}: no tokenizer in this folder (tokenizer.json or vocab.txt)", 2
-        )
+        raise _fail(f"{option}: no tokenizer in this folder (tokenizer.json or vocab.txt)", 2)
     return str(folder)
 
 
@@ -947,6 +998,12 @@ def space_fit_head(
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0o22)  # read it (the CLI is single-threaded here), then put it back
+    os.umask(mask)
+    return mask
+
+
 def _save_atomically(path: Path, write) -> None:
     """``write(file)`` into a temporary file next to ``path``, then rename: exactly ``path``
     (numpy would append .npz to a bare name), and nothing half-written on failure."""
@@ -956,6 +1013,7 @@ def _save_atomically(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private: as open() would make it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -178,9 +178,11 @@ def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Pa
     import torch
     from onnx import numpy_helper
     from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
     from zoonode.native.encoder import resolve_backbone
 
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar on the terminal
     source = resolve_backbone(tokenizer)  # first: a bad tokenizer fails before any work
     tok = AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir())
     try:
