@@ -916,7 +916,7 @@ def space_fit_head(
     cfg = _config(config, None)
     try:
         other = Backbone(folder, threads=cfg.encoder.threads or None)
-    except (EncoderError, OSError, ValueError) as exc:
+    except Exception as exc:  # a folder that looks right but does not load: any library's error
         raise _fail(f"--backbone {backbone}: {exc}".splitlines()[0], 2) from None
     from zoonode.native.space import SpaceError, load_space
 
@@ -934,7 +934,10 @@ def space_fit_head(
             2,
         )
 
-    encoder = _encoder(cfg)
+    try:
+        encoder = _encoder(cfg)
+    except (EncoderError, SpaceError, OSError) as exc:
+        raise _fail(f"the anchor node's encoder ([encoder] of --config): {exc}", 2) from None
     source = embed_normalised(other, texts)
     ref_texts = reference_texts()
     on_shipped = texts == shipped and ref_texts[-len(shipped) :] == shipped
