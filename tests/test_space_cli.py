@@ -92,3 +92,24 @@ def test_convert_onnx_refuses_a_file_that_is_not_onnx(tmp_path):
     pytest.importorskip("onnx")
     refused(convert(tmp_path, "--onnx", str(ROOT / "README.md")), "not an ONNX model")
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
+
+
+def test_convert_onnx_force_replaces_a_folder_in_one_rename(tmp_path):
+    """--force: the old folder's files are gone, the new folder is complete, readable like
+    any folder mkdir makes (not the temporary folder's 0700), and nothing else is left."""
+    import json
+    import os
+    import stat
+
+    pytest.importorskip("onnx")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old-file").write_text("from before")
+    result = convert(tmp_path, "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["hidden"] == 384
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors"}
+    assert not (out / "old-file").exists() and [p.name for p in tmp_path.iterdir()] == ["model"]
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
