@@ -8,6 +8,7 @@ benchmarks/hetero_nodes.py.)"""
 from __future__ import annotations
 
 import json
+import logging
 from importlib import resources
 
 import numpy as np
@@ -97,7 +98,8 @@ def active(node: Node, record_id: bytes) -> bool:
     return row is not None and not row.pending
 
 
-def test_default_and_fitted_nodes_take_each_others_lessons(tmp_path, encoder, l3_encoder):
+def test_default_and_fitted_nodes_take_each_others_lessons(tmp_path, encoder, l3_encoder, caplog):
+    caplog.set_level(logging.WARNING, logger="zoonode.node.checker")
     held_by_a = [i for i in range(len(LESSONS)) if i % 2 == 0]
     held_by_b = [i for i in range(len(LESSONS)) if i % 2 == 1]
     attacker = Ed25519PrivateKey.generate()
@@ -169,6 +171,11 @@ def test_default_and_fitted_nodes_take_each_others_lessons(tmp_path, encoder, l3
                 "checks",
             )
             assert not active(b, odd.id) and a.author not in b.banned
+            # The operator's log says why, and where the author stands.
+            [line] = [r.getMessage() for r in caplog.records if odd.id.hex()[:16] in r.getMessage()]
+            assert "rank " in line and "agreement " in line, line
+            assert f"author {a.author.hex()[:16]}: 1 failure of " in line, line
+            assert "checked, not banned" in line, line
 
             # Hijacks from either backbone, and random codes: rejected by both nodes, their
             # author banned on both (by a's import path and by gossip to b).

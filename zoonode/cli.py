@@ -746,7 +746,11 @@ def space_audit_head(config: ConfigOpt = None) -> None:
 @space_app.command("convert-onnx")
 def space_convert_onnx(
     out: Annotated[
-        Path, typer.Option(help="Model folder to write (transformers format); must not exist.")
+        Path,
+        typer.Option(
+            help="Model folder to write (transformers format); an existing one must be empty "
+            "(or pass --force)."
+        ),
     ],
     onnx: Annotated[
         str, typer.Option(help="ONNX file, or package:TOP_LEVEL/path inside a pip package.")
@@ -783,11 +787,13 @@ def space_convert_onnx(
     try:
         try:
             onnx_bert_to_folder(onnx_path, tok, tmp)
-        except (ImportError, ValueError, OSError) as exc:
+        except ImportError as exc:
+            raise _fail(f"convert-onnx needs the {exc.name} package: pip install onnx", 2) from None
+        except (ValueError, OSError) as exc:
             raise _fail(f"--onnx {onnx}: {exc}", 2) from None
         backbone = Backbone(str(tmp))
-        if out.exists():  # --force, checked above
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.exists():  # an empty folder, or --force (a file was refused above)
+            shutil.rmtree(out)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private: as mkdir would make it
         tmp.rename(out)
     except BaseException:
