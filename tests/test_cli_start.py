@@ -111,3 +111,44 @@ def test_status_view_says_how_to_join_when_alone():
     assert "--bootstrap" in alone and "network.mdns" in alone and alone.endswith(addr)
     joined = status_view({"peer_id": PEER, "addrs": [addr], "peers": 2, "counts": {}})
     assert "alone" not in joined and "address (for --bootstrap):" in joined
+
+
+def test_encoder_settings_are_refused_at_start_with_the_setting_named(tmp_path):
+    """A missing adapter file, a backbone folder without a model, a file that is no fitted
+    head, a head fitted for another space or for other weights: one line naming the
+    ``[encoder]`` setting, exit 2 (the last needs the model loaded, in the node)."""
+    import numpy as np
+
+    from zoonode.native.space import load_space
+
+    space = load_space(None).hex
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "text.npz").write_text("not numpy")
+
+    def head(name, space_id, weights="0" * 64):
+        path = tmp_path / name
+        with path.open("wb") as f:
+            np.savez(f, adapter=np.eye(384, dtype=np.float32), weights_sha256=np.array(weights),
+                     space_id=np.array(space_id))  # fmt: skip
+        return path
+
+    cases = {
+        f'adapter = "{tmp_path}/missing.npz"': f"encoder.adapter = {tmp_path}/missing.npz: file",
+        f'backbone = "{empty}"': f"encoder.backbone = {empty}: no transformers model",
+        f'adapter = "{tmp_path}/text.npz"': "not a head from `zoonode space fit-head`",
+        f'adapter = "{head("other.npz", "ab" * 16)}"': "fitted for space abababab",
+        f'adapter = "{head("weights.npz", space)}"': "fitted for other weights",
+    }
+    for setting, message in cases.items():
+        config = tmp_path / "c.toml"
+        config.write_text(f"[encoder]\n{setting}\n")
+        out = start(tmp_path, "--config", str(config))
+        assert out.returncode == 2, (setting, out.stderr)
+        line = out.stderr.strip()
+        assert line.startswith("error: encoder.") and message in line, out.stderr
+        assert len(line.splitlines()) == 1, out.stderr
+    shown = subprocess.run(
+        [ZOONODE, "space", "info", "--config", str(config)], capture_output=True, text=True
+    )
+    assert '"adapter": "' + str(tmp_path / "weights.npz") in shown.stdout

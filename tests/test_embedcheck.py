@@ -121,3 +121,21 @@ def test_a_liar_mixing_in_honest_records_is_banned_as_its_failures_grow():
         assert seen < 60
     assert standing.failed >= 10 and standing.checked <= 30, standing
     assert rule.evidence(Standing(10, 0)) == 1.0
+
+
+def test_failures_are_explained_against_their_bounds():
+    """The checker's log line: rank and agreement each against its bound, and the author's
+    failures so far with the binomial evidence."""
+    from zoonode.embedcheck import AbsoluteAgreement, Score
+
+    rule = RelativeAgreement(np.eye(4, dtype=np.float32))
+    assert rule.explain(Score(False, 6, 0.41, False)) == "rank 6 > 5, agreement 0.410"
+    assert rule.explain(Score(False, 2, 0.05, False)) == "rank 2, agreement 0.050 < 0.1"
+    assert "decisive" in rule.explain(Score(False, 3000, 0.02, True))
+    assert AbsoluteAgreement().explain(Score(False, 0.41, 0.41, True)) == "agreement 0.410 < 0.9"
+    p = Punishment()
+    assert (
+        p.explain(Standing(10, 3), False, False) == "3 failures of 10 checked, not banned (P=0.32)"
+    )
+    assert p.explain(Standing(5, 5), True, False).endswith("banned (P=0.00032 < 0.001)")
+    assert p.explain(Standing(1, 1), True, True).endswith("banned (a decisive failure)")

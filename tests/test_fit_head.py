@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,11 @@ def test_fit_head_cli_then_cross_model_retrieval(l3_backbone, l3_head, encoder):
     # An anchor node's relative check accepts most of the fitted L3's codes of texts the
     # fit never saw (a weak 3-layer model: 0.99 measured; mpnet: benchmarks).
     assert report["check"]["texts"] == 1085 and report["check"]["accepted"] >= 0.97, report
+    # And the other direction: the fitted node's check on a default node's codes of the
+    # same texts (0.99 measured).
+    reverse = report["reverse_check"]
+    assert reverse["texts"] == 1085 and reverse["accepted"] >= 0.97, report
+    assert Path(path).name == "l3.npz" and not list(Path(path).parent.glob(".*"))  # exact, atomic
 
     fitted = Encoder.default(backbone=str(l3_backbone), adapter=str(path))
     assert fitted.space == encoder.space  # same canonical space, no projection between peers

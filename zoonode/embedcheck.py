@@ -122,6 +122,22 @@ class RelativeAgreement:
         """The node's rule interface: codes and their texts' vectors -> one Score each."""
         return self.scores(code_vectors(codes, space.head, space.v_ref), text_compact)
 
+    def explain(self, score: Score) -> str:
+        """A failed record's statistics for the operator's log, each against its bound:
+        ``rank 6 > 5, agreement 0.410`` (and ``; decisive`` when it alone bans)."""
+        rank = f"rank {int(score.score)}" + (
+            f" > {self.max_rank}" if score.score > self.max_rank else ""
+        )
+        agreement = f"agreement {score.agreement:.3f}" + (
+            f" < {self.floor:g}" if score.agreement < self.floor else ""
+        )
+        decisive = (
+            f"; decisive (rank > {self.decisive_rank} and agreement < {self.decisive_floor:g})"
+            if score.ban
+            else ""
+        )
+        return f"{rank}, {agreement}{decisive}"
+
 
 @dataclass(frozen=True)
 class AbsoluteAgreement:
@@ -138,6 +154,10 @@ class AbsoluteAgreement:
         self, codes: Sequence[bytes], text_compact: np.ndarray, space: Space
     ) -> list[Score]:
         return self.scores(code_vectors(codes, space.head, space.v_ref), text_compact)
+
+    def explain(self, score: Score) -> str:
+        """``agreement 0.410 < 0.9``: a failed record's cosine against the threshold."""
+        return f"agreement {score.agreement:.3f} < {self.threshold:g}"
 
 
 def make_rule(
@@ -192,6 +212,24 @@ class Punishment:
         if decisive:
             return new, True
         return new, new.failed >= self.strikes and self.evidence(new) < self.alpha
+
+    def explain(self, standing: Standing, banned: bool, decisive: bool) -> str:
+        """An author's standing for the operator's log: ``2 failures of 14 checked, not
+        banned (P=0.23)``."""
+        counts = (
+            f"{standing.failed} failure{'s' * (standing.failed != 1)} of {standing.checked} checked"
+        )
+        if banned and decisive:
+            return f"{counts}, banned (a decisive failure)"
+        p = self.evidence(standing)
+        if banned:
+            return f"{counts}, banned (P={p:.2g} < {self.alpha:g})"
+        why = (
+            f"P={p:.2g}"
+            if standing.failed >= self.strikes
+            else f"under {self.strikes} strikes, P={p:.2g}"
+        )
+        return f"{counts}, not banned ({why})"
 
     def evidence(self, standing: Standing) -> float:
         """P(X >= failed) for X ~ Binomial(checked, share): how likely an author failing at

@@ -85,6 +85,8 @@ def status_view(status: dict[str, Any]) -> str:
         f"author   {status.get('author', '?')}",
         f"data     {status.get('data_dir', '?')}",
         f"api      {status.get('api') or 'off'}",
+        f"encoder  backbone {status.get('backbone', '?')}, "
+        f"adapter {status.get('adapter') or 'none (the anchor)'}",
         f"lessons  {counts.get('active', 0)} active, {counts.get('revoked', 0)} revoked, "
         f"{counts.get('superseded', 0)} superseded (replica {status.get('replica', '?')})",
         f"peers    {status.get('peers', 0)} connected, {status.get('mesh', 0)} in the gossip mesh",
@@ -95,6 +97,11 @@ def status_view(status: dict[str, Any]) -> str:
             f"checks   {backlog['pending']} waiting for the embedding check "
             f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
             f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand"
+        )
+    if status.get("banned"):
+        lines.append(
+            f"bans     {status['banned']} authors banned here for failed embedding checks "
+            "(GET /v1/banned lists them)"
         )
     trust = status.get("trust")
     if trust:

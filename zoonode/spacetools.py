@@ -178,10 +178,17 @@ def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Pa
     import torch
     from onnx import numpy_helper
     from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
     from zoonode.native.encoder import resolve_backbone
 
-    graph = onnx.load(str(onnx_path)).graph
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar on the terminal
+    source = resolve_backbone(tokenizer)  # first: a bad tokenizer fails before any work
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir())
+    try:
+        graph = onnx.load(str(onnx_path)).graph
+    except Exception as exc:  # protobuf's DecodeError, and whatever else a bad file raises
+        raise ValueError(f"not an ONNX model ({type(exc).__name__}: {exc})") from exc
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     state: dict[str, np.ndarray] = {}
     prefix = "model.0.auto_model."
@@ -191,8 +198,12 @@ def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Pa
     for node in graph.node:  # MatMul weights carry anonymous names; their node tells the layer
         if node.op_type != "MatMul" or node.input[1] not in weights:
             continue
+        if "/auto_model/" not in node.name:
+            raise ValueError(f"not a sentence-transformers BERT graph (MatMul {node.name!r})")
         path = node.name.split("/auto_model/", 1)[1].rsplit("/MatMul", 1)[0]
         state[path.replace("/", ".") + ".weight"] = weights[node.input[1]].T
+    if "embeddings.word_embeddings.weight" not in state:
+        raise ValueError("not a sentence-transformers BERT graph (no model.0.auto_model.*)")
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
     hidden = state["embeddings.word_embeddings.weight"].shape[1]
     config = BertConfig(
@@ -217,8 +228,5 @@ def onnx_bert_to_folder(onnx_path: str | Path, tokenizer: str, out_dir: str | Pa
         raise ValueError(f"ONNX graph does not map onto BERT: {missing} {unexpected}")
     out = Path(out_dir)
     model.save_pretrained(out)
-    source = resolve_backbone(tokenizer)
-    AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir()).save_pretrained(
-        out
-    )
+    tok.save_pretrained(out)
     return out

@@ -591,6 +591,16 @@ class Store:
     def banned_authors(self) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT author FROM banned")}
 
+    def bans(self, limit: int) -> list[tuple[bytes, str, int]]:
+        """(author, reason, banned at in ms) of up to ``limit`` banned authors, newest first."""
+        return [
+            (bytes(a), r, int(at))
+            for a, r, at in self.db.execute(
+                "SELECT author, reason, at FROM banned ORDER BY at DESC, author LIMIT ?",
+                (int(limit),),
+            )
+        ]
+
     def known(self, record_id: bytes) -> bool:
         """Held, or deliberately not held (tombstone): either way, not worth fetching."""
         return (

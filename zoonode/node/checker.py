@@ -231,7 +231,7 @@ class Checker:
         vectors = {rows[i].seq: compact[i] for i in good if rows[i].seq in promoted}
         removed: set[int] = set()
         for row, verdict in zip(rows, verdicts, strict=True):
-            ban = self._judge(row.author, verdict.accept, verdict.ban)
+            standing, ban = self._judge(row.author, verdict.accept, verdict.ban)
             if verdict.accept:
                 continue
             if ban and row.author not in node.banned:  # first: a full disk retries
@@ -241,12 +241,12 @@ class Checker:
             removed.add(row.seq)
             node.counters[f"check:{how}:rejected"] += 1
             log.warning(
-                "embedding mismatch (score %.3f) in %s by author %s from %s%s",
-                verdict.score,
+                "embedding mismatch in %s from %s: %s; author %s: %s",
                 row.id.hex()[:16],
-                row.author.hex()[:16],
                 row.peer,
-                ": author banned" if ban else " (a strike)",
+                self._explain(verdict),
+                row.author.hex()[:16],
+                self.punishment.explain(standing, ban, verdict.ban),
             )
             if ban and row.author not in node.banned:
                 purged = kb.remove(kb.pending_of(row.author), Reason.AUTHOR_BANNED)
@@ -258,7 +258,12 @@ class Checker:
         self.meter.add(len(rows))
         return CheckOutcome(vectors, removed)
 
-    def _judge(self, author: bytes, accepted: bool, decisive: bool) -> bool:
+    def _explain(self, verdict) -> str:
+        """The failed record's statistics against the rule's bounds, for the log."""
+        explain = getattr(self.rule, "explain", None)  # any EmbeddingRule may be plugged in
+        return explain(verdict) if explain else f"score {verdict.score:.3f}"
+
+    def _judge(self, author: bytes, accepted: bool, decisive: bool) -> tuple[Standing, bool]:
         """One more checked record of ``author``: its new standing, and whether to ban it."""
         standing = self.standings.pop(author, Standing())
         standing, ban = self.punishment.update(standing, accepted, decisive)
@@ -266,7 +271,7 @@ class Checker:
         if len(self.standings) > MAX_STANDINGS:
             for old in list(self.standings)[: MAX_STANDINGS // 10]:
                 del self.standings[old]
-        return ban
+        return standing, ban
 
     def status(self) -> dict[str, float | int]:
         """The backlog as ``/v1/status`` and the CLI show it."""

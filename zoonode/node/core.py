@@ -86,6 +86,11 @@ class NodeInfo:
     data_dir: str
     counts: dict[str, int]
     api: str | None = None
+    # The encoder in use (every node shares the space id, so it alone says nothing about the
+    # backbone): the backbone as configured (a model folder or package:MODULE) and the
+    # fitted head's file, None for the anchor backbone.
+    backbone: str | None = None
+    adapter: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -179,6 +184,10 @@ class Node:
             str(self.cfg.data_path),
             self.kb.store.counts() if counts is None else counts,
             self.api_url,
+            self.encoder.backbone.name,
+            (self.cfg.encoder.adapter or "(set in process)")
+            if self.encoder.adapter is not None
+            else None,
         )
 
     async def current_info(self) -> NodeInfo:
@@ -342,6 +351,7 @@ class Node:
             "backlog": self.checker.status(),
             "replica": len(self.kb.replica),
             "peers": len(self.connected_peers()),
+            "banned": len(self.banned),
             "feedback_verdicts": dict(self.gossip.feedback.stats.verdicts)
             if self.gossip.feedback
             else {},
@@ -387,6 +397,7 @@ def _print_info(info: NodeInfo, peers: int = 0) -> None:
         + (f" (+{waiting} waiting for the embedding check)" if waiting else ""),
         flush=True,
     )
+    print(f"  backbone {info.backbone}  adapter {info.adapter or 'none (the anchor)'}", flush=True)
     if info.api:
         print(f"  HTTP API {info.api}  (token in {info.data_dir}/api.token)", flush=True)
     if not peers:
