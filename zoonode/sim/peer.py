@@ -61,6 +61,11 @@ async def play(spec: dict) -> None:
             stamp = time.time()
             await node.import_records(wires)
             published = {r: stamp for r in spec["ids"]}
+        elif spec.get("import"):  # a patient sleeper: its own lessons, as its node shares them
+            await node.import_records(wires)
+            if spec.get("feedback"):  # its verdicts, signed beforehand, on their topic
+                await trio.sleep(2.0)
+                await node.gossip.publish_feedback([bytes.fromhex(w) for w in spec["feedback"]])
         elif spec["role"] == "malformed":
             for data in wires:
                 await node.gossip.pubsub.publish(node.gossip.topic, data)

@@ -51,6 +51,7 @@ from zoonode.config import TrustConfig
 from zoonode.identity import IDENTITY_FILE
 from zoonode.knowledge import DB_FILE
 from zoonode.native.encoder import Encoder
+from zoonode.net.scoring import RULES
 from zoonode.protocol import Feedback as FeedbackBody
 from zoonode.protocol import FeedbackVerdict, decode, sign_feedback
 from zoonode.sim.agents import agent_outcomes
@@ -321,8 +322,7 @@ def run_real_feedback(
                 "ids": [],
                 "publish_at": WARMUP_S + rng.random() * scenario.workload.publish_window_s,
                 "feedback": votes.get(i, []),
-                "repeat": 3,
-                "repeat_s": 10.0,
+                "import": True,
                 "duration_s": 24 * 3600.0,  # until the controller stops it
                 "expect": [],
                 "rate": 50.0,
@@ -343,10 +343,11 @@ def run_real_feedback(
             procs[i] = attackers[i]
         from zoonode.sim.real import _ready_line
 
+        attacker_peer: dict[str, int] = {}
         for i, proc in attackers.items():
-            _ready_line(proc)
+            attacker_peer[_ready_line(proc)["peer_id"]] = i
             if progress:
-                progress(0.3 * (n_h + i - n_h + 1) / n)
+                progress(0.3 * (i + 1) / n)
         t0 = time.time() + 1.0
         setup_s = time.monotonic() - t_start
         for proc in attackers.values():
@@ -375,6 +376,17 @@ def run_real_feedback(
                 break
             time.sleep(1.0)
         delivered_at = time.time() - t0
+        # Which attackers' poison every honest node holds, and how the honest nodes score them
+        # (under the publish threshold their messages are dropped unread).
+        excluded_at: dict[int, float] = {}
+        scores: dict[int, list[float]] = {}
+        for i in range(n_h):
+            for peer in clients[i].peers():
+                a = attacker_peer.get(peer["peer_id"])
+                if a is not None and peer["score"] is not None:
+                    scores.setdefault(a, []).append(peer["score"])
+                    if peer["score"] < RULES.publish_threshold:
+                        excluded_at.setdefault(a, delivered_at)
         if progress:
             progress(0.45)
 
@@ -513,7 +525,7 @@ def run_real_feedback(
         "holdings": holdings,
         "rejected": rejected,
         "bytes_sent": [],
-        "excluded_at": {},
+        "excluded_at": excluded_at,
         "graylisted_at": {},
         "attackers": list(range(n_h, n)),
         "attacker_scores": [],
@@ -526,6 +538,7 @@ def run_real_feedback(
             "rounds": rounds,
             "votes": verdicts_sent,
             "delivered_at_s": delivered_at,
+            "attacker_scores_at_delivery": {str(a): v for a, v in sorted(scores.items())},
             "node_trust": {str(i): s["trust"] for i, s in statuses.items()},
             "setup_s": setup_s,
         },
