@@ -195,6 +195,8 @@ def test_scale_mode_trust_from_verdicts_beats_sleepers_that_time_alone_lets_in(e
         parse_scenario('mode = "real"\n[feedback]\nenabled = true\nnewcomers = 1\n')
     with pytest.raises(ConfigError, match="newcomers"):
         parse_scenario("[feedback]\nnewcomers = 3\n")
+    with pytest.raises(ConfigError, match="agents_share"):
+        parse_scenario("[feedback]\nagents_share = 0\n")
     with pytest.raises(ConfigError, match="records_per_message"):
         parse_scenario("[attack]\nrecords_per_message = 0\n")
 

@@ -34,6 +34,7 @@ from zoonode.trust import (
 )
 
 TRUST = TrustConfig()  # what a node runs with unless its operator changes it
+HELD_CACHE = 8  # distinct record sets whose stacked vectors are kept
 
 
 @dataclass
@@ -60,6 +61,7 @@ class FeedbackLoop:
     rounds: list[dict] = field(default_factory=list)
     attackers_voted: bool = False
     joined_at: dict[int, float] = field(default_factory=dict)  # newcomer node -> join time
+    _held_cache: dict[int, tuple] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         wl = self.workload
@@ -119,6 +121,17 @@ class FeedbackLoop:
             roots.append(self.newcomer_authors[0])
         return roots
 
+    def acting(self, online: list[int]) -> list[int]:
+        """The nodes whose agents run tasks this round: the watched query nodes (the first
+        ``query_nodes`` online honest nodes) and ``agents_share`` of the others, drawn anew
+        every round (1: every node)."""
+        watch = online[: self.scenario.workload.query_nodes]
+        others = online[len(watch) :]
+        share = self.scenario.feedback.agents_share
+        if share < 1.0:
+            others = sorted(self.rng.sample(others, round(share * len(others))))
+        return watch + others
+
     def joined(self, node: int, now: float) -> None:
         """A newcomer came online: its agents' task now exists."""
         self.joined_at[node] = now
@@ -135,11 +148,15 @@ class FeedbackLoop:
 
     # -- one round ---------------------------------------------------------------------------
     def round(self, now: float, servable: dict[int, list], records_by_id: dict) -> None:
-        """The agents of every node in ``servable`` (node -> what it may return) run their
-        tasks and vote; then every node recomputes trust (trust mode)."""
+        """The agents of every node in ``servable`` (node -> what it may return; the watched
+        query nodes first) run their tasks and vote, each node with the trust it holds from
+        every verdict cast so far (trust mode); the watched nodes' trust after the round goes
+        into the round's row."""
         wl, fb, k = self.workload, self.scenario.feedback, self.scenario.workload.k
         if not self.attackers_voted:
             self._attacker_votes()
+        if self.use_trust:
+            self._recompute(list(servable))
         # Tasks: the targets, and each newcomer's topic once it has joined.
         queries = list(zip(wl.query_vectors, wl.relevant, strict=True))
         topics = [
@@ -152,8 +169,7 @@ class FeedbackLoop:
             voter = wl.identities[node].author
             standing = self.standing_map(node)
             vouched = self.vouched_set(node)
-            held = [records_by_id[i] for i in ids if i in records_by_id]
-            vectors = np.stack([wl.vector_of(r) for r in held]) if held else None
+            held, vectors = self._held(node, ids, records_by_id)
             for _ in range(fb.tasks_per_round):
                 q = self.rng.randrange(len(queries) + len(topics))
                 vector, relevant = (queries + topics)[q]
@@ -176,10 +192,23 @@ class FeedbackLoop:
                 elif voter not in self.newcomer_authors:
                     topic_hits.append(float(hit))
         if self.use_trust:
-            self._recompute(list(servable))
+            self._recompute(list(servable)[: self.scenario.workload.query_nodes])
         snapshot = self._snapshot(now, shares, hits, list(servable))
         snapshot["newcomer_topic_hit_rate"] = float(np.mean(topic_hits)) if topic_hits else None
         self.rounds.append(snapshot)
+
+    def _held(self, node: int, ids: list, records_by_id: dict) -> tuple[list, np.ndarray | None]:
+        """The node's servable records and their vectors; nodes that hold the same records
+        (most, once gossip has settled) share one stacked copy (a few kept)."""
+        key = hash(tuple(ids))
+        cached = self._held_cache.get(key)
+        if cached is None:
+            held = [records_by_id[i] for i in ids if i in records_by_id]
+            vectors = np.stack([self.workload.vector_of(r) for r in held]) if held else None
+            cached = self._held_cache[key] = (held, vectors)
+            while len(self._held_cache) > HELD_CACHE:
+                del self._held_cache[next(iter(self._held_cache))]
+        return cached
 
     def _attacker_votes(self) -> None:
         """Colluders: a helpful ring (one lesson of every other colluder) and harmful verdicts

@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import math
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -488,8 +489,11 @@ class ScaleSim:
         records_by_id |= {r.id: r for r in attack_records(self.decode, self.wl)}
         yield self.env.timeout(WARMUP_S + fb.start_s)
         while True:
-            servable = {n.index: self.servable(n) for n in self.nodes if n.honest and n.online}
+            started = time.perf_counter()
+            online = [n.index for n in self.nodes if n.honest and n.online]
+            servable = {i: self.servable(self.nodes[i]) for i in self.feedback.acting(online)}
             self.feedback.round(self.env.now - WARMUP_S, servable, records_by_id)
+            self.feedback.rounds[-1]["wall_s"] = time.perf_counter() - started
             yield self.env.timeout(fb.round_s)
 
     # -- run ---------------------------------------------------------------------------------

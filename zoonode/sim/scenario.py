@@ -115,6 +115,9 @@ class Feedback:
     start_s: float = 5.0  # first round, after warm-up
     round_s: float = 5.0
     tasks_per_round: int = 1
+    # share of the online honest nodes (besides the watched query nodes) whose agents run
+    # tasks in a round, drawn every round (scale mode; 1: all)
+    agents_share: float = 1.0
     ring: bool = True
     harmful_per_attacker: int = 100
     # trust.vouched_alone: where no established author answers, authors a node's trust
@@ -184,10 +187,11 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
         or fb.tasks_per_round < 1
         or fb.harmful_per_attacker < 0
         or fb.recompute_s <= 0
+        or not 0.0 < fb.agents_share <= 1.0
     ):
         raise ConfigError(
             f"{source}: feedback.round_s and recompute_s must be > 0, start_s >= 0, "
-            "tasks_per_round >= 1 and harmful_per_attacker >= 0"
+            "tasks_per_round >= 1, harmful_per_attacker >= 0 and agents_share in (0, 1]"
         )
     if not 0 <= fb.newcomers <= 2 or fb.introducers < 0 or fb.newcomer_join_s < 0:
         raise ConfigError(
