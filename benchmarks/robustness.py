@@ -142,6 +142,7 @@ def methods(floor: float, newcomer_weight: float) -> dict:
                     author=pool["author"][i],
                     cluster=int(pool["cluster"][i]),
                     reputation=float(pool["standing"][i]) if with_standing else 1.0,
+                    vouched=bool(pool["vouched"][i]) if "vouched" in pool else False,
                 )
                 for i in range(len(pool["rel"]))
             ]
@@ -213,6 +214,7 @@ def subset(world: dict, order: np.ndarray) -> dict:
     return {
         "q": world["q"],
         **{key: world[key][order] for key in ("vec", "rel", "adv", "standing", "cluster")},
+        **({"vouched": world["vouched"][order]} if "vouched" in world else {}),
         "author": [world["author"][i] for i in order],
         "index": order,
     }

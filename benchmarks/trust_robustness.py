@@ -82,6 +82,14 @@ def standings(result, authors: list[bytes], cap: float) -> np.ndarray:
     )
 
 
+def vouched_of(
+    result, authors: list[bytes], min_standing: float = TrustConfig.vouched_standing
+) -> np.ndarray:
+    """Whom the node's trust vouches for (``TrustResult.vouched``): selection lets them
+    answer where no established author does (``vouched_alone``, the node's default)."""
+    return np.array([result.vouched(a, min_standing) for a in authors], bool)
+
+
 def trust_of(rows, settings) -> object:
     table_ = VoteTable()
     table_.add(rows)
@@ -216,12 +224,18 @@ def main() -> None:
     parser.add_argument("--caps", default="0,0.1,0.2", help="unendorsed_cap values to compare")
     parser.add_argument("--masses", default="0.8,0.95", help="established_mass values")
     parser.add_argument("--cost-votes", type=int, default=1_000_000)
+    parser.add_argument(
+        "--vouched",
+        default="0,0.05,0.1",
+        help="trust.vouched_standing values the attack-edge table compares",
+    )
     args = parser.parse_args()
     t_start = time.time()
     cfg = TrustConfig()
     settings = TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
     caps = [float(c) for c in args.caps.split(",")]
     masses = [float(m) for m in args.masses.split(",")]
+    vouched_levels = [float(v) for v in args.vouched.split(",")]
     newcomer_weight = SelectionConfig.newcomer_weight
 
     enc = Encoder.default()
@@ -256,8 +270,10 @@ def main() -> None:
     select = methods(args.floor, newcomer_weight)
     clusters = Clusters(honest_vec)
 
-    def run(share: int | None, standing_of) -> tuple[float, float]:
-        """Mean attack success and honest recall@5 of zoonode's selection over the targets."""
+    def run(share: int | None, standing_of, vouched_of=None) -> tuple[float, float]:
+        """Mean attack success and honest recall@5 of zoonode's selection over the targets.
+        ``vouched_of`` (authors -> bool array): whom the node's trust vouches for
+        (``TrustResult.vouched``; selection's ``vouched_alone``); None: nobody."""
         n = SHARES[share] if share else 0
         colluders = [author(f"coll-{j}") for j in range(n)]
         adv, rec = [], []
@@ -267,6 +283,9 @@ def main() -> None:
                 query_vec[t], honest_vec, honest_authors, poison, colluders, clusters
             )
             world["standing"] = standing_of(world["author"])
+            world["vouched"] = (
+                vouched_of(world["author"]) if vouched_of else np.zeros(len(world["author"]), bool)
+            )
             pool = node_pool(world, args.floor, newcomer_weight)
             if len(pool["rel"]) == 0:
                 adv.append(0.0)
@@ -296,21 +315,28 @@ def main() -> None:
             colluders = [author(f"coll-{j}") for j in range(n)]
             rows_ = votes + sleeper_votes(colluders, honest_keys)
             trust_results[mass, share] = trust_of(rows_, mass_settings)
-    variants = [("time known only (sleepers aged)", lambda s: time_only)] + [
+
+    def vouched(mass):
+        return lambda s: lambda authors: vouched_of(trust_results[mass, s], authors)
+
+    variants = [("time known only (sleepers aged)", lambda s: time_only, None)] + [
         (
-            f"trust, established_mass {mass:g}, unendorsed_cap {cap:g}",
+            f"trust, established_mass {mass:g}, unendorsed_cap {cap:g}"
+            + ("" if alone else ", vouched_alone off"),
             lambda s, cap=cap, mass=mass: (
                 lambda authors: standings(trust_results[mass, s], authors, cap)
             ),
+            vouched(mass) if alone else None,
         )
         for mass in masses
         for cap in caps
+        for alone in ((True, False) if (mass, cap) == (masses[0], caps[0]) else (True,))
     ]
-    for label, fn in variants:
+    for label, fn, vouched_fn in variants:
         row: dict = {"standing": label}
         entry = {}
         for share in [None, *SHARES]:
-            adv, rec = run(share, fn(share))
+            adv, rec = run(share, fn(share), vouched_fn(share) if vouched_fn else None)
             name = "clean" if share is None else f"sleepers-{share}%"
             entry[name] = {"attack_success": adv, "recall@5": rec}
             if share is None:
@@ -378,15 +404,21 @@ def main() -> None:
         ]
         result = trust_of(votes + sleeper_votes(colluders, honest_keys) + fooled_rows, settings)
         mass = float(sum(result.trust_of(c) for c in colluders))
-        adv, rec = run(45, lambda authors, r=result: standings(r, authors, caps[0]))
-        edges_rows.append(
-            {
-                "honest voters fooled": fooled,
-                "sleeper trust mass": f"{mass:.4f}",
-                "established sleepers": sum(result.standing(c) >= 1 for c in colluders),
-                "attack success": f"{adv * 100:.1f}%",
-            }
-        )
+        row = {
+            "honest voters fooled": fooled,
+            "sleeper trust mass": f"{mass:.4f}",
+            "established sleepers": sum(result.standing(c) >= 1 for c in colluders),
+            "top sleeper standing": f"{max(result.standing(c) for c in colluders):.4f}",
+        }
+        for theta in (None, *vouched_levels):
+            adv, rec = run(
+                45,
+                lambda authors, r=result: standings(r, authors, caps[0]),
+                None if theta is None else (lambda a, r=result, th=theta: vouched_of(r, a, th)),
+            )
+            name = "vouched_alone off" if theta is None else f"vouched >= {theta:g}"
+            row[name] = f"{adv * 100:.1f}%"
+        edges_rows.append(row)
     print(f"\nAttack edges (45 % sleepers, cap {caps[0]:g}):")
     print(table(edges_rows, list(edges_rows[0])))
 

@@ -129,3 +129,58 @@ def test_a_late_node_gets_verdicts_by_sync_and_latest_wins(tmp_path, encoder):
             nursery.cancel_scope.cancel()
 
     run_trio(main, 180)
+
+
+def test_an_author_trust_vouches_for_answers_where_nothing_established_does(tmp_path, encoder):
+    """trust.vouched_alone: this node's agents endorsed 20 authors; one of them endorsed a new
+    author B (its only verdict), whose lesson is the only answer to a query. B is not
+    established (trust standing 0.5) and newcomers may not answer alone here; with
+    vouched_alone the node serves B's lesson, without it nothing."""
+    from zoonode.experiences import sign_lessons
+    from zoonode.sim.workload import NEWCOMER_LESSONS, shipped_lessons
+    from zoonode.store import Incoming
+
+    keys = [Ed25519PrivateKey.generate() for _ in range(21)]
+    text, query = NEWCOMER_LESSONS[1]
+    texts = [lesson["text"] for lesson in shipped_lessons()[:20]] + [text]
+    vectors = encoder.encode_compact(texts)  # once: 21 authors, one lesson each
+    *items, b_item = [
+        Incoming(sign_lessons(encoder, key, [{"text": t, "domain": "test.lessons"}], v[None])[0], v)
+        for key, t, v in zip(keys, texts, vectors, strict=True)
+    ]
+    b_author = b_item.record.experience.author
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nodes = []
+            for name, alone in (("on", True), ("off", False)):
+                [node] = await start_nodes(
+                    nursery,
+                    encoder,
+                    [tmp_path / name],
+                    trust={"recompute_s": 0.1, "vouched_alone": alone},
+                    selection={"newcomers_alone": "never"},
+                )
+                await _hold_everywhere([node], [*items, b_item])
+                for item in items:
+                    await node.rate(item.record.id, FeedbackVerdict.HELPFUL)
+                body = Feedback(keys[0].public_key().public_bytes_raw(), node.encoder.space,
+                                now_ms(), b_item.record.id, FeedbackVerdict.HELPFUL)  # fmt: skip
+                await node.feedback.enqueue(sign_feedback(body, keys[0]), "peer")
+                nodes.append(node)
+            for node in nodes:
+                await wait_until(
+                    lambda node=node: (
+                        node.feedback.trust is not None
+                        and node.feedback.trust.trust_of(b_author) > 0
+                    ),
+                    what="B reached by trust",
+                )
+                assert node.feedback.ready and 0.2 <= node.feedback.trust_standing(b_author) < 1
+            on, off = [await node.query(query) for node in nodes]
+            assert [s.candidate.id for s in on[0].selected] == [b_item.record.id]
+            assert on[0].down_weighted["vouched_alone"] == 1
+            assert off[0].selected == []
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)

@@ -355,6 +355,33 @@ def test_newcomers_on_probation_do_not_fill_slots_established_authors_leave():
     assert "newcomer_on_probation" not in plain.down_weighted
 
 
+def test_vouched_authors_answer_where_no_established_author_does():
+    """Newcomers may not answer alone (an established network), but an author the node's
+    trust vouches for does, down-weighted, where nothing established answers; where an
+    established author answers it stays on probation, and without ``vouched_alone`` (or
+    unvouched, like a sleeper at the unendorsed cap) it is held back as before."""
+    rng = np.random.default_rng(4)
+    topic = unit(rng.normal(size=32))
+    capped = [  # standing 0.2: age alone, once trust is ready
+        replace(
+            make(50 + j, topic + 0.2 * unit(rng.normal(size=32)), 0.9, bytes([50 + j]) * 32),
+            reputation=0.2,
+        )
+        for j in range(4)
+    ]
+    reached = [replace(c, vouched=True) for c in capped[:2]]
+    strict = SelectionSettings(k=5, min_similarity=0.4, newcomer_weight=0.2, newcomers_alone=False)
+    assert select(topic, capped, strict).selected == []
+    result = select(topic, reached + capped[2:], strict)
+    assert {s.candidate.id for s in result.selected} == {c.id for c in reached}
+    assert result.down_weighted["vouched_alone"] == 2
+    assert result.down_weighted["newcomer_on_probation"] == 2
+    assert select(topic, reached, replace(strict, vouched_alone=False)).selected == []
+    established = make(1, topic + 0.8 * unit(rng.normal(size=32)), 0.55, b"e" * 32)
+    held = select(topic, [established, *reached], strict)
+    assert [s.candidate.id for s in held.selected] == [established.id]
+
+
 def test_a_fresh_variant_does_not_speak_for_an_established_group():
     topic = unit(np.ones(8))
     established = make(1, topic, 0.7, b"h" * 32, cluster=7)

@@ -4,6 +4,7 @@ of real processes, and the CLI's results folder."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -188,5 +189,109 @@ def test_scale_mode_trust_from_verdicts_beats_sleepers_that_time_alone_lets_in(e
     assert time_only["standing_adversarial_final"] == 1.0
     with pytest.raises(ConfigError, match=r"feedback\.standing"):
         parse_scenario('[feedback]\nstanding = "vibes"\n')
+    with pytest.raises(ConfigError, match="not both"):
+        parse_scenario('mode = "both"\n[feedback]\nenabled = true\n')
     with pytest.raises(ConfigError, match="scale mode only"):
-        parse_scenario('mode = "real"\n[feedback]\nenabled = true\n')
+        parse_scenario('mode = "real"\n[feedback]\nenabled = true\nnewcomers = 1\n')
+    with pytest.raises(ConfigError, match="newcomers"):
+        parse_scenario("[feedback]\nnewcomers = 3\n")
+    with pytest.raises(ConfigError, match="agents_share"):
+        parse_scenario("[feedback]\nagents_share = 0\n")
+    with pytest.raises(ConfigError, match="records_per_message"):
+        parse_scenario("[attack]\nrecords_per_message = 0\n")
+
+
+def test_scale_mode_newcomer_introduced_by_a_few_operators_is_served_one_nobody_knows_is_not(
+    encoder,
+):
+    """Two honest newcomers join mid-run with a lesson on a topic nobody covers; the first is
+    a trusted author at 5 honest nodes. Their agents serve it and rate it helpful, so trust
+    reaches it at the watched nodes; the second is served nowhere (standing 0: time known 0,
+    no verdict)."""
+    raw = run_scale(
+        parse_scenario(
+            """
+            seed = 6
+            duration_s = 16
+            [nodes]
+            honest = 30
+            adversarial = 6
+            roles = ["poison"]
+            [workload]
+            lessons_per_node = 1
+            publish_window_s = 2
+            query_nodes = 5
+            [attack]
+            poison_per_target = 1
+            records_per_message = 10
+            [history]
+            attacker_age_days = 7
+            [feedback]
+            enabled = true
+            start_s = 2
+            round_s = 2
+            tasks_per_round = 4
+            newcomers = 2
+            newcomer_join_s = 4
+            introducers = 5
+            """
+        ),
+        encoder,
+    )
+    rounds = raw["feedback"]["rounds"]
+    assert rounds[0]["standing_newcomer_0"] is None  # not joined yet
+    assert max(r["newcomer_topic_hit_rate"] or 0 for r in rounds) > 0  # introducers serve it
+    assert rounds[-1]["trust_newcomer_0"] > 0
+    assert all(r["trust_newcomer_1"] in (None, 0.0) for r in rounds)
+    assert rounds[-1]["attack_success"] == 0.0 and rounds[0]["attack_success"] > 0
+    assert summarise(raw)["relevant_hit_rate"] >= 0.9
+
+
+def test_real_mode_agents_rate_lessons_through_the_api_and_verdicts_travel(tmp_path, encoder):
+    """Real ``zoonode start`` processes (2 honest) and a sleeper process: the sleeper is aged
+    in the honest nodes' history, so its poison is served before trust forms; the agents'
+    verdicts go through the HTTP API and the sleepers' through the feedback topic, and every
+    watched node stores verdicts it did not cast."""
+    from zoonode.sim.realfeedback import run_real_feedback
+
+    scenario = parse_scenario(
+        """
+        mode = "real"
+        seed = 5
+        duration_s = 8
+        [nodes]
+        honest = 2
+        adversarial = 1
+        roles = ["poison"]
+        [topology]
+        attacker_connections = 2
+        [workload]
+        lessons_per_node = 2
+        publish_window_s = 1
+        query_nodes = 2
+        [attack]
+        poison_per_target = 1
+        [history]
+        attacker_age_days = 7
+        [feedback]
+        enabled = true
+        round_s = 8
+        tasks_per_round = 3
+        recompute_s = 1
+        harmful_per_attacker = 2
+        """
+    )
+    raw = run_real_feedback(scenario, encoder, tmp_path / "nodes")
+    m = summarise(raw)
+    assert m["delivery_rate"] == 1.0
+    [first] = raw["feedback"]["rounds"]
+    assert first["attack_success"] > 0  # an aged sleeper, as the node's history says
+    assert first["votes"] > 0
+    # Every honest node holds the sleeper's verdicts and its peer's, by gossip or sync.
+    workload = build_workload(scenario, encoder, now_ms())  # the same seeded identities
+    authors = [workload.identities[i].author for i in range(3)]
+    for i in (0, 1):
+        db = sqlite3.connect(tmp_path / "nodes" / f"node{i}" / "experiences.sqlite")
+        voters = {v for (v,) in db.execute("SELECT DISTINCT voter FROM feedback")}
+        db.close()
+        assert authors[2] in voters and authors[1 - i] in voters, i

@@ -12,6 +12,7 @@ from zoonode.trust import (
     VoteTable,
     author_standing_from,
     compute_trust,
+    compute_trust_many,
     established_reference,
 )
 
@@ -126,3 +127,48 @@ def test_standing_from_trust_and_time():
     assert author_standing_from(0.0, 1.0, ready=False, unendorsed_cap=0.2) == 1.0
     assert author_standing_from(0.0, 1.0, ready=True, unendorsed_cap=0.2) == 0.2
     assert author_standing_from(0.7, 1.0, ready=True, unendorsed_cap=0.2) == 0.7
+
+
+def test_vouched_needs_a_chain_from_the_roots_enough_trust_and_no_trusted_harmful_verdict():
+    sleepers = [k(f"s{i}") for i in range(50)]
+    ring = [(a, b, 1) for a in sleepers for b in sleepers if a != b]
+    alone = trust(honest_votes() + ring)
+    assert all(alone.vouched(h) for h in HONEST) and alone.vouched(ROOT)
+    assert not any(alone.vouched(s) for s in sleepers)  # no root reaches them
+    assert not alone.vouched(k("stranger"))
+    # One fooled honest voter: the whole ring is reached (trust > 0), but its inflow is
+    # split over 50 identities, far under what one endorsement gives an honest author.
+    fooled = trust(honest_votes() + ring + [(HONEST[0], sleepers[0], 1)])
+    assert all(fooled.trust_of(s) > 0 for s in sleepers)
+    assert all(fooled.vouched(s) for s in sleepers)  # min_standing 0: reached is enough
+    assert not any(fooled.vouched(s, 0.2) for s in sleepers[1:])
+    assert list(fooled.vouched_mask(0.2)) == [fooled.vouched(i, 0.2) for i in fooled.identities]
+    # A harmful verdict from a trusted voter withdraws it.
+    rows = [r for r in honest_votes() if r[:2] != (HONEST[1], HONEST[2])]
+    denounced = trust([*rows, (HONEST[1], HONEST[2], -1)])
+    assert denounced.trust_of(HONEST[2]) > 0 and not denounced.vouched(HONEST[2])
+
+
+def test_trust_of_many_root_sets_at_once_equals_one_at_a_time():
+    rng = np.random.default_rng(5)
+    people = [k(f"p{i}") for i in range(40)]
+    sleepers = [k(f"s{i}") for i in range(10)]
+    rows = [(a, b, 1) for a in sleepers for b in sleepers if a != b]
+    rows += [(s, people[j], -1) for s in sleepers for j in rng.choice(40, 5, replace=False)]
+    for i, a in enumerate(people):
+        rows += [(a, people[j], 1) for j in rng.choice(40, 4, replace=False) if j != i]
+        rows += [(a, people[j], -1) for j in rng.choice(40, 1) if j != i]
+    rows.append((people[3], sleepers[0], 1))
+    roots = [[p] for p in people[:12]] + [[people[0], sleepers[2]]]
+    table = VoteTable()
+    table.add(rows)
+    many = compute_trust_many(table, roots)
+    for keys, got in zip(roots, many, strict=True):
+        one = trust(rows, roots=keys)
+        assert np.allclose(got.trust, one.trust, atol=1e-9)
+        assert np.allclose(got.denounced, one.denounced, atol=1e-9)
+        assert got.reference == pytest.approx(one.reference, rel=1e-6)
+        assert got.root_endorsements == one.root_endorsements
+        assert np.array_equal(got.vouched_mask(0.2), one.vouched_mask(0.2))
+    with pytest.raises(ValueError, match="root"):
+        compute_trust_many(table, [[people[0]], []])

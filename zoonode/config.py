@@ -266,6 +266,12 @@ class TrustConfig:
     min_endorsements: Annotated[int, _range(ge=0, le=1_000_000)] = 5
     unendorsed_cap: Unit = 0.2  # the most standing time known alone gives, once trust is ready
     recompute_s: Annotated[float, _range(gt=0.0, le=86_400.0)] = 30.0  # when votes changed
+    # where no established author answers, authors the roots' trust vouches for answer
+    # (trust.TrustResult.vouched, selection.SelectionSettings.vouched_alone)
+    vouched_alone: bool = True
+    # the trust standing (min(1, T / reference)) an author needs to be vouched for: a ring
+    # reached through a few fooled voters splits their inflow and stays under it
+    vouched_standing: Unit = 0.2
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,9 @@ class Candidate:
     confidence: float = 0.5
     reputation: float = 1.0  # in [0, 1]; 1 = no information against the author
     cluster_size: int = 1  # active members of its near-duplicate cluster in the store
+    # The node's trust vouches for the author (trust.TrustResult.vouched: reached by helpful
+    # verdicts from its roots, denounced by none it trusts), established or not.
+    vouched: bool = False
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,9 @@ class SelectionSettings:
     established_slots: int = 0  # slots of an established author (standing 1); 0: up to k
     newcomer_weight: float = 1.0  # score factor of an author of standing 0 (1: standing unused)
     newcomers_alone: bool = True  # probation only where an established author answers
+    # Where no established author answers, authors the node's trust vouches for
+    # (Candidate.vouched) answer too, down-weighted, even when newcomers_alone is off.
+    vouched_alone: bool = True
     # Agreement with the robust centre counts only under this quantile of the groups'
     # agreements (agreement_factor); 0: everywhere, as agreement ** alpha.
     agreement_quantile: float = 0.0
@@ -370,16 +376,25 @@ def select(
     kept = [c for c in candidates if c.relevance >= floor]
     reasons["below_similarity_floor"] = len(candidates) - len(kept)
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
-    if s.newcomer_weight < 1.0 and (
-        not s.newcomers_alone or any(c.reputation >= 1.0 for c in kept)
-    ):
+    established = any(c.reputation >= 1.0 for c in kept)
+    if s.newcomer_weight < 1.0 and (not s.newcomers_alone or established):
         # Probation: where an established author answers, a newer one must clear the floor
         # with its standing-weighted relevance, so fresh identities cannot fill the slots
         # established lessons leave empty. With no established answer everyone may answer,
-        # unless ``newcomers_alone`` is off.
-        probation = [c for c in kept if c.relevance * _standing_factor(s, c) < floor]
+        # unless ``newcomers_alone`` is off; then still the authors the node's trust vouches
+        # for (``vouched_alone``): without it, a lesson whose authors the roots reach only
+        # through others' verdicts is never served, so never rated (a lock-in).
+        free = s.vouched_alone and not established
+
+        def passes(c: Candidate) -> bool:
+            return c.relevance * _standing_factor(s, c) >= floor or (free and c.vouched)
+
+        probation = [c for c in kept if not passes(c)]
         reasons["newcomer_on_probation"] = len(probation)
-        kept = [c for c in kept if c.relevance * _standing_factor(s, c) >= floor]
+        alone = sum(1 for c in kept if c.relevance * _standing_factor(s, c) < floor and passes(c))
+        if alone:
+            reasons["vouched_alone"] = alone
+        kept = [c for c in kept if passes(c)]
     if not kept:
         return Selection([], None, 0, len(candidates), 0, 0, dict(reasons), floor)
 

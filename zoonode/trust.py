@@ -198,6 +198,31 @@ class TrustResult:
                 out[i] = 1.0
         return out
 
+    def vouched(self, key: bytes, min_standing: float = 0.0) -> bool:
+        """Whether the roots vouch for ``key``: a root, or reached by helpful verdicts from the
+        roots with trust standing (``standing``) at least ``min_standing`` and more than 0,
+        and denounced by no voter they trust (harmful share u = 0). An identity no root
+        reaches (a fresh Sybil, a sleeper ring without attack edges) is never vouched for,
+        however many votes it holds; a ring reached through a few fooled voters holds only
+        their inflow, split over its identities, which ``min_standing`` leaves out; one
+        harmful verdict from a trusted voter withdraws it. Selection lets vouched authors
+        answer where no established author does (``SelectionSettings.vouched_alone``)."""
+        if key in self.roots:
+            return True
+        i = self.index.get(key)
+        if i is None or self.trust[i] <= 0.0 or self.denounced[i] > 0.0:
+            return False
+        return self.standing(key) >= min_standing
+
+    def vouched_mask(self, min_standing: float = 0.0) -> np.ndarray:
+        """``vouched`` of every identity, in ``identities`` order (bool array)."""
+        out = (self.trust > 0.0) & (self.denounced <= 0.0) & (self.standings() >= min_standing)
+        for key in self.roots:
+            i = self.index.get(key)
+            if i is not None:
+                out[i] = True
+        return out
+
     @property
     def informative(self) -> bool:
         """Whether the roots' verdicts reach anyone: without, trust tells nobody apart."""
@@ -290,3 +315,94 @@ def author_standing_from(
     if not ready:
         return max(trust_standing, time_standing)
     return max(trust_standing, unendorsed_cap * time_standing)
+
+
+def compute_trust_many(
+    table: VoteTable, roots: list[Iterable[bytes]], settings: TrustSettings | None = None
+) -> list[TrustResult]:
+    """``compute_trust(table, roots[j], settings)`` for every j at once (a simulation's
+    thousand nodes, each seeded at its own roots): the graph is built once and every power
+    iteration is one sparse x dense product over all root sets. Voters no root set reaches
+    by helpful edges have trust 0 in every column and are left out of the products (their
+    votes pass nothing on). The same numbers as ``compute_trust`` within ``settings.tol``
+    (every column iterates until the slowest has converged). Cost O(passes x iterations x
+    reached votes x len(roots)); raises ValueError for an empty root set."""
+    s = settings or TrustSettings()
+    root_sets = [frozenset(r) for r in roots]
+    if any(not r for r in root_sets):
+        raise ValueError("trust needs at least one root")
+    for keys in root_sets:
+        for key in sorted(keys):
+            table.number(key)
+    graph = build_graph(table)
+    n, m = graph.n, len(root_sets)
+    restart = np.zeros((n, m))
+    is_root = np.zeros((n, m), bool)
+    for j, keys in enumerate(root_sets):
+        idx = [table.index[k] for k in keys]
+        restart[idx, j] = 1.0 / len(idx)
+        is_root[idx, j] = True
+    # Voters reached from some root over helpful edges; the others pass on nothing.
+    reached = restart.any(axis=1)
+    frontier = reached.copy()
+    while frontier.any():
+        step = np.asarray(graph.positive[frontier].sum(axis=0)).ravel() > 0
+        frontier = step & ~reached
+        reached |= step
+    keep_rows = sp.diags(reached.astype(float))
+    positive = (keep_rows @ graph.positive).tocsr()
+    negative = (keep_rows @ graph.negative).tocsr()
+    scale = np.divide(1.0, graph.out, out=np.zeros(n), where=graph.out > 0)
+    flow_t = positive.T.tocsr()
+    deny_t = negative.T.tocsr()
+    keep = np.ones((n, m))
+    endorsed = restart
+    denounced = np.zeros((n, m))
+    trust = restart
+    iterations = 0
+    for _ in range(s.passes):
+        weights = scale[:, None] * keep
+        t = restart.copy()
+        for its in range(1, s.max_iter + 1):  # noqa: B007 - counted below
+            flow = s.damping * (flow_t @ (weights * t))
+            new = flow + np.maximum(0.0, 1.0 - flow.sum(axis=0))[None, :] * restart
+            change = float(np.abs(new - t).sum(axis=0).max())
+            t = new
+            if change < s.tol:
+                break
+        iterations += its
+        endorsed = t
+        denounced = s.damping * (deny_t @ (weights * endorsed))
+        trust = np.where(is_root, endorsed, np.maximum(0.0, endorsed - denounced))
+        keep = np.divide(trust, endorsed, out=np.zeros((n, m)), where=endorsed > 0)
+    voters = int((graph.out > 0).sum())
+    authors = int(
+        np.count_nonzero(
+            np.asarray(graph.positive.sum(axis=0)).ravel()
+            + np.asarray(graph.negative.sum(axis=0)).ravel()
+        )
+    )
+    out = []
+    for j, keys in enumerate(root_sets):
+        root_idx = np.flatnonzero(is_root[:, j])
+        endorsed_authors = np.unique(graph.positive[root_idx].indices)
+        col = np.ascontiguousarray(trust[:, j])
+        out.append(
+            TrustResult(
+                identities=table.identities,
+                index=table.index,
+                trust=col,
+                endorsed=np.ascontiguousarray(endorsed[:, j]),
+                denounced=np.ascontiguousarray(denounced[:, j]),
+                reference=established_reference(col, is_root[:, j], s.established_mass),
+                roots=keys,
+                root_endorsements=int((~is_root[endorsed_authors, j]).sum())
+                if len(endorsed_authors)
+                else 0,
+                iterations=iterations,
+                votes=graph.votes,
+                voters=voters,
+                authors=authors,
+            )
+        )
+    return out

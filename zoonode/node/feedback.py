@@ -254,6 +254,14 @@ class Feedback:
             return 1.0
         return self.trust.standing(author) if self.trust is not None else 0.0
 
+    def vouched(self, author: bytes) -> bool:
+        """Whether this node's trust vouches for ``author`` (``TrustResult.vouched``)."""
+        if author in self.roots:
+            return True
+        return self.trust is not None and self.trust.vouched(
+            author, self.node.cfg.trust.vouched_standing
+        )
+
     def standing(self, author: bytes, time_standing: float) -> float:
         """The standing selection receives: trust combined with time known."""
         if author in self.roots:

@@ -126,6 +126,7 @@ class Query:
                 h.row.confidence,
                 reputation=self.standing(h.row.author, first_seen),
                 cluster_size=h.cluster_size,
+                vouched=node.feedback.vouched(h.row.author),
             )
             for h in hits
         ]
@@ -136,7 +137,13 @@ class Query:
             for record, cand in extra:
                 if cand.id not in seen:
                     records[cand.id] = record
-                    candidates.append(replace(cand, reputation=self.standing(cand.author, known)))
+                    candidates.append(
+                        replace(
+                            cand,
+                            reputation=self.standing(cand.author, known),
+                            vouched=node.feedback.vouched(cand.author),
+                        )
+                    )
                     seen.add(cand.id)
         settings = SelectionSettings(
             k=k or sel.k,
@@ -150,6 +157,7 @@ class Query:
             answer_duplicate=sel.answer_duplicate,
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
+            vouched_alone=node.cfg.trust.vouched_alone,
         )
         unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
         node.checker.touch(list(unchecked.values()))

@@ -118,13 +118,17 @@ def candidates_for(
     workload: Workload,
     trust_code: bool = False,
     standing: dict[bytes, float] | None = None,
+    vouched: set[bytes] | frozenset[bytes] = frozenset(),
+    vectors: np.ndarray | None = None,
 ) -> list[Candidate]:
     """Without ``standing``: the raw top candidates, near-duplicates included. With it: what
     the node's store search returns, one candidate per cluster ordered by cosine x factor,
-    widening the fetch (x4) until enough clusters are found, as ``KnowledgeBase.search``."""
+    widening the fetch (x4) until enough clusters are found, as ``KnowledgeBase.search``.
+    ``vectors`` (len(records) x d): the records' vectors when already stacked."""
     if not records:
         return []
-    vectors = np.stack([workload.vector_of(r, trust_code) for r in records])
+    if vectors is None:
+        vectors = np.stack([workload.vector_of(r, trust_code) for r in records])
     scores = vectors @ query
     ranked = np.argsort(-scores, kind="stable")
     if standing is None:
@@ -174,6 +178,7 @@ def candidates_for(
             records[top[n]].experience.confidence,
             standing.get(author_of(top[n]), 0.0),
             sizes[clusters[n]],
+            author_of(top[n]) in vouched,
         )
         for n in keep
     ]
@@ -187,12 +192,15 @@ def agent_outcomes(
     attack_records: Sequence[SignedRecord] = (),
     history: History | None = None,
     standing_of: dict[int, dict[bytes, float]] | None = None,
+    vouched_of: dict[int, set[bytes]] | None = None,
+    settings: SelectionSettings | None = None,
 ) -> dict:
     """Attack success (share of top-k slots held by adversaries) and relevant-hit rate, per
     querying node, defended and undefended. ``standing_of`` (node -> author -> standing)
-    replaces the time-known standing per node (the feedback loop's trust)."""
+    replaces the time-known standing per node (the feedback loop's trust), ``vouched_of``
+    (node -> authors its trust vouches for) and ``settings`` go with it."""
     history = history or History()
-    settings = settings_for(history, k)
+    settings = settings or settings_for(history, k)
     time_standing = standings(workload, history)
     bad = workload.adversarial_authors
     out: dict[str, list[float]] = {
@@ -204,10 +212,12 @@ def agent_outcomes(
     honest_records = [r for rs in workload.honest.values() for r in rs]
     for node, ids in holdings.items():
         standing = (standing_of or {}).get(node, time_standing)
+        vouched = (vouched_of or {}).get(node, frozenset())
         held = [records_by_id[i] for i in ids if i in records_by_id]
         everything = _unique(honest_records + list(attack_records))
         for q, relevant in zip(workload.query_vectors, workload.relevant, strict=True):
-            selection = select(q, candidates_for(q, held, workload, standing=standing), settings)
+            cands = candidates_for(q, held, workload, standing=standing, vouched=vouched)
+            selection = select(q, cands, settings)
             chosen = [s.candidate for s in selection.selected]
             pool = candidates_for(q, everything, workload, trust_code=True)
             plain = plain_top_k([c for c in pool if c.relevance >= MIN_SIMILARITY], k)

@@ -62,7 +62,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
             "standing_honest_final": last.get("standing_honest"),
             "standing_adversarial_final": last.get("standing_adversarial"),
             "trust_ready_share_final": last.get("trust_ready_share"),
-        }
+        } | {key: fb[key] for key in ("setup_s", "delivered_at_s") if key in fb}
     return loop | {
         "mode": raw["mode"],
         "nodes": raw["nodes"],

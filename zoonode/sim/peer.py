@@ -61,14 +61,28 @@ async def play(spec: dict) -> None:
             stamp = time.time()
             await node.import_records(wires)
             published = {r: stamp for r in spec["ids"]}
+        elif spec.get("import"):  # a patient sleeper: its own lessons, as its node shares them
+            await node.import_records(wires)
+            if spec.get("feedback"):  # its verdicts, signed beforehand, on their topic
+                await trio.sleep(2.0)
+                await node.gossip.publish_feedback([bytes.fromhex(w) for w in spec["feedback"]])
         elif spec["role"] == "malformed":
             for data in wires:
                 await node.gossip.pubsub.publish(node.gossip.topic, data)
         elif wires:
             gap = 1.0 / spec["rate"]
-            for wire in wires:
-                await node.gossip.pubsub.publish(node.gossip.topic, encode_batch([wire]))
-                await trio.sleep(gap)
+            # A persistent attacker publishes again (``repeat`` times, ``repeat_s`` apart): a
+            # message published before its peers' subscriptions arrived reaches nobody.
+            for attempt in range(1 + spec.get("repeat", 0)):
+                if attempt:
+                    await trio.sleep(spec.get("repeat_s", 10.0))
+                for wire in wires:
+                    await node.gossip.pubsub.publish(node.gossip.topic, encode_batch([wire]))
+                    await trio.sleep(gap)
+                if spec.get("feedback"):  # its verdicts, signed beforehand, on their topic
+                    await trio.sleep(2.0)
+                    verdicts = [bytes.fromhex(w) for w in spec["feedback"]]
+                    await node.gossip.publish_feedback(verdicts)
         await trio.sleep(max(0.0, t0 + spec["duration_s"] - time.time()))
         expect = {bytes.fromhex(rid) for rid in spec.get("expect", [])}
         settle_until = t0 + spec["duration_s"] + spec.get("settle_s", 0.0)

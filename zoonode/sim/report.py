@@ -65,30 +65,7 @@ def _plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
 
     looped = [r for r in runs if r["raw"].get("feedback")]
     if looped:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-        for run in looped:
-            rounds = run["raw"]["feedback"]["rounds"]
-            ts = [r["t"] for r in rounds]
-            left.plot(ts, [r["attack_success"] * 100 for r in rounds], "o-", label=run["label"])
-            right.plot(
-                ts, [r["standing_honest"] for r in rounds], "o-", label=f"honest, {run['label']}"
-            )
-            right.plot(
-                ts,
-                [r["standing_adversarial"] for r in rounds],
-                "s--",
-                label=f"sleepers, {run['label']}",
-            )
-        left.set_xlabel("time after warm-up (s)")
-        left.set_ylabel("attack success in the agents' tasks (%)")
-        right.set_xlabel("time after warm-up (s)")
-        right.set_ylabel("mean standing at query nodes")
-        left.legend(fontsize=6)
-        right.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "trust_over_time.png", dpi=110)
-        plt.close(fig)
-        made.append("trust_over_time.png")
+        made.append(_trust_plot(out, looped, plt))
 
     scale = [r for r in runs if r["metrics"]["mode"] == "scale"] or runs
     points = sorted(((r["metrics"]["attackers"], r["metrics"]) for r in scale), key=lambda x: x[0])
@@ -109,6 +86,48 @@ def _plots(out: Path, runs: list[dict[str, Any]]) -> list[str]:
     plt.close(fig)
     made.append("attack_success.png")
     return made
+
+
+def _trust_plot(out: Path, looped: list[dict[str, Any]], plt) -> str:
+    """Per feedback round: attack success and relevant hits in the agents' tasks; mean
+    standing (what selection receives) and trust alone (min(1, T / reference)) of honest
+    authors, sleepers and each newcomer, as the first query nodes see them."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13.5, 3.8))
+    styles = {"honest": "o-", "adversarial": "s--"}
+    names = {"honest": "honest", "adversarial": "sleepers"}
+    for run in looped:
+        rounds = run["raw"]["feedback"]["rounds"]
+        ts = [r["t"] for r in rounds]
+        label = run["label"]
+        left.plot(ts, [r["attack_success"] * 100 for r in rounds], "s--", label=f"attack, {label}")
+        left.plot(ts, [r["relevant_hit_rate"] * 100 for r in rounds], "o-", label=f"hit, {label}")
+        for key, axis in (("standing", middle), ("trust", right)):
+            groups = list(styles) + sorted(
+                {k.split(f"{key}_", 1)[1] for r in rounds for k in r if k.startswith(f"{key}_newc")}
+            )
+            for group in groups:
+                points = [
+                    (r["t"], r.get(f"{key}_{group}"))
+                    for r in rounds
+                    if r.get(f"{key}_{group}") is not None
+                ]
+                if points:
+                    axis.plot(
+                        [p[0] for p in points],
+                        [p[1] for p in points],
+                        styles.get(group, "^-"),
+                        label=f"{names.get(group, group.replace('_', ' '))}, {label}",
+                    )
+    left.set_ylabel("agents' tasks (%)")
+    middle.set_ylabel("mean standing at query nodes")
+    right.set_ylabel("mean trust standing min(1, T/ref)")
+    for axis in (left, middle, right):
+        axis.set_xlabel("time after warm-up (s)")
+        axis.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "trust_over_time.png", dpi=110)
+    plt.close(fig)
+    return "trust_over_time.png"
 
 
 def _fmt(value: Any) -> str:
@@ -151,19 +170,22 @@ def write_results(out: Path, scenario, runs: list[dict[str, Any]], seconds: floa
         rounds = (run["raw"].get("feedback") or {}).get("rounds")
         if not rounds:
             continue
+        extra = [k for k in rounds[-1] if k.startswith(("standing_newcomer", "newcomer_topic"))]
         lines += [
             "",
             f"Feedback rounds, {run['label']} (standing {run['raw']['feedback']['standing']}):",
             "",
             "| t (s) | tasks | attack success | relevant hit | verdicts | standing honest "
-            "| standing adversarial | trust ready |",
-            "|---|---|---|---|---|---|---|---|",
+            "| standing adversarial | trust ready |"
+            + "".join(f" {k.replace('_', ' ')} |" for k in extra),
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
         ]
         for r in rounds:
             lines.append(
                 f"| {r['t']:.0f} | {r['tasks']} | {r['attack_success']:.3f} | "
                 f"{r['relevant_hit_rate']:.3f} | {r['votes']} | {r['standing_honest']:.3f} | "
                 f"{r['standing_adversarial']:.3f} | {r['trust_ready_share']:.2f} |"
+                + "".join(f" {_fmt(r.get(k))} |" for k in extra)
             )
     lines += ["", "Rejected or ignored, by reason (first run):", ""]
     for reason, count in runs[0]["metrics"]["rejected"].items():

@@ -24,7 +24,8 @@ def plan(scenario: Scenario, mode: str | None = None) -> list[tuple[str, str, Sc
     fb = scenario.feedback
     if fb.enabled and fb.compare_time_only and fb.standing != "time":
         time_only = dataclasses.replace(scenario, feedback=dataclasses.replace(fb, standing="time"))
-        runs.append(("scale, time-only standing", "scale", time_only))
+        for engine in engines:
+            runs.append((f"{engine}, time-only standing", engine, time_only))
     for n in scenario.sweep_adversarial:
         if n != scenario.nodes.adversarial:
             runs.append((f"scale, {n} adversarial", "scale", _with_adversaries(scenario, n)))
@@ -50,6 +51,10 @@ def simulate(scenario: Scenario, out: Path, mode: str | None = None, progress=No
             from zoonode.sim.scale import run_scale
 
             raw = run_scale(sc, encoder, step)
+        elif sc.feedback.enabled:
+            from zoonode.sim.realfeedback import run_real_feedback
+
+            raw = run_real_feedback(sc, encoder, out / "real-nodes", step)
         else:
             from zoonode.sim.real import run_real
 

@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import math
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ class ScaleSim:
 
             self.feedback = FeedbackLoop(scenario, workload, random.Random(scenario.seed + 1))
         self._build_topology()
+        for i in workload.newcomers:  # offline until they join (feedback.newcomer_join_s)
+            self.nodes[i].online = False
 
     # -- network model -----------------------------------------------------------------------
     def _build_topology(self) -> None:
@@ -384,7 +387,15 @@ class ScaleSim:
 
     def honest_publisher(self, index: int):
         records = self.wl.honest[index]
-        yield self.env.timeout(WARMUP_S + self.rng.random() * self.sc.workload.publish_window_s)
+        if index in self.wl.newcomers:  # joins late: syncs what its peers hold, publishes
+            yield self.env.timeout(WARMUP_S + self.sc.feedback.newcomer_join_s)
+            node = self.nodes[index]
+            node.online = True
+            self.feedback.joined(node.index, self.env.now - WARMUP_S)
+            self._sync(node)
+            yield self.env.timeout(1.0)
+        else:
+            yield self.env.timeout(WARMUP_S + self.rng.random() * self.sc.workload.publish_window_s)
         for r in records:
             self.published[r.id] = self.env.now
         self.publish(index, encode_batch([r.wire for r in records]))
@@ -403,8 +414,9 @@ class ScaleSim:
                 self.publish(index, encode_batch([wire]))
                 yield self.env.timeout(gap)
         else:
-            for wire in items:  # one record per message: each is judged on its own
-                self.publish(index, encode_batch([wire]))
+            per = self.sc.attack.records_per_message  # 1: each record judged on its own
+            for start in range(0, len(items), per):
+                self.publish(index, encode_batch(items[start : start + per]))
                 yield self.env.timeout(0.02)
 
     def heartbeat(self):
@@ -477,8 +489,11 @@ class ScaleSim:
         records_by_id |= {r.id: r for r in attack_records(self.decode, self.wl)}
         yield self.env.timeout(WARMUP_S + fb.start_s)
         while True:
-            servable = {n.index: self.servable(n) for n in self.nodes if n.honest and n.online}
+            started = time.perf_counter()
+            online = [n.index for n in self.nodes if n.honest and n.online]
+            servable = {i: self.servable(self.nodes[i]) for i in self.feedback.acting(online)}
             self.feedback.round(self.env.now - WARMUP_S, servable, records_by_id)
+            self.feedback.rounds[-1]["wall_s"] = time.perf_counter() - started
             yield self.env.timeout(fb.round_s)
 
     # -- run ---------------------------------------------------------------------------------
@@ -532,6 +547,8 @@ def run_scale(
         attack_records=bad,
         history=scenario.history,
         standing_of=({i: sim.feedback.standing_map(i) for i in queriers} if sim.feedback else None),
+        vouched_of=({i: sim.feedback.vouched_set(i) for i in queriers} if sim.feedback else None),
+        settings=sim.feedback.settings if sim.feedback else None,
     )
     return {
         "mode": "scale",

@@ -61,6 +61,9 @@ class Attack:
     spam_records: int = 400  # records the spammer publishes
     spam_rate: float = 200.0  # per second
     eclipse_victim: int = 0  # index of the honest node eclipse attackers surround
+    # poison and sybil records per gossip message (1: each judged on its own); more keeps a
+    # large run's message count (and wall time) down
+    records_per_message: int = 1
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,25 @@ class Feedback:
     start_s: float = 5.0  # first round, after warm-up
     round_s: float = 5.0
     tasks_per_round: int = 1
+    # share of the online honest nodes (besides the watched query nodes) whose agents run
+    # tasks in a round, drawn every round (scale mode; 1: all)
+    agents_share: float = 1.0
     ring: bool = True
     harmful_per_attacker: int = 100
+    # trust.vouched_alone: where no established author answers, authors a node's trust
+    # vouches for answer too (the node's default; false: as before it existed)
+    vouched_alone: bool = True
+    vouched_standing: float = 0.2  # trust.vouched_standing
+    # Honest newcomers: the last ``newcomers`` honest nodes (at most 2) are offline until
+    # ``newcomer_join_s`` after warm-up, then sync, publish one lesson on a topic nobody
+    # covers (their own target query, asked by agents from then on) and take part. The
+    # first newcomer is in ``selection.trusted_authors`` of ``introducers`` honest nodes (an
+    # operator vouching for a partner); the others are introduced by nobody.
+    # Real mode: the nodes' trust.recompute_s (a node's default is 30 s)
+    recompute_s: float = 30.0
+    newcomers: int = 0
+    newcomer_join_s: float = 20.0
+    introducers: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,13 +181,30 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
     fb = scenario.feedback
     if fb.standing not in ("trust", "time"):
         raise ConfigError(f"{source}: feedback.standing must be trust or time, got {fb.standing!r}")
-    if fb.round_s <= 0 or fb.start_s < 0 or fb.tasks_per_round < 1 or fb.harmful_per_attacker < 0:
+    if (
+        fb.round_s <= 0
+        or fb.start_s < 0
+        or fb.tasks_per_round < 1
+        or fb.harmful_per_attacker < 0
+        or fb.recompute_s <= 0
+        or not 0.0 < fb.agents_share <= 1.0
+    ):
         raise ConfigError(
-            f"{source}: feedback.round_s must be > 0, start_s >= 0, tasks_per_round >= 1 and "
-            "harmful_per_attacker >= 0"
+            f"{source}: feedback.round_s and recompute_s must be > 0, start_s >= 0, "
+            "tasks_per_round >= 1, harmful_per_attacker >= 0 and agents_share in (0, 1]"
         )
-    if fb.enabled and scenario.mode != "scale":
-        raise ConfigError(f"{source}: feedback.enabled runs in scale mode only")
+    if not 0 <= fb.newcomers <= 2 or fb.introducers < 0 or fb.newcomer_join_s < 0:
+        raise ConfigError(
+            f"{source}: feedback.newcomers must be 0, 1 or 2, introducers and newcomer_join_s >= 0"
+        )
+    if fb.newcomers + fb.introducers >= scenario.nodes.honest:
+        raise ConfigError(f"{source}: feedback.newcomers + introducers must be < nodes.honest")
+    if scenario.attack.records_per_message < 1:
+        raise ConfigError(f"{source}: attack.records_per_message must be at least 1")
+    if fb.enabled and scenario.mode == "both":
+        raise ConfigError(f"{source}: feedback.enabled runs in scale or real mode, not both")
+    if fb.enabled and scenario.mode == "real" and (fb.newcomers or fb.introducers):
+        raise ConfigError(f"{source}: feedback.newcomers run in scale mode only")
     if scenario.mode in ("real", "both"):
         maturity = SelectionConfig().maturity_days
         for key in ("honest_age_days", "attacker_age_days"):

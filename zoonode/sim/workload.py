@@ -34,6 +34,21 @@ UNRELATED = [
     "The museum's new wing displays ceramics from the twelfth century",
 ]
 YEAR_MS = 365 * 86_400_000
+# What an honest newcomer brings (feedback.newcomers): a lesson on a topic no shipped lesson
+# covers, and the task that needs it (cosine with the query 0.56 / 0.66 in this space; no
+# shipped lesson reaches 0.22 with either query).
+NEWCOMER_LESSONS = [
+    (
+        "When a database migration must run on a live service, add the new column first, "
+        "backfill it in batches, and drop the old one only after every reader has moved",
+        "how do I change a database schema without downtime on a live service",
+    ),
+    (
+        "To find a memory leak in a long-running process, compare heap snapshots taken "
+        "minutes apart and look at which object counts keep growing",
+        "my long running service slowly uses more and more memory, how do I find the leak",
+    ),
+]
 
 
 def shipped_lessons() -> list[dict]:
@@ -73,6 +88,12 @@ class Workload:
     roles: dict[int, str] = field(default_factory=dict)  # adversarial node -> role
     forged_ids: set[bytes] = field(default_factory=set)  # ids forged records claim
     space_info: object = None
+    # Honest newcomers (feedback.newcomers): node indices, and their tasks: query text,
+    # vector and the newcomer's lesson text that answers it, in the same order.
+    newcomers: list[int] = field(default_factory=list)
+    newcomer_queries: list[str] = field(default_factory=list)
+    newcomer_query_vectors: np.ndarray | None = None
+    newcomer_relevant: list[str] = field(default_factory=list)
     _code_vectors: dict[bytes, np.ndarray] = field(default_factory=dict)
 
     def vector_of(self, record: SignedRecord, trust_code: bool = False) -> np.ndarray:
@@ -115,10 +136,19 @@ def build_workload(scenario: Scenario, encoder: Encoder, now_ms: int) -> Workloa
         for q in queries
         for j in range(scenario.attack.poison_per_target)
     ]
-    texts = sorted({lesson["text"] for lesson in lessons} | set(poison_texts) | set(UNRELATED))
-    vectors = encoder.encode_compact(texts + queries)
+    n_new = scenario.feedback.newcomers if scenario.feedback.enabled else 0
+    newcomers = list(range(n_honest - n_new, n_honest))
+    brought = NEWCOMER_LESSONS[:n_new]
+    texts = sorted(
+        {lesson["text"] for lesson in lessons}
+        | set(poison_texts)
+        | set(UNRELATED)
+        | {text for text, _ in brought}
+    )
+    vectors = encoder.encode_compact(texts + queries + [q for _, q in brought])
     text_vectors = dict(zip(texts, vectors[: len(texts)], strict=True))
-    query_vectors = vectors[len(texts) :]
+    query_vectors = vectors[len(texts) : len(texts) + len(queries)]
+    newcomer_query_vectors = vectors[len(texts) + len(queries) :]
 
     def signed(identity: Identity, items: list[dict], created_at: int) -> list[SignedRecord]:
         compact = np.stack([text_vectors[i["text"]] for i in items])
@@ -128,6 +158,9 @@ def build_workload(scenario: Scenario, encoder: Encoder, now_ms: int) -> Workloa
     per = scenario.workload.lessons_per_node
     for i in range(n_honest):
         items = [lessons[(i * per + j) % len(lessons)] for j in range(per)]
+        if i in newcomers:
+            text = brought[newcomers.index(i)][0]
+            items = [{"text": text, "domain": "code.operations", "confidence": 0.8}]
         honest[i] = signed(identities[i], items, now_ms + i)
 
     attacks: dict[int, list[bytes]] = {}
@@ -196,6 +229,10 @@ def build_workload(scenario: Scenario, encoder: Encoder, now_ms: int) -> Workloa
         roles=roles,
         forged_ids=forged_ids,
         space_info=encoder.space_info,
+        newcomers=newcomers,
+        newcomer_queries=[q for _, q in brought],
+        newcomer_query_vectors=newcomer_query_vectors,
+        newcomer_relevant=[text for text, _ in brought],
     )
 
 
