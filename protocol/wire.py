@@ -64,6 +64,7 @@ _TYPES: dict[Key, type] = {
     Key.CODE: bytes,
     Key.SIGNATURE: bytes,
 }
+_KEYS: dict[int, Key] = {int(k): k for k in Key}  # a dict lookup is ~10x cheaper than Key(i)
 _COMMON = {Key.VERSION, Key.OP, Key.AUTHOR, Key.SPACE, Key.CREATED_AT, Key.SIGNATURE}
 _LESSON = {Key.TEXT, Key.DOMAIN, Key.CONFIDENCE, Key.SOURCE_MODEL, Key.CODE}
 _REQUIRED: dict[Op, set[Key]] = {
@@ -261,9 +262,9 @@ def _check_pairs(pairs: list[tuple[Any, Any]]) -> dict[Key, Any]:
     """Step 3: pair by pair in wire order, unknown key, then repeated key, then type."""
     values: dict[Key, Any] = {}
     for raw_key, value in pairs:
-        if type(raw_key) is not int or raw_key not in Key._value2member_map_:
+        key = _KEYS.get(raw_key) if type(raw_key) is int else None
+        if key is None:
             raise ProtocolError(ErrorCode.UNKNOWN_FIELD, f"unknown field {raw_key!r}")
-        key = Key(raw_key)
         if key in values:
             raise ProtocolError(ErrorCode.DUPLICATE_FIELD, f"field {key.name.lower()} twice")
         if not _family_ok(key, value):
