@@ -288,6 +288,7 @@ def queries_for(node: NodeProc, queries: list[str], seconds: float) -> dict:
         "checking p99 ms": pct(checking, 99),
         "drain /s": (after["checked"] - before["checked"]) / elapsed,
         "on-demand checks": after["on_demand"] - before["on_demand"],
+        "picks left to the background": after.get("deferred", 0) - before.get("deferred", 0),
         "pending at end": after["pending"],
     }
 

@@ -321,10 +321,13 @@ class KnowledgeBase:
         Items with ``pending`` set join the backlog of the embedding check."""
         # The same id twice in one batch: the first copy is the one stored and indexed.
         first = {it.record.id: i for i, it in reversed(list(enumerate(items)))}
+        # Known ones need no cluster hint (the insert itself finds duplicates); a waiting
+        # record gets no hint, so it skips this lookup (stage 1 checked ``known`` already).
         fresh = [
             it
             for i, it in enumerate(items)
-            if first[it.record.id] == i and not self.store.has(it.record.id)
+            if first[it.record.id] == i
+            and (it.pending is not None or not self.store.has(it.record.id))
         ]
         hinted = self._with_cluster_hints(fresh)
         by_id = {r.id: r for r in self.store.insert(hinted)}

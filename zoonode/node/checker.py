@@ -308,6 +308,7 @@ class Checker:
             "rejected": c["check:background:rejected"] + c["check:on_demand:rejected"],
             "purged": c["check:purged"],
             "on_demand": c["check:on_demand"],
+            "deferred": c["check:deferred"],
             "ignored": node.gossip.stats.verdicts.get(f"ignore:{Reason.BACKLOG}", 0)
             + c[f"sync:ignore:{Reason.BACKLOG}"],
             "max_pending": node.bounds.total,
