@@ -577,7 +577,13 @@ class KnowledgeBase:
         # and the query need not check the copy. (Waiting records are not grouped with each
         # other: a hijack carrying an honest record's code would then hide it.)
         checked = [v for row, v in found if not row.pending]
-        near = np.stack(checked) if dedupe and checked and pending else None
+        waiting = [i for i, (row, _) in enumerate(found) if row.pending]
+        copy_of_checked: set[int] = set()
+        if dedupe and checked and waiting:  # one product for all, not one per waiting row
+            closest = np.max(np.stack(checked) @ np.stack([found[i][1] for i in waiting]).T, 0)
+            copy_of_checked = {
+                i for i, c in zip(waiting, closest, strict=True) if c >= self.duplicate_cosine
+            }
         members: dict[int, int] = {}
         kept: list[tuple[int, Row, float, np.ndarray]] = []
         for i in np.argsort(-rank, kind="stable"):
@@ -585,7 +591,7 @@ class KnowledgeBase:
             group = group_of(row)
             if row.pending and group in spoken:
                 continue
-            if row.pending and near is not None and np.max(near @ vector) >= self.duplicate_cosine:
+            if i in copy_of_checked:
                 continue
             if members.get(group, 0) < per_cluster:
                 members[group] = members.get(group, 0) + 1

@@ -201,10 +201,13 @@ class Query:
                 return selection
             alone = select(q, [c for c in candidates if c.id not in unchecked], settings)
             missing = answers_missing(alone, selection)
-            node.counters["check:deferred"] += max(0, len(picked) - missing)
+            deferred = picked[missing:]  # selection order: the best placed are checked now
+            if deferred:
+                node.counters["check:deferred"] += len(deferred)
+                node.checker.touch(deferred[::-1])  # the background's next batch, best first
             if not missing:
                 return alone
-            picked = picked[:missing]  # selection order: the best placed first
+            picked = picked[:missing]
             outcome = await node.in_kb(node.checker.check_now, picked)
             by_seq = {seq: cid for cid, seq in unchecked.items()}
             gone = {by_seq[s] for s in outcome.removed}
