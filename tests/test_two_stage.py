@@ -158,7 +158,20 @@ def test_the_pending_index_adds_removes_and_finds_exactly():
     for q in rng.standard_normal((5, 16)).astype(np.float32):
         expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
         assert list(index.search(q, 10)) == list(expected)
+        cut = float(vectors[expected[4] - 1] @ q)  # the 5th best's score: a floor
+        assert list(index.search(q, 10, floor=cut)) == list(expected[:5])
     assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+
+
+def test_a_waiting_record_under_the_lowest_floor_is_not_even_read():
+    """Selection drops every candidate under its floor, which never goes below
+    ``lowest_floor``; the query passes that to the search of waiting records."""
+    from zoonode.selection import lowest_floor, similarity_floor
+
+    assert lowest_floor(0.4, 0.3) == 0.3 and lowest_floor(0.4, None) == 0.4
+    assert lowest_floor(0.4, 0.5) == 0.4
+    for best in (0.0, 0.2, 0.35, 0.45, 0.9):
+        assert similarity_floor(best, 0.4, 0.3, 0.1) >= lowest_floor(0.4, 0.3)
 
 
 # -- store schema ---------------------------------------------------------------------------------

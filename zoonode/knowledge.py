@@ -90,14 +90,18 @@ class PendingIndex:
                 self.seqs[i], self.vectors[i] = moved, self.vectors[last]
                 self.slot[moved] = i
 
-    def search(self, query: np.ndarray, k: int) -> np.ndarray:
-        """Seqs of the ``k`` nearest by inner product, best first."""
+    def search(self, query: np.ndarray, k: int, floor: float | None = None) -> np.ndarray:
+        """Seqs of the ``k`` nearest by inner product, best first; with ``floor``, only those
+        scoring at least that."""
         n = len(self.slot)
         if n == 0:
             return np.zeros(0, np.int64)
         sims = self.vectors[:n] @ np.asarray(query, np.float32)
         top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
-        return self.seqs[top[np.argsort(-sims[top], kind="stable")]]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        if floor is not None:
+            top = top[sims[top] >= floor]
+        return self.seqs[top]
 
 
 class Backlog:
@@ -509,6 +513,7 @@ class KnowledgeBase:
         weigh: Weigh | None = None,
         per_cluster: int = 1,
         pending: bool = False,
+        pending_floor: float | None = None,
     ) -> list[Hit]:
         """Top ``k`` active lessons by exact cosine, at most ``per_cluster`` (the best) per
         near-duplicate cluster (``dedupe``; all of them otherwise).
@@ -517,7 +522,9 @@ class KnowledgeBase:
         low-weight row neither speaks for a cluster a higher-weight member also matches nor
         pushes such a cluster out of the k. Hit scores stay the exact cosine. ``pending``:
         also records waiting for the embedding check (scored by their code's vector; a
-        caller that returns one must check it first, ``Hit.row.pending``)."""
+        caller that returns one must check it first, ``Hit.row.pending``); ``pending_floor``:
+        only those scoring at least this (a caller that drops every candidate under a
+        similarity floor passes its lowest: the others' rows are not read)."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -527,7 +534,8 @@ class KnowledgeBase:
             seqs, _approximate = self.replica.search(query, k=fetch)
             exhausted = len(seqs) < fetch
             if pending and len(self.pending_index):
-                both = np.concatenate([seqs, self.pending_index.search(query, fetch)])
+                waiting = self.pending_index.search(query, fetch, pending_floor)
+                both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
             hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
             if len(hits) >= k or exhausted:

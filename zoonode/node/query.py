@@ -35,6 +35,7 @@ from zoonode.selection import (
     Selection,
     SelectionSettings,
     author_standing,
+    lowest_floor,
     select,
     standing_factor,
 )
@@ -120,6 +121,9 @@ class Query:
                 weigh=weigh,
                 per_cluster=sel.cluster_members,
                 pending=True,
+                # Selection drops every candidate under its floor, never lower than this: a
+                # waiting record scoring under it is neither read nor touched.
+                pending_floor=lowest_floor(sel.min_similarity, sel.floor_min),
             )
             return q, found, self.newcomers_may_answer_alone()
 
