@@ -569,6 +569,11 @@ def main() -> None:
             "encoder batch-32 rate /s, 1 thread": rate,
             f"encoder batch-32 rate /s, {enc.threads} threads": rate_default,
             "baseline ref": ref,
+            "code": subprocess.run(
+                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
             "load average start/end": [load_start, os.getloadavg()],
             "settings": vars(args)
             | {
