@@ -288,6 +288,7 @@ def queries_for(node: NodeProc, queries: list[str], seconds: float) -> dict:
         "checking p99 ms": pct(checking, 99),
         "drain /s": (after["checked"] - before["checked"]) / elapsed,
         "on-demand checks": after["on_demand"] - before["on_demand"],
+        "picks left to the background": after.get("deferred", 0) - before.get("deferred", 0),
         "pending at end": after["pending"],
     }
 
@@ -568,6 +569,11 @@ def main() -> None:
             "encoder batch-32 rate /s, 1 thread": rate,
             f"encoder batch-32 rate /s, {enc.threads} threads": rate_default,
             "baseline ref": ref,
+            "code": subprocess.run(
+                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
             "load average start/end": [load_start, os.getloadavg()],
             "settings": vars(args)
             | {

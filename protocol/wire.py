@@ -64,6 +64,7 @@ _TYPES: dict[Key, type] = {
     Key.CODE: bytes,
     Key.SIGNATURE: bytes,
 }
+_KEYS: dict[int, Key] = {int(k): k for k in Key}  # a dict lookup is ~10x cheaper than Key(i)
 _COMMON = {Key.VERSION, Key.OP, Key.AUTHOR, Key.SPACE, Key.CREATED_AT, Key.SIGNATURE}
 _LESSON = {Key.TEXT, Key.DOMAIN, Key.CONFIDENCE, Key.SOURCE_MODEL, Key.CODE}
 _REQUIRED: dict[Op, set[Key]] = {
@@ -257,9 +258,9 @@ def check_pairs(
     an array). Shared by every record type (SPEC §4.3 step 3, §8.3 step 3)."""
     values: dict[Any, Any] = {}
     for raw_key, value in pairs:
-        if type(raw_key) is not int or raw_key not in keys._value2member_map_:
+        key = keys._value2member_map_.get(raw_key) if type(raw_key) is int else None
+        if key is None:  # a dict lookup: an Enum call per key was a quarter of decode
             raise ProtocolError(ErrorCode.UNKNOWN_FIELD, f"unknown field {raw_key!r}")
-        key = keys(raw_key)
         if key in values:
             raise ProtocolError(ErrorCode.DUPLICATE_FIELD, f"field {key.name.lower()} twice")
         if type(value) is not types[key]:

@@ -11,7 +11,7 @@ import numpy as np
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from zoonode.experiences import sign_lessons
+from zoonode.experiences import create_experiences, sign_lessons
 from zoonode.node import Node
 from zoonode.store import Incoming
 
@@ -118,3 +118,42 @@ def test_a_query_costs_what_its_candidates_cost_not_what_the_store_holds(tmp_pat
             assert steps_with_peer <= 1.5 * costs[0] + 20
         node.kb.close()
     assert costs[1] <= 1.5 * costs[0] + 20, costs
+
+
+def test_a_query_checks_on_demand_only_the_answers_its_checked_lessons_cannot_give(
+    tmp_path, encoder
+):
+    """A peer's record still waiting for the embedding check matches the query best. With
+    k = 5 the node's six checked lessons give five answers above the same floor: the query
+    answers with them and leaves the waiting one to the background check (no encode). With
+    k = 7 one answer is missing: exactly that one waiting pick is checked on demand, passes
+    and answers. Stage 1 stores it as gossip does (``store_pending``)."""
+    node = Node(node_config(tmp_path / "node", selection={"newcomer_weight": 1.0}), encoder=encoder)
+    own = [{"text": t, "domain": "ops.databases"} for t in LESSONS]
+    records = sign_lessons(encoder, node.key, own, encoder.encode_compact(LESSONS))
+    node.kb.ingest(
+        [
+            Incoming(r, v, "local")
+            for r, v in zip(records, encoder.encode_compact(LESSONS), strict=True)
+        ]
+    )
+    [peer] = create_experiences(
+        encoder, Ed25519PrivateKey.generate(), [{"text": QUERY, "domain": "ops.databases"}]
+    )
+    assert node.ingest.store_pending([(peer, "gossip")]) == [peer]
+    assert node.kb.get(peer.id).pending
+
+    async def ask(k: int) -> set[bytes]:
+        selection, _ = await node.query(text=QUERY, k=k)
+        return {s.candidate.id for s in selection.selected}
+
+    answer = trio.run(ask, 5)
+    assert len(answer) == 5 and peer.id not in answer
+    assert node.counters["check:deferred"] == 1 and node.counters["check:on_demand"] == 0
+    assert node.kb.get(peer.id).pending  # the background check takes it (touched first)
+    answer = trio.run(ask, 7)
+    assert peer.id in answer and len(answer) == 7
+    assert node.counters["check:on_demand"] == 1  # the one missing answer, not all k
+    assert not node.kb.get(peer.id).pending
+    node.kb.close()
+    node.lock.release()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from zoonode.experiences import create_experiences, now_ms
+from zoonode.experiences import create_experiences, create_revocation, now_ms
 from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
@@ -27,6 +27,7 @@ from zoonode.net.validation import (
     check_record,
     code_vectors,
 )
+from zoonode.node.checker import may_start
 from zoonode.protocol import (
     Experience,
     Feedback,
@@ -157,7 +158,20 @@ def test_the_pending_index_adds_removes_and_finds_exactly():
     for q in rng.standard_normal((5, 16)).astype(np.float32):
         expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
         assert list(index.search(q, 10)) == list(expected)
+        cut = float(vectors[expected[4] - 1] @ q)  # the 5th best's score: a floor
+        assert list(index.search(q, 10, floor=cut)) == list(expected[:5])
     assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+
+
+def test_a_waiting_record_under_the_lowest_floor_is_not_even_read():
+    """Selection drops every candidate under its floor, which never goes below
+    ``lowest_floor``; the query passes that to the search of waiting records."""
+    from zoonode.selection import lowest_floor, similarity_floor
+
+    assert lowest_floor(0.4, 0.3) == 0.3 and lowest_floor(0.4, None) == 0.4
+    assert lowest_floor(0.4, 0.5) == 0.4
+    for best in (0.0, 0.2, 0.35, 0.45, 0.9):
+        assert similarity_floor(best, 0.4, 0.3, 0.1) >= lowest_floor(0.4, 0.3)
 
 
 # -- store schema ---------------------------------------------------------------------------------
@@ -453,3 +467,111 @@ def test_sync_has_room_when_max_pending_is_under_one_get(tmp_path, encoder):
             nursery.cancel_scope.cancel()
 
     run_trio(main)
+
+
+def _scanned_counts(store) -> dict[tuple[int, int, int], int]:
+    """What ``Store.counts`` kept by its triggers must equal: a scan of the table."""
+    return {
+        (op, status, pending): n
+        for op, status, pending, n in store.db.execute(
+            "SELECT op, status, pending IS NOT NULL, count(*) FROM records "
+            "GROUP BY op, status, pending IS NOT NULL"
+        )
+    }
+
+
+def test_record_counts_kept_by_triggers_match_a_scan_through_every_write(tmp_path, encoder, key):
+    """Insert (checked, pending), modify, revoke, a revoke before its parent and a forged one
+    (invalid), promote, remove, evict and a failed write: the O(1) counts equal the scan after
+    each step, and after reopening."""
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden, capacity=7)
+    store = kb.store
+
+    def agree() -> None:
+        assert store._state_counts() == _scanned_counts(store)
+
+    checked = create_experiences(encoder, key, [{"text": t, "domain": "a.b"} for t in TEXTS[:3]])
+    kb.ingest(
+        [Incoming(r, v) for r, v in zip(checked, encoder.encode_compact(TEXTS[:3]), strict=True)]
+    )
+    other = Ed25519PrivateKey.generate()
+    waiting = create_experiences(encoder, other, [{"text": t, "domain": "a.b"} for t in TEXTS[3:]])
+    kb.ingest(pending_items(encoder, waiting, rank=NEWCOMER_RANK))
+    agree()
+    assert store.counts()["active"] == 3 and store.counts()["pending"] == 3
+    [modified] = create_experiences(
+        encoder, key, [{"text": TEXTS[0] + " first", "domain": "a.b", "parent": checked[0].id}]
+    )
+    kb.ingest([Incoming(modified, encoder.encode_compact(modified.experience.text)[0])])
+    kb.ingest([Incoming(create_revocation(key, encoder.space, checked[1].id), None)])
+    [late] = create_experiences(encoder, key, [{"text": "Revoked early", "domain": "a.b"}])
+    early = create_revocation(key, encoder.space, late.id)
+    forged = create_revocation(other, encoder.space, late.id)
+    kb.ingest([Incoming(early, None), Incoming(forged, None)])
+    agree()
+    kb.ingest([Incoming(late, encoder.encode_compact(late.experience.text)[0])])  # evicts one
+    agree()
+    rows = {r.id: r for r in kb.pending(10)}
+    kb.promote([rows[waiting[0].id]], encoder.encode_compact(TEXTS[3:4]))
+    kb.remove([rows[waiting[1].id]], Reason.EMBEDDING_MISMATCH)
+    agree()
+    with pytest.raises(sqlite3.IntegrityError), store._write():  # rolled back: counts too
+        store.db.execute("DELETE FROM records")
+        store.db.execute("INSERT INTO records (id) VALUES (NULL)")
+    agree()
+    counts = store.counts()
+    assert counts | {"total": 0} == {  # the superseded parent was evicted first
+        "total": 0,
+        "active": 3,
+        "pending": 1,
+        "revoked": 2,
+        "superseded": 0,
+        "invalid": 0,
+        "revocations": 3,  # the forged one among them (invalid, counted as a revocation)
+    }
+    assert kb.get(forged.id).status is Status.INVALID
+    kb.close()
+    again = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden, capacity=7)
+    assert again.store.counts() == counts and again.store._state_counts() == _scanned_counts(
+        again.store
+    )
+    again.close()
+
+
+def test_the_background_check_yields_to_queries_and_more_to_a_burst():
+    """A quiet moment starts a batch at once, except during a burst of stage 1; otherwise the
+    check waits 3x its last batch under queries (a quarter of the time), 19x in a burst."""
+    assert may_start(0.0, 1.0, burst=False, busy=False)
+    assert not may_start(0.0, 1.0, burst=True, busy=False)  # gaps in a burst are not quiet
+    assert not may_start(2.9, 1.0, burst=False, busy=True)
+    assert may_start(3.0, 1.0, burst=False, busy=True)
+    assert not may_start(18.9, 1.0, burst=True, busy=True)
+    assert may_start(19.0, 1.0, burst=True, busy=False)
+
+
+def test_a_waiting_copy_of_a_checked_lesson_never_answers_for_it_and_joins_it_once_checked(
+    tmp_path, encoder, key
+):
+    """A waiting record is linked to no cluster when stored (no graph search in stage 1); a
+    query drops it where a checked candidate within the near-duplicate cosine answers, and
+    once promoted it joins that candidate's cluster by its exact vector."""
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    [original] = create_experiences(encoder, key, [{"text": TEXTS[1], "domain": "a.b"}])
+    kb.ingest([Incoming(original, encoder.encode_compact(TEXTS[1])[0])])
+    other = Ed25519PrivateKey.generate()
+    copy_text = TEXTS[1] + "."
+    [copy] = create_experiences(encoder, other, [{"text": copy_text, "domain": "a.b"}])
+    kb.ingest(pending_items(encoder, [copy]))
+    stored = kb.get(copy.id)
+    assert stored.pending and stored.cluster == stored.seq  # not linked while it waits
+    q = encoder.encode_compact("how do I avoid SQL injection")[0]
+    hits = kb.search(q, k=5, pending=True)
+    assert [h.row.id for h in hits] == [original.id]  # the checked one answers
+    assert {h.row.id for h in kb.search(q, k=5, pending=True, dedupe=False)} == {
+        original.id,
+        copy.id,
+    }
+    kb.promote([stored], encoder.encode_compact(copy_text))
+    assert kb.get(copy.id).cluster == kb.get(original.id).cluster
+    assert [h.cluster_size for h in kb.search(q, k=5)] == [2]
+    kb.close()

@@ -200,6 +200,12 @@ class _NodeCollector:
             for outcome in ("promoted", "rejected"):
                 checks.add_metric([path, outcome], m["counters"].get(f"check:{path}:{outcome}", 0))
         yield checks
+        yield CounterMetricFamily(
+            "zoonode_embedding_checks_deferred",
+            "Waiting records a query would have picked, left to the background check because "
+            "checked records gave as many answers above the same floor",
+            value=m["counters"].get("check:deferred", 0),
+        )
         yield GaugeMetricFamily(
             "zoonode_ingest_queue", "Validated records queued for the store", m["ingest_queue"]
         )

@@ -96,7 +96,8 @@ def status_view(status: dict[str, Any]) -> str:
         lines.append(
             f"checks   {backlog['pending']} waiting for the embedding check "
             f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
-            f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand"
+            f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand, "
+            f"{backlog.get('deferred', 0)} left to the background"
         )
     if status.get("banned"):
         lines.append(

@@ -304,6 +304,14 @@ class SelectionSettings:
     answer_duplicate: float | None = None
 
 
+def lowest_floor(min_similarity: float, floor_min: float | None) -> float:
+    """The lowest similarity floor :func:`similarity_floor` can give with these settings: a
+    candidate under it is never selected (nor counts toward the robust centre)."""
+    if floor_min is None or floor_min >= min_similarity:
+        return min_similarity
+    return floor_min
+
+
 def similarity_floor(
     best: float, min_similarity: float, floor_min: float | None, margin: float
 ) -> float:

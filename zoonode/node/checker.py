@@ -12,9 +12,10 @@ other record of that author still waiting is dropped unseen. A single failure of
 peer on another backbone is a strike, never a ban.
 
 Queries and stage 1 come first: the background loop starts a batch in a quiet moment, or after
-waiting long enough to keep ``SHARE`` of the time (a quarter under back-to-back queries, 5 %
-while records wait in the ingest queue: a backlog always drains), and a query checks the few
-pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
+waiting long enough to keep ``SHARE`` of the time (a quarter under back-to-back queries; 5 %
+while stage 1 is under a burst, records waiting in the ingest queue or stored at 200/s or more:
+a backlog always drains, and mostly after the burst; :func:`may_start`), and a query checks the
+few pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
 
 Order of the backlog: first the pending records recent queries had among their candidates
 (newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
@@ -54,7 +55,12 @@ CHECK_THREADS = 1
 # runs one batch in 1/SHARE of the time, and a backlog always drains.
 QUIET_S = 0.05
 SHARE = 0.25
-FLOOD_SHARE = 0.05  # while records wait in the ingest queue: stage 1 first
+# While stage 1 is under a burst (records wait in the ingest queue, or BURST_RATE records/s
+# or more were stored over the last second: a gossip flood, a sync catch-up, a large import):
+# stage 1 first. On 2 cores the check's encode otherwise took a third of the CPU that a
+# 1,000 records/s burst needs (benchmarks/ingest.py); the backlog drains after the burst.
+FLOOD_SHARE = 0.05
+BURST_RATE = 200.0
 RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
 FULL_RETRY_S = 5.0  # a full disk: the checked batch stays pending, tried again after this
@@ -68,6 +74,18 @@ class CheckOutcome:
 
     vectors: dict[int, np.ndarray]
     removed: set[int]
+
+
+def may_start(waited_s: float, batch_s: float, burst: bool, busy: bool) -> bool:
+    """Whether the background check starts its next batch now, having waited ``waited_s``
+    (its last batch took ``batch_s``): at once in a quiet moment (not ``busy``: no query
+    running, none and no store batch in the last ``QUIET_S``), unless stage 1 is under a
+    ``burst``; otherwise once it has waited long enough to keep its share of the time
+    (``FLOOD_SHARE`` in a burst, else ``SHARE``), so a backlog always drains. Pure."""
+    share = FLOOD_SHARE if burst else SHARE
+    if waited_s >= batch_s * (1 - share) / share:
+        return True
+    return not (burst or busy)
 
 
 class RateMeter:
@@ -184,13 +202,22 @@ class Checker:
         self.last_activity = time.monotonic()
 
     async def _yield_to_queries(self) -> None:
+        """Wait for a quiet moment, or until the check has waited long enough to keep its
+        share of the time: ``SHARE``, or ``FLOOD_SHARE`` while stage 1 is under a burst (then
+        the gaps between its batches are no quiet moments), judged afresh as a burst starts
+        or ends."""
         ingest = self.node.ingest
-        share = FLOOD_SHARE if ingest.queued() else SHARE
-        with trio.move_on_after(self._batch_s * (1 - share) / share):
-            while (
-                self.queries or ingest.queued() or time.monotonic() - self.last_activity < QUIET_S
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if may_start(
+                now - started,
+                self._batch_s,
+                bool(ingest.queued()) or ingest.stored_rate() >= BURST_RATE,
+                bool(self.queries) or now - self.last_activity < QUIET_S,
             ):
-                await trio.sleep(0.005)
+                return
+            await trio.sleep(0.005)
 
     def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
         """Knowledge-base thread: check these records now if they still wait (a query's
@@ -287,6 +314,7 @@ class Checker:
             "rejected": c["check:background:rejected"] + c["check:on_demand:rejected"],
             "purged": c["check:purged"],
             "on_demand": c["check:on_demand"],
+            "deferred": c["check:deferred"],
             "ignored": node.gossip.stats.verdicts.get(f"ignore:{Reason.BACKLOG}", 0)
             + c[f"sync:ignore:{Reason.BACKLOG}"],
             "max_pending": node.bounds.total,

@@ -14,7 +14,8 @@ stored active at once.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ log = logging.getLogger("zoonode.node.ingest")
 INGEST_BATCH = 256
 INGEST_QUEUE = 10_000
 FILL_S = 0.02  # longest a batch waits to fill
+RATE_WINDOW_S = 1.0  # how far back ``Ingest.stored_rate`` looks
 
 
 class Ingest:
@@ -53,6 +55,7 @@ class Ingest:
         # otherwise a burst is admitted against counts that lag by up to the whole queue.
         self.queued_of: Counter[bytes] = Counter()
         self.queued_lessons = 0
+        self._stores: deque[tuple[float, int]] = deque()  # (time, records) of store batches
 
     # -- our own lessons ----------------------------------------------------------------------
     async def publish(self, items: Sequence[dict]) -> list[tuple[bytes, str]]:
@@ -147,6 +150,7 @@ class Ingest:
             fresh.append((record, "import"))
         outcomes: dict[bytes, str] = {}
         stored = await node.in_kb(self.store_pending, fresh, outcomes) if fresh else []
+        self._stored(len(stored))
         node.note_stored(stored)
         node.checker.active()
         node.checker.notify()
@@ -211,9 +215,21 @@ class Ingest:
                 log.warning("%d peer records dropped: %s", len(batch), exc)
                 continue
             self._uncount(batch)  # stored now: counted by the backlog itself
+            self._stored(len(stored))
             self.node.note_stored(stored)
             self.node.checker.active()
             self.node.checker.notify()
+
+    def _stored(self, records: int) -> None:
+        self._stores.append((time.monotonic(), records))
+
+    def stored_rate(self) -> float:
+        """Peers' records stored per second over the last ``RATE_WINDOW_S`` (gossip, sync,
+        import): how hard stage 1 is working now."""
+        now = time.monotonic()
+        while self._stores and self._stores[0][0] < now - RATE_WINDOW_S:
+            self._stores.popleft()
+        return sum(n for _, n in self._stores) / RATE_WINDOW_S
 
     def _uncount(self, batch: list[tuple[SignedRecord, str]]) -> None:
         for record, _ in batch:

@@ -7,10 +7,12 @@ answering node lowers it onto its own basis (``Encoder.lower``: head^T v), so pe
 another backbone and a fitted head can ask and answer.
 
 Records waiting for the embedding check (pending) are candidates of a local query, scored by
-the vector their code implies; the few that selection would return are checked on demand,
-batched (``checker.check_now``), and selection runs again with their exact vectors, without
-those that failed. What a query returns has always passed the check. Federated answers we
-serve and export pages hold checked records only.
+the vector their code implies. When selection would return some of them, the query answers
+from checked records alone if those give as many answers above the same floor (the pending
+picks are then checked next by the background); otherwise its pending picks are checked on
+demand, batched (``checker.check_now``), and selection runs again with their exact vectors,
+without those that failed. What a query returns has always passed the check. Federated answers
+we serve and export pages hold checked records only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from zoonode.selection import (
     Selection,
     SelectionSettings,
     author_standing,
+    lowest_floor,
     select,
     standing_factor,
 )
@@ -58,6 +61,18 @@ def canonical_query_bytes(canonical: np.ndarray) -> bytes:
     if v.shape != (CANONICAL_DIM,):
         raise ValueError(f"a canonical query has {CANONICAL_DIM} values, got {v.shape}")
     return v.astype("<f2").tobytes()
+
+
+def answers_missing(checked: Selection, full: Selection) -> int:
+    """How many answers a selection over checked candidates alone (``checked``) lacks against
+    one that also picked records still waiting for the embedding check (``full``): ``full``'s
+    answers minus ``checked``'s that clear the similarity floor ``full`` used (leaving
+    candidates out can only lower the floor; weaker answers are not let in that way). 0: it
+    may answer in ``full``'s place; an answer of ``checked`` under that floor makes it at
+    least 1. Pure."""
+    clear = sum(1 for s in checked.selected if s.candidate.relevance >= full.floor)
+    missing = len(full.selected) - clear
+    return max(missing, 1 if clear < len(checked.selected) else 0)
 
 
 class Query:
@@ -86,15 +101,13 @@ class Query:
             """Standing decides which member speaks for a near-duplicate cluster and which
             clusters fill the candidate list: a Sybil flood cannot crowd established lessons
             out of it, nor a fresh variant stand in for an established lesson."""
-            first_seen.update(
-                node.kb.authors_first_seen({r.author for r in rows} - first_seen.keys())
-            )
-            return np.array(
-                [
-                    standing_factor(sel.newcomer_weight, self.standing(r.author, first_seen))
-                    for r in rows
-                ]
-            )
+            authors = {r.author for r in rows}
+            first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
+            factor = {  # per author, not per row: ~300 candidates, a few dozen authors
+                a: standing_factor(sel.newcomer_weight, self.standing(a, first_seen))
+                for a in authors
+            }
+            return np.array([factor[r.author] for r in rows])
 
         def local() -> tuple[np.ndarray, list, bool]:
             # While the background check encodes (one thread), one thread here too: two
@@ -108,6 +121,9 @@ class Query:
                 weigh=weigh,
                 per_cluster=sel.cluster_members,
                 pending=True,
+                # Selection drops every candidate under its floor, never lower than this: a
+                # waiting record scoring under it is neither read nor touched.
+                pending_floor=lowest_floor(sel.min_similarity, sel.floor_min),
             )
             return q, found, self.newcomers_may_answer_alone()
 
@@ -175,11 +191,17 @@ class Query:
         settings: SelectionSettings,
         unchecked: dict[bytes, int],
     ) -> Selection:
-        """``select``, where no record that has not passed the embedding check is selected:
-        the pending records a selection picks (at most k) are checked at once, in one encoder
-        batch; those that pass come back with their exact vectors and scores, those that fail
-        leave the candidates (their authors banned), and selection runs again. After
-        ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left out."""
+        """``select``, where no record that has not passed the embedding check is selected.
+
+        When a selection picks pending records: if the checked candidates alone give as many
+        answers, each clearing the floor the full selection used (:func:`answers_missing`),
+        the query answers with those and leaves its pending picks to the background check,
+        which takes the records queries touched first (re-encoding k texts cost a query
+        ~100-300 ms on 2 busy cores). Otherwise only as many pending picks as answers are
+        missing, the best placed, are checked at once, in one encoder batch; those that pass
+        come back with their exact vectors and scores, those that fail leave the candidates
+        (their authors banned), and selection runs again. After ``ON_DEMAND_ROUNDS`` rounds,
+        pending records still picked are left out."""
         node = self.node
         unchecked = dict(unchecked)
         for _ in range(ON_DEMAND_ROUNDS):
@@ -189,6 +211,15 @@ class Query:
             ]
             if not picked:
                 return selection
+            alone = select(q, [c for c in candidates if c.id not in unchecked], settings)
+            missing = answers_missing(alone, selection)
+            deferred = picked[missing:]  # selection order: the best placed are checked now
+            if deferred:
+                node.counters["check:deferred"] += len(deferred)
+                node.checker.touch(deferred[::-1])  # the background's next batch, best first
+            if not missing:
+                return alone
+            picked = picked[:missing]
             outcome = await node.in_kb(node.checker.check_now, picked)
             by_seq = {seq: cid for cid, seq in unchecked.items()}
             gone = {by_seq[s] for s in outcome.removed}
