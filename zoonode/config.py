@@ -141,6 +141,22 @@ class EncoderConfig:
     device: Annotated[str, AfterValidator(_device)] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: Annotated[int, _range(ge=1, le=4096)] = 32
+    # what runs the backbone: "torch", or "onnx" (ONNX Runtime on the same weights, exported
+    # once into cache_dir; CPU and fp32 only; docs/ingest.md "Encoder runtime")
+    runtime: Literal["torch", "onnx"] = "torch"
+    cache_dir: str = ""  # runtime "onnx": the exported graph's folder; empty: the user's cache
+
+    def __post_init__(self) -> None:
+        if self.runtime == "onnx" and self.device not in ("auto", "cpu"):
+            raise ConfigError(
+                f"encoder.device = {self.device!r}: must be auto or cpu when "
+                "encoder.runtime = 'onnx' (ONNX Runtime runs here on the CPU)"
+            )
+        if self.runtime == "onnx" and self.precision != "fp32":
+            raise ConfigError(
+                f"encoder.precision = {self.precision!r}: must be 'fp32' when "
+                "encoder.runtime = 'onnx'"
+            )
 
 
 @dataclass(frozen=True)
