@@ -168,8 +168,12 @@ def speed(encs: dict[str, Encoder], queries: list[str], lessons: list[str], args
     return rows
 
 
-def start_node(data: Path, runtime: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "ZOONODE_ENCODER__RUNTIME": runtime}
+def start_node(data: Path, runtime: str, cache: Path) -> tuple[subprocess.Popen, str]:
+    env = {
+        **os.environ,
+        "ZOONODE_ENCODER__RUNTIME": runtime,
+        "ZOONODE_ENCODER__CACHE_DIR": str(cache),  # the graph exported above: no export here
+    }
     proc = subprocess.Popen(
         [ZOONODE, "start", "--data-dir", str(data), "--api", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
@@ -181,7 +185,7 @@ def start_node(data: Path, runtime: str) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def real_node(torch_enc: Encoder, onnx_path: Path, corpus: list[str], queries: list[str]):
+def real_node(torch_enc: Encoder, cache: Path, corpus: list[str], queries: list[str]):
     """Median /v1/query latency of a torch node and an ONNX node, queries alternating."""
     from api import fill
 
@@ -191,12 +195,10 @@ def real_node(torch_enc: Encoder, onnx_path: Path, corpus: list[str], queries: l
         vecs = torch_enc.encode_compact(corpus, batch_size=64, show_progress=False)
         fill(work / "torch", torch_enc, corpus, vecs, np.zeros((0, vecs.shape[1])), len(corpus))
         shutil.copytree(work / "torch", work / "onnx")
-        (work / "onnx" / "encoder").mkdir()
-        shutil.copy(onnx_path, work / "onnx" / "encoder" / onnx_path.name)  # exported once
         urls = {}
         for name in ("torch", "onnx"):
             t = time.perf_counter()
-            proc, urls[name] = start_node(work / name, name)
+            proc, urls[name] = start_node(work / name, name, cache)
             procs.append(proc)
             print(f"{name} node up in {time.perf_counter() - t:.1f} s", flush=True)
         clients = {n: httpx.Client(base_url=u, timeout=60) for n, u in urls.items()}
@@ -267,12 +269,7 @@ def main() -> None:
     print("\nSpeed, paired (same input through both back to back)", flush=True)
     rows = speed(encs, data.queries, filler, args)
     if args.node_queries:
-        node_row = real_node(
-            torch_enc,
-            onnx_file(cache, torch_enc.backbone.weights_sha256),
-            data.corpus,
-            data.queries[: args.node_queries],
-        )
+        node_row = real_node(torch_enc, cache, data.corpus, data.queries[: args.node_queries])
         rows.append(node_row)
     print(f"\nSpeed, onnx vs torch (load average at start {load1[0]:.2f})")
     columns = [c for c in rows[0] if c != "what"]

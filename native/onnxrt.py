@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from filelock import FileLock
 
 from .encoder import MAX_TOKENS, Backbone, EncoderError
 
@@ -39,6 +40,7 @@ log = logging.getLogger("zoonode.encoder")
 
 # Bump when the exported graph changes (inputs, outputs, pooling): older files are ignored.
 EXPORT_VERSION = 1
+EXPORT_WAIT_S = 600  # how long a start waits for another process's export of the same file
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Max |onnx - torch| over the unit-normalised pooled vectors of PROBE_TEXTS for the file to
 # be used; measured 1e-7-order on 1,777 real texts (benchmarks/encoder_runtime.py).
@@ -152,26 +154,29 @@ class OnnxBackbone(Backbone):
         self._sessions: dict[int, onnxruntime.InferenceSession] = {}
         self._sessions_lock = threading.Lock()
         self.path = onnx_file(cache_dir, self.weights_sha256)
-        fresh = not self.path.exists()
-        if fresh:
-            log.info("exporting %s to ONNX once (~10-30 s): %s", name, self.path)
-            export_onnx(self, self.path)
-            diff = self._probe()
-        else:
-            try:
-                diff = self._probe()
-            except Exception as exc:  # a torn or foreign file: onnxruntime raises its own types
-                log.warning("cannot use cached ONNX graph %s (%s)", self.path, exc)
-                diff = float("inf")
-            if diff > PROBE_TOLERANCE:
-                log.warning(
-                    "cached ONNX graph %s disagrees with torch (%.2g): exporting again",
-                    self.path,
-                    diff,
-                )
-                self._sessions.clear()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Processes starting at once on an empty cache: one exports, the others wait for it.
+        with FileLock(f"{self.path}.lock", timeout=EXPORT_WAIT_S):
+            fresh = not self.path.exists()
+            if fresh:
+                log.info("exporting %s to ONNX once (~10-30 s): %s", name, self.path)
                 export_onnx(self, self.path)
                 diff = self._probe()
+            else:
+                try:
+                    diff = self._probe()
+                except Exception as exc:  # a torn or foreign file: onnxruntime raises its own types
+                    log.warning("cannot use cached ONNX graph %s (%s)", self.path, exc)
+                    diff = float("inf")
+                if diff > PROBE_TOLERANCE:
+                    log.warning(
+                        "cached ONNX graph %s disagrees with torch (%.2g): exporting again",
+                        self.path,
+                        diff,
+                    )
+                    self._sessions.clear()
+                    export_onnx(self, self.path)
+                    diff = self._probe()
         if diff > PROBE_TOLERANCE:
             raise EncoderError(
                 f"ONNX graph {self.path} disagrees with torch by {diff:.2g} "
