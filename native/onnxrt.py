@@ -97,6 +97,7 @@ def export_onnx(backbone: Backbone, path: str | Path) -> Path:
                 verbose=False,
             )
             program.save(tmp, external_data=False)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the shared cache from other users
         os.replace(tmp, path)
     except Exception as exc:  # the exporter raises many types (import, torch.export, onnx)
         raise EncoderError(
@@ -183,6 +184,7 @@ class OnnxBackbone(Backbone):
                 f"(more than {PROBE_TOLERANCE:g}); use encoder.runtime = 'torch'"
             )
         self.probe_diff = diff
+        log.info("encoder runtime onnx: %s (max |diff| to torch %.1g)", self.path, diff)
 
     def session(self, threads: int | None = None) -> onnxruntime.InferenceSession:
         """The session with ``threads`` intra-op threads (default the backbone's), built on
