@@ -298,6 +298,9 @@ def main() -> None:
                 "probe_diff": onnx_enc.backbone.probe_diff,
                 "space": torch_enc.space.hex(),
                 "onnx_space": onnx_enc.space.hex(),
+                "commit": subprocess.run(
+                    ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
+                ).stdout.strip(),
                 "onnxruntime": onnxruntime.__version__,
                 "torch": torch.__version__,
                 "load_average_start": load1,
