@@ -26,6 +26,7 @@ native/onnxrt.py; the ONNX graph is exported once into .bench-cache/encoder/):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -222,14 +223,58 @@ def real_node(torch_enc: Encoder, cache: Path, corpus: list[str], queries: list[
         shutil.rmtree(work, ignore_errors=True)
 
 
+def markdown(payload: dict) -> str:
+    """The tables of benchmarks/README.md ("Encoder runtime") from a result JSON."""
+    st, m = payload["settings"], payload["machine"]
+    out = [
+        f"Run {payload['when']} of `{st['commit']}`, {m['cores']} cores ({m['cpu']}), "
+        f"torch {st['torch']}, onnxruntime {st['onnxruntime']}; load average "
+        f"{st['load_average_start'][0]:.1f} at the start, {st['load_average_end'][0]:.1f} at "
+        f"the end (other work shares the machine). Space {st['space']} on both.",
+        "",
+        "| texts | compact max abs diff | 7680-d max abs diff | 7680-d min cos | same top-1 tip |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in payload["exactness"]:
+        out.append(
+            f"| {r['texts']} | {r['compact max |diff|']:.1e} | {r['7680-d max |diff|']:.1e} | "
+            f"{r['7680-d min cos']:.7f} | {r['same top-1 tip (443 queries)']:.0%} |"
+        )
+    out += [
+        "",
+        "| what (paired) | pairs | torch p50 ms | onnx p50 ms | torch p90 ms | onnx p90 ms "
+        "| torch / onnx (median of pairs) | onnx faster in |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["speed"]:
+        what = r["what"]
+        if "torch texts/s" in r:
+            what += f" ({r['torch texts/s']:.0f} vs {r['onnx texts/s']:.0f} texts/s)"
+        if "checker texts/s torch" in r:
+            what += (
+                f" (checker {r['checker texts/s torch']:.0f} vs "
+                f"{r['checker texts/s onnx']:.0f} texts/s)"
+            )
+        out.append(
+            f"| {what} | {r['pairs']} | {r['torch p50 ms']:.1f} | {r['onnx p50 ms']:.1f} | "
+            f"{r['torch p90 ms']:.1f} | {r['onnx p90 ms']:.1f} | "
+            f"{r['speed-up (median of torch/onnx)']:.2f}× | {r['onnx faster in']} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--table", metavar="JSON", help="print the markdown tables of a result")
     parser.add_argument("--filler", type=int, default=1000, help="docstring paragraphs")
     parser.add_argument("--singles", type=int, default=200, help="query texts timed")
     parser.add_argument("--batches", type=int, default=24, help="batches timed per size")
     parser.add_argument("--node-queries", type=int, default=200, help="0: no real node")
     parser.add_argument("--out", default="encoder-runtime")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     load1 = os.getloadavg()
     data = load_retrieval_set()
     filler, filler_info = load_filler(args.filler)
@@ -311,7 +356,8 @@ def main() -> None:
             },
         },
     )
-    print(f"\nload average at end {load2[0]:.2f}; wrote {path}")
+    print(f"\nload average at end {load2[0]:.2f}; wrote {path}\n")
+    print(markdown(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":
