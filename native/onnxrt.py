@@ -194,6 +194,8 @@ class OnnxBackbone(Backbone):
                 f"(more than {PROBE_TOLERANCE:g}); use encoder.runtime = 'torch'"
             )
         self.probe_diff = diff
+        # The torch model did its part (weights hash, export, probe); its ~90 MB go.
+        self.model = None
         log.info("encoder runtime onnx: %s (max |diff| to torch %.1g)", self.path, diff)
 
     def session(self, threads: int | None = None) -> onnxruntime.InferenceSession:
