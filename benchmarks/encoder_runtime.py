@@ -196,12 +196,14 @@ def real_node(torch_enc: Encoder, cache: Path, corpus: list[str], queries: list[
         vecs = torch_enc.encode_compact(corpus, batch_size=64, show_progress=False)
         fill(work / "torch", torch_enc, corpus, vecs, np.zeros((0, vecs.shape[1])), len(corpus))
         shutil.copytree(work / "torch", work / "onnx")
-        urls = {}
+        urls, up, pids = {}, {}, {}
         for name in ("torch", "onnx"):
             t = time.perf_counter()
             proc, urls[name] = start_node(work / name, name, cache)
             procs.append(proc)
-            print(f"{name} node up in {time.perf_counter() - t:.1f} s", flush=True)
+            pids[name] = proc.pid
+            up[name] = time.perf_counter() - t
+            print(f"{name} node up in {up[name]:.1f} s", flush=True)
         clients = {n: httpx.Client(base_url=u, timeout=60) for n, u in urls.items()}
 
         def ask(name: str):
@@ -213,6 +215,9 @@ def real_node(torch_enc: Encoder, cache: Path, corpus: list[str], queries: list[
         fns = {n: ask(n) for n in clients}
         paired(fns, queries[:10], 10)
         row = summarise("POST /v1/query (real node, HTTP)", paired(fns, queries, 20))
+        for name in ("torch", "onnx"):
+            row[f"{name} node start s"] = up[name]
+            row[f"{name} node RSS MB"] = _rss_mb(pids[name])
         for c in clients.values():
             c.close()
         return row
@@ -221,6 +226,13 @@ def real_node(torch_enc: Encoder, cache: Path, corpus: list[str], queries: list[
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def markdown(payload: dict) -> str:
@@ -250,6 +262,11 @@ def markdown(payload: dict) -> str:
         what = r["what"]
         if "torch texts/s" in r:
             what += f" ({r['torch texts/s']:.0f} vs {r['onnx texts/s']:.0f} texts/s)"
+        if "torch node RSS MB" in r:
+            what += (
+                f" (start {r['torch node start s']:.1f} vs {r['onnx node start s']:.1f} s, "
+                f"resident {r['torch node RSS MB']:.0f} vs {r['onnx node RSS MB']:.0f} MB)"
+            )
         if "checker texts/s torch" in r:
             what += (
                 f" (checker {r['checker texts/s torch']:.0f} vs "
