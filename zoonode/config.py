@@ -142,7 +142,7 @@ class EncoderConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: Annotated[int, _range(ge=1, le=4096)] = 32
     # what runs the backbone: "onnx" (ONNX Runtime on the same weights, exported once into
-    # cache_dir; CPU and fp32 only; 1.5-2.4x torch here), or "torch" (GPUs, bf16);
+    # cache_dir; CPU and fp32 only; 1.6-2x torch here), or "torch" (GPUs, bf16);
     # docs/ingest.md "Encoder runtime"
     runtime: Literal["torch", "onnx"] = "onnx"
     cache_dir: str = ""  # runtime "onnx": the exported graph's folder; empty: the user's cache
