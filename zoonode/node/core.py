@@ -57,6 +57,8 @@ def encoder_from_config(cfg: Config) -> Encoder:
             device=e.device,
             precision=e.precision,
             batch_size=e.batch_size,
+            runtime=e.runtime,
+            cache_dir=e.cache_dir or None,
         )
     )
 
