@@ -145,7 +145,7 @@ def test_encoder_settings_are_refused_at_start_with_the_setting_named(tmp_path):
         config.write_text(f"[encoder]\n{setting}\n")
         out = start(tmp_path, "--config", str(config))
         assert out.returncode == 2, (setting, out.stderr)
-        line = out.stderr.strip()
+        line = out.stderr.strip().splitlines()[-1]  # after any start-up log line
         assert line.startswith("error: encoder.") and message in line, out.stderr
         assert len(line.splitlines()) == 1, out.stderr
     shown = subprocess.run(
