@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 
 import httpx
 import numpy as np
@@ -13,13 +14,12 @@ import pytest
 from zoonode.config import ConfigError, load_config
 from zoonode.native.encoder import Encoder, EncoderError, reference_texts
 from zoonode.native.onnxrt import onnx_file
-from zoonode.native.space import data_dir
 
 from nodeproc import running_node
 
 
 def _texts() -> list[str]:
-    lessons = (data_dir().parent.parent / "zoonode" / "data" / "lessons.jsonl").read_text()
+    lessons = (resources.files("zoonode") / "data" / "lessons.jsonl").read_text()
     ours = [json.loads(line)["text"] for line in lessons.splitlines() if line.strip()]
     return ours + reference_texts()[:120]  # 40 lessons + 120 stdlib docstring lines
 
