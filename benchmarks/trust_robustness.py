@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 from robustness import (
+    CONFIG,
     HARMFUL,
     TEMPLATES,
     Clusters,
@@ -39,10 +40,12 @@ from robustness import (
     evaluate,
     methods,
     node_pool,
+    subset,
 )
 
 from zoonode.config import SelectionConfig, TrustConfig
 from zoonode.native.encoder import Encoder
+from zoonode.selection import similarity_floor, standing_factor
 from zoonode.trust import TrustSettings, VoteTable, author_standing_from, compute_trust
 
 from common import machine, table, write_json
@@ -55,14 +58,18 @@ SHARES = {10: 11, 20: 25, 30: 43, 45: 82}  # colluders for that share of all aut
 
 
 def honest_votes(
-    rng, query_vec, honest_vec, honest_authors, data, tasks: int, root_tasks: int
+    rng, query_vec, honest_vec, honest_authors, data, tasks: int, root_tasks: int, hidden=None
 ) -> list[tuple[bytes, bytes, int]]:
-    """Helpful verdicts of honest agents on the relevant tips plain top-5 gave them."""
+    """Helpful verdicts of honest agents on the relevant tips plain top-5 gave them
+    (``hidden``: a bool mask of tips nobody has seen yet: a newcomer's)."""
     voters = [ROOT, *sorted(set(honest_authors))]
     rows = []
     for voter in voters:
         for t in rng.choice(len(query_vec), size=root_tasks if voter == ROOT else tasks):
-            top = np.argsort(-(honest_vec @ query_vec[t]))[:K]
+            scores = honest_vec @ query_vec[t]
+            if hidden is not None:
+                scores = np.where(hidden, -np.inf, scores)
+            top = np.argsort(-scores)[:K]
             relevant = data.relevant(int(t))
             rows += [(voter, honest_authors[i], 1) for i in top if int(i) in relevant]
     return rows
@@ -118,6 +125,165 @@ def cost(n_authors: int, n_votes: int, settings: TrustSettings, seed: int = 3) -
         "compute_s": time.perf_counter() - started,
         "iterations": result.iterations,
     }
+
+
+class Newcomers:
+    """Honest newcomers, each with one lesson (an honest tip, moved to a new identity that
+    nobody has seen: no verdict names it, its tip is hidden from every honest agent's
+    tasks), served or not after ``n`` helpful verdicts from ``n`` distinct established voters
+    (honest authors whose trust *mass* makes them established; the same voters, in the same
+    order, for every rule of one ``established_mass``). A newcomer's **targets** are the eg
+    queries its tip is relevant to and in plain top-5 for. "Served", per rule, counted in
+    verdicts until it holds at every target (``None``: not within ``max_verdicts``):
+
+    - ``alone`` (a): where no established author answers (the pool holds its lesson only;
+      ``newcomers_alone`` off, as in an established network) its lesson answers: it is
+      vouched for (``vouched_alone``);
+    - ``probation`` (b): where established authors answer (the node's pool for the target)
+      its lesson is off probation: relevance x standing factor clears the query's floor;
+    - ``top5`` (c): its lesson is in the node's answer (top-5) wherever it is when the
+      newcomer is established (standing 1);
+    - ``established``: standing 1.
+
+    The newcomer's time known is 0 (it has just joined), the others' 1; trust is ready."""
+
+    def __init__(self, rng, ctx: dict, count: int, tasks: int, root_tasks: int) -> None:
+        self.ctx = ctx
+        query_vec, honest_vec, data = ctx["query_vec"], ctx["honest_vec"], ctx["data"]
+        honest_authors = ctx["honest_authors"]
+        targets: dict[int, list[int]] = {}
+        for q in range(len(query_vec)):
+            relevant = data.relevant(q)
+            for i in np.argsort(-(honest_vec @ query_vec[q]))[:K]:
+                if int(i) in relevant:
+                    targets.setdefault(int(i), []).append(q)
+        order = rng.permutation(sorted(targets))
+        tips, seen = [], set()
+        for i in order:  # one tip per original author
+            if honest_authors[i] not in seen:
+                seen.add(honest_authors[i])
+                tips.append(int(i))
+            if len(tips) == count:
+                break
+        self.tips = tips
+        self.targets = {i: targets[i] for i in tips}
+        self.keys = [author(f"newcomer-{j}") for j in range(len(tips))]
+        self.authors = list(honest_authors)
+        for i, key in zip(tips, self.keys, strict=True):
+            self.authors[i] = key
+        hidden = np.zeros(len(honest_authors), bool)
+        hidden[tips] = True
+        self.votes = honest_votes(
+            np.random.default_rng(ctx["seed"] + 1),
+            query_vec,
+            honest_vec,
+            honest_authors,
+            data,
+            tasks,
+            root_tasks,
+            hidden,
+        )
+        self.honest_keys = sorted(set(honest_authors))
+        self.voter_order = [self.honest_keys[i] for i in rng.permutation(len(self.honest_keys))]
+
+    def measure(
+        self, settings: TrustSettings, cap: float, vouched_standing: float, max_verdicts: int
+    ) -> dict:
+        base = trust_of(self.votes, settings)
+        established = [h for h in self.voter_order if base.mass_standing(h) >= 1.0]
+        per = []
+        for j, (tip, key) in enumerate(zip(self.tips, self.keys, strict=True)):
+            shift = j * 7 % len(established)  # other voters first for each newcomer
+            voters = established[shift:] + established[:shift]
+            full = self._served(tip, key, base, cap, vouched_standing, force=1.0)
+            want = full["top5"]
+            firsts: dict = {"alone": None, "probation": None, "top5": None, "established": None}
+            curve = []
+            for n in range(0, max_verdicts + 1):
+                rows = self.votes + [(v, key, 1) for v in voters[:n]]
+                result = trust_of(rows, settings)
+                got = self._served(tip, key, result, cap, vouched_standing)
+                curve.append(round(got["standing"], 3))
+                checks = {
+                    "alone": all(got["alone"]),
+                    "probation": all(got["probation"]),
+                    "top5": all(g or not w for g, w in zip(got["top5"], want, strict=True)),
+                    "established": got["standing"] >= 1.0,
+                }
+                for name, ok in checks.items():
+                    if ok and firsts[name] is None:
+                        firsts[name] = n
+                if all(v is not None for v in firsts.values()):
+                    break
+            per.append(
+                {
+                    "tip": tip,
+                    "targets": len(self.targets[tip]),
+                    "top5_targets_when_established": int(sum(want)),
+                    **firsts,
+                    "standing_by_verdicts": curve,
+                }
+            )
+        summary = {}
+        for name in ("alone", "probation", "top5", "established"):
+            values = [p[name] for p in per]
+            reached = sorted(v for v in values if v is not None)
+            summary[name] = {
+                "median": float(np.median(reached)) if len(reached) == len(values) else None,
+                "max": max(reached) if len(reached) == len(values) else None,
+                "reached": f"{len(reached)}/{len(values)}",
+            }
+        return {
+            "established_voters_available": len(established),
+            "summary": summary,
+            "newcomers": per,
+        }
+
+    def _served(self, tip, key, result, cap, vouched_standing, force=None) -> dict:
+        ctx = self.ctx
+        keys = sorted(set(self.authors))
+        newcomer_standing = (
+            force
+            if force is not None
+            else author_standing_from(result.standing(key), 0.0, ready=True, unendorsed_cap=cap)
+        )
+        standing = {
+            a: author_standing_from(result.standing(a), 1.0, ready=True, unendorsed_cap=cap)
+            for a in keys
+        }
+        standing[key] = newcomer_standing
+        vouched = {a: result.vouched(a, vouched_standing) for a in keys}
+        if force is not None:
+            vouched[key] = True
+        alone, probation, top5 = [], [], []
+        w = ctx["newcomer_weight"]
+        for q in self.targets[tip]:
+            world = build_world(
+                ctx["query_vec"][q],
+                ctx["honest_vec"],
+                self.authors,
+                ctx["honest_vec"][:0],
+                [],
+                ctx["clusters"],
+            )
+            world["standing"] = np.array([standing[a] for a in world["author"]])
+            world["vouched"] = np.array([vouched[a] for a in world["author"]], bool)
+            only = subset(world, np.array([tip]))
+            alone.append(tip in set(only["index"][np.asarray(ctx["select"](only), int)]))
+            pool = node_pool(world, ctx["floor"], w)
+            chosen = set(pool["index"][np.asarray(ctx["select"](pool), int)])
+            top5.append(tip in chosen)
+            where = np.flatnonzero(pool["index"] == tip)
+            if len(where) == 0:
+                probation.append(False)
+                continue
+            best = float(pool["rel"].max())
+            floor = similarity_floor(
+                best, ctx["floor"], min(ctx["floor"], CONFIG.floor_min), CONFIG.floor_margin
+            )
+            rel = float(pool["rel"][where[0]])
+            probation.append(rel * standing_factor(w, newcomer_standing) >= floor)
+        return {"standing": newcomer_standing, "alone": alone, "probation": probation, "top5": top5}
 
 
 def cached(enc, texts: list[str]) -> np.ndarray:
@@ -229,10 +395,26 @@ def main() -> None:
         default="0,0.05,0.1",
         help="trust.vouched_standing values the attack-edge table compares",
     )
+    parser.add_argument(
+        "--voters",
+        default=str(TrustConfig.established_voters),
+        help="trust.established_voters values to compare (the first is the default; 0: off)",
+    )
+    parser.add_argument(
+        "--extra-rules",
+        default="",
+        help="more rules to compare, mass:voters,... (e.g. 0.99:0: a lower reference)",
+    )
+    parser.add_argument("--voters-min", type=float, default=TrustConfig.voters_min_standing)
+    parser.add_argument("--newcomers", type=int, default=10, help="honest newcomers measured")
+    parser.add_argument("--max-verdicts", type=int, default=20)
+    parser.add_argument(
+        "--quick", action="store_true", help="no over-time series, plot, cost or JSON"
+    )
     args = parser.parse_args()
     t_start = time.time()
     cfg = TrustConfig()
-    settings = TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
+    voter_counts = [int(v) for v in args.voters.split(",")]
     caps = [float(c) for c in args.caps.split(",")]
     masses = [float(m) for m in args.masses.split(",")]
     vouched_levels = [float(v) for v in args.vouched.split(",")]
@@ -307,30 +489,51 @@ def main() -> None:
     plain = plain_recall()
     rows, results = [], {}
     time_only = lambda authors: np.ones(len(authors))  # noqa: E731 - everyone aged: sleepers
+    # Rules compared side by side: (established_mass, established_voters); the first is the
+    # default (the node's), the others vary one of them.
+    rules = [(masses[0], k) for k in voter_counts] + [(m, voter_counts[0]) for m in masses[1:]]
+    rules += [
+        (float(m), int(k))
+        for m, k in (r.split(":") for r in args.extra_rules.split(",") if r)
+        if (float(m), int(k)) not in rules
+    ]
+    rule_settings = {
+        rule: TrustSettings(
+            damping=cfg.damping,
+            established_mass=rule[0],
+            established_voters=rule[1],
+            voters_min_standing=args.voters_min,
+        )
+        for rule in rules
+    }
+    settings = rule_settings[rules[0]]
+
+    def rule_name(rule) -> str:
+        return f"mass {rule[0]:g}, voters {rule[1]}" if rule[1] else f"mass {rule[0]:g}, mass only"
+
     trust_results: dict = {}
-    for mass in masses:
-        mass_settings = TrustSettings(damping=cfg.damping, established_mass=mass)
+    for rule in rules:
         for share in [None, *SHARES]:
             n = SHARES[share] if share else 0
             colluders = [author(f"coll-{j}") for j in range(n)]
             rows_ = votes + sleeper_votes(colluders, honest_keys)
-            trust_results[mass, share] = trust_of(rows_, mass_settings)
+            trust_results[rule, share] = trust_of(rows_, rule_settings[rule])
 
-    def vouched(mass):
-        return lambda s: lambda authors: vouched_of(trust_results[mass, s], authors)
+    def vouched(rule):
+        return lambda s: lambda authors: vouched_of(trust_results[rule, s], authors)
 
     variants = [("time known only (sleepers aged)", lambda s: time_only, None)] + [
         (
-            f"trust, established_mass {mass:g}, unendorsed_cap {cap:g}"
+            f"trust, {rule_name(rule)}, unendorsed_cap {cap:g}"
             + ("" if alone else ", vouched_alone off"),
-            lambda s, cap=cap, mass=mass: (
-                lambda authors: standings(trust_results[mass, s], authors, cap)
+            lambda s, cap=cap, rule=rule: (
+                lambda authors: standings(trust_results[rule, s], authors, cap)
             ),
-            vouched(mass) if alone else None,
+            vouched(rule) if alone else None,
         )
-        for mass in masses
-        for cap in caps
-        for alone in ((True, False) if (mass, cap) == (masses[0], caps[0]) else (True,))
+        for rule in rules
+        for cap in (caps if rule == rules[0] else caps[:1])
+        for alone in ((True, False) if (rule, cap) == (rules[0], caps[0]) else (True,))
     ]
     for label, fn, vouched_fn in variants:
         row: dict = {"standing": label}
@@ -348,7 +551,7 @@ def main() -> None:
         results[label] = entry
         rows.append(row)
         print(row, flush=True)
-    trust_results.update({s: trust_results[cfg.established_mass, s] for s in [None, *SHARES]})
+    trust_results.update({s: trust_results[rules[0], s] for s in [None, *SHARES]})
     print(
         f"\nSleepers voting for each other (ring) and harmful on all honest authors, "
         f"{len(targets)} targets, floor {args.floor}; plain top-k recall@5 {plain:.3f}"
@@ -358,7 +561,7 @@ def main() -> None:
     # The honest newcomer: established voters (honest authors) rate its lesson helpful.
     newcomer = author("newcomer")
     base = trust_results[None]
-    established = [h for h in honest_keys if base.standing(h) >= 1.0]
+    established = [h for h in honest_keys if base.mass_standing(h) >= 1.0]
     newcomer_rows = []
     for n in range(0, 21):
         result = trust_of(votes + [(v, newcomer, 1) for v in established[:n]], settings)
@@ -369,6 +572,7 @@ def main() -> None:
             {
                 "helpful verdicts": n,
                 "standing": round(result.standing(newcomer), 3),
+                "trust mass standing": round(result.mass_standing(newcomer), 3),
                 "with the node's own verdict": round(with_root.standing(newcomer), 3),
             }
         )
@@ -380,83 +584,173 @@ def main() -> None:
     print(f"\nHonest newcomer ({len(established)} of 100 honest authors established):")
     print(table(newcomer_rows[::2], list(newcomer_rows[0])))
 
+    # Served: newcomers with a lesson, per rule (class Newcomers).
+    ctx = {
+        "query_vec": query_vec,
+        "honest_vec": honest_vec,
+        "honest_authors": honest_authors,
+        "data": data,
+        "clusters": clusters,
+        "floor": args.floor,
+        "newcomer_weight": newcomer_weight,
+        "select": select[OURS],
+        "seed": args.seed,
+    }
+    newcomers = Newcomers(
+        np.random.default_rng(args.seed + 5), ctx, args.newcomers, args.tasks, args.root_tasks
+    )
+    served: dict = {}
+    served_rows = []
+    for rule in rules:
+        got = newcomers.measure(
+            rule_settings[rule], caps[0], cfg.vouched_standing, args.max_verdicts
+        )
+        served[rule_name(rule)] = got
+        row = {"rule": rule_name(rule), "voters": got["established_voters_available"]}
+        for name in ("alone", "probation", "top5", "established"):
+            summ = got["summary"][name]
+            row[name] = (
+                f"{summ['median']:g} (max {summ['max']})"
+                if summ["median"] is not None
+                else f"> {args.max_verdicts} ({summ['reached']})"
+            )
+        served_rows.append(row)
+        print(row, flush=True)
+    print(
+        f"\nHonest newcomers served ({len(newcomers.tips)} newcomers, one lesson each; helpful "
+        f"verdicts from distinct established voters until: answers alone (vouched), off "
+        f"probation, in the top-5 at its targets, established; median (max)):"
+    )
+    print(table(served_rows, list(served_rows[0])))
+
     # Vote flood: 1000 Sybil voters, each harmful on every honest author and helpful on each other.
     sybils = [author(f"flood-{j}") for j in range(1000)]
     flood = [(s, h, -1) for s in sybils for h in honest_keys[:20]]
     flood += [(s, sybils[(j + 1) % 1000], 1) for j, s in enumerate(sybils)]
-    flooded = trust_of(votes + flood, settings)
-    change = max(
-        abs(flooded.trust_of(h) - base.trust_of(h)) / max(base.trust_of(h), 1e-300)
-        for h in honest_keys
-        if base.trust_of(h) > 0
-    )
+    flood_by_rule = {}
+    for rule in rules:
+        before = trust_results[rule, None]
+        flooded = trust_of(votes + flood, rule_settings[rule])
+        flood_by_rule[rule_name(rule)] = {
+            "trust": max(
+                abs(flooded.trust_of(h) - before.trust_of(h)) / max(before.trust_of(h), 1e-300)
+                for h in honest_keys
+                if before.trust_of(h) > 0
+            ),
+            "standing": max(abs(flooded.standing(h) - before.standing(h)) for h in honest_keys),
+            "sybils_established": sum(flooded.standing(x) >= 1 for x in sybils),
+        }
+    change = flood_by_rule[rule_name(rules[0])]["trust"]
     print(
         f"\nVote flood, 1000 Sybil voters ({len(flood)} votes): largest relative change of an "
-        f"honest author's trust {change:.2e}"
+        f"honest author's trust {change:.2e}; per rule {flood_by_rule}"
     )
 
-    # Attack edges: honest voters fooled into endorsing the 45 % sleepers' ring.
+    # Attack edges: honest voters fooled into endorsing the 45 % sleepers' ring: spread (each
+    # fooled voter on another sleeper) or concentrated (all on one sleeper).
     edges_rows = []
     colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
-    for fooled in (1, 5, 20):
-        fooled_rows = [
-            (h, colluders[j % len(colluders)], 1) for j, h in enumerate(honest_keys[:fooled])
-        ]
-        result = trust_of(votes + sleeper_votes(colluders, honest_keys) + fooled_rows, settings)
-        mass = float(sum(result.trust_of(c) for c in colluders))
-        row = {
-            "honest voters fooled": fooled,
-            "sleeper trust mass": f"{mass:.4f}",
-            "established sleepers": sum(result.standing(c) >= 1 for c in colluders),
-            "top sleeper standing": f"{max(result.standing(c) for c in colluders):.4f}",
-        }
-        for theta in (None, *vouched_levels):
-            adv, rec = run(
-                45,
-                lambda authors, r=result: standings(r, authors, caps[0]),
-                None if theta is None else (lambda a, r=result, th=theta: vouched_of(r, a, th)),
+    for rule in rules:
+        levels = vouched_levels if rule == rules[0] else [cfg.vouched_standing]
+        attacks = [("spread", 1), ("spread", 5), ("spread", 20), ("on one", 3), ("on one", 5)]
+        for how, fooled in attacks:
+            # Spread: the first honest voters, each on another sleeper (as before). On one:
+            # the worst case, voters the rule's trust mass establishes, all on sleeper 0.
+            fools = (
+                honest_keys[:fooled]
+                if how == "spread"
+                else [h for h in honest_keys if trust_results[rule, None].mass_standing(h) >= 1]
+            )[:fooled]
+            fooled_rows = [
+                (h, colluders[j % len(colluders) if how == "spread" else 0], 1)
+                for j, h in enumerate(fools)
+            ]
+            result = trust_of(
+                votes + sleeper_votes(colluders, honest_keys) + fooled_rows, rule_settings[rule]
             )
-            name = "vouched_alone off" if theta is None else f"vouched >= {theta:g}"
-            row[name] = f"{adv * 100:.1f}%"
-        edges_rows.append(row)
+            mass = float(sum(result.trust_of(c) for c in colluders))
+            row = {
+                "rule": rule_name(rule),
+                "honest voters fooled": f"{fooled} {how}",
+                "sleeper trust mass": f"{mass:.4f}",
+                "established sleepers": sum(result.standing(c) >= 1 for c in colluders),
+                "top sleeper standing": f"{max(result.standing(c) for c in colluders):.4f}",
+            }
+            for theta in (None, *levels):
+                if theta is None and rule != rules[0]:
+                    continue
+                adv, rec = run(
+                    45,
+                    lambda authors, r=result: standings(r, authors, caps[0]),
+                    None if theta is None else (lambda a, r=result, th=theta: vouched_of(r, a, th)),
+                )
+                name = "vouched_alone off" if theta is None else f"vouched >= {theta:g}"
+                row[name] = f"{adv * 100:.1f}%"
+            if how == "on one":  # an honest agent served its poison reports it harmful
+                judge = next(h for h in established if h not in fools)
+                rated = trust_of(
+                    votes
+                    + sleeper_votes(colluders, honest_keys)
+                    + [*fooled_rows, (judge, colluders[0], -1)],
+                    rule_settings[rule],
+                )
+                adv, _ = run(
+                    45,
+                    lambda authors, r=rated: standings(r, authors, caps[0]),
+                    lambda a, r=rated: vouched_of(r, a, cfg.vouched_standing),
+                )
+                row["then 1 trusted harmful verdict"] = f"{adv * 100:.1f}%"
+            edges_rows.append(row)
+            print(row, flush=True)
     print(f"\nAttack edges (45 % sleepers, cap {caps[0]:g}):")
-    print(table(edges_rows, list(edges_rows[0])))
+    columns = list(dict.fromkeys(k for r in edges_rows for k in r))
+    print(table([{c: r.get(c, "") for c in columns} for r in edges_rows], columns))
 
-    colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
-    series = over_time(
-        np.random.default_rng(args.seed + 2),
-        query_vec,
-        honest_vec,
-        honest_authors,
-        data,
-        settings,
-        caps[0],
-        colluders=colluders,
-    )
-    print("\nOver time (45 % sleepers; newcomer joins on day 4):")
-    print(
-        table(
-            [
-                {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
-                for r in series
-            ],
-            list(series[0]),
+    series: list = []
+    if not args.quick:
+        colluders = [author(f"coll-{j}") for j in range(SHARES[45])]
+        series = over_time(
+            np.random.default_rng(args.seed + 2),
+            query_vec,
+            honest_vec,
+            honest_authors,
+            data,
+            settings,
+            caps[0],
+            colluders=colluders,
         )
-    )
-    from pathlib import Path
-
-    figure = Path(__file__).resolve().parent.parent / "docs" / "trust-over-time.png"
-    plot(series, figure)
-    print(f"plot: {figure}")
-
-    costs = [cost(10_000, 100_000, settings), cost(100_000, args.cost_votes, settings)]
-    print("\nRecomputation cost:")
-    print(
-        table(
-            [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in c.items()} for c in costs],
-            list(costs[0]),
+        print("\nOver time (45 % sleepers; newcomer joins on day 4):")
+        print(
+            table(
+                [
+                    {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
+                    for r in series
+                ],
+                list(series[0]),
+            )
         )
-    )
+        from pathlib import Path
+
+        figure = Path(__file__).resolve().parent.parent / "docs" / "trust-over-time.png"
+        plot(series, figure)
+        print(f"plot: {figure}")
+
+    costs: list = []
+    if not args.quick:
+        costs = [cost(10_000, 100_000, settings), cost(100_000, args.cost_votes, settings)]
+        print("\nRecomputation cost:")
+        print(
+            table(
+                [
+                    {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in c.items()}
+                    for c in costs
+                ],
+                list(costs[0]),
+            )
+        )
+    if args.quick:
+        print(f"\n{time.time() - t_start:.0f} s (--quick: no JSON)")
+        return
     path = write_json(
         f"trust-robustness-floor{args.floor}",
         {
@@ -465,7 +759,11 @@ def main() -> None:
                 **vars(args),
                 "damping": settings.damping,
                 "established_mass": settings.established_mass,
+                "established_voters": settings.established_voters,
+                "voters_min_standing": settings.voters_min_standing,
+                "vouched_standing": cfg.vouched_standing,
                 "newcomer_weight": newcomer_weight,
+                "rules": [rule_name(r) for r in rules],
             },
             "targets": [int(t) for t in targets],
             "honest_verdicts": len(votes),
@@ -475,7 +773,10 @@ def main() -> None:
             "newcomer": newcomer_rows,
             "newcomer_established_after": first_one,
             "newcomer_established_after_with_node_verdict": first_root,
+            "newcomer_served": served,
+            "newcomer_served_table": served_rows,
             "flood_max_relative_change": change,
+            "flood_by_rule": flood_by_rule,
             "attack_edges": edges_rows,
             "over_time": series,
             "cost": costs,

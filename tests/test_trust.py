@@ -172,3 +172,85 @@ def test_trust_of_many_root_sets_at_once_equals_one_at_a_time():
         assert np.array_equal(got.vouched_mask(0.2), one.vouched_mask(0.2))
     with pytest.raises(ValueError, match="root"):
         compute_trust_many(table, [[people[0]], []])
+
+
+def test_distinct_established_voters_establish_a_newcomer_and_cannot_pass_it_on():
+    """``established_voters`` = 3: three honest (mass-established) voters' helpful verdicts
+    establish a newcomer that trust mass alone leaves under 1; an author established this
+    way is not itself such a voter, so a ring behind it gains nothing; untrusted voters
+    count for nothing; one harmful verdict from a trusted voter withdraws it."""
+    newcomer = k("new")
+    rule = {"established_voters": 3, "voters_min_standing": 0.2}
+
+    def rows_with(n):
+        return honest_votes() + [(h, newcomer, 1) for h in HONEST[:n]]
+
+    mass_only = [trust(rows_with(n)).standing(newcomer) for n in range(4)]
+    by_voters = [trust(rows_with(n), **rule) for n in range(4)]
+    assert mass_only[3] < 1.0  # trust mass alone: not yet
+    assert [r.standing(newcomer) for r in by_voters[:3]] == mass_only[:3]
+    assert by_voters[3].standing(newcomer) == 1.0
+    assert by_voters[3].endorsers[by_voters[3].index[newcomer]] == 3
+    assert by_voters[3].mass_standing(newcomer) == pytest.approx(mass_only[3])
+    result = by_voters[3]
+    assert list(result.standings()) == [result.standing(i) for i in result.identities]
+    assert result.vouched(newcomer, 0.2)
+    # Off (the default of TrustSettings): the same numbers as trust mass alone.
+    off = trust(rows_with(3))
+    assert np.array_equal(off.standings(), off.mass_standings())
+
+    # Its own verdict does not count towards another's: with two voters asked, the newcomer
+    # (established by two) and one established voter endorse a second author, who stays
+    # where trust mass puts it.
+    second = k("second")
+    passed = trust(
+        [*rows_with(2), (newcomer, second, 1), (HONEST[2], second, 1)],
+        established_voters=2,
+        established_mass=0.8,  # in a graph this small 0.95 reaches down to the newcomers
+        voters_min_standing=0.1,
+    )
+    assert passed.standing(newcomer) == 1.0 and passed.mass_standing(newcomer) < 1.0
+    assert passed.endorsers[passed.index[second]] == 1
+    assert passed.standing(second) == passed.mass_standing(second) < 1.0
+
+    # Behind it, a ring of 40 endorsing each other: one voter (the newcomer) at most
+    # reaches them, so none is established; they share what flows in.
+    ring = [k(f"r{i}") for i in range(40)]
+    ringed = rows_with(3) + [(newcomer, r, 1) for r in ring]
+    ringed += [(a, b, 1) for a in ring for b in ring if a != b]
+    behind = trust(ringed, **rule)
+    assert behind.standing(newcomer) == 1.0
+    assert all(behind.endorsers[behind.index[r]] <= 1 for r in ring)
+    assert all(behind.standing(r) < 0.2 for r in ring)
+
+    # 1,000 identities nobody trusted reaches count for nothing.
+    sybils = [k(f"x{i}") for i in range(1000)]
+    flooded = trust(rows_with(2) + [(x, newcomer, 1) for x in sybils], **rule)
+    assert flooded.endorsers[flooded.index[newcomer]] == 2
+    assert flooded.standing(newcomer) == pytest.approx(mass_only[2])
+
+    # A harmful verdict from a trusted voter withdraws it.
+    judged = trust([*rows_with(3), (HONEST[5], newcomer, -1)], **rule)
+    assert judged.standing(newcomer) < 1.0 and not judged.by_voters()[judged.index[newcomer]]
+
+    # The trust standing it must also hold bounds how many a region's trust can carry.
+    strict = trust(rows_with(3), established_voters=3, voters_min_standing=0.99)
+    assert strict.standing(newcomer) == pytest.approx(mass_only[3])
+
+
+def test_established_voters_settings_are_checked_and_many_equals_one():
+    with pytest.raises(ValueError):
+        TrustSettings(established_voters=-1)
+    with pytest.raises(ValueError):
+        TrustSettings(voters_min_standing=1.5)
+    newcomer = k("new")
+    rows = honest_votes() + [(h, newcomer, 1) for h in HONEST[:3]]
+    roots = [[ROOT], [HONEST[0]], [ROOT, HONEST[5]]]
+    table = VoteTable()
+    table.add(rows)
+    settings = TrustSettings(established_voters=3)
+    many = compute_trust_many(table, roots, settings)
+    for keys, got in zip(roots, many, strict=True):
+        one = trust(rows, roots=keys, established_voters=3)
+        assert np.array_equal(got.endorsers, one.endorsers)
+        assert np.allclose(got.standings(), one.standings(), atol=1e-9)

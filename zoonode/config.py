@@ -289,6 +289,10 @@ class TrustConfig:
     # the trust standing (min(1, T / reference)) an author needs to be vouched for: a ring
     # reached through a few fooled voters splits their inflow and stays under it
     vouched_standing: Unit = 0.2
+    # helpful verdicts from this many distinct voters that trust mass establishes establish
+    # an author with trust standing >= voters_min_standing (0: trust mass alone decides)
+    established_voters: Annotated[int, _range(ge=0, le=1_000_000)] = 4
+    voters_min_standing: Unit = 0.2
 
 
 @dataclass(frozen=True)

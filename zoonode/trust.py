@@ -32,6 +32,22 @@ trust: a mass-weighted quantile, so splitting a small mass over many identities 
 (it is not a count-based mean or median, which new identities would shift). Roots have
 standing 1.
 
+**Established by distinct voters** (``established_voters`` k, 0: off). Trust mass alone
+makes a newcomer wait: one verdict passes on ``d`` x its voter's trust / the voter's number of
+rated pairs, so an honest newcomer needed ~10-13 verdicts from established voters to reach
+``reference`` (benchmarks/trust_robustness.py). An author also has standing 1 when at least k
+distinct voters that trust *mass* establishes (T >= reference, or roots) hold a net helpful
+verdict on it, its own trust standing is at least ``voters_min_standing`` and no voter the
+roots trust rated it harmful (u = 0). Bound: (1) it counts only mass-established voters, and an
+author established this way is not one, so it cannot pass it on (no chain: k fooled voters
+establish one identity, not a ring behind it); identities nobody trusted reaches count 0 as
+before; (2) each such author holds at least ``voters_min_standing`` x reference of trust, so
+a region holds at most (its inflow x 1 / (1 - d)) / (voters_min_standing x reference) of
+them, 1 / ``voters_min_standing`` (5x) the mass-only bound, and at most (helpful verdicts of
+mass-established voters into it) / k; (3) one harmful verdict of a trusted voter withdraws it.
+What it costs: k fooled established voters on one sleeper make it established, where trust
+mass needed ~10.
+
 Cost: one sparse matrix-vector product per iteration (O(votes)); the iterations converge
 geometrically at rate ``d`` (~30 at d = 0.5 to 1e-9). ``benchmarks/trust.py`` measures it at
 100k authors and 1M votes.
@@ -51,6 +67,10 @@ class TrustSettings:
     damping: float = 0.5  # share of a voter's trust its votes pass on (PageRank's d)
     established_mass: float = 0.95  # top-down share of non-root trust whose holders are established
     passes: int = 2  # the second pass lets a denounced voter's own votes weigh less
+    # Endorsed by this many distinct voters established by trust mass (0: off), an author
+    # with trust standing >= voters_min_standing and no trusted harmful verdict is established
+    established_voters: int = 0
+    voters_min_standing: float = 0.2
     tol: float = 1e-10  # L1 change that stops the power iteration
     max_iter: int = 200
 
@@ -61,6 +81,8 @@ class TrustSettings:
             raise ValueError("established_mass must be in (0, 1]")
         if self.passes < 1 or self.max_iter < 1:
             raise ValueError("passes and max_iter must be at least 1")
+        if self.established_voters < 0 or not 0.0 <= self.voters_min_standing <= 1.0:
+            raise ValueError("established_voters >= 0 and voters_min_standing in [0, 1]")
 
 
 @dataclass
@@ -174,13 +196,18 @@ class TrustResult:
     votes: int
     voters: int
     authors: int
+    # distinct voters established by trust mass (T >= reference, or a root) whose net
+    # verdicts on each identity are helpful; None: not counted (established_voters 0)
+    endorsers: np.ndarray | None = None
+    established_voters: int = 0  # TrustSettings.established_voters
+    voters_min_standing: float = 0.2  # TrustSettings.voters_min_standing
 
     def trust_of(self, key: bytes) -> float:
         i = self.index.get(key)
         return float(self.trust[i]) if i is not None else 0.0
 
-    def standing(self, key: bytes) -> float:
-        """min(1, T / reference) in [0, 1]; 1 for a root."""
+    def mass_standing(self, key: bytes) -> float:
+        """min(1, T / reference) in [0, 1] (the trust mass alone); 1 for a root."""
         if key in self.roots:
             return 1.0
         i = self.index.get(key)
@@ -188,14 +215,53 @@ class TrustResult:
             return 0.0
         return float(min(1.0, self.trust[i] / self.reference))
 
-    def standings(self) -> np.ndarray:
-        """``standing`` of every identity, in ``identities`` order."""
+    def standing(self, key: bytes) -> float:
+        """1 for a root and for an author established by distinct established voters
+        (``by_voters``); otherwise ``mass_standing``, min(1, T / reference), in [0, 1]."""
+        mass = self.mass_standing(key)
+        if mass < 1.0 and self.established_voters > 0 and self.endorsers is not None:
+            i = self.index.get(key)
+            if (
+                i is not None
+                and self.endorsers[i] >= self.established_voters
+                and mass >= self.voters_min_standing
+                and self.trust[i] > 0.0
+                and self.denounced[i] <= 0.0
+            ):
+                return 1.0
+        return mass
+
+    def mass_standings(self) -> np.ndarray:
+        """``mass_standing`` of every identity, in ``identities`` order."""
         out = np.minimum(1.0, self.trust / self.reference) if np.isfinite(self.reference) else None
         out = np.zeros(len(self.identities)) if out is None else out
         for key in self.roots:
             i = self.index.get(key)
             if i is not None:
                 out[i] = 1.0
+        return out
+
+    def by_voters(self) -> np.ndarray:
+        """Whom distinct established voters establish (bool array, ``identities`` order):
+        net helpful verdicts from at least ``established_voters`` distinct voters that trust
+        *mass* establishes (T >= reference, or roots; an author established this way does
+        not count as such a voter, so it cannot pass it on), trust standing at least
+        ``voters_min_standing`` (what a region can hold bounds how many), and no harmful
+        verdict from a voter the roots trust."""
+        n = len(self.identities)
+        if self.established_voters <= 0 or self.endorsers is None:
+            return np.zeros(n, bool)
+        return (
+            (self.endorsers >= self.established_voters)
+            & (self.mass_standings() >= self.voters_min_standing)
+            & (self.trust > 0.0)
+            & (self.denounced <= 0.0)
+        )
+
+    def standings(self) -> np.ndarray:
+        """``standing`` of every identity, in ``identities`` order."""
+        out = self.mass_standings()
+        out[self.by_voters()] = 1.0
         return out
 
     def vouched(self, key: bytes, min_standing: float = 0.0) -> bool:
@@ -227,6 +293,17 @@ class TrustResult:
     def informative(self) -> bool:
         """Whether the roots' verdicts reach anyone: without, trust tells nobody apart."""
         return bool(np.isfinite(self.reference))
+
+
+def mass_established_endorsers(
+    positive: sp.csr_matrix, trust: np.ndarray, is_root: np.ndarray, reference: np.ndarray
+) -> np.ndarray:
+    """Per identity (per column for 2-D ``trust``): how many distinct voters established by
+    trust mass (T >= ``reference``, or a root) hold a net helpful verdict on it."""
+    established = (is_root | ((trust > 0) & (trust >= reference))).astype(np.float64)
+    pairs = positive.copy()
+    pairs.data[:] = 1.0  # a pair counts once, however many lessons the voter rated
+    return np.rint(pairs.T @ established).astype(np.int64)
 
 
 def established_reference(trust: np.ndarray, is_root: np.ndarray, mass: float) -> float:
@@ -278,13 +355,19 @@ def compute_trust(
     root_rows = graph.positive[root_idx]
     endorsed_authors = np.unique(root_rows.indices)
     root_endorsements = int((~is_root[endorsed_authors]).sum()) if len(endorsed_authors) else 0
+    reference = established_reference(trust, is_root, s.established_mass)
+    endorsers = (
+        mass_established_endorsers(graph.positive, trust, is_root, np.float64(reference))
+        if s.established_voters > 0
+        else None
+    )
     return TrustResult(
         identities=table.identities,
         index=table.index,
         trust=trust,
         endorsed=endorsed,
         denounced=denounced,
-        reference=established_reference(trust, is_root, s.established_mass),
+        reference=reference,
         roots=root_keys,
         root_endorsements=root_endorsements,
         iterations=iterations,
@@ -296,6 +379,9 @@ def compute_trust(
                 + np.asarray(graph.negative.sum(axis=0)).ravel()
             )
         ),
+        endorsers=endorsers,
+        established_voters=s.established_voters,
+        voters_min_standing=s.voters_min_standing,
     )
 
 
@@ -382,6 +468,14 @@ def compute_trust_many(
             + np.asarray(graph.negative.sum(axis=0)).ravel()
         )
     )
+    references = np.array(
+        [established_reference(trust[:, j], is_root[:, j], s.established_mass) for j in range(m)]
+    )
+    endorsers = (
+        mass_established_endorsers(graph.positive, trust, is_root, references[None, :])
+        if s.established_voters > 0
+        else None
+    )
     out = []
     for j, keys in enumerate(root_sets):
         root_idx = np.flatnonzero(is_root[:, j])
@@ -394,7 +488,7 @@ def compute_trust_many(
                 trust=col,
                 endorsed=np.ascontiguousarray(endorsed[:, j]),
                 denounced=np.ascontiguousarray(denounced[:, j]),
-                reference=established_reference(col, is_root[:, j], s.established_mass),
+                reference=float(references[j]),
                 roots=keys,
                 root_endorsements=int((~is_root[endorsed_authors, j]).sum())
                 if len(endorsed_authors)
@@ -403,6 +497,9 @@ def compute_trust_many(
                 votes=graph.votes,
                 voters=voters,
                 authors=authors,
+                endorsers=np.ascontiguousarray(endorsers[:, j]) if endorsers is not None else None,
+                established_voters=s.established_voters,
+                voters_min_standing=s.voters_min_standing,
             )
         )
     return out

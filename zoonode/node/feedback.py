@@ -82,7 +82,12 @@ class Feedback:
     def __init__(self, node: Node) -> None:
         self.node = node
         cfg = node.cfg.trust
-        self.settings = TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
+        self.settings = TrustSettings(
+            damping=cfg.damping,
+            established_mass=cfg.established_mass,
+            established_voters=cfg.established_voters,
+            voters_min_standing=cfg.voters_min_standing,
+        )
         self.interval = cfg.recompute_s
         self._send, self._recv = trio.open_memory_channel[tuple[SignedFeedback, str]](QUEUE)
         self._own_limiter = AuthorLimiter(node.policy.feedback_rate, node.policy.feedback_burst)

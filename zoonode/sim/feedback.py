@@ -87,7 +87,10 @@ class FeedbackLoop:
             draw = random.Random(self.scenario.seed + 3)
             self.introducers = set(draw.sample(pool, min(fb.introducers, len(pool))))
         self.trust_settings = TrustSettings(
-            damping=TRUST.damping, established_mass=TRUST.established_mass
+            damping=TRUST.damping,
+            established_mass=TRUST.established_mass,
+            established_voters=TRUST.established_voters,
+            voters_min_standing=TRUST.voters_min_standing,
         )
         self.use_trust = self.scenario.feedback.standing == "trust"
 

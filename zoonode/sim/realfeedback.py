@@ -225,9 +225,13 @@ def node_trust(db_path: Path, root: bytes, authors: dict[str, list[bytes]]) -> d
         con.close()
     table = VoteTable()
     table.add(rows)
-    result = compute_trust(
-        table, [root], TrustSettings(damping=cfg.damping, established_mass=cfg.established_mass)
+    settings = TrustSettings(
+        damping=cfg.damping,
+        established_mass=cfg.established_mass,
+        established_voters=cfg.established_voters,
+        voters_min_standing=cfg.voters_min_standing,
     )
+    result = compute_trust(table, [root], settings)
     ready = result.root_endorsements >= cfg.min_endorsements
     out: dict[str, Any] = {"ready": ready, "votes": result.votes}
     for group, keys in authors.items():
