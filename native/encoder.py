@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +68,8 @@ class Backbone:
     """A transformers AutoModel + AutoTokenizer with mean pooling over the attention mask."""
 
     runtime = "torch"  # what computes embed(): "torch", or "onnx" (native/onnxrt.py)
+    # Longest batch in characters (batch length x its longest text), 0: ``batch_size`` alone.
+    batch_chars = 0
 
     def __init__(
         self,
@@ -274,17 +277,33 @@ class Encoder:
             raise EncoderError("batch_size must be >= 1")
         order = np.argsort([-len(t) for t in items], kind="stable")  # similar lengths batch well
         out = np.empty((len(items), self.backbone.hidden), dtype=np.float32)
-        starts = range(0, len(items), batch_size)
+        batches = batch_order(order, [len(t) for t in items], batch_size, self.backbone.batch_chars)
         if show_progress or (show_progress is None and len(items) >= _PROGRESS_FROM):
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="encoding", unit="batch", total=len(starts))
-        for start in starts:
-            idx = order[start : start + batch_size]
+            batches = tqdm(batches, desc="encoding", unit="batch", total=len(batches))
+        for idx in batches:
             out[idx] = self.backbone.embed([items[i] for i in idx], wanted)
         if self.adapter is not None:
             out = normalize(out) @ self.adapter.T
         return normalize(out)
+
+
+def batch_order(
+    order: np.ndarray, lengths: Sequence[int], batch_size: int, batch_chars: int = 0
+) -> list[np.ndarray]:
+    """Consecutive batches of ``order`` (indices, longest text first): ``batch_size`` each, or,
+    with ``batch_chars``, as many as keep (batch length x its longest text's characters)
+    within it, at least one and at most ``batch_size``. Pure."""
+    out = []
+    start = 0
+    while start < len(order):
+        size = batch_size
+        if batch_chars > 0:
+            size = max(1, min(batch_size, batch_chars // max(1, lengths[order[start]])))
+        out.append(order[start : start + size])
+        start += size
+    return out
 
 
 def _cuda_available() -> bool:

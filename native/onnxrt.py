@@ -148,6 +148,13 @@ class OnnxBackbone(Backbone):
     installed, the export fails, or a fresh export disagrees."""
 
     runtime = "onnx"
+    # Batches of long texts cost ONNX Runtime more per text than small ones: on 256 real
+    # docstring paragraphs (p50 27 tokens, p90 79), one thread, 2 busy cores, it encoded
+    # 8.3 texts/s in batches of 32, 11.6 of 16, 17.3 of 8, 22.8 of 4 (torch: 7.0-9.0 in 32s,
+    # 9.6-9.9 in 8s). Its graph materialises every head's batch x length^2 attention scores;
+    # a batch of long texts leaves the cache. So a batch holds at most this many characters
+    # (batch x its longest text): ~3 texts of 600 characters, 32 of 60.
+    batch_chars = 2048
 
     def __init__(self, name: str, *, cache_dir: str | Path, threads: int | None = None) -> None:
         try:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from zoonode.config import ConfigError, load_config
-from zoonode.native.encoder import Encoder, EncoderError, reference_texts
+from zoonode.native.encoder import Encoder, EncoderError, batch_order, reference_texts
 from zoonode.native.onnxrt import onnx_file
 
 from nodeproc import running_node
@@ -52,6 +52,31 @@ def test_onnx_vectors_equal_torch_and_the_space_is_unchanged(encoder, onnx_encod
     # the space's own reference vectors (shipped, made by torch) hold for the ONNX encoder
     refs = onnx_encoder.references()
     assert np.abs(onnx_encoder.encode_compact(reference_texts()[:20]) - refs[:20]).max() < 2e-3
+
+
+def test_onnx_batches_are_bounded_by_characters_and_give_the_same_vectors(encoder, onnx_encoder):
+    """ONNX Runtime encodes long texts in small batches (``batch_chars``), short ones 32 at a
+    time; every text is encoded once, and the vectors are those of plain batches of 32 and of
+    torch's (which batches by count alone)."""
+    budget = onnx_encoder.backbone.batch_chars
+    assert budget > 0 and encoder.backbone.batch_chars == 0
+    long = [" ".join([t] * 8)[:1000] for t in _texts()[:12]]  # 1 KB lessons, the most allowed
+    texts = long + _texts()
+    lengths = [len(t) for t in texts]
+    order = np.argsort([-n for n in lengths], kind="stable")
+    batches = batch_order(order, lengths, 32, budget)
+    assert np.array_equal(np.concatenate(batches), order)
+    assert all(1 <= len(b) <= 32 for b in batches)
+    assert all(len(b) == 1 or len(b) * lengths[b[0]] <= budget for b in batches)
+    assert len(batches[0]) < 4 and len(batches[-2]) == 32  # long ones split, short ones not
+    bounded = onnx_encoder.encode_compact(texts)
+    onnx_encoder.backbone.batch_chars = 0
+    try:
+        plain = onnx_encoder.encode_compact(texts)
+    finally:
+        onnx_encoder.backbone.batch_chars = budget
+    assert np.abs(bounded - plain).max() < 1e-5
+    assert np.abs(bounded - encoder.encode_compact(texts)).max() < 1e-5
 
 
 def test_a_cached_graph_is_reused_and_a_wrong_one_exported_again(encoder, onnx_encoder, tmp_path):

@@ -24,6 +24,7 @@ from zoonode.protocol import (
     ProtocolError,
     content_id,
     decode,
+    decode_stored,
     encode_unsigned,
     public_key_bytes,
     record_to_dict,
@@ -90,6 +91,29 @@ def test_revoke_and_modify_round_trip():
         lesson(op=Op.MODIFY, parent=parent),
     ):
         assert decode(sign(exp, KEY).wire).experience == exp
+
+
+def test_stored_records_decode_to_the_same_record_without_the_seal_checks():
+    """``decode_stored`` (a record this node verified before storing it) gives what ``decode``
+    gives, for every op; it parses and checks the fields but skips the signature, so a
+    record with a broken signature, which ``decode`` refuses, must never reach it."""
+    parent = sign(lesson(), KEY).id
+    for exp in (
+        lesson(examples=(Example("2+2", "4", True),)),
+        Experience(op=Op.REVOKE, author=AUTHOR, space=b"s" * 16, created_at=5, parent=parent),
+        lesson(op=Op.MODIFY, parent=parent),
+    ):
+        record = sign(exp, KEY)
+        assert decode_stored(record.wire, record.id) == decode(record.wire) == record
+    record = sign(lesson(), KEY)
+    forged = record.wire[:-64] + bytes(64)  # the signature is the last field
+    with pytest.raises(ProtocolError) as err:
+        decode(forged)
+    assert err.value.code is ErrorCode.BAD_SIGNATURE
+    assert decode_stored(forged, record.id).experience == record.experience
+    with pytest.raises(ProtocolError) as err:  # the fields are still checked
+        decode_stored(forged[:-1], record.id)
+    assert err.value.code is ErrorCode.MALFORMED
 
 
 @pytest.mark.parametrize(

@@ -143,17 +143,31 @@ def test_a_query_checks_on_demand_only_the_answers_its_checked_lessons_cannot_gi
     assert node.ingest.store_pending([(peer, "gossip")]) == [peer]
     assert node.kb.get(peer.id).pending
 
+    trips = []
+    in_kb = node.in_kb
+
+    async def counted(fn, *args):
+        trips.append(fn)
+        return await in_kb(fn, *args)
+
+    node.in_kb = counted
+
     async def ask(k: int) -> set[bytes]:
-        selection, _ = await node.query(text=QUERY, k=k)
-        return {s.candidate.id for s in selection.selected}
+        answer = await node.answer(text=QUERY, k=k, votes=True)
+        assert set(answer.records) == {s.candidate.id for s in answer.selection.selected}
+        return {s.candidate.id for s in answer.selection.selected}
 
     answer = trio.run(ask, 5)
     assert len(answer) == 5 and peer.id not in answer
     assert node.counters["check:deferred"] == 1 and node.counters["check:on_demand"] == 0
     assert node.kb.get(peer.id).pending  # the background check takes it (touched first)
+    assert list(node.checker._hot)[-1] == node.kb.get(peer.id).seq
     answer = trio.run(ask, 7)
     assert peer.id in answer and len(answer) == 7
     assert node.counters["check:on_demand"] == 1  # the one missing answer, not all k
     assert not node.kb.get(peer.id).pending
+    # Each query, the on-demand check and the verdicts included, was one trip to the
+    # knowledge-base thread.
+    assert len(trips) == 2, trips
     node.kb.close()
     node.lock.release()

@@ -23,6 +23,7 @@ from zoonode.selection import (
     medoid,
     multi_krum,
     plain_top_k,
+    quantile,
     select,
     similarity_floor,
     trimmed_mean,
@@ -455,3 +456,18 @@ def test_near_copies_fill_an_answer_that_would_be_short():
     other = [cands[0], replace(cands[1], author=b"q" * 32), cands[2]]
     aged = select(topic, other, settings)
     assert [s.candidate.id for s in aged.selected] == [cands[0].id, cands[2].id]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=arrays(
+        np.float64,
+        st.integers(1, 300),
+        elements=st.floats(-1.0, 1.0, allow_nan=False, allow_subnormal=False),
+    ),
+    q=st.one_of(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]), st.floats(0.0, 1.0)),
+)
+def test_quantile_is_numpys_to_the_bit(values, q):
+    """Selection's gate must not move when its quantile gets cheaper: same float, every time
+    (ties, one value, both ends, q exactly at an index)."""
+    assert quantile(values, q) == float(np.quantile(values, q))

@@ -385,24 +385,27 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
             raise ApiError(*refused)
         return JSONResponse({"id": record_id.hex(), "outcome": outcome})
 
-    async def run_query(query: inputs.QueryIn | inputs.ContextIn, endpoint: str) -> Any:
+    async def run_query(
+        query: inputs.QueryIn | inputs.ContextIn, endpoint: str, votes: bool = False
+    ) -> Any:
         text = query.text if isinstance(query, inputs.QueryIn) else query.task
         started = time.perf_counter()
-        result = await node.query(
-            text=text, k=query.k, filters=_filters(query), federated=query.federated
+        answer = await node.answer(
+            text=text, k=query.k, filters=_filters(query), federated=query.federated, votes=votes
         )
         latency.labels(endpoint).observe(time.perf_counter() - started)
-        return result
+        return answer
 
     async def query(request: Request) -> Response:
         body = inputs.validate(inputs.QueryIn, await _body(request))
-        selection, records = await run_query(body, "query")
-        trust = await node.queries.explain(selection)
-        return JSONResponse(_selection_json(selection, records, trust))
+        answer = await run_query(body, "query", votes=True)  # one trip to the store
+        trust = node.queries.explain_votes(answer.selection, answer.votes)
+        return JSONResponse(_selection_json(answer.selection, answer.records, trust))
 
     async def context(request: Request) -> Response:
         body = inputs.validate(inputs.ContextIn, await _body(request))
-        selection, records = await run_query(body, "context")
+        answer = await run_query(body, "context")
+        selection, records = answer.selection, answer.records
         lessons = [
             Lesson(exp.text, exp.domain, exp.confidence, s.candidate.id.hex())
             for s, exp in ((s, records[s.candidate.id].experience) for s in selection.selected)

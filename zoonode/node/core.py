@@ -36,7 +36,7 @@ from zoonode.node.checker import Checker
 from zoonode.node.discovery import Discovery, unwrap
 from zoonode.node.feedback import Feedback
 from zoonode.node.ingest import Ingest
-from zoonode.node.query import Query
+from zoonode.node.query import Answer, Query
 from zoonode.protocol import Op, SignedRecord, public_key_bytes
 from zoonode.selection import Selection
 from zoonode.store import Row
@@ -298,9 +298,22 @@ class Node:
         filters: Filters | None = None,
         federated: bool = False,
     ) -> tuple[Selection, dict[bytes, SignedRecord]]:
+        answer = await self.answer(text, vector, k, filters, federated)
+        return answer.selection, answer.records
+
+    async def answer(
+        self,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        k: int | None = None,
+        filters: Filters | None = None,
+        federated: bool = False,
+        votes: bool = False,
+    ) -> Answer:
+        """:meth:`query`, with the verdicts on its answers if ``votes`` (``Query.answer``)."""
         self.checker.queries += 1  # the background check waits for running queries
         try:
-            return await self.queries.query(text, vector, k, filters, federated)
+            return await self.queries.answer(text, vector, k, filters, federated, votes)
         finally:
             self.checker.queries -= 1
             self.checker.active()

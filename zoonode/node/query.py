@@ -18,18 +18,26 @@ we serve and export pages hold checked records only.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
 
 from zoonode.experiences import now_ms
-from zoonode.knowledge import Filters
+from zoonode.knowledge import Filters, Hit
 from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record
 from zoonode.node.checker import CHECK_THREADS
-from zoonode.protocol import Op, ProtocolError, SignedRecord, check_domain, decode
+from zoonode.protocol import (
+    Op,
+    ProtocolError,
+    SignedRecord,
+    check_domain,
+    decode,
+    decode_stored,
+)
 from zoonode.selection import (
     Candidate,
     Selection,
@@ -75,6 +83,16 @@ def answers_missing(checked: Selection, full: Selection) -> int:
     return max(missing, 1 if clear < len(checked.selected) else 0)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A query's outcome: the selection, the decoded records of its answers, and, when asked,
+    the standing verdicts on them (``FeedbackStore.votes_on``; :meth:`Query.explain_votes`)."""
+
+    selection: Selection
+    records: dict[bytes, SignedRecord]
+    votes: dict[bytes, list] = field(default_factory=dict)
+
+
 class Query:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -92,24 +110,30 @@ class Query:
         """Robust selection over our replica (and, if ``federated``, peers' answers).
 
         Returns the selection and the decoded records of the selected experiences."""
+        answer = await self.answer(text, vector, k, filters, federated)
+        return answer.selection, answer.records
+
+    async def answer(
+        self,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        k: int | None = None,
+        filters: Filters | None = None,
+        federated: bool = False,
+        votes: bool = False,
+    ) -> Answer:
+        """:meth:`query`, with the standing verdicts on the selected lessons if ``votes`` (for
+        :meth:`explain_votes`). A local query is one trip to the knowledge-base thread:
+        encoding, search, selection (with any on-demand check), the verdicts and the decoding
+        of the chosen records; each trip costs a thread hand-off and a wait for the KB lock
+        (~0.3-1 ms on a busy machine). A federated query goes out to peers between search and
+        selection."""
         node = self.node
         sel = node.cfg.selection
-
         first_seen: dict[bytes, int] = {}
+        touched: list[list[int]] = []  # pending seqs to put first in the check's queue
 
-        def weigh(rows: list) -> np.ndarray:
-            """Standing decides which member speaks for a near-duplicate cluster and which
-            clusters fill the candidate list: a Sybil flood cannot crowd established lessons
-            out of it, nor a fresh variant stand in for an established lesson."""
-            authors = {r.author for r in rows}
-            first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
-            factor = {  # per author, not per row: ~300 candidates, a few dozen authors
-                a: standing_factor(sel.newcomer_weight, self.standing(a, first_seen))
-                for a in authors
-            }
-            return np.array([factor[r.author] for r in rows])
-
-        def local() -> tuple[np.ndarray, list, bool]:
+        def local() -> tuple[np.ndarray, list[Hit], bool]:
             # While the background check encodes (one thread), one thread here too: two
             # encodes then share 2 cores without stalling on each other's thread barrier.
             threads = CHECK_THREADS if node.kb.backlog.total else None
@@ -118,7 +142,7 @@ class Query:
                 q,
                 k=sel.candidates,
                 filters=filters,
-                weigh=weigh,
+                weigh=lambda rows: self._weigh(rows, first_seen),
                 per_cluster=sel.cluster_members,
                 pending=True,
                 # Selection drops every candidate under its floor, never lower than this: a
@@ -127,41 +151,105 @@ class Query:
             )
             return q, found, self.newcomers_may_answer_alone()
 
-        q, hits, alone = await node.in_kb(local)
-        # Only the selected few are decoded (and their signatures checked again): decoding all
-        # 150 candidates cost ~17 ms per query, more than the search itself.
-        wires = {h.row.id: h.row.wire for h in hits}
-        records: dict[bytes, SignedRecord] = {}
-        candidates = [
-            Candidate(
-                h.row.id,
-                h.vector,
-                h.score,
-                h.row.author,
-                h.row.cluster or -h.row.seq,
-                h.row.confidence,
-                reputation=self.standing(h.row.author, first_seen),
-                cluster_size=h.cluster_size,
-                vouched=node.feedback.vouched(h.row.author),
-            )
-            for h in hits
-        ]
-        if federated:
-            extra = await self.federated_candidates(q, sel.candidates, filters, skip=set(wires))
-            known = await node.in_kb(node.kb.authors_first_seen, [c.author for _, c in extra])
-            seen = set(wires)
-            for record, cand in extra:
-                if cand.id not in seen:
-                    records[cand.id] = record
-                    candidates.append(
-                        replace(
-                            cand,
-                            reputation=self.standing(cand.author, known),
-                            vouched=node.feedback.vouched(cand.author),
+        def choose(
+            q: np.ndarray,
+            hits: list[Hit],
+            alone: bool,
+            extra: list[tuple[SignedRecord, Candidate]],
+        ) -> Answer:
+            """Knowledge-base thread: selection over the hits and peers' answers, the
+            on-demand checks it needs, the verdicts on its answers, their records."""
+            candidates = self._candidates(hits, first_seen)
+            records: dict[bytes, SignedRecord] = {}
+            if extra:
+                known = node.kb.authors_first_seen([c.author for _, c in extra])
+                seen = {h.row.id for h in hits}
+                for record, cand in extra:
+                    if cand.id not in seen:
+                        records[cand.id] = record
+                        candidates.append(
+                            replace(
+                                cand,
+                                reputation=self.standing(cand.author, known),
+                                vouched=node.feedback.vouched(cand.author),
+                            )
                         )
-                    )
-                    seen.add(cand.id)
-        settings = SelectionSettings(
+                        seen.add(cand.id)
+            unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
+            touched.append(list(unchecked.values()))
+            selection = self.select_now(
+                q, candidates, self._settings(k, alone), unchecked, touched.append
+            )
+            # Only the selected few are decoded: decoding all 150 candidates cost ~17 ms per
+            # query, more than the search itself. Stored records were verified when they were
+            # accepted; peers' answers were decoded strictly (federated_candidates).
+            rows = {h.row.id: h.row for h in hits}
+            chosen = {
+                s.candidate.id: records.get(s.candidate.id)
+                or decode_stored(rows[s.candidate.id].wire, s.candidate.id)
+                for s in selection.selected
+            }
+            held = node.kb.store.feedback.votes_on(list(chosen)) if votes else {}
+            return Answer(selection, chosen, held)
+
+        if federated:
+            q, hits, alone = await node.in_kb(local)
+            skip = {h.row.id for h in hits}
+            extra = await self.federated_candidates(q, sel.candidates, filters, skip=skip)
+            answer = await node.in_kb(choose, q, hits, alone, extra)
+        else:
+
+            def both() -> Answer:
+                q, hits, alone = local()
+                return choose(q, hits, alone, [])
+
+            answer = await node.in_kb(both)
+        for seqs in touched:  # on the trio thread: touch wakes the background loop
+            node.checker.touch(seqs)
+        return answer
+
+    def _weigh(self, rows: list, first_seen: dict[bytes, int]) -> np.ndarray:
+        """Standing decides which member speaks for a near-duplicate cluster and which
+        clusters fill the candidate list: a Sybil flood cannot crowd established lessons out
+        of it, nor a fresh variant stand in for an established lesson. Knowledge-base thread
+        (the authors' first acceptance is read from the store)."""
+        node = self.node
+        newcomer_weight = node.cfg.selection.newcomer_weight
+        authors = {r.author for r in rows}
+        first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
+        factor = {  # per author, not per row: ~300 candidates, a few dozen authors
+            a: standing_factor(newcomer_weight, self.standing(a, first_seen)) for a in authors
+        }
+        return np.array([factor[r.author] for r in rows])
+
+    def _candidates(self, hits: list[Hit], first_seen: dict[bytes, int]) -> list[Candidate]:
+        node = self.node
+        standing: dict[bytes, float] = {}
+        vouched: dict[bytes, bool] = {}
+        out = []
+        for h in hits:
+            author = h.row.author
+            if author not in standing:  # per author: a few dozen among ~150 candidates
+                standing[author] = self.standing(author, first_seen)
+                vouched[author] = node.feedback.vouched(author)
+            out.append(
+                Candidate(
+                    h.row.id,
+                    h.vector,
+                    h.score,
+                    author,
+                    h.row.cluster or -h.row.seq,
+                    h.row.confidence,
+                    reputation=standing[author],
+                    cluster_size=h.cluster_size,
+                    vouched=vouched[author],
+                )
+            )
+        return out
+
+    def _settings(self, k: int | None, alone: bool) -> SelectionSettings:
+        sel = self.node.cfg.selection
+        return SelectionSettings(
             k=k or sel.k,
             min_similarity=sel.min_similarity,
             floor_min=sel.floor_min,
@@ -173,16 +261,8 @@ class Query:
             answer_duplicate=sel.answer_duplicate,
             newcomer_weight=sel.newcomer_weight,
             newcomers_alone=alone,
-            vouched_alone=node.cfg.trust.vouched_alone,
+            vouched_alone=self.node.cfg.trust.vouched_alone,
         )
-        unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
-        node.checker.touch(list(unchecked.values()))
-        selection = await self.select_checked(q, candidates, settings, unchecked)
-        chosen = {
-            s.candidate.id: records.get(s.candidate.id) or decode(wires[s.candidate.id])
-            for s in selection.selected
-        }
-        return selection, chosen
 
     async def select_checked(
         self,
@@ -191,17 +271,37 @@ class Query:
         settings: SelectionSettings,
         unchecked: dict[bytes, int],
     ) -> Selection:
-        """``select``, where no record that has not passed the embedding check is selected.
+        """:meth:`select_now` on the knowledge-base thread, from the trio thread."""
+        touched: list[list[int]] = []
+        selection = await self.node.in_kb(
+            self.select_now, q, candidates, settings, unchecked, touched.append
+        )
+        for seqs in touched:
+            self.node.checker.touch(seqs)
+        return selection
+
+    def select_now(
+        self,
+        q: np.ndarray,
+        candidates: list[Candidate],
+        settings: SelectionSettings,
+        unchecked: dict[bytes, int],
+        touch: Callable[[list[int]], None],
+    ) -> Selection:
+        """Knowledge-base thread: ``select``, where no record that has not passed the
+        embedding check is selected.
 
         When a selection picks pending records: if the checked candidates alone give as many
         answers, each clearing the floor the full selection used (:func:`answers_missing`),
         the query answers with those and leaves its pending picks to the background check,
         which takes the records queries touched first (re-encoding k texts cost a query
         ~100-300 ms on 2 busy cores). Otherwise only as many pending picks as answers are
-        missing, the best placed, are checked at once, in one encoder batch; those that pass
-        come back with their exact vectors and scores, those that fail leave the candidates
-        (their authors banned), and selection runs again. After ``ON_DEMAND_ROUNDS`` rounds,
-        pending records still picked are left out."""
+        missing, the best placed, are checked at once, in one encoder batch
+        (``checker.check_now``); those that pass come back with their exact vectors and
+        scores, those that fail leave the candidates (their authors banned), and selection
+        runs again. After ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left
+        out. ``touch`` receives the deferred picks, best first, for the caller to hand to
+        ``checker.touch`` on the trio thread (it wakes the background loop)."""
         node = self.node
         unchecked = dict(unchecked)
         for _ in range(ON_DEMAND_ROUNDS):
@@ -216,11 +316,11 @@ class Query:
             deferred = picked[missing:]  # selection order: the best placed are checked now
             if deferred:
                 node.counters["check:deferred"] += len(deferred)
-                node.checker.touch(deferred[::-1])  # the background's next batch, best first
+                touch(deferred[::-1])  # the background's next batch, best first
             if not missing:
                 return alone
             picked = picked[:missing]
-            outcome = await node.in_kb(node.checker.check_now, picked)
+            outcome = node.checker.check_now(picked)
             by_seq = {seq: cid for cid, seq in unchecked.items()}
             gone = {by_seq[s] for s in outcome.removed}
             exact = {by_seq[s]: v for s, v in outcome.vectors.items()}
@@ -268,10 +368,14 @@ class Query:
 
     async def explain(self, selection: Selection) -> dict[bytes, dict]:
         """Per selected lesson: its author's trust and the standing verdicts behind it."""
-        node = self.node
+        ids = [s.candidate.id for s in selection.selected]
+        votes = await self.node.in_kb(self.node.kb.store.feedback.votes_on, ids)
+        return self.explain_votes(selection, votes)
+
+    def explain_votes(self, selection: Selection, votes: dict[bytes, list]) -> dict[bytes, dict]:
+        """:meth:`explain` from verdicts already read (``Answer.votes``)."""
         authors = {s.candidate.id: s.candidate.author for s in selection.selected}
-        votes = await node.in_kb(node.kb.store.feedback.votes_on, list(authors))
-        return node.feedback.explain(authors, votes)
+        return self.node.feedback.explain(authors, votes)
 
     async def federated_candidates(
         self,
