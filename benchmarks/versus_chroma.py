@@ -342,16 +342,24 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch threads of both encoders (the node's encoder.threads, this client's); "
+        help="encoder threads of both sides (the node's encoder.threads, this client's); "
         "1 by default: on a shared 2-core machine 2 threads stall (p50 74 ms vs 12 ms measured)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default="onnx",
+        choices=["onnx", "torch"],
+        help="encoder runtime of both sides (the nodes' encoder.runtime and the Chroma "
+        "client's): the same on both, so the comparison is of the stores, not the runtimes",
     )
     args = parser.parse_args()
     os.environ["ZOONODE_ENCODER__THREADS"] = str(args.threads)  # the node processes
+    os.environ["ZOONODE_ENCODER__RUNTIME"] = args.runtime
     import torch
 
     torch.set_num_threads(args.threads)
     t_start = time.time()
-    enc = Encoder.default()
+    enc = Encoder.default(runtime=args.runtime, threads=args.threads)
     sizes = sorted(args.sizes)
     corpus = load(sizes[-1], enc)
     work = Path(tempfile.mkdtemp(prefix="zoo-vs-chroma-"))
@@ -449,7 +457,8 @@ def main() -> None:
                 "queries": len(corpus.queries),
                 "chroma": _version("chromadb"),
                 "zoonode": _version("zoonode"),
-                "torch threads (both encoders)": args.threads,
+                "encoder threads (both sides)": args.threads,
+                "encoder runtime (both sides)": args.runtime,
             },
             "filler": corpus.filler,
             "seconds": time.time() - t_start,
