@@ -147,6 +147,7 @@ class Checker:
         self._batch_s = 0.1  # how long the last background batch took
         self._work = trio.Event()
         self.thread = CheckThread(settings.check_nice)
+        self._encoder_slot = trio.Lock()  # held while the background check encodes
         self._hot: dict[int, None] = {}  # pending seqs queries saw as candidates, newest last
 
     def touch(self, seqs: Sequence[int]) -> None:
@@ -193,9 +194,10 @@ class Checker:
             await self._yield_to_queries()
             started = time.monotonic()
             texts = [decode(r.wire).experience.text for r in rows]
-            compact = await self.thread.run(
-                node.encoder.encode_compact, texts, len(texts), False, CHECK_THREADS
-            )
+            async with self._encoder_slot:
+                compact = await self.thread.run(
+                    node.encoder.encode_compact, texts, len(texts), False, CHECK_THREADS
+                )
             try:
                 await node.in_kb(self._apply, rows, compact, "background")
             except StorageFull as exc:
