@@ -18,8 +18,8 @@ a backlog always drains, and mostly after the burst; :func:`may_start`), and a q
 few pending records its selection would return itself, on demand (:meth:`Checker.check_now`).
 Once started, a batch encodes in a thread of its own at a lower CPU priority
 (``ingest.check_nice``, :class:`CheckThread`): a query that arrives meanwhile takes the core
-from it instead of sharing it (on 2 busy cores the query p50 while a backlog drains fell from
-~1.8x an idle node's to ~1.1x, benchmarks/drain_query.py).
+from it instead of sharing it (benchmarks/drain_query.py: on 2 busy shared cores the query p50
+while a backlog drains was lower in 3 of 4 side-by-side pairs, 1.2-1.8x).
 
 Order of the backlog: first the pending records recent queries had among their candidates
 (newest query first); then (``knowledge.Backlog``) authors vouched for by an earlier check
