@@ -439,13 +439,15 @@ def baseline_binary(ref: str, work: Path) -> str:
     return str(tree / ".venv/bin/zoonode")
 
 
-def encoder_rate(enc: Encoder, texts: list[str], threads: int, n: int = 640) -> float:
-    """Texts/s in batches of 32 (sorted by length inside each batch, as the node does)."""
+def encoder_rate(
+    enc: Encoder, texts: list[str], threads: int, n: int = 640, batch: int = 32
+) -> float:
+    """Texts/s in batches of ``batch`` (sorted by length inside each, as the node does)."""
     sample = [texts[i % len(texts)] for i in range(0, n * 7, 7)]
-    enc.encode_compact(sample[:32], 32, False, threads)
+    enc.encode_compact(sample[:batch], batch, False, threads)
     t = time.perf_counter()
-    for start in range(0, len(sample), 32):
-        enc.encode_compact(sample[start : start + 32], 32, False, threads)
+    for start in range(0, len(sample), batch):
+        enc.encode_compact(sample[start : start + batch], batch, False, threads)
     return len(sample) / (time.perf_counter() - t)
 
 
@@ -551,11 +553,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     rate = encoder_rate(enc, texts, 1)
     rate_default = encoder_rate(enc, texts, enc.threads)
+    # The nodes' runtime (``encoder.runtime = "onnx"``, the default) in the checker's batches
+    # of 16 on one thread: the gauge "the backlog drains at the encoder's rate" compares with.
+    onnx = Encoder.default(runtime="onnx")
+    rate_onnx = encoder_rate(onnx, texts, 1, batch=16)
     columns = ["run", "records", "seconds", "stored /s"]
     print(
         f"\nIngest at {args.size:,} records (baseline: {ref[:10]}); encoder alone, batches "
-        f"of 32: {rate:.0f}/s on 1 thread (the checker's), {rate_default:.0f}/s on "
-        f"{enc.threads}"
+        f"of 32 (torch): {rate:.0f}/s on 1 thread, {rate_default:.0f}/s on {enc.threads}; "
+        f"the nodes' runtime (onnx), batches of 16 on 1 thread (the checker's): {rate_onnx:.0f}/s"
     )
     print(table(rows, columns))
     for row in rows:
@@ -567,6 +573,7 @@ def main() -> None:
         {
             "rows": rows,
             "encoder batch-32 rate /s, 1 thread": rate,
+            "onnx encoder batch-16 rate /s, 1 thread (the checker's)": rate_onnx,
             f"encoder batch-32 rate /s, {enc.threads} threads": rate_default,
             "baseline ref": ref,
             "code": subprocess.run(

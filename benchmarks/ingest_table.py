@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- ingest:start -->", "<!-- ingest:end -->"
+ONNX_RATE = "onnx encoder batch-16 rate /s, 1 thread (the checker's)"
 PATHS = (
     ("/v1/records", "`POST /v1/records`"),
     ("gossip", "gossip from another process"),
@@ -45,7 +46,9 @@ def render(result: dict) -> str:
         f"{load[1][0]:.1f} at the end (other helpers' work shares the machine). Receivers hold "
         f"{s['size']:,} checked records first; {s['authors']} authors, "
         f"{s['distinct texts']:,} distinct texts of {s['mean words']:.0f} words on average; "
-        f"every node `encoder.threads = {s['threads']}`. Baseline: the old path (embedding "
+        f"every node `encoder.threads = {s['threads']}`"
+        + (" (the runtime's default)" if not s["threads"] else "")
+        + ". Baseline: the old path (embedding "
         f"check before the store) at `{result['baseline ref'][:10]}`, run for "
         f"{s['baseline_s']:.0f} s per path.",
         "",
@@ -65,9 +68,14 @@ def render(result: dict) -> str:
         )
     out += [
         "",
-        f"Encoder alone, batches of 32, this process with every node stopped: "
-        f"{result['encoder batch-32 rate /s, 1 thread']:.0f} texts/s on 1 thread (the "
-        "checker's).",
+        f"Encoder alone, this process with every node stopped: torch, batches of 32, "
+        f"{result['encoder batch-32 rate /s, 1 thread']:.0f} texts/s on 1 thread"
+        + (
+            f"; the nodes' runtime (ONNX Runtime), the checker's batches of 16 on 1 thread, "
+            f"{result[ONNX_RATE]:.0f} texts/s."
+            if ONNX_RATE in result
+            else " (the checker's)."
+        ),
         "",
         "| while the backlog drains | queries | p50 ms | p99 ms | p50 / p99 ms, no check "
         "| p50 / p99 ms, checking picks | on-demand checks | picks left to the background "

@@ -5,11 +5,15 @@ replay after a crash, eviction). Real encoder, real SQLite and index files."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
+import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, create_revocation, now_ms
@@ -27,7 +31,7 @@ from zoonode.net.validation import (
     check_record,
     code_vectors,
 )
-from zoonode.node.checker import may_start
+from zoonode.node.checker import CheckThread, may_start
 from zoonode.protocol import (
     Experience,
     Feedback,
@@ -575,3 +579,44 @@ def test_a_waiting_copy_of_a_checked_lesson_never_answers_for_it_and_joins_it_on
     assert kb.get(copy.id).cluster == kb.get(original.id).cluster
     assert [h.cluster_size for h in kb.search(q, k=5)] == [2]
     kb.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_check_thread_runs_niced_and_leaves_every_other_thread_alone():
+    """The background check's encodes run in one thread of its own at a lower priority; the
+    trio thread and trio's worker threads (queries, the knowledge base) keep the process's."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niced, plain = CheckThread(19), CheckThread(0)
+
+    def where() -> tuple[int, int]:
+        tid = threading.get_native_id()
+        return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    async def main():
+        tid, nice = await niced.run(where)
+        assert (tid, nice) == (niced.tid, min(base + 19, 19)) and niced.niced
+        assert tid != threading.get_native_id()
+        assert (await niced.run(where))[0] == tid  # always the same thread
+        assert (await plain.run(where))[1] == base and not plain.niced
+        with pytest.raises(ValueError, match="boom"):  # an encoder error reaches the checker
+            await niced.run(fail)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+        worker_tids = set()
+        for _ in range(4):
+            worker, worker_nice = await trio.to_thread.run_sync(where)
+            worker_tids.add(worker)
+            assert worker_nice == base
+        assert tid not in worker_tids
+        # Cancelled, the caller returns at once; the thread finishes the call.
+        gate = threading.Event()
+        with trio.move_on_after(0.2):
+            await niced.run(gate.wait, 5)
+        gate.set()
+        assert (await niced.run(where))[0] == tid
+        niced.close()
+        plain.close()
+
+    trio.run(main)

@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from importlib import resources
@@ -257,6 +259,42 @@ async def start_node(nursery, encoder, data: Path, **ingest) -> Node:
     node = Node(node_config(data, ingest=ingest), encoder=encoder)
     await nursery.start(node.run)
     return node
+
+
+def test_the_background_check_encodes_in_a_niced_thread_of_its_own(tmp_path, encoder):
+    """``ingest.check_nice``: the background check re-encodes in its own thread at a lower
+    priority (queries take the CPU from it), checks everything, and the node's other threads
+    keep the process's priority; ``check_nice = 0`` runs it at normal priority."""
+    items = lessons(4)
+    honest = create_experiences(encoder, Ed25519PrivateKey.generate(), items)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            niced = await start_node(nursery, encoder, tmp_path / "a", check_batch=2)
+            plain = await start_node(nursery, encoder, tmp_path / "b", check_nice=0)
+            for node in (niced, plain):
+                await node.import_records([r.wire for r in honest])
+            for node in (niced, plain):
+                await wait_until(
+                    lambda n=node: n.checker.status()["promoted"] == len(honest), 60, "checked"
+                )
+                assert node.checker.status()["pending"] == 0
+                selection, _ = await node.query(items[0]["text"])
+                assert honest[0].id in {s.candidate.id for s in selection.selected}
+            check = niced.checker.thread
+            if sys.platform.startswith("linux"):
+                assert check.niced and os.getpriority(os.PRIO_PROCESS, check.tid) == min(
+                    base + 19, 19
+                )
+            assert not plain.checker.thread.niced
+            assert os.getpriority(os.PRIO_PROCESS, plain.checker.thread.tid) == base
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+            worker = await trio.to_thread.run_sync(threading.get_native_id)
+            assert os.getpriority(os.PRIO_PROCESS, worker) == base
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
 
 
 def test_the_query_protocol_serves_checked_records_only(tmp_path, encoder):

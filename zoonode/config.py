@@ -215,6 +215,9 @@ class IngestConfig:
     check_batch: Annotated[int, _range(ge=1, le=4096)] = 16  # texts per background batch
     # most records/s the background check re-encodes; 0: no cap
     check_rate: Annotated[float, _range(ge=0.0, le=1e9)] = 0.0
+    # nice of the background check's encode thread (Linux; 0: normal priority): queries and
+    # stage 1 take the CPU from it at once, and it takes what they leave
+    check_nice: Annotated[int, _range(ge=0, le=19)] = 19
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""Queries while the background check drains a backlog, node variants side by side in one
+run: the check's encode thread at normal priority (``ingest.check_nice = 0``, as before)
+against a niced one (the default), alternating, each on a fresh copy of the same 100k data
+dir fed the same records through ``POST /v1/records``.
+
+    python benchmarks/drain_query.py [--size 100000] [--records 8000] [--rounds 2]
+
+Per run, a real `zoonode start` process: queries on the idle node (the reference), the
+records POSTed, then queries one at a time for ``--query-s`` while the backlog drains, then
+the drain with no queries for ``--drain-s``. The data and the helpers are ingest.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ingest import (
+    ZOONODE,
+    NodeProc,
+    base_dir,
+    copy_of,
+    drain_for,
+    honest_records,
+    post_all,
+    queries_for,
+    texts_and_vectors,
+)
+
+from zoonode.experiences import now_ms
+from zoonode.native.codec import compress_many
+from zoonode.native.encoder import Encoder
+
+from common import table, write_json
+from datasets import load
+
+VARIANTS = {
+    "check at normal priority (nice 0)": {"ZOONODE_INGEST__CHECK_NICE": "0"},
+    "check niced (nice 19, default)": {"ZOONODE_INGEST__CHECK_NICE": "19"},
+}
+
+
+def one(name: str, env: dict, base: Path, work: Path, wires, queries, args, r: int) -> dict:
+    path = copy_of(base, work, f"node-{r}-{len(os.listdir(work))}")
+    node = NodeProc(ZOONODE, path, **env)
+    try:
+        row: dict = {"variant": name, "round": r, "load start": os.getloadavg()[0]}
+        queries_for(node, queries, 3)  # warm-up
+        idle = queries_for(node, queries, args.query_s / 2)
+        row["idle query p50 ms"] = idle["query p50 ms"]
+        row["stored /s"] = len(wires) / post_all(node, wires)
+        q = queries_for(node, queries, args.query_s)
+        row |= {
+            "draining query p50 ms": q["query p50 ms"],
+            "draining query p99 ms": q["query p99 ms"],
+            "no-check p50 ms": q["no-check p50 ms"],
+            "queries": q["queries"],
+            "queries checking": q["queries"] - q["queries with no check"],
+            "drain /s under queries": q["drain /s"],
+        }
+        row["drain /s, no queries"] = drain_for(node, args.drain_s)
+        row["load end"] = os.getloadavg()[0]
+        return row
+    finally:
+        node.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=8000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--query-s", type=float, default=20.0)
+    parser.add_argument("--drain-s", type=float, default=10.0)
+    parser.add_argument("--name", default="drain-query", help="results/NAME.json")
+    args = parser.parse_args()
+    enc = Encoder.default()
+    texts, vectors = texts_and_vectors(enc, "lessons")
+    queries = load().queries
+    codes = compress_many(enc.lift(vectors), enc.space_info.v_ref)
+    base = base_dir(enc, vectors, args.size)
+    keys = [Ed25519PrivateKey.generate() for _ in range(64)]
+    start = now_ms() - 3_600_000
+    made = honest_records(
+        enc, texts, codes, keys, args.records, "drain", start, 3_600_000 // args.records
+    )
+    wires = [w for w, _ in made]
+    del enc
+    work = Path(tempfile.mkdtemp(prefix="zoo-drain-"))
+    rows: list[dict] = []
+    load_start = os.getloadavg()
+    try:
+        for r in range(args.rounds):
+            for name, env in VARIANTS.items():
+                row = one(name, env, base, work, wires, queries, args, r)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = []
+    for name in VARIANTS:
+        mine = [row for row in rows if row["variant"] == name]
+        summary.append(
+            {"variant": name}
+            | {
+                key: statistics.median(row[key] for row in mine)
+                for key in mine[0]
+                if key not in ("variant", "round")
+            }
+        )
+    columns = [
+        "variant",
+        "idle query p50 ms",
+        "draining query p50 ms",
+        "draining query p99 ms",
+        "drain /s under queries",
+        "drain /s, no queries",
+        "load start",
+    ]
+    print(f"\nMedians of {args.rounds} rounds at {args.size:,} records, {args.records:,} waiting")
+    print(table(summary, columns))
+    path = write_json(
+        args.name,
+        {
+            "rows": rows,
+            "medians": summary,
+            "load average start/end": [load_start, os.getloadavg()],
+            "settings": vars(args),
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
