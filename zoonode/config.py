@@ -289,6 +289,10 @@ class TrustConfig:
     # the trust standing (min(1, T / reference)) an author needs to be vouched for: a ring
     # reached through a few fooled voters splits their inflow and stays under it
     vouched_standing: Unit = 0.2
+    # stored verdicts from voters this node gives no trust (not a root, trust 0): over it, a
+    # new one is ignored (not stored, not forwarded; docs/trust.md). Trusted voters' verdicts
+    # are never dropped. ~0.5 KB each on disk with the indexes.
+    max_untrusted_verdicts: Annotated[int, _range(ge=0, le=100_000_000)] = 100_000
 
 
 @dataclass(frozen=True)
