@@ -183,3 +183,26 @@ def test_explanations_weigh_verdicts_by_trust_and_leave_self_votes_out(tmp_path,
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)
+
+
+def test_the_librarys_full_subscription_line_is_counted_not_printed(tmp_path, encoder, capfd):
+    """py-libp2p's own delivery path (``Pubsub.notify_subscriptions``) overflowing the
+    feedback subscription's 32-message channel, as a flood does: counted, never printed."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [a] = await start_nodes(nursery, encoder, [tmp_path / "a"])
+            before = a.metrics()["counters"].get("libp2p:subscription_full", 0)
+            topic = topic_for(a.encoder.space, FEEDBACK_TOPIC)
+            capfd.readouterr()
+            for n in range(40):  # no checkpoint between: the reader cannot drain
+                a.gossip.pubsub.notify_subscriptions(
+                    rpc_pb2.Message(data=bytes([n]), topicIDs=[topic])
+                )
+            assert a.metrics()["counters"]["libp2p:subscription_full"] >= before + 5
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 60)
+    out, err = capfd.readouterr()
+    assert "fail to deliver" not in out + err
