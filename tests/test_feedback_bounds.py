@@ -4,12 +4,14 @@ are ignored and come later by sync, and verdicts from voters without trust are b
 
 from __future__ import annotations
 
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import zoonode.net.sync as sync_module
 from zoonode.experiences import now_ms
 from zoonode.net.gossip import FEEDBACK_TOPIC, topic_for
+from zoonode.net.rpc import ServeError
 from zoonode.protocol import Feedback, FeedbackVerdict, sign_feedback
 
 from helpers import lessons
@@ -58,6 +60,21 @@ def test_sync_lists_a_bucket_over_the_ids_cap_in_pages(tmp_path, encoder, monkey
             honest = max(flood, key=lambda r: r.id)  # sorts after every page but the last
             await _store(a, flood)
             assert len(a.feedback_digest.buckets) == 1
+            # The pages a peer is served (§6.3): 40 + more, then after the last id, ...
+            ask = {"op": "ids", "type": "feedback", "start": at, "end": at + 3_600_000}
+            pages, after = [], b""
+            while True:
+                page = await a.antientropy.serve("peer", {**ask, "after": after})
+                pages.append(page["ids"])
+                if not page.get("more"):
+                    break
+                after = page["ids"][-1]
+            assert [len(p) for p in pages] == [40, 40, 40, 10]
+            assert [i for p in pages for i in p] == sorted(r.id for r in flood)
+            old = await a.antientropy.serve("peer", ask)  # an older client: the first page
+            assert old["ids"] == pages[0] and old["more"] is True
+            with pytest.raises(ServeError, match="after"):
+                await a.antientropy.serve("peer", {**ask, "after": b"short"})
             await c.connect(a.info().addrs[0])
             await wait_until(
                 lambda: c.kb.store.feedback.known(honest.id), timeout=40, what="the last id"
