@@ -33,7 +33,7 @@ def _verdicts(node, target: bytes, n: int, created_at: int, verdict=FeedbackVerd
 
 async def _store(node, records) -> None:
     """Stored on ``node`` without gossip, as if received long ago."""
-    results = await node.in_kb(node.kb.store.feedback.insert, [(r, "peer") for r in records])
+    results = await node.in_kb(node.feedback.insert, [(r, "peer") for r in records])
     for record, result in zip(records, results, strict=True):
         node.feedback._note(record, result)
 
@@ -100,7 +100,11 @@ def test_a_verdict_on_a_lesson_not_held_is_ignored_then_synced_once_it_is(tmp_pa
             await wait_meshed(a, b)
             topic = topic_for(a.encoder.space, FEEDBACK_TOPIC)
             await wait_until(lambda: b.peer_id in a.gossip.mesh_peers(topic), what="mesh")
-            await wait_until(lambda: a.peer_id in b.antientropy.peers, what="first sync round")
+            await wait_until(
+                lambda: getattr(b.antientropy.peers.get(a.peer_id), "state", "") == "ok",
+                what="b's first sync round with a done",
+            )
+            b.antientropy.peers[a.peer_id].next_round = float("inf")  # rounds by hand below
             await _hold(a, [item])  # on a only, and after b's first sync round
             [record] = _verdicts(a, item.record.id, 1, now_ms())
             await _store(a, [record])
@@ -109,12 +113,18 @@ def test_a_verdict_on_a_lesson_not_held_is_ignored_then_synced_once_it_is(tmp_pa
             await wait_until(lambda: stats["ignore:unknown_target"] >= 1, what="ignored")
             assert not b.kb.store.feedback.known(record.id)
             assert not any(b.gossip.meter.seen.values())  # nothing counted toward a flood
-            # The next round brings the lesson, then the verdict (sync does not skip it).
-            b.antientropy.peers[a.peer_id].next_round = 0
+            # Feedback sync alone: fetched once and ignored, then not fetched again while
+            # the lesson is not held ...
+            peer = a.host.get_id()
+            for _ in range(2):
+                assert await b.antientropy._sync_type(peer, "feedback") == 0
+            assert b.counters["sync_feedback:ignore:unknown_target"] == 1
+            # ... and once it is, the next round brings the verdict.
+            await _hold(b, [item])
+            assert await b.antientropy._sync_type(peer, "feedback") == 1
             await wait_until(
                 lambda: b.kb.store.feedback.known(record.id), timeout=40, what="synced verdict"
             )
-            assert b.kb.store.has(item.record.id)
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)
@@ -154,10 +164,9 @@ def test_verdicts_from_voters_without_trust_stop_at_the_bound_trusted_ones_never
             assert status.untrusted_stored == 5 and status.max_untrusted == 5
             # a's own agent (a root of b's trust) is never held back by the bound.
             out = await a.rate(item.record.id, FeedbackVerdict.HELPFUL)
-            await wait_until(
-                lambda: b.kb.store.feedback.known(bytes.fromhex(out["id"])), what="trusted"
-            )
-            assert b.feedback.status().stored == 6
+            await wait_until(lambda: b.feedback.status().stored == 6, what="trusted stored")
+            assert b.kb.store.feedback.known(bytes.fromhex(out["id"]))
+            assert b.feedback.status().untrusted_stored == 5
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)

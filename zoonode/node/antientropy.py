@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from zoonode.experiences import now_ms
-from zoonode.net.validation import AuthorLimiter, Verdict, check_record
+from zoonode.net.validation import AuthorLimiter, Reason, Verdict, check_record
 
 if TYPE_CHECKING:
     from zoonode.node.core import Node
@@ -288,7 +288,10 @@ class AntiEntropy:
             extra = node.feedback.check_extra()
             prefix = "sync_feedback"
         fetched = 0
-        missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
+        if kind == "experience":
+            missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
+        else:  # nor verdicts fetched before whose lesson is still not held (NETWORK.md §4.7)
+            missing = await node.in_kb(node.feedback.worth_fetching, ids)
         for chunk in range(0, len(missing), MAX_GET):
             if not room():
                 break
@@ -309,6 +312,8 @@ class AntiEntropy:
                     **extra,
                 )
                 node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
+                if checked.reason == Reason.UNKNOWN_TARGET:
+                    node.feedback.note_unheld(checked.record)
                 if checked.verdict is Verdict.ACCEPT:
                     await enqueue(checked.record, str(peer))
                     fetched += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ QUEUE = 10_000
 BATCH = 256
 EDGE_PAGE = 50_000  # endorsement rows read per knowledge-base call
 MAX_VOTES_SHOWN = 10  # votes listed per lesson in an explanation
+# Verdicts sync fetched and ignored (``unknown_target``), remembered with their target so that
+# later rounds fetch them again only once the lesson is held (~200 B each in memory).
+MAX_UNHELD = 100_000
 
 
 class RateRefused(Exception):
@@ -100,6 +104,7 @@ class Feedback:
         self.stored = sum(n for _, n in counts)
         self.untrusted_stored = sum(n for voter, n in counts if not self.has_trust(voter))
         self._admitted = 0  # admitted by ``admits``, not stored yet
+        self.unheld: OrderedDict[bytes, bytes] = OrderedDict()  # verdict id -> target
 
     # -- our agents' verdicts ---------------------------------------------------------------
     async def rate(
@@ -148,7 +153,7 @@ class Feedback:
             stamp = max(now_ms(), held[0] + 1) if held else now_ms()
             body = FeedbackBody(node.author, node.encoder.space, stamp, target, verdict, task)
             record = sign_feedback(body, node.key)
-            [result] = table.insert([(record, "local")])
+            [result] = self.insert([(record, "local")])
             return record, result, previous
 
         done = await node.in_kb(work)
@@ -195,6 +200,26 @@ class Feedback:
         self._admitted += 1  # on its way to the table: counted before it lands
         return True
 
+    def note_unheld(self, record: SignedFeedback) -> None:
+        """Sync fetched this verdict on a lesson we do not hold: not again until we do."""
+        self.unheld[record.id] = record.feedback.target
+        while len(self.unheld) > MAX_UNHELD:
+            self.unheld.popitem(last=False)
+
+    def worth_fetching(self, ids: list[bytes]) -> list[bytes]:
+        """Of a sync page's ids, those to ``get`` (knowledge-base thread; reads ``unheld``
+        only): not held, and not a verdict fetched before whose target is still not held."""
+        store = self.node.kb.store
+        out = []
+        for i in ids:
+            if store.feedback.known(i):
+                continue
+            target = self.unheld.get(i)
+            if target is not None and not store.has(target):
+                continue
+            out.append(i)
+        return out
+
     def check_extra(self) -> dict[str, Any]:
         """The node-state lookups ``check_feedback`` takes, for gossip and sync alike."""
         store = self.node.kb.store
@@ -218,7 +243,7 @@ class Feedback:
                     while len(batch) < BATCH:
                         batch.append(await self._recv.receive())
                 try:
-                    results = await self.node.in_kb(self.node.kb.store.feedback.insert, batch)
+                    results = await self.node.in_kb(self.insert, batch)
                 except StorageFull as exc:
                     self.node.counters["feedback:storage_full"] += len(batch)
                     log.warning("%d peer verdicts dropped: %s", len(batch), exc)
@@ -227,12 +252,19 @@ class Feedback:
                     self.node.counters[f"feedback_store:{result.outcome}"] += 1
                     self._note(record, result)
 
+    def insert(self, items: list[tuple[SignedFeedback, str | None]]) -> list[FeedbackResult]:
+        """Store verdicts and count them (knowledge-base thread: the counts change in step
+        with the table, so a recomputation's recount never misses or repeats one)."""
+        results = self.node.kb.store.feedback.insert(items)
+        for (record, _), result in zip(items, results, strict=True):
+            if result.outcome == "accepted":
+                self.stored += 1
+                if not self.has_trust(record.feedback.voter):
+                    self.untrusted_stored += 1
+        return results
+
     def _note(self, record: SignedFeedback, result: FeedbackResult) -> None:
         """The sync digest follows the table: the new verdict in, the one it replaced out."""
-        if result.outcome == "accepted":
-            self.stored += 1
-            if not self.has_trust(record.feedback.voter):
-                self.untrusted_stored += 1
         if self._admitted and not self.has_trust(record.feedback.voter):
             self._admitted -= 1  # stored or not, no longer on its way
         if result.outcome in ("accepted", "replaced"):
@@ -283,13 +315,12 @@ class Feedback:
         result = await trio.to_thread.run_sync(work, limiter=self._worker)
         self.trust = result
 
-        def untrusted() -> tuple[int, int]:
+        def recount() -> None:  # on the knowledge-base thread, like every insert
             counts = list(store.count_by_voter())
-            return sum(n for _, n in counts), sum(
-                n for voter, n in counts if not self.has_trust(voter)
-            )
+            self.stored = sum(n for _, n in counts)
+            self.untrusted_stored = sum(n for voter, n in counts if not self.has_trust(voter))
 
-        self.stored, self.untrusted_stored = await self.node.in_kb(untrusted)
+        await self.node.in_kb(recount)
         # Admitted ones dropped on the way (a batch rejected after them, a full queue) no
         # longer count: at most those still in the queue are on their way.
         self._admitted = min(self._admitted, QUEUE - self.room())
