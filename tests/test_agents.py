@@ -280,8 +280,22 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     assert first.status_code == 201, first.text
     conforms(first.json(), "FeedbackOut")
     assert first.json()["outcome"] == "accepted"
+    same = httpx.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
+    assert same.status_code == 200 and same.json()["outcome"] == "unchanged"
+    assert same.json()["id"] == first.json()["id"]  # no new record, nothing gossiped
+    conforms(same.json(), "FeedbackOut")
     bad = httpx.post(url, json={"verdict": "great"}, headers=a.auth)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "wrong_type"
+    typo = httpx.post(url, json={"verdict": "harmful", "taks": "bake"}, headers=a.auth)
+    assert typo.status_code == 422 and typo.json()["error"]["code"] == "unknown_field"
+    assert "taks" in typo.json()["error"]["message"]
+    nan = httpx.post(url, content=b'{"verdict": "harmful", "x": NaN}', headers=a.auth)
+    assert nan.status_code == 422 and nan.json()["error"]["code"] == "unknown_field"
+    slash = httpx.post(url + "/", json={"verdict": "harmful"}, headers=a.auth)
+    assert slash.status_code == 404 and slash.json()["error"]["code"] == "not_found"
+    envelope = httpx.post(f"{a.url}/v1/records", json={"wires": [], "wire": []}, headers=a.auth)
+    assert envelope.status_code == 422 and envelope.json()["error"]["code"] == "unknown_field"
+    assert httpx.get(f"{a.url}/v1/status/").json()["error"]["code"] == "not_found"
     missing = httpx.post(
         f"{a.url}/v1/experiences/{'0' * 64}/feedback", json={"verdict": "helpful"}, headers=a.auth
     )
@@ -299,10 +313,14 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     }  # fmt: skip
     again = a.cli("feedback", theirs, "--harmful")  # for people: outcome, verdict, target
     first_line, id_line = again.stdout.splitlines()
-    assert first_line == f"replaced harmful on {theirs} (was harmful)"
-    assert re.fullmatch(r"verdict [0-9a-f]{64}", id_line)
-    both = a.cli("feedback", theirs, "--harmful", "--helpful", check=False)
-    assert both.returncode == 1 and "exactly one" in both.stderr
+    # The same verdict again: nothing new signed or sent, the standing verdict's id.
+    assert first_line == f"unchanged harmful on {theirs}"
+    assert id_line == f"verdict {json.loads(out.stdout)['id']}"
+    retask = a.cli("feedback", theirs, "--harmful", "--task", "other")  # a new task: new record
+    assert retask.stdout.startswith(f"replaced harmful on {theirs} (was harmful)")
+    for flags in (["--harmful", "--helpful"], []):
+        usage = a.cli("feedback", theirs, *flags, check=False)
+        assert usage.returncode == 2 and "exactly one" in usage.stderr
 
     found = httpx.post(f"{a.url}/v1/query", json={"text": "bread dough rise", "k": 3}).json()
     [item] = [s for s in found["selected"] if s["id"] == theirs] or [None]
@@ -327,4 +345,11 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     assert own_rated.is_error and "own_lesson" in own_rated.content[0].text
     metrics = httpx.get(f"{a.url}/metrics").text
     assert 'zoonode_events_total{kind="feedback",reason="replaced"}' in metrics
+    for gauge in ("trust_votes", "trust_voters", "trust_authors", "trust_recompute_seconds",
+                  "trust_recomputed_timestamp_seconds", "feedback_untrusted_max"):  # fmt: skip
+        assert re.search(rf"^zoonode_{gauge} \d", metrics, re.M), gauge
+    assert re.search(r"^zoonode_feedback_stored [1-9]", metrics, re.M)
+    human = a.cli("status").stdout
+    assert re.search(r"recomputed \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", human), human
+    assert re.search(r"verdicts [1-9]\d* stored", human), human
     assert "# TYPE zoonode_gossip_feedback_records_total counter" in metrics  # peers' verdicts

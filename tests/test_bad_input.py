@@ -380,17 +380,29 @@ def test_a_bearer_header_that_is_not_ascii_is_unauthorized(node, path, value):
 
 # -- found in review: a line nested 31-32 deep (accepted alone) failed its whole import chunk --
 def test_a_batch_item_may_nest_as_deep_as_a_body_and_import_keeps_its_neighbours(node, tmp_path):
+    """Depth is judged the same alone and in a batch: a body MAX_DEPTH deep is parsed (then
+    refused for its unknown key, unknown_field, not bad_json), and so is a batch item."""
     deep = {**GOOD, "text": "A lesson with a deeply nested extra field", "x": []}
     inner: list = deep["x"]
     for _ in range(MAX_DEPTH - 2):  # the object, then MAX_DEPTH - 1 lists: MAX_DEPTH levels
         inner.append([])
         inner = inner[0]
     alone = post(node, "/v1/experiences", json.dumps(deep))
-    assert alone.status_code == 201, alone.text  # the deepest body the API takes
+    assert alone.status_code == 422, alone.text  # parsed at the deepest the API takes
+    assert alone.json()["error"] == {
+        "code": "unknown_field",
+        "message": "x is not a field of this request",
+    }
     item = {**deep, "text": "Deep batch item, as deep as alone"}
-    body = json.dumps({"experiences": [item]})  # MAX_DEPTH + ENVELOPE_DEPTH levels
+    body = json.dumps({"experiences": [item, GOOD]})  # MAX_DEPTH + ENVELOPE_DEPTH levels
     batch = post(node, "/v1/experiences/batch", body)
-    assert batch.status_code == 200 and batch.json()["results"][0]["outcome"] == "accepted"
+    assert batch.status_code == 200, batch.text
+    first, second = batch.json()["results"]
+    assert (
+        first["error"]["code"] == "unknown_field"
+        and "experiences[0].x" in first["error"]["message"]
+    )
+    assert second["outcome"] in ("accepted", "duplicate")
     goods = [
         {"text": f"Deep import neighbour {n}: check the exit code of every step", "domain": "a.b"}
         for n in ("one", "two")
@@ -402,12 +414,13 @@ def test_a_batch_item_may_nest_as_deep_as_a_body_and_import_keeps_its_neighbours
     before, replica = state(node)
     out = node.cli("import", str(path), check=False)
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1] == (
-        f"{path}:3: bad_json: line is nested deeper than {MAX_DEPTH} levels"
-    )
-    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": 3, "errors": 1}
+    assert out.stderr.strip().splitlines()[-2:] == [
+        f"{path}:2: unknown_field: x is not a field of this request",
+        f"{path}:3: bad_json: line is nested deeper than {MAX_DEPTH} levels",
+    ]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": 2, "errors": 2}
     after, replica_after = state(node)
-    assert after["active"] == before["active"] + 3 and replica_after == replica + 3
+    assert after["active"] == before["active"] + 2 and replica_after == replica + 2
 
 
 # -- found in review: POST /mcp parsed by the SDK alone, with other codes than stdio ------------

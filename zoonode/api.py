@@ -122,6 +122,9 @@ async def _batch_body(request: Request) -> dict[str, Any]:
 
 
 def _list_field(body: dict, name: str, limit: int) -> list:
+    for key in body:  # like every body model (inputs._Strict): no unknown keys
+        if key != name:
+            raise ApiError(422, "unknown_field", f"{key} is not a field of this request")
     if body.get(name) is None:
         raise ApiError(422, "missing_field", f"{name} is required")
     value = body[name]
@@ -214,6 +217,35 @@ class _NodeCollector:
             "Time the gossip reader waited for room in the ingest queue",
             value=m["gossip_reader_wait_s"],
         )
+        trust = m["trust"]
+        for name, help_text, value in (
+            ("trust_votes", "Standing verdicts in the trust graph (target held)", "votes"),
+            ("trust_voters", "Voters in the trust graph", "voters"),
+            ("trust_authors", "Authors voted on in the trust graph", "authors"),
+            ("feedback_stored", "Standing verdicts stored (held target or not)", "stored"),
+            (
+                "feedback_untrusted_stored",
+                "Stored verdicts from voters without trust here",
+                "untrusted_stored",
+            ),
+            (
+                "feedback_untrusted_max",
+                "Bound on stored verdicts from voters without trust (trust.max_untrusted_verdicts)",
+                "max_untrusted",
+            ),
+        ):
+            yield GaugeMetricFamily(f"zoonode_{name}", help_text, value=trust[value])
+        if trust["recomputed_at"] is not None:
+            yield GaugeMetricFamily(
+                "zoonode_trust_recomputed_timestamp_seconds",
+                "Unix time of the last trust recomputation",
+                value=trust["recomputed_at"] / 1000,
+            )
+            yield GaugeMetricFamily(
+                "zoonode_trust_recompute_seconds",
+                "Duration of the last trust recomputation (graph read and compute)",
+                value=trust["seconds"],
+            )
         yield GaugeMetricFamily("zoonode_replica_size", "Vectors in the replica", m["replica"])
         yield GaugeMetricFamily("zoonode_peers", "Connected peers", m["peers"])
         yield GaugeMetricFamily(
@@ -521,6 +553,9 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # A path with a trailing slash is another path: a typed 404, never Starlette's bare 307
+    # to the slashless one (which a POST client may not follow, or follow as a GET).
+    app.router.redirect_slashes = False
     return app
 
 

@@ -432,13 +432,14 @@ def feedback(
 ) -> None:
     """Report whether an experience helped (a signed verdict, gossiped; it feeds trust).
     Prints OUTCOME VERDICT on ID (accepted: the first verdict on it; replaced: the previous
-    one no longer stands), then the verdict's id."""
+    one no longer stands; unchanged: the same verdict already stands), then the verdict's id.
+    Exit 2 unless exactly one of --helpful, --harmful, --withdraw is given."""
     from zoonode.humanview import feedback_view
 
     chosen = [name for name, on in (("helpful", helpful), ("harmful", harmful),
                                     ("withdrawn", withdraw)) if on]  # fmt: skip
     if len(chosen) != 1:
-        raise _fail("give exactly one of --helpful, --harmful, --withdraw")
+        raise _fail("give exactly one of --helpful, --harmful, --withdraw", code=2)
     client = _client(url, token, data_dir, config)
     answer = _call(client.feedback, record_id, chosen[0], task)
     typer.echo(json.dumps(answer) if as_json else feedback_view(answer))

@@ -296,6 +296,10 @@ class TrustConfig:
     # an author with trust standing >= voters_min_standing (0: trust mass alone decides)
     established_voters: Annotated[int, _range(ge=0, le=1_000_000)] = 4
     voters_min_standing: Unit = 0.2
+    # stored verdicts from voters this node gives no trust (not a root, trust 0): over it, a
+    # new one is ignored (not stored, not forwarded; docs/trust.md). Trusted voters' verdicts
+    # are never dropped. ~0.5 KB each on disk with the indexes.
+    max_untrusted_verdicts: Annotated[int, _range(ge=0, le=100_000_000)] = 100_000
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ as the HTTP API answers them in, text out; numbers rounded to what a person read
 from __future__ import annotations
 
 import textwrap
+import time
 from typing import Any
 
 WIDTH = 88
@@ -56,9 +57,17 @@ def query_view(answer: dict[str, Any], legend: bool = True) -> str:
         lines.append(f"    picked for: {why}")
         trust = s.get("trust") or {}
         if trust.get("helpful") or trust.get("harmful"):
+            untrusted = [
+                f"{trust[f'{kind}_untrusted']} {kind}"
+                for kind in ("helpful", "harmful")
+                if trust.get(f"{kind}_untrusted")
+            ]
             lines.append(
-                f"    verdicts: {trust['helpful']} helpful, {trust['harmful']} harmful "
-                f"(author's trust standing {trust.get('author_trust_standing', 0):.2f})"
+                f"    verdicts weighted by the voters' trust: "
+                f"{trust.get('helpful_trusted', 0):.2f} helpful, "
+                f"{trust.get('harmful_trusted', 0):.2f} harmful"
+                + (f" ({', '.join(untrusted)} from untrusted voters)" if untrusted else "")
+                + f"; author's trust standing {trust.get('author_trust_standing', 0):.2f}"
             )
         lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
     considered = answer.get("considered", 0)
@@ -108,13 +117,21 @@ def status_view(status: dict[str, Any]) -> str:
     if trust:
         when = "not yet computed"
         if trust.get("recomputed_at") is not None:
-            when = f"computed in {trust.get('seconds') or 0:.2f} s"
+            at = trust["recomputed_at"] / 1000
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+            ago = max(0.0, time.time() - at)
+            when = f"recomputed {stamp} ({ago:.0f} s ago, took {trust.get('seconds') or 0:.2f} s)"
         lines.append(
-            f"trust    {trust.get('votes', 0)} verdicts from {trust.get('voters', 0)} voters on "
-            f"{trust.get('authors', 0)} authors; {trust.get('root_endorsements', 0)} endorsed "
-            f"by this node ({'in use' if trust.get('ready') else 'time known still decides'}); "
-            f"{when}"
+            f"trust    {trust.get('votes', 0)} verdicts in the graph from "
+            f"{trust.get('voters', 0)} voters on {trust.get('authors', 0)} authors; "
+            f"{trust.get('root_endorsements', 0)} endorsed by this node "
+            f"({'in use' if trust.get('ready') else 'time known still decides'}); {when}"
         )
+        if "stored" in trust:
+            lines.append(
+                f"verdicts {trust['stored']} stored; {trust.get('untrusted_stored', 0)} from "
+                f"voters without trust (bound {trust.get('max_untrusted', 0)})"
+            )
     addrs = status.get("addrs", [])
     if status.get("peers", 0) == 0:
         lines += textwrap.wrap(JOIN_HINT, WIDTH)
@@ -144,6 +161,6 @@ def feedback_view(answer: dict[str, Any]) -> str:
     """``POST /v1/experiences/{id}/feedback``'s answer: ``OUTCOME VERDICT on TARGET`` (with
     the verdict it replaced), then the signed verdict's id."""
     line = f"{answer['outcome']} {answer['verdict']} on {answer['target']}"
-    if answer.get("previous"):
+    if answer.get("previous") and answer["outcome"] != "unchanged":
         line += f" (was {answer['previous']})"
     return f"{line}\nverdict {answer['id']}"

@@ -10,8 +10,8 @@ entry point.
   of nesting (else ``bad_json``, never a ``RecursionError``), any number literal accepted as a
   value (10^400 stays an exact int, 1e309 and NaN become floats) so that the *field* that holds
   it reports ``out_of_range`` or ``non_finite`` and, in a batch, only that item fails.
-- Fields (pydantic v2 models, strict types): ``missing_field``, ``wrong_type``,
-  ``out_of_range``, ``non_finite``.
+- Fields (pydantic v2 models, strict types, no unknown keys): ``missing_field``,
+  ``wrong_type``, ``out_of_range``, ``non_finite``, ``unknown_field``.
 - Record fields (text, domain, confidence, examples, size): the wire protocol's own checks
   (:func:`zoonode.experiences.check_lesson`, ``protocol.check_text``, ``protocol.check_domain``),
   so a lesson is refused here for exactly the reasons a peer would refuse it: ``bad_text``,
@@ -155,9 +155,10 @@ Confidence = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
-    """No coercion ("0.5" is not a number, true is not 1); unknown keys are ignored."""
+    """No coercion ("0.5" is not a number, true is not 1); an unknown key is refused
+    (``unknown_field``, 422): a typo (``taks``) would otherwise drop what it held unseen."""
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class ExampleIn(_Strict):
@@ -284,6 +285,8 @@ def validation_error(exc: ValidationError, where: str = "") -> InputError:
         return cause
     if isinstance(cause, ProtocolError):
         return from_protocol(cause)
+    if kind == "extra_forbidden":
+        return InputError(422, "unknown_field", f"{path} is not a field of this request")
     if kind == "missing" or (value is None and kind.endswith("_type")):  # null: absent
         return InputError(422, "missing_field", f"{path} is required")
     if kind == "finite_number":

@@ -819,13 +819,17 @@ class Store:
                 out[Status(status).name.lower()] += n
         return out
 
-    def ids_between(self, start_ms: int, end_ms: int, limit: int) -> list[bytes]:
+    def ids_between(
+        self, start_ms: int, end_ms: int, limit: int, after: bytes = b""
+    ) -> list[bytes]:
+        """Ids with ``start_ms <= created_at < end_ms`` and ``id > after``, ascending, at most
+        ``limit`` (sync ``ids``, NETWORK.md §6.3: ``after`` pages through a full bucket)."""
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT id FROM records WHERE created_at >= ? AND created_at < ? "
+                "SELECT id FROM records WHERE created_at >= ? AND created_at < ? AND id > ? "
                 "ORDER BY id LIMIT ?",
-                (start_ms, end_ms, limit),
+                (start_ms, end_ms, after, limit),
             )
         ]
 
@@ -950,6 +954,13 @@ class FeedbackStore:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def standing_verdict(self, voter: bytes, target: bytes) -> tuple[bytes, int, bytes | None]:
+        """(id, verdict, task) of the verdict that stands for this voter and target, if any."""
+        return self.db.execute(
+            "SELECT id, verdict, task FROM feedback WHERE voter = ? AND target = ?",
+            (voter, target),
+        ).fetchone()
+
     def verdict(self, record_id: bytes) -> int | None:
         row = self.db.execute("SELECT verdict FROM feedback WHERE id = ?", (record_id,)).fetchone()
         return row[0] if row else None
@@ -958,13 +969,17 @@ class FeedbackStore:
         """(id, created_at) of every held verdict: what the feedback sync digest covers."""
         yield from self.db.execute("SELECT id, created_at FROM feedback")
 
-    def ids_between(self, start_ms: int, end_ms: int, limit: int) -> list[bytes]:
+    def ids_between(
+        self, start_ms: int, end_ms: int, limit: int, after: bytes = b""
+    ) -> list[bytes]:
+        """Ids with ``start_ms <= created_at < end_ms`` and ``id > after``, ascending, at most
+        ``limit`` (sync ``ids``, NETWORK.md §6.3: ``after`` pages through a full bucket)."""
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT id FROM feedback WHERE created_at >= ? AND created_at < ? "
+                "SELECT id FROM feedback WHERE created_at >= ? AND created_at < ? AND id > ? "
                 "ORDER BY id LIMIT ?",
-                (start_ms, end_ms, limit),
+                (start_ms, end_ms, after, limit),
             )
         ]
 
@@ -1005,7 +1020,12 @@ class FeedbackStore:
     def max_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM feedback").fetchone()[0]
 
+    def count_by_voter(self) -> Iterator[tuple[bytes, int]]:
+        """(voter, stored verdicts) of every voter (withdrawn ones included)."""
+        yield from self.db.execute("SELECT voter, count(*) FROM feedback GROUP BY voter")
+
     def counts(self) -> dict[str, int]:
+        """Standing verdicts by kind (every stored one, held target or not)."""
         out = {"helpful": 0, "harmful": 0, "withdrawn": 0}
         names = {1: "helpful", -1: "harmful", 0: "withdrawn"}
         for verdict, n in self.db.execute(

@@ -36,6 +36,7 @@ import trio
 
 from zoonode.net.scoring import RULES, ScoreRules
 from zoonode.net.validation import (
+    NO_PENALTY,
     AuthorLimiter,
     Checked,
     MessageVerdict,
@@ -261,13 +262,14 @@ class Gossip:
         standing: Callable[[bytes, bytes], tuple[int, bytes] | None],
         on_records: Callable[[list[Checked], str], Awaitable[None]],
         room: Callable[[], int] | None = None,
+        **extra: Callable,
     ) -> Channel:
         """The feedback topic (``/zoo/dso/1/<space>/feedback``): its records are checked by
         ``check_feedback`` (``known`` ids, the ``standing`` verdict of a voter on a target,
         the voter's own token bucket) and handed to ``on_records``; ``room()`` is what the
         feedback queue can still take (a message that does not fit is ignored, reason
-        ``backlog``; the records' backlog of unchecked lessons never limits it). Call before
-        running."""
+        ``backlog``; the records' backlog of unchecked lessons never limits it); ``extra``
+        goes to ``check_feedback`` (``target_held``, ``admits``). Call before running."""
         limiter = AuthorLimiter(self.policy.feedback_rate, self.policy.feedback_burst)
         topic = topic_for(self.policy.space, FEEDBACK_TOPIC)
         self.feedback = self.channels[topic] = Channel(
@@ -281,6 +283,7 @@ class Gossip:
                 self.banned,
                 check=check_feedback,
                 standing=standing,
+                **extra,
             ),
             on_records,
             room=room,
@@ -332,7 +335,8 @@ class Gossip:
             while len(channel.pending) > MAX_PENDING:
                 channel.inflight -= len(channel.pending.popitem(last=False)[1][0])
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
-            self.meter.hit(forwarder, time.monotonic())  # nothing new: counts toward a flood
+            if any(c.reason not in NO_PENALTY for c in outcome.checked):
+                self.meter.hit(forwarder, time.monotonic())  # nothing new: toward a flood
             self._ignored[message_id] = None
             while len(self._ignored) > MAX_PENDING:
                 self._ignored.popitem(last=False)

@@ -28,6 +28,9 @@ LIBRARY_NOISE: dict[tuple[str, str], str] = {
     ("libp2p.transport.tcp.tcp", "Failed to open TCP stream"): "dial_failed",
     ("libp2p.transport.tcp.tcp", "Unexpected error opening TCP stream"): "dial_failed",
     ("libp2p.host.basic_host", "Failed to open stream to peer"): "stream_failed",
+    # A validated message the subscription's 32-message channel had no room for (a flood);
+    # printed bare by Python's last-resort handler once per message otherwise.
+    ("libp2p.pubsub.pubsub", "fail to deliver message to subscription"): "subscription_full",
 }
 #: How many library lines :func:`quiet_library_noise` has turned into counts (per process).
 library_noise: Counter[str] = Counter()

@@ -2,7 +2,9 @@
 
 1. ``digest``: per time bucket (1 h of ``created_at``) the count and the XOR of the ids a node
    knows (records and tombstones). Equal buckets are skipped without listing anything.
-2. ``ids``: for a differing bucket, the sorted ids the peer holds (at most ``MAX_IDS``).
+2. ``ids``: for a differing bucket, the sorted ids the peer holds, at most ``MAX_IDS`` a
+   page; ``"more": true`` when the page was cut there, and the next page is asked with
+   ``"after"`` (the last id received), so a bucket of any size is listed in full.
 3. ``get``: the missing records' wire bytes, ``MAX_GET`` at a time. They are validated like
    gossip and go through the same embedding check before the store.
 Bounded by size (frames, ids, records per request) and by rate (buckets per round, rounds per

@@ -58,7 +58,14 @@ class Reason(StrEnum):
     # feedback topic only (NETWORK.md §4.7)
     SUPERSEDED = "superseded"  # a later verdict of the same voter on the same target is held
     VOTER_RATE = "voter_rate"  # the voter is over its feedback rate
-    # plus every protocol ErrorCode value (bad_signature, oversize, ...), used as is
+    UNKNOWN_TARGET = "unknown_target"  # the target lesson is not held here (sync brings it later)
+    FEEDBACK_FULL = "feedback_full"  # the bound on verdicts from voters without trust is reached
+
+
+# IGNOREs that say nothing about the forwarder (an honest relay meets them): they never count
+# toward its flood rate.
+NO_PENALTY = frozenset({Reason.UNKNOWN_TARGET, Reason.FEEDBACK_FULL})
+# plus every protocol ErrorCode value (bad_signature, oversize, ...), used as is
 
 
 @dataclass(frozen=True)
@@ -238,12 +245,16 @@ def check_feedback(
     banned: Callable[[bytes], bool] = lambda a: False,
     standing: Callable[[bytes, bytes], tuple[int, bytes] | None] = lambda v, t: None,
     decoder: Callable[[bytes], SignedFeedback] = decode_feedback,
+    target_held: Callable[[bytes], bool] = lambda t: True,
+    admits: Callable[[bytes, bool], bool] = lambda v, replacing: True,
 ) -> Checked:
     """One feedback record on the feedback topic (NETWORK.md §4.7): decode and verify
     (REJECT, the SPEC code), space (REJECT ``wrong_space``), ``from_future`` (REJECT),
     ``too_old``, ``known``, ``author_banned`` (the voter), ``superseded`` (``standing(voter,
-    target)`` names a verdict held that is later: (created_at, id) greater), ``voter_rate``
-    (``limiter``: the voter's token bucket): IGNORE. Otherwise ACCEPT."""
+    target)`` names a verdict held that is later: (created_at, id) greater),
+    ``unknown_target`` (``target_held(target)`` is false), ``feedback_full`` (``admits(voter,
+    replacing)`` is false: the node's bound on verdicts from voters without trust),
+    ``voter_rate`` (``limiter``: the voter's token bucket): IGNORE. Otherwise ACCEPT."""
     try:
         record = decoder(wire)
     except ProtocolError as exc:
@@ -255,6 +266,10 @@ def check_feedback(
     held = standing(fb.voter, fb.target)
     if held is not None and held >= (fb.created_at, record.id):
         return Checked(Verdict.IGNORE, Reason.SUPERSEDED, record)
+    if not target_held(fb.target):
+        return Checked(Verdict.IGNORE, Reason.UNKNOWN_TARGET, record)
+    if not admits(fb.voter, held is not None):
+        return Checked(Verdict.IGNORE, Reason.FEEDBACK_FULL, record)
     if not limiter.allow(fb.voter, now_ms / 1000):
         return Checked(Verdict.IGNORE, Reason.VOTER_RATE, record)
     return Checked(Verdict.ACCEPT, Reason.OK, record)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from zoonode.experiences import now_ms
-from zoonode.net.validation import AuthorLimiter, Verdict, check_record
+from zoonode.net.validation import AuthorLimiter, Reason, Verdict, check_record
 
 if TYPE_CHECKING:
     from zoonode.node.core import Node
@@ -94,7 +94,13 @@ class AntiEntropy:
             # created_at is 0..2^53 - 1 (SPEC §2.1): clamping keeps the answer and keeps
             # msgpack's 64-bit ints (up to 2^64 - 1) inside SQLite's signed 64-bit range
             start, end = (min(max(t, 0), MAX_CREATED_AT + 1) for t in (start, end))
-            ids = await node.in_kb(table.ids_between, start, end, MAX_IDS)
+            after = req.get("after", b"")
+            if type(after) is not bytes or len(after) not in (0, 32):
+                raise ServeError(BAD_REQUEST, "after is a 32-byte bin id")
+            # One more than the cap: whether the page was cut (``more``, §6.3).
+            ids = await node.in_kb(table.ids_between, start, end, MAX_IDS + 1, after)
+            if len(ids) > MAX_IDS:
+                return {"ids": ids[:MAX_IDS], "more": True}
             return {"ids": ids}
         if op == "get":
             wanted = req.get("ids")
@@ -239,29 +245,53 @@ class AntiEntropy:
         """Fetch what we lack of one time bucket of ``kind``; returns how many records were
         queued."""
         from zoonode.net.rpc import SYNC_PROTOCOL, request
+
+        node = self.node
+        if kind == "experience":
+            digest, base = node.digest, {}
+        else:
+            digest, base = node.feedback_digest, {"type": kind}
+        fetched = 0
+        after = b""
+        while True:  # one page of ids at a time (NETWORK.md §6.3: ``more`` and ``after``)
+            page = {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base}
+            if after:
+                page["after"] = after
+            listed = await request(node.host, peer, SYNC_PROTOCOL, page)
+            ids = [i for i in listed.get("ids", []) if isinstance(i, bytes) and len(i) == 32]
+            if after and ids and ids[0] <= after:
+                # A peer that ignores ``after`` lists the first page again: what it gave is
+                # all we can learn of this bucket from it (as before paging existed).
+                node.counters["sync:ids_no_paging"] += 1
+                break
+            fetched += await self._fetch_missing(peer, kind, ids, limiter, room)
+            if listed.get("more") is not True or not ids or not room():
+                break
+            after = ids[-1]
+        return fetched
+
+    async def _fetch_missing(self, peer, kind: str, ids: list[bytes], limiter, room) -> int:
+        """``get`` the ids of one page we do not know, validate them and queue them."""
+        from zoonode.net.rpc import SYNC_PROTOCOL, request
         from zoonode.net.sync import MAX_GET
         from zoonode.net.validation import check_feedback
 
         node = self.node
         if kind == "experience":
-            digest, table, base = node.digest, node.kb.store, {}
+            table, base = node.kb.store, {}
             check, enqueue = check_record, node.ingest.enqueue
             extra: dict[str, Any] = {"backlog": node.backlog_admits}
             prefix = "sync"
         else:
-            digest, table, base = node.feedback_digest, node.kb.store.feedback, {"type": kind}
+            table, base = node.kb.store.feedback, {"type": kind}
             check, enqueue = check_feedback, node.feedback.enqueue
-            extra = {"standing": table.standing}
+            extra = node.feedback.check_extra()
             prefix = "sync_feedback"
         fetched = 0
-        listed = await request(
-            node.host,
-            peer,
-            SYNC_PROTOCOL,
-            {"op": "ids", "start": start, "end": start + digest.bucket_ms, **base},
-        )
-        ids = [i for i in listed.get("ids", []) if isinstance(i, bytes)]
-        missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
+        if kind == "experience":
+            missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
+        else:  # nor verdicts fetched before whose lesson is still not held (NETWORK.md §4.7)
+            missing = await node.in_kb(node.feedback.worth_fetching, ids)
         for chunk in range(0, len(missing), MAX_GET):
             if not room():
                 break
@@ -282,6 +312,8 @@ class AntiEntropy:
                     **extra,
                 )
                 node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
+                if checked.reason == Reason.UNKNOWN_TARGET:
+                    node.feedback.note_unheld(checked.record)
                 if checked.verdict is Verdict.ACCEPT:
                     await enqueue(checked.record, str(peer))
                     fetched += 1

@@ -167,6 +167,8 @@ class Node:
             self.kb.store.feedback.standing,
             self.feedback.on_gossip,
             room=self.feedback.room,
+            target_held=self.kb.store.has,
+            admits=self.feedback.admits,
         )
         self._kb_lock = trio.CapacityLimiter(1)
         self._cancel: trio.CancelScope | None = None

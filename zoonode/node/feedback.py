@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ QUEUE = 10_000
 BATCH = 256
 EDGE_PAGE = 50_000  # endorsement rows read per knowledge-base call
 MAX_VOTES_SHOWN = 10  # votes listed per lesson in an explanation
+# Verdicts sync fetched and ignored (``unknown_target``), remembered with their target so that
+# later rounds fetch them again only once the lesson is held (~200 B each in memory).
+MAX_UNHELD = 100_000
 
 
 class RateRefused(Exception):
@@ -71,6 +75,9 @@ class TrustStatus:
     iterations: int
     recomputed_at: int | None  # ms
     seconds: float | None  # the last recomputation's duration (read + compute)
+    stored: int  # every standing verdict stored (held target or not, withdrawn included)
+    untrusted_stored: int  # of them, from voters without trust (as of the last computation)
+    max_untrusted: int  # trust.max_untrusted_verdicts
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -97,6 +104,12 @@ class Feedback:
         self.recomputed_at: int | None = None
         self.recompute_seconds: float | None = None
         self.recomputations = 0
+        self.max_untrusted = cfg.max_untrusted_verdicts
+        counts = list(node.kb.store.feedback.count_by_voter())
+        self.stored = sum(n for _, n in counts)
+        self.untrusted_stored = sum(n for voter, n in counts if not self.has_trust(voter))
+        self._admitted = 0  # admitted by ``admits``, not stored yet
+        self.unheld: OrderedDict[bytes, bytes] = OrderedDict()  # verdict id -> target
 
     # -- our agents' verdicts ---------------------------------------------------------------
     async def rate(
@@ -108,10 +121,12 @@ class Feedback:
         previous one no longer stands), previous (its verdict or None)}. Raises RateRefused:
         ``not_found`` (no such experience here), ``not_a_lesson`` (a revocation),
         ``own_lesson`` (a vote on our own lesson counts for nothing), ``rate_limited`` (over
-        ``network.feedback_rate``); and StorageFull."""
+        ``network.feedback_rate``); and StorageFull. The same verdict (and task) as the one
+        that stands answers outcome ``unchanged`` with the standing verdict's id: nothing is
+        signed, sent or counted against the rate."""
         node = self.node
 
-        def work() -> tuple[SignedFeedback, FeedbackResult, int | None]:
+        def work() -> tuple[SignedFeedback, FeedbackResult, int | None] | dict[str, Any]:
             row = node.kb.get(target)
             if row is None:
                 raise RateRefused("not_found", "no such experience on this node")
@@ -122,6 +137,15 @@ class Feedback:
                     "own_lesson", "a verdict on this node's own lesson counts for nothing"
                 )
             table = node.kb.store.feedback
+            same = table.standing_verdict(node.author, target)
+            if same is not None and same[1] == int(verdict) and same[2] == task:
+                return {
+                    "id": same[0].hex(),
+                    "target": target.hex(),
+                    "verdict": verdict.label,
+                    "outcome": "unchanged",
+                    "previous": verdict.label,
+                }
             held = table.standing(node.author, target)
             previous = table.verdict(held[1]) if held is not None else None
             if not self._own_limiter.allow(node.author, time.monotonic()):
@@ -134,10 +158,14 @@ class Feedback:
             stamp = max(now_ms(), held[0] + 1) if held else now_ms()
             body = FeedbackBody(node.author, node.encoder.space, stamp, target, verdict, task)
             record = sign_feedback(body, node.key)
-            [result] = table.insert([(record, "local")])
+            [result] = self.insert([(record, "local")])
             return record, result, previous
 
-        record, result, previous = await node.in_kb(work)
+        done = await node.in_kb(work)
+        if isinstance(done, dict):
+            node.counters["feedback:unchanged"] += 1
+            return done
+        record, result, previous = done
         self._note(record, result)
         node.counters[f"feedback:{result.outcome}"] += 1
         await node.gossip.publish_feedback([record.wire])
@@ -160,6 +188,52 @@ class Feedback:
         """Verdicts the queue can still take (the feedback topic's gossip room)."""
         return QUEUE - self._send.statistics().current_buffer_used
 
+    def has_trust(self, voter: bytes) -> bool:
+        """A root, or a voter the last trust computation gives trust (T > 0)."""
+        if voter in self.roots:
+            return True
+        return self.trust is not None and self.trust.trust_of(voter) > 0.0
+
+    def admits(self, voter: bytes, replacing: bool) -> bool:
+        """Whether a peer's verdict may be stored (NETWORK.md §4.7 ``feedback_full``): a
+        trusted voter's always, one that replaces a standing verdict always (it adds no row),
+        else while verdicts from voters without trust are under ``max_untrusted``."""
+        if replacing or self.has_trust(voter):
+            return True
+        if self.untrusted_stored + self._admitted >= self.max_untrusted:
+            return False
+        self._admitted += 1  # on its way to the table: counted before it lands
+        return True
+
+    def note_unheld(self, record: SignedFeedback) -> None:
+        """Sync fetched this verdict on a lesson we do not hold: not again until we do."""
+        self.unheld[record.id] = record.feedback.target
+        while len(self.unheld) > MAX_UNHELD:
+            self.unheld.popitem(last=False)
+
+    def worth_fetching(self, ids: list[bytes]) -> list[bytes]:
+        """Of a sync page's ids, those to ``get`` (knowledge-base thread; reads ``unheld``
+        only): not held, and not a verdict fetched before whose target is still not held."""
+        store = self.node.kb.store
+        out = []
+        for i in ids:
+            if store.feedback.known(i):
+                continue
+            target = self.unheld.get(i)
+            if target is not None and not store.has(target):
+                continue
+            out.append(i)
+        return out
+
+    def check_extra(self) -> dict[str, Any]:
+        """The node-state lookups ``check_feedback`` takes, for gossip and sync alike."""
+        store = self.node.kb.store
+        return {
+            "standing": store.feedback.standing,
+            "target_held": store.has,
+            "admits": self.admits,
+        }
+
     async def enqueue(self, record: SignedFeedback, peer: str) -> None:
         """A verdict fetched by sync, already validated like gossip."""
         await self._send.send((record, peer))
@@ -174,7 +248,7 @@ class Feedback:
                     while len(batch) < BATCH:
                         batch.append(await self._recv.receive())
                 try:
-                    results = await self.node.in_kb(self.node.kb.store.feedback.insert, batch)
+                    results = await self.node.in_kb(self.insert, batch)
                 except StorageFull as exc:
                     self.node.counters["feedback:storage_full"] += len(batch)
                     log.warning("%d peer verdicts dropped: %s", len(batch), exc)
@@ -183,8 +257,21 @@ class Feedback:
                     self.node.counters[f"feedback_store:{result.outcome}"] += 1
                     self._note(record, result)
 
+    def insert(self, items: list[tuple[SignedFeedback, str | None]]) -> list[FeedbackResult]:
+        """Store verdicts and count them (knowledge-base thread: the counts change in step
+        with the table, so a recomputation's recount never misses or repeats one)."""
+        results = self.node.kb.store.feedback.insert(items)
+        for (record, _), result in zip(items, results, strict=True):
+            if result.outcome == "accepted":
+                self.stored += 1
+                if not self.has_trust(record.feedback.voter):
+                    self.untrusted_stored += 1
+        return results
+
     def _note(self, record: SignedFeedback, result: FeedbackResult) -> None:
         """The sync digest follows the table: the new verdict in, the one it replaced out."""
+        if self._admitted and not self.has_trust(record.feedback.voter):
+            self._admitted -= 1  # stored or not, no longer on its way
         if result.outcome in ("accepted", "replaced"):
             self.node.feedback_digest.add(record.id, record.feedback.created_at)
             if result.replaced is not None and result.replaced_created_at is not None:
@@ -232,6 +319,16 @@ class Feedback:
 
         result = await trio.to_thread.run_sync(work, limiter=self._worker)
         self.trust = result
+
+        def recount() -> None:  # on the knowledge-base thread, like every insert
+            counts = list(store.count_by_voter())
+            self.stored = sum(n for _, n in counts)
+            self.untrusted_stored = sum(n for voter, n in counts if not self.has_trust(voter))
+
+        await self.node.in_kb(recount)
+        # Admitted ones dropped on the way (a batch rejected after them, a full queue) no
+        # longer count: at most those still in the queue are on their way.
+        self._admitted = min(self._admitted, QUEUE - self.room())
         self.recomputed_at = now_ms()
         self.recompute_seconds = time.perf_counter() - started
         self.recomputations += 1
@@ -291,25 +388,33 @@ class Feedback:
             iterations=t.iterations if t else 0,
             recomputed_at=self.recomputed_at,
             seconds=self.recompute_seconds,
+            stored=self.stored,
+            untrusted_stored=self.untrusted_stored,
+            max_untrusted=self.max_untrusted,
         )
 
     # -- explanations ---------------------------------------------------------------------------
     def explain(self, authors: dict[bytes, bytes], votes: dict[bytes, list[VoteRow]]) -> dict:
         """Per lesson id: its author's trust and the standing verdicts behind it. ``authors``
-        maps lesson id -> author; ``votes`` comes from ``FeedbackStore.votes_on``."""
+        maps lesson id -> author; ``votes`` comes from ``FeedbackStore.votes_on``. The
+        trust-weighted sums come first (what a reader should weigh): raw counts can be made by
+        any number of free keys. The author's own votes on its lesson are left out (trust
+        ignores them too)."""
         out = {}
         for lesson, author in authors.items():
-            rows = votes.get(lesson, [])
+            rows = [r for r in votes.get(lesson, []) if r.voter != author]
             helpful = [r for r in rows if r.verdict > 0]
             harmful = [r for r in rows if r.verdict < 0]
             shown = sorted(rows, key=lambda r: -self.trust_standing(r.voter))[:MAX_VOTES_SHOWN]
             out[lesson] = {
-                "author_trust": self.trust.trust_of(author) if self.trust else 0.0,
-                "author_trust_standing": self.trust_standing(author),
-                "helpful": len(helpful),
-                "harmful": len(harmful),
                 "helpful_trusted": sum(self.trust_standing(r.voter) for r in helpful),
                 "harmful_trusted": sum(self.trust_standing(r.voter) for r in harmful),
+                "author_trust_standing": self.trust_standing(author),
+                "author_trust": self.trust.trust_of(author) if self.trust else 0.0,
+                "helpful": len(helpful),
+                "harmful": len(harmful),
+                "helpful_untrusted": sum(1 for r in helpful if self.trust_standing(r.voter) == 0),
+                "harmful_untrusted": sum(1 for r in harmful if self.trust_standing(r.voter) == 0),
                 "votes": [
                     {
                         "voter": r.voter.hex(),
