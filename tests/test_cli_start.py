@@ -83,9 +83,14 @@ def test_query_view_rounds_and_explains():
     assert "1.0000001" not in view and "e-05" not in view
     assert query_view({"selected": [], "considered": 7}).startswith("no lesson selected")
     assert "verdicts:" not in view  # no verdicts, no line (the README tour's view)
-    voted = lesson | {"trust": {"helpful": 2, "harmful": 1, "author_trust_standing": 0.4567}}
+    trust = {
+        **{"helpful": 2, "harmful": 1, "helpful_trusted": 1.5, "harmful_trusted": 0},
+        **{"helpful_untrusted": 1, "harmful_untrusted": 1, "author_trust_standing": 0.4567},
+    }
+    voted = lesson | {"trust": trust}
     assert (
-        "    verdicts: 2 helpful, 1 harmful (author's trust standing 0.46)"
+        "    verdicts weighted by the voters' trust: 1.50 helpful, 0.00 harmful"
+        " (1 helpful, 1 harmful from untrusted voters); author's trust standing 0.46"
         in query_view({"selected": [voted], "considered": 1}).splitlines()
     )
 
@@ -101,7 +106,9 @@ def test_feedback_and_trust_views():
     trust = {"votes": 12, "voters": 3, "authors": 5, "root_endorsements": 2, "ready": False,
              "recomputed_at": 1, "seconds": 0.0123}  # fmt: skip
     view = status_view({"peer_id": PEER, "addrs": [], "peers": 1, "counts": {}, "trust": trust})
-    assert "trust    12 verdicts from 3 voters on 5 authors; 2 endorsed by this node" in view
+    line = "trust    12 verdicts in the graph from 3 voters on 5 authors; 2 endorsed by this node"
+    assert line in view
+    assert "recomputed 1970-01-01 00:00:00 UTC" in view
     assert "time known still decides" in view and "0.01 s" in view
 
 

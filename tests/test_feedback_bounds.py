@@ -172,6 +172,46 @@ def test_verdicts_from_voters_without_trust_stop_at_the_bound_trusted_ones_never
     run_trio(main, 120)
 
 
+def test_verdicts_refused_at_the_bound_are_not_fetched_again_each_sync_round(tmp_path, encoder):
+    """Sync refuses what is over the bound once (``feedback_full``), then leaves those ids
+    alone while their voters have no trust here and the bound is reached: the peer's digest
+    differs for good, and re-fetching them every round was unbounded work."""
+    [item] = lessons(encoder, Ed25519PrivateKey.generate(), [TEXT], domain="cooking.bread")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [a] = await start_nodes(nursery, encoder, [tmp_path / "a"])
+            [b] = await start_nodes(
+                nursery,
+                encoder,
+                [tmp_path / "b"],
+                trust={"max_untrusted_verdicts": 5, "recompute_s": 0.1},
+            )
+            for node in (a, b):
+                await _hold(node, [item])
+            await _store(a, _verdicts(a, item.record.id, 12, now_ms()))
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            await wait_until(
+                lambda: getattr(b.antientropy.peers.get(a.peer_id), "state", "") == "ok",
+                what="b's first sync round with a done",
+            )
+            b.antientropy.peers[a.peer_id].next_round = float("inf")  # rounds by hand below
+            peer = a.host.get_id()
+            await wait_until(lambda: b.feedback.status().untrusted_stored == 5, what="stored")
+            refused = b.counters["sync_feedback:ignore:feedback_full"]
+            assert refused >= 7  # each fetched and refused (more if fetched while 5 queued)
+            for _ in range(2):
+                assert await b.antientropy._sync_type(peer, "feedback") == 0
+            assert b.counters["sync_feedback:ignore:feedback_full"] == refused
+            # Room again (the bound raised): the next round fetches them.
+            b.feedback.max_untrusted = 50
+            assert await b.antientropy._sync_type(peer, "feedback") == 7
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
+
+
 def test_explanations_weigh_verdicts_by_trust_and_leave_self_votes_out(tmp_path, encoder):
     """1000-style Sybil harmful verdicts and the author's own helpful one against one verdict
     of this node's agent: the explanation counts the author's vote nowhere, and the line

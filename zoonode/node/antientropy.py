@@ -314,6 +314,8 @@ class AntiEntropy:
                 node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
                 if checked.reason == Reason.UNKNOWN_TARGET:
                     node.feedback.note_unheld(checked.record)
+                elif checked.reason == Reason.FEEDBACK_FULL:
+                    node.feedback.note_refused(checked.record)
                 if checked.verdict is Verdict.ACCEPT:
                     await enqueue(checked.record, str(peer))
                     fetched += 1

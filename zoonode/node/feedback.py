@@ -50,6 +50,10 @@ MAX_VOTES_SHOWN = 10  # votes listed per lesson in an explanation
 # Verdicts sync fetched and ignored (``unknown_target``), remembered with their target so that
 # later rounds fetch them again only once the lesson is held (~200 B each in memory).
 MAX_UNHELD = 100_000
+# Verdicts sync fetched and ignored as ``feedback_full``, remembered with their voter so that
+# later rounds fetch them again only once the voter has trust here or there is room again
+# (without it a peer holding other untrusted verdicts made every round re-fetch them all).
+MAX_REFUSED = 100_000
 
 
 class RateRefused(Exception):
@@ -110,6 +114,7 @@ class Feedback:
         self.untrusted_stored = sum(n for voter, n in counts if not self.has_trust(voter))
         self._admitted = 0  # admitted by ``admits``, not stored yet
         self.unheld: OrderedDict[bytes, bytes] = OrderedDict()  # verdict id -> target
+        self.refused: OrderedDict[bytes, bytes] = OrderedDict()  # verdict id -> voter
 
     # -- our agents' verdicts ---------------------------------------------------------------
     async def rate(
@@ -211,16 +216,29 @@ class Feedback:
         while len(self.unheld) > MAX_UNHELD:
             self.unheld.popitem(last=False)
 
+    def note_refused(self, record: SignedFeedback) -> None:
+        """Sync fetched this verdict and refused it (``feedback_full``): not again while its
+        voter has no trust here and the bound is still reached."""
+        self.refused[record.id] = record.feedback.voter
+        while len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+
     def worth_fetching(self, ids: list[bytes]) -> list[bytes]:
         """Of a sync page's ids, those to ``get`` (knowledge-base thread; reads ``unheld``
-        only): not held, and not a verdict fetched before whose target is still not held."""
+        and ``refused`` only): not held, not a verdict fetched before whose target is still
+        not held, and not one refused as ``feedback_full`` whose voter still has no trust
+        while the bound is still reached."""
         store = self.node.kb.store
+        full = self.untrusted_stored + self._admitted >= self.max_untrusted
         out = []
         for i in ids:
             if store.feedback.known(i):
                 continue
             target = self.unheld.get(i)
             if target is not None and not store.has(target):
+                continue
+            voter = self.refused.get(i)
+            if voter is not None and full and not self.has_trust(voter):
                 continue
             out.append(i)
         return out
@@ -407,8 +425,8 @@ class Feedback:
             harmful = [r for r in rows if r.verdict < 0]
             shown = sorted(rows, key=lambda r: -self.trust_standing(r.voter))[:MAX_VOTES_SHOWN]
             out[lesson] = {
-                "helpful_trusted": sum(self.trust_standing(r.voter) for r in helpful),
-                "harmful_trusted": sum(self.trust_standing(r.voter) for r in harmful),
+                "helpful_trusted": float(sum(self.trust_standing(r.voter) for r in helpful)),
+                "harmful_trusted": float(sum(self.trust_standing(r.voter) for r in harmful)),
                 "author_trust_standing": self.trust_standing(author),
                 "author_trust": self.trust.trust_of(author) if self.trust else 0.0,
                 "helpful": len(helpful),
