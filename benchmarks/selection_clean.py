@@ -7,7 +7,7 @@ The store: benchmarks/corpus.py's lessons (1,334 cheat tips among real filler te
 the node's own identity ("own": shared through its API) or by 64 authors imported from a file
 (fresh to the node: standing 0), written with KnowledgeBase.ingest into a real data dir that is
 kept in .bench-cache/nodes/ for reruns. Per eg query: the node's candidates exactly as
-``Query.query`` gets them (KnowledgeBase.search, 150 candidates, one per near-duplicate
+``Query.answer`` gets them (KnowledgeBase.search, 150 candidates, one per near-duplicate
 cluster, ordered by relevance x standing factor), then ``select`` under each rule. Reference:
 exact top-k over every stored vector (what a plain vector store returns). Metrics: Recall@5
 (relevant in the top 5 / min(5, relevant)), Hit@5, MRR@10 (k = 10 answers), results per
@@ -58,7 +58,7 @@ def node_dir(enc: Encoder, corpus, size: int, mode: str) -> Path:
 
 
 def candidates_for(kb: KnowledgeBase, q: np.ndarray, own: bytes, sel: SelectionConfig):
-    """What Query.query hands select (no peers): standing from the store's first acceptance;
+    """What Query.answer hands select (no peers): standing from the store's first acceptance;
     our own identity is established."""
     now = int(time.time() * 1000)
     maturity = int(sel.maturity_days * 86_400_000)

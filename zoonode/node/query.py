@@ -99,20 +99,6 @@ class Query:
         self._knows_peers_long = False  # set once a peer has been known past the maturity
         self._first_peer_ms: int | None = None  # never changes once known (authors table)
 
-    async def query(
-        self,
-        text: str | None = None,
-        vector: np.ndarray | None = None,
-        k: int | None = None,
-        filters: Filters | None = None,
-        federated: bool = False,
-    ) -> tuple[Selection, dict[bytes, SignedRecord]]:
-        """Robust selection over our replica (and, if ``federated``, peers' answers).
-
-        Returns the selection and the decoded records of the selected experiences."""
-        answer = await self.answer(text, vector, k, filters, federated)
-        return answer.selection, answer.records
-
     async def answer(
         self,
         text: str | None = None,
@@ -122,12 +108,13 @@ class Query:
         federated: bool = False,
         votes: bool = False,
     ) -> Answer:
-        """:meth:`query`, with the standing verdicts on the selected lessons if ``votes`` (for
-        :meth:`explain_votes`). A local query is one trip to the knowledge-base thread:
-        encoding, search, selection (with any on-demand check), the verdicts and the decoding
-        of the chosen records; each trip costs a thread hand-off and a wait for the KB lock
-        (~0.3-1 ms on a busy machine). A federated query goes out to peers between search and
-        selection."""
+        """Robust selection over our replica (and, if ``federated``, peers' answers): the
+        selection and the decoded records of the selected experiences, with the standing
+        verdicts on them if ``votes`` (for :meth:`explain_votes`). A local query is one trip
+        to the knowledge-base thread: encoding, search, selection (with any on-demand check),
+        the verdicts and the decoding of the chosen records; each trip costs a thread
+        hand-off and a wait for the KB lock (~0.3-1 ms on a busy machine). A federated query
+        goes out to peers between search and selection."""
         node = self.node
         sel = node.cfg.selection
         first_seen: dict[bytes, int] = {}
@@ -263,22 +250,6 @@ class Query:
             newcomers_alone=alone,
             vouched_alone=self.node.cfg.trust.vouched_alone,
         )
-
-    async def select_checked(
-        self,
-        q: np.ndarray,
-        candidates: list[Candidate],
-        settings: SelectionSettings,
-        unchecked: dict[bytes, int],
-    ) -> Selection:
-        """:meth:`select_now` on the knowledge-base thread, from the trio thread."""
-        touched: list[list[int]] = []
-        selection = await self.node.in_kb(
-            self.select_now, q, candidates, settings, unchecked, touched.append
-        )
-        for seqs in touched:
-            self.node.checker.touch(seqs)
-        return selection
 
     def select_now(
         self,
