@@ -153,15 +153,19 @@ class ZooNode:
         self.size = b
         return seconds
 
-    def query(self, text: str) -> tuple[list[str], list[float], int | None]:
-        """Texts, relevances, and how many candidates cleared the query's floor."""
+    def query(self, text: str) -> tuple[list[str], list[float], tuple[int, int] | None]:
+        """Texts, relevances, and how many candidates cleared the query's floor, with how
+        many of those were near-copies of an answer withheld by the Sybil rule (another
+        author's copy of a lesson already in the answer; selection.py)."""
         assert self.http is not None
         r = self.http.post("/v1/query", json={"text": text, "k": K})
         r.raise_for_status()
         body = r.json()
         sel = body["selected"]
-        clear = body["considered"] - body["down_weighted"].get("below_similarity_floor", 0)
-        return [s["text"] for s in sel], [s["relevance"] for s in sel], clear
+        reasons = body["down_weighted"]
+        clear = body["considered"] - reasons.get("below_similarity_floor", 0)
+        copies = reasons.get("near_duplicate_in_answer", 0)
+        return [s["text"] for s in sel], [s["relevance"] for s in sel], (clear, copies)
 
     @property
     def pid(self) -> int:
@@ -235,7 +239,7 @@ class Chroma:
         self.size = b
         return time.perf_counter() - t0
 
-    def query(self, text: str) -> tuple[list[str], list[float], int | None]:
+    def query(self, text: str) -> tuple[list[str], list[float], tuple[int, int] | None]:
         q = self.enc.encode_compact(text)
         r = self.collection.query(
             query_embeddings=q, n_results=K, include=["documents", "distances"]
@@ -312,7 +316,12 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
         short = sum(
             1
             for n, clear in zip(counts, o["clear"], strict=True)
-            if clear is not None and n < min(K, clear)
+            if clear is not None and n < min(K, clear[0])
+        )
+        short_distinct = sum(
+            1
+            for n, clear in zip(counts, o["clear"], strict=True)
+            if clear is not None and n < min(K, clear[0] - clear[1])
         )
         paired = np.array(o["latency"]) / np.array(chroma["latency"])
         rows[s.name] = {
@@ -322,6 +331,7 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
             "empty": sum(1 for c in counts if c == 0),
             "empty, Chroma top 5 relevant >= 0.3": empty_with_relevant,
             "short of k with k clearing the floor": short,
+            "short of k, other authors' near-copies of answers not counted": short_distinct,
             "query p50 ms": float(np.percentile(o["latency"], 50)),
             "query p99 ms": float(np.percentile(o["latency"], 99)),
             "paired p50 ratio": float(np.median(paired)),
@@ -428,6 +438,7 @@ def main() -> None:
         "empty",
         "empty, Chroma top 5 relevant >= 0.3",
         "short of k with k clearing the floor",
+        "short of k, other authors' near-copies of answers not counted",
         "query p50 ms",
         "query p99 ms",
         "ingest docs/s",
