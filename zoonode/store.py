@@ -282,6 +282,11 @@ def _row(values: tuple) -> Row:
     )
 
 
+# Positions in a ``Store.candidate_fields`` tuple.
+CANDIDATE_SEQ, CANDIDATE_STATUS, CANDIDATE_PENDING, CANDIDATE_AUTHOR = 0, 1, 2, 3
+CANDIDATE_DOMAIN, CANDIDATE_CONFIDENCE, CANDIDATE_CREATED, CANDIDATE_CLUSTER = 4, 5, 6, 7
+CANDIDATE_VECTOR = 8
+
 CACHE_KB = 64 * 1024  # SQLite page cache per store
 
 
@@ -708,6 +713,24 @@ class Store:
                 chunk,
             ):
                 out[r[0]] = (_row(r), np.frombuffer(r[-1], np.float32))
+        return out
+
+    def candidate_fields(self, seqs: Sequence[int]) -> dict[int, tuple]:
+        """What the query path ranks and filters a replica candidate by, without building a
+        Row: seq -> (seq, status, pending, author, domain, confidence, created_at, cluster,
+        vector bytes), for those of ``seqs`` stored with a vector (``CANDIDATE_*`` indexes).
+        Rows (with the signed bytes) are then read only for the candidates a query returns
+        (``rows_by_seq``): building ~190 Rows cost ~0.8 ms a query, the SQL ~1 ms."""
+        out: dict[int, tuple] = {}
+        for start in range(0, len(seqs), 900):
+            chunk = [int(s) for s in seqs[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(
+                "SELECT seq, status, pending IS NOT NULL, author, domain, confidence, created_at, "
+                f"cluster, vector FROM records WHERE seq IN ({marks}) AND vector IS NOT NULL",
+                chunk,
+            ):
+                out[r[0]] = r
         return out
 
     def vectors_since(
