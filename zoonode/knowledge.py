@@ -41,6 +41,7 @@ from zoonode.store import (
     Status,
     StorageFull,
     Store,
+    candidate_row,
 )
 
 log = logging.getLogger(__name__)
@@ -601,8 +602,8 @@ class KnowledgeBase:
             fetch *= 4
 
     def _found(self, kept: list[_Kept], dedupe: bool, floor: FloorOf | None) -> Found:
-        """Hits of the kept candidates (minus those under ``floor``): their rows and cluster
-        sizes, read for these alone."""
+        """Hits of the kept candidates (minus those under ``floor``): their Rows, and their
+        clusters' sizes read for these alone."""
         below = 0
         if floor is not None:
             checked = [sim for _, f, sim, _ in kept if not f[CANDIDATE_PENDING]]
@@ -611,13 +612,8 @@ class KnowledgeBase:
                 before = len(kept)
                 kept = [e for e in kept if e[1][CANDIDATE_PENDING] or e[2] >= cut]
                 below = before - len(kept)
-        rows = self.store.rows_by_seq([f[CANDIDATE_SEQ] for _, f, _, _ in kept])
         sizes = self.store.cluster_sizes(list({g for g, *_ in kept if g > 0})) if dedupe else {}
-        hits = [
-            Hit(rows[f[CANDIDATE_SEQ]], sim, sizes.get(g, 1), vector)
-            for g, f, sim, vector in kept
-            if f[CANDIDATE_SEQ] in rows
-        ]
+        hits = [Hit(candidate_row(f), sim, sizes.get(g, 1), vector) for g, f, sim, vector in kept]
         return Found(hits, below)
 
     def _keep(
@@ -633,8 +629,8 @@ class KnowledgeBase:
     ) -> list[_Kept]:
         """The best ``limit`` active, matching candidates by exact inner product, at most
         ``per_cluster`` per cluster, with their vectors; pending ones only if ``pending``, and
-        never in place of a checked member of their cluster among the candidates. Reads the
-        candidates' filter fields and vectors only (``Store.candidate_fields``)."""
+        never in place of a checked member of their cluster among the candidates. One read of
+        the candidates (``Store.candidate_fields``); Rows are made for the hits alone."""
         order = seqs.tolist() if isinstance(seqs, np.ndarray) else [int(s) for s in seqs]
         fields = self.store.candidate_fields(order)
         check = not filters.empty
