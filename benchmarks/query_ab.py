@@ -50,8 +50,12 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the base build's zoonode executable")
     parser.add_argument("--data", required=True, type=Path, help="a node data dir (copied)")
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument(
+        "--runtime", default="onnx", choices=["onnx", "torch"], help="encoder runtime of both"
+    )
     args = parser.parse_args()
     os.environ["ZOONODE_ENCODER__THREADS"] = "1"
+    os.environ["ZOONODE_ENCODER__RUNTIME"] = args.runtime  # as versus_chroma.py: ONNX
     queries = load_set().queries
     work = Path(tempfile.mkdtemp(prefix="zoo-query-ab-"))
     builds = {"base": args.base, "new": str(Path(sys.executable).with_name("zoonode"))}
@@ -102,6 +106,7 @@ def main() -> None:
         "same answers": f"{same}/{len(answers['new'])}",
         # considered, groups, authors and the down-weighting reasons' counts
         "same counts": f"{same_counts}/{len(counts['new'])}",
+        "encoder runtime": args.runtime,
         "load average (1 min)": [round(x, 2) for x in load],
     }
     for key, value in out.items():
