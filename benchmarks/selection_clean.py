@@ -67,9 +67,9 @@ def candidates_for(kb: KnowledgeBase, q: np.ndarray, own: bytes, sel: SelectionC
     def standing(author: bytes) -> float:
         return 1.0 if author == own else author_standing(first.get(author), now, maturity)
 
-    def weigh(rows):
-        first.update(kb.authors_first_seen({r.author for r in rows} - first.keys()))
-        return np.array([standing_factor(sel.newcomer_weight, standing(r.author)) for r in rows])
+    def weigh(authors):
+        first.update(kb.authors_first_seen(set(authors) - first.keys()))
+        return np.array([standing_factor(sel.newcomer_weight, standing(a)) for a in authors])
 
     hits = kb.search(q, k=sel.candidates, weigh=weigh, per_cluster=sel.cluster_members)
     return [

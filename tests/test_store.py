@@ -159,8 +159,8 @@ def test_weighed_search_lets_the_weightier_member_speak_for_a_cluster(kb, encode
     fresh = other.public_key().public_bytes_raw()
     assert kb.search(dup.vector, k=1)[0].row.id == dup.record.id
 
-    def weigh(rows):
-        return np.array([0.2 if row.author == fresh else 1.0 for row in rows])
+    def weigh(authors):
+        return np.array([0.2 if author == fresh else 1.0 for author in authors])
 
     hits = kb.search(dup.vector, k=len(TEXTS), weigh=weigh)
     assert hits[0].row.id == items[0].record.id

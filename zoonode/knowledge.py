@@ -5,11 +5,13 @@ store transaction (durable: the acknowledgement) -> replica -> eviction. A peer'
 *pending*, with the vector its code implies, and waits in the backlog for the embedding check;
 :meth:`KnowledgeBase.promote` then gives it its text's exact vector (store and replica) and
 :meth:`KnowledgeBase.remove` drops one that failed.
-Read path: replica candidates -> store rows with their exact vectors -> rerank by exact
-inner product (the default replica's int8 scores are approximate) -> status and filters ->
-at most ``per_cluster`` hits per near-duplicate cluster -> top k. A caller may weigh rows
-(the node weighs them by their author's standing) to choose which members speak for a
-cluster and which clusters fill the k.
+Read path: replica candidates -> their stored values with their exact vectors (one read) ->
+rerank by exact inner product (the default replica's int8 scores are approximate) -> status
+and filters -> at most ``per_cluster`` hits per near-duplicate cluster -> top k -> Rows and
+cluster sizes for those alone. A caller may weigh the candidates' authors (the node weighs
+them by standing) to choose which members speak for a cluster and which clusters fill the k,
+and may leave out the checked hits under its similarity floor (:meth:`KnowledgeBase.find`):
+their Rows are not made (~120 of a query's 150 candidates at 20k lessons).
 """
 
 from __future__ import annotations
@@ -24,7 +26,25 @@ import numpy as np
 
 from zoonode.protocol import Op
 from zoonode.replica import Replica, SnapshotError
-from zoonode.store import Incoming, InsertResult, Outcome, Row, Status, StorageFull, Store
+from zoonode.store import (
+    CANDIDATE_AUTHOR,
+    CANDIDATE_CLUSTER,
+    CANDIDATE_CONFIDENCE,
+    CANDIDATE_CREATED,
+    CANDIDATE_DOMAIN,
+    CANDIDATE_PENDING,
+    CANDIDATE_SEQ,
+    CANDIDATE_STATUS,
+    CANDIDATE_VECTOR,
+    Incoming,
+    InsertResult,
+    Outcome,
+    Row,
+    Status,
+    StorageFull,
+    Store,
+    candidate_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +64,12 @@ RERANK_CANDIDATES = 64
 # checked against their exact vectors (int8 score error: median 0.003, max 0.02 measured).
 APPROX_MARGIN = 0.05
 
-Weigh = Callable[[list[Row]], np.ndarray]
+# Candidates' authors -> score factors in [0, 1] (KnowledgeBase.search).
+Weigh = Callable[[list[bytes]], np.ndarray]
+# A caller's similarity floor as a function of its best candidate's relevance (find).
+FloorOf = Callable[[float], float]
+# A candidate _keep kept: (group, Store.candidate_fields tuple, exact score, vector).
+_Kept = tuple[int, tuple, float, np.ndarray]
 
 # The checker's queue: a newcomer's records (no lesson of theirs has passed the check here)
 # wait behind every record of an author who has passed it; within each group the order is
@@ -170,17 +195,18 @@ class Filters:
         return " AND ".join(clauses), params
 
     def match(self, row: Row) -> bool:
-        if self.domain and not (
-            row.domain == self.domain or row.domain.startswith(self.domain + ".")
-        ):
+        return self.match_fields(row.author, row.domain, row.confidence, row.created_at)
+
+    def match_fields(self, author: bytes, domain: str, confidence: float, created_at: int) -> bool:
+        if self.domain and not (domain == self.domain or domain.startswith(self.domain + ".")):
             return False
-        if self.author is not None and row.author != self.author:
+        if self.author is not None and author != self.author:
             return False
-        if self.min_confidence is not None and row.confidence < self.min_confidence:
+        if self.min_confidence is not None and confidence < self.min_confidence:
             return False
-        if self.created_after is not None and row.created_at < self.created_after:
+        if self.created_after is not None and created_at < self.created_after:
             return False
-        return self.created_before is None or row.created_at < self.created_before
+        return self.created_before is None or created_at < self.created_before
 
     @property
     def empty(self) -> bool:
@@ -193,6 +219,14 @@ class Hit:
     score: float  # exact inner product with the query (cosine: both unit vectors)
     cluster_size: int
     vector: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A search's hits, and how many checked hits it left out under the caller's floor."""
+
+    hits: list[Hit]
+    below_floor: int = 0
 
 
 class KnowledgeBase:
@@ -518,13 +552,35 @@ class KnowledgeBase:
         """Top ``k`` active lessons by exact cosine, at most ``per_cluster`` (the best) per
         near-duplicate cluster (``dedupe``; all of them otherwise).
 
-        ``weigh`` maps rows to factors in [0, 1]: the order is then by cosine x factor, so a
-        low-weight row neither speaks for a cluster a higher-weight member also matches nor
-        pushes such a cluster out of the k. Hit scores stay the exact cosine. ``pending``:
-        also records waiting for the embedding check (scored by their code's vector; a
-        caller that returns one must check it first, ``Hit.row.pending``); ``pending_floor``:
-        only those scoring at least this (a caller that drops every candidate under a
-        similarity floor passes its lowest: the others' rows are not read)."""
+        ``weigh`` maps the candidates' authors to factors in [0, 1]: the order is then by
+        cosine x factor, so a low-weight row neither speaks for a cluster a higher-weight
+        member also matches nor pushes such a cluster out of the k. Hit scores stay the exact
+        cosine. ``pending``: also records waiting for the embedding check (scored by their
+        code's vector; a caller that returns one must check it first, ``Hit.row.pending``);
+        ``pending_floor``: only those scoring at least this (a caller that drops every
+        candidate under a similarity floor passes its lowest: the others' rows are not read)."""
+        return self.find(
+            query, k, filters, candidates, dedupe, weigh, per_cluster, pending, pending_floor
+        ).hits
+
+    def find(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        filters: Filters | None = None,
+        candidates: int | None = None,
+        dedupe: bool = True,
+        weigh: Weigh | None = None,
+        per_cluster: int = 1,
+        pending: bool = False,
+        pending_floor: float | None = None,
+        floor: FloorOf | None = None,
+    ) -> Found:
+        """:meth:`search`, where ``floor`` (the caller's similarity floor as a function of the
+        best relevance among its candidates, non-decreasing, e.g. ``selection.similarity_floor``)
+        leaves out the checked hits that score under ``floor(best checked score)``: the caller
+        would drop them anyway, since more candidates can only raise its floor. Their rows are
+        not read; ``Found.below_floor`` counts them. Hits waiting for the check are kept."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -537,16 +593,30 @@ class KnowledgeBase:
                 waiting = self.pending_index.search(query, fetch, pending_floor)
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
-            hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
-            if len(hits) >= k or exhausted:
-                return (
-                    hits[:k]
-                    if len(hits) >= k or filters.empty
-                    else self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
-                )
+            kept = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
+            if len(kept) >= k or exhausted:
+                if len(kept) < k and not filters.empty:
+                    kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
+                return self._found(kept[:k], dedupe, floor)
             if fetch >= 4096:
-                return self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
+                kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
+                return self._found(kept, dedupe, floor)
             fetch *= 4
+
+    def _found(self, kept: list[_Kept], dedupe: bool, floor: FloorOf | None) -> Found:
+        """Hits of the kept candidates (minus those under ``floor``): their Rows, and their
+        clusters' sizes read for these alone."""
+        below = 0
+        if floor is not None:
+            checked = [sim for _, f, sim, _ in kept if not f[CANDIDATE_PENDING]]
+            if checked:
+                cut = floor(max(checked))
+                before = len(kept)
+                kept = [e for e in kept if e[1][CANDIDATE_PENDING] or e[2] >= cut]
+                below = before - len(kept)
+        sizes = self.store.cluster_sizes(list({g for g, *_ in kept if g > 0})) if dedupe else {}
+        hits = [Hit(candidate_row(f), sim, sizes.get(g, 1), vector) for g, f, sim, vector in kept]
+        return Found(hits, below)
 
     def _keep(
         self,
@@ -558,56 +628,71 @@ class KnowledgeBase:
         weigh: Weigh | None = None,
         per_cluster: int = 1,
         pending: bool = False,
-    ) -> list[Hit]:
+    ) -> list[_Kept]:
         """The best ``limit`` active, matching candidates by exact inner product, at most
         ``per_cluster`` per cluster, with their vectors; pending ones only if ``pending``, and
-        never in place of a checked member of their cluster among the candidates."""
-        rows = self.store.rows_with_vectors(list(seqs))
-        found = [
-            rows[int(s)]
-            for s in seqs
-            if int(s) in rows  # evicted ones are gone
-            and rows[int(s)][0].status is Status.ACTIVE
-            and (pending or not rows[int(s)][0].pending)
-            and filters.match(rows[int(s)][0])
-        ]
+        never in place of a checked member of their cluster among the candidates. One read of
+        the candidates (``Store.candidate_fields``); Rows are made for the hits alone."""
+        order = seqs.tolist() if isinstance(seqs, np.ndarray) else [int(s) for s in seqs]
+        fields = self.store.candidate_fields(order)
+        check = not filters.empty
+        found = []
+        for s in order:
+            f = fields.get(s)  # evicted ones are gone
+            if (
+                f is None
+                or f[CANDIDATE_STATUS] != Status.ACTIVE
+                or (f[CANDIDATE_PENDING] and not pending)
+            ):
+                continue
+            if check and not filters.match_fields(
+                f[CANDIDATE_AUTHOR],
+                f[CANDIDATE_DOMAIN],
+                f[CANDIDATE_CONFIDENCE],
+                f[CANDIDATE_CREATED],
+            ):
+                continue
+            found.append(f)
         if not found:
             return []
-        sims = np.stack([vector for _, vector in found]) @ query
-        rank = sims if weigh is None else sims * weigh([row for row, _ in found])
+        # One flat copy of the vectors (not ~190 small arrays stacked).
+        matrix = np.frombuffer(b"".join(f[CANDIDATE_VECTOR] for f in found), np.float32)
+        matrix = matrix.reshape(len(found), -1)
+        sims = matrix @ query
+        rank = sims if weigh is None else sims * weigh([f[CANDIDATE_AUTHOR] for f in found])
 
-        def group_of(row: Row) -> int:
-            return row.cluster if dedupe and row.cluster is not None else -row.seq
+        def group_of(f: tuple) -> int:
+            cluster = f[CANDIDATE_CLUSTER]
+            return cluster if dedupe and cluster is not None else -f[CANDIDATE_SEQ]
 
-        spoken = {group_of(row) for row, _ in found if not row.pending}
+        spoken = {group_of(f) for f in found if not f[CANDIDATE_PENDING]}
         # A waiting record is linked to no cluster yet; among the candidates, one within the
         # near-duplicate cosine of a checked one is that lesson again: the checked one answers
         # and the query need not check the copy. (Waiting records are not grouped with each
         # other: a hijack carrying an honest record's code would then hide it.)
-        checked = [v for row, v in found if not row.pending]
-        waiting = [i for i, (row, _) in enumerate(found) if row.pending]
+        checked = [i for i, f in enumerate(found) if not f[CANDIDATE_PENDING]]
+        waiting = [i for i, f in enumerate(found) if f[CANDIDATE_PENDING]]
         copy_of_checked: set[int] = set()
         if dedupe and checked and waiting:  # one product for all, not one per waiting row
-            closest = np.max(np.stack(checked) @ np.stack([found[i][1] for i in waiting]).T, 0)
+            closest = np.max(matrix[checked] @ matrix[waiting].T, 0)
             copy_of_checked = {
                 i for i, c in zip(waiting, closest, strict=True) if c >= self.duplicate_cosine
             }
         members: dict[int, int] = {}
-        kept: list[tuple[int, Row, float, np.ndarray]] = []
-        for i in np.argsort(-rank, kind="stable"):
-            row, vector = found[i]
-            group = group_of(row)
-            if row.pending and group in spoken:
+        kept: list[_Kept] = []
+        for i in np.argsort(-rank, kind="stable").tolist():
+            f = found[i]
+            group = group_of(f)
+            if f[CANDIDATE_PENDING] and group in spoken:
                 continue
             if i in copy_of_checked:
                 continue
             if members.get(group, 0) < per_cluster:
                 members[group] = members.get(group, 0) + 1
-                kept.append((group, row, float(sims[i]), vector))
+                kept.append((group, f, float(sims[i]), matrix[i]))
                 if limit is not None and len(kept) >= limit:
                     break
-        sizes = self.store.cluster_sizes([g for g in members if g > 0]) if dedupe else {}
-        return [Hit(row, sim, sizes.get(g, 1), vector) for g, row, sim, vector in kept]
+        return kept
 
     def _exact(
         self,
@@ -618,7 +703,7 @@ class KnowledgeBase:
         weigh: Weigh | None = None,
         per_cluster: int = 1,
         pending: bool = False,
-    ) -> list[Hit]:
+    ) -> list[_Kept]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
         if not pending:

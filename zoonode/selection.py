@@ -390,15 +390,24 @@ def _standing_factor(s: SelectionSettings, c: Candidate) -> float:
 
 
 def select(
-    query: np.ndarray, candidates: Sequence[Candidate], settings: SelectionSettings | None = None
+    query: np.ndarray,
+    candidates: Sequence[Candidate],
+    settings: SelectionSettings | None = None,
+    below_floor: int = 0,
 ) -> Selection:
-    """Robust top-k of ``candidates`` for ``query``; every choice explains itself."""
+    """Robust top-k of ``candidates`` for ``query``; every choice explains itself.
+
+    ``below_floor``: candidates the caller left out already because they score under
+    ``similarity_floor`` of the best relevance among the rest (adding candidates can only raise
+    the floor, so they would be dropped here too); counted in ``considered`` and
+    ``below_similarity_floor`` as if they had been passed."""
     s = settings or SelectionSettings()
     reasons: dict[str, int] = defaultdict(int)
     best = max((c.relevance for c in candidates), default=0.0)
     floor = similarity_floor(best, s.min_similarity, s.floor_min, s.floor_margin)
     kept = [c for c in candidates if c.relevance >= floor]
-    reasons["below_similarity_floor"] = len(candidates) - len(kept)
+    reasons["below_similarity_floor"] = len(candidates) - len(kept) + below_floor
+    considered = len(candidates) + below_floor
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
     established = any(c.reputation >= 1.0 for c in kept)
     standing = {id(c): _standing_factor(s, c) for c in kept}  # read several times below
@@ -421,7 +430,7 @@ def select(
             reasons["vouched_alone"] = alone
         kept = [c for c in kept if passes(c)]
     if not kept:
-        return Selection([], None, 0, len(candidates), 0, 0, dict(reasons), floor)
+        return Selection([], None, 0, considered, 0, 0, dict(reasons), floor)
 
     groups: dict[int, list[Candidate]] = defaultdict(list)
     for c in kept:
@@ -539,7 +548,7 @@ def select(
         chosen,
         centre.astype(np.float32),
         median.iterations,
-        len(candidates),
+        considered,
         len(group_ids),
         len(author_groups),
         dict(reasons),

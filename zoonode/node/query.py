@@ -26,7 +26,7 @@ import numpy as np
 import trio
 
 from zoonode.experiences import now_ms
-from zoonode.knowledge import Filters, Hit
+from zoonode.knowledge import Filters, Found, Hit
 from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record
 from zoonode.node.checker import CHECK_THREADS
@@ -45,6 +45,7 @@ from zoonode.selection import (
     author_standing,
     lowest_floor,
     select,
+    similarity_floor,
     standing_factor,
 )
 
@@ -118,35 +119,43 @@ class Query:
         node = self.node
         sel = node.cfg.selection
         first_seen: dict[bytes, int] = {}
+        standing: dict[bytes, float] = {}  # per author, once per query
         touched: list[list[int]] = []  # pending seqs to put first in the check's queue
 
-        def local() -> tuple[np.ndarray, list[Hit], bool]:
+        def floor_of(best: float) -> float:
+            return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
+
+        def local() -> tuple[np.ndarray, Found, bool]:
             # While the background check encodes (one thread), one thread here too: two
             # encodes then share 2 cores without stalling on each other's thread barrier.
             threads = CHECK_THREADS if node.kb.backlog.total else None
             q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
-            found = node.kb.search(
+            found = node.kb.find(
                 q,
                 k=sel.candidates,
                 filters=filters,
-                weigh=lambda rows: self._weigh(rows, first_seen),
+                weigh=lambda authors: self._weigh(authors, first_seen, standing),
                 per_cluster=sel.cluster_members,
                 pending=True,
                 # Selection drops every candidate under its floor, never lower than this: a
                 # waiting record scoring under it is neither read nor touched.
                 pending_floor=lowest_floor(sel.min_similarity, sel.floor_min),
+                # Nor are the rows of checked ones under the floor the best of them sets:
+                # selection would drop them (~120 of 150 candidates at 20k); it counts them.
+                floor=floor_of,
             )
             return q, found, self.newcomers_may_answer_alone()
 
         def choose(
             q: np.ndarray,
-            hits: list[Hit],
+            found: Found,
             alone: bool,
             extra: list[tuple[SignedRecord, Candidate]],
         ) -> Answer:
             """Knowledge-base thread: selection over the hits and peers' answers, the
             on-demand checks it needs, the verdicts on its answers, their records."""
-            candidates = self._candidates(hits, first_seen)
+            hits = found.hits
+            candidates = self._candidates(hits, first_seen, standing)
             records: dict[bytes, SignedRecord] = {}
             if extra:
                 known = node.kb.authors_first_seen([c.author for _, c in extra])
@@ -165,7 +174,12 @@ class Query:
             unchecked = {h.row.id: h.row.seq for h in hits if h.row.pending}
             touched.append(list(unchecked.values()))
             selection = self.select_now(
-                q, candidates, self._settings(k, alone), unchecked, touched.append
+                q,
+                candidates,
+                self._settings(k, alone),
+                unchecked,
+                touched.append,
+                found.below_floor,
             )
             # Only the selected few are decoded: decoding all 150 candidates cost ~17 ms per
             # query, more than the search itself. Stored records were verified when they were
@@ -180,44 +194,55 @@ class Query:
             return Answer(selection, chosen, held)
 
         if federated:
-            q, hits, alone = await node.in_kb(local)
-            skip = {h.row.id for h in hits}
+            q, found, alone = await node.in_kb(local)
+            skip = {h.row.id for h in found.hits}
             extra = await self.federated_candidates(q, sel.candidates, filters, skip=skip)
-            answer = await node.in_kb(choose, q, hits, alone, extra)
+            answer = await node.in_kb(choose, q, found, alone, extra)
         else:
 
             def both() -> Answer:
-                q, hits, alone = local()
-                return choose(q, hits, alone, [])
+                q, found, alone = local()
+                return choose(q, found, alone, [])
 
             answer = await node.in_kb(both)
         for seqs in touched:  # on the trio thread: touch wakes the background loop
             node.checker.touch(seqs)
         return answer
 
-    def _weigh(self, rows: list, first_seen: dict[bytes, int]) -> np.ndarray:
+    def _weigh(
+        self, authors: list[bytes], first_seen: dict[bytes, int], standing: dict[bytes, float]
+    ) -> np.ndarray:
         """Standing decides which member speaks for a near-duplicate cluster and which
         clusters fill the candidate list: a Sybil flood cannot crowd established lessons out
         of it, nor a fresh variant stand in for an established lesson. Knowledge-base thread
-        (the authors' first acceptance is read from the store)."""
+        (the authors' first acceptance is read from the store). ``standing`` keeps each
+        author's standing for the rest of the query (``_candidates``)."""
         node = self.node
         newcomer_weight = node.cfg.selection.newcomer_weight
-        authors = {r.author for r in rows}
-        first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
-        factor = {  # per author, not per row: ~300 candidates, a few dozen authors
-            a: standing_factor(newcomer_weight, self.standing(a, first_seen)) for a in authors
-        }
-        return np.array([factor[r.author] for r in rows])
+        distinct = set(authors)
+        first_seen.update(node.kb.authors_first_seen(distinct - first_seen.keys()))
+        factor = {}  # per author, not per row: ~190 candidates, a few dozen authors
+        for a in distinct:
+            if a not in standing:
+                standing[a] = self.standing(a, first_seen)
+            factor[a] = standing_factor(newcomer_weight, standing[a])
+        return np.array([factor[a] for a in authors])
 
-    def _candidates(self, hits: list[Hit], first_seen: dict[bytes, int]) -> list[Candidate]:
+    def _candidates(
+        self,
+        hits: list[Hit],
+        first_seen: dict[bytes, int],
+        standing: dict[bytes, float] | None = None,
+    ) -> list[Candidate]:
         node = self.node
-        standing: dict[bytes, float] = {}
+        standing = {} if standing is None else standing
         vouched: dict[bytes, bool] = {}
         out = []
         for h in hits:
             author = h.row.author
-            if author not in standing:  # per author: a few dozen among ~150 candidates
-                standing[author] = self.standing(author, first_seen)
+            if author not in vouched:  # per author: a few dozen among ~150 candidates
+                if author not in standing:
+                    standing[author] = self.standing(author, first_seen)
                 vouched[author] = node.feedback.vouched(author)
             out.append(
                 Candidate(
@@ -258,6 +283,7 @@ class Query:
         settings: SelectionSettings,
         unchecked: dict[bytes, int],
         touch: Callable[[list[int]], None],
+        below_floor: int = 0,
     ) -> Selection:
         """Knowledge-base thread: ``select``, where no record that has not passed the
         embedding check is selected.
@@ -272,17 +298,20 @@ class Query:
         scores, those that fail leave the candidates (their authors banned), and selection
         runs again. After ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left
         out. ``touch`` receives the deferred picks, best first, for the caller to hand to
-        ``checker.touch`` on the trio thread (it wakes the background loop)."""
+        ``checker.touch`` on the trio thread (it wakes the background loop). ``below_floor``:
+        checked candidates the search left out under the floor (``select``)."""
         node = self.node
         unchecked = dict(unchecked)
         for _ in range(ON_DEMAND_ROUNDS):
-            selection = select(q, candidates, settings)
+            selection = select(q, candidates, settings, below_floor)
             picked = [
                 unchecked[s.candidate.id] for s in selection.selected if s.candidate.id in unchecked
             ]
             if not picked:
                 return selection
-            alone = select(q, [c for c in candidates if c.id not in unchecked], settings)
+            alone = select(
+                q, [c for c in candidates if c.id not in unchecked], settings, below_floor
+            )
             missing = answers_missing(alone, selection)
             deferred = picked[missing:]  # selection order: the best placed are checked now
             if deferred:
@@ -305,7 +334,7 @@ class Query:
             for cid in gone | exact.keys():
                 del unchecked[cid]
         # Still picking unchecked records: leave every one out.
-        return select(q, [c for c in candidates if c.id not in unchecked], settings)
+        return select(q, [c for c in candidates if c.id not in unchecked], settings, below_floor)
 
     def newcomers_may_answer_alone(self) -> bool:
         """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no
