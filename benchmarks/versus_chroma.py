@@ -90,6 +90,7 @@ class ZooNode:
         self.proc: subprocess.Popen | None = None
         self.http: httpx.Client | None = None
         self.size = 0
+        self.timings: list[dict[str, float]] = []  # Server-Timing of each query, ms
         load_or_create_identity(data / IDENTITY_FILE)
 
     def start(self) -> None:
@@ -175,6 +176,14 @@ class ZooNode:
         r.raise_for_status()
         body = r.json()
         sel = body["selected"]
+        self.timings.append(
+            {
+                name.strip(): float(dur)
+                for name, dur in (
+                    part.split(";dur=") for part in r.headers["server-timing"].split(",")
+                )
+            }
+        )
         reasons = body["down_weighted"]
         clear = body["considered"] - reasons.get("below_similarity_floor", 0)
         copies = reasons.get("near_duplicate_in_answer", 0)
@@ -197,6 +206,7 @@ class Chroma:
     def __init__(self, data: Path, enc: Encoder) -> None:
         self.data, self.enc = data, enc
         self.size = 0
+        self.timings: list[dict[str, float]] = []  # no Server-Timing
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -303,6 +313,8 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
     for s in systems:
         for q in corpus.queries[:10]:
             s.query(q)
+    for s in systems:
+        s.timings = []
     j = 0
     for p in range(passes):
         for q in corpus.queries:
@@ -352,6 +364,21 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
             "query p50 ms": float(np.percentile(o["latency"], 50)),
             "query p99 ms": float(np.percentile(o["latency"], 99)),
             "paired p50 ratio": float(np.median(paired)),
+            # zoonode's Server-Timing: each stage's median, and what the client saw beyond the
+            # handler (HTTP server, loopback, client), per query
+            **(
+                {
+                    f"node {stage} p50 ms": float(np.median([t[stage] for t in s.timings]))
+                    for stage in s.timings[0]
+                }
+                | {
+                    "outside the handler p50 ms": float(
+                        np.median(np.array(o["latency"]) - [t["app"] for t in s.timings])
+                    )
+                }
+                if s.timings
+                else {}
+            ),
             "rss MB": rss_mb(s.pid),
             "disk MB": s.disk(),
             "load average (1 min) during queries": [round(x, 2) for x in load],

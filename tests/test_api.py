@@ -73,10 +73,17 @@ def test_share_query_get_revoke_and_metrics(node):
     near = httpx.post(f"{url}/v1/experiences", json=reworded, headers=auth, timeout=30)
     assert near.status_code == 201 and near.json()["id"] != record_id
 
-    result = httpx.post(
-        f"{url}/v1/query", json={"text": "how do I avoid SQL injection"}, timeout=30
-    ).json()
+    asked = httpx.post(f"{url}/v1/query", json={"text": "how do I avoid SQL injection"}, timeout=30)
+    result = asked.json()
     assert result["selected"], result
+    # Server-Timing: each stage of the query, in ms, inside the handler's total
+    timing = dict(
+        (part.split(";dur=")[0].strip(), float(part.split(";dur=")[1]))
+        for part in asked.headers["server-timing"].split(",")
+    )
+    assert set(timing) == {"encode", "search", "select", "records", "kb", "app"}, timing
+    stages = timing["encode"] + timing["search"] + timing["select"] + timing["records"]
+    assert timing["encode"] > 0 and stages <= timing["kb"] <= timing["app"], timing
     top = result["selected"][0]
     assert top["text"] in (lesson["text"], reworded["text"]) and top["relevance"] >= 0.4
     assert {"agreement", "distance_to_centre", "group_size"} <= set(top)

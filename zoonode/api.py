@@ -259,6 +259,14 @@ def _filters(query: inputs.QueryIn | inputs.ContextIn) -> Filters:
     return Filters(domain=query.domain, min_confidence=query.min_confidence)
 
 
+def server_timing(stages: dict[str, float], app_ms: float) -> str:
+    """A ``Server-Timing`` header value (W3C Server Timing) from a query's stage times in ms
+    (``Answer.timings``) and the handler's total ``app_ms`` (validation, the query, the JSON
+    body): e.g. ``encode;dur=9.81, search;dur=3.02, ..., app;dur=17.20``."""
+    parts = [f"{name};dur={ms:.2f}" for name, ms in stages.items()]
+    return ", ".join([*parts, f"app;dur={app_ms:.2f}"])
+
+
 def _selection_json(selection: Any, records: dict, trust: dict | None = None) -> dict[str, Any]:
     trust = trust or {}
     return {
@@ -429,12 +437,18 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         return answer
 
     async def query(request: Request) -> Response:
+        started = time.perf_counter()
         body = inputs.validate(inputs.QueryIn, await _body(request))
         answer = await run_query(body, "query", votes=True)  # one trip to the store
         trust = node.queries.explain_votes(answer.selection, answer.votes)
-        return JSONResponse(_selection_json(answer.selection, answer.records, trust))
+        response = JSONResponse(_selection_json(answer.selection, answer.records, trust))
+        response.headers["server-timing"] = server_timing(
+            answer.timings, (time.perf_counter() - started) * 1000
+        )
+        return response
 
     async def context(request: Request) -> Response:
+        started = time.perf_counter()
         body = inputs.validate(inputs.ContextIn, await _body(request))
         answer = await run_query(body, "context")
         selection, records = answer.selection, answer.records
@@ -442,12 +456,16 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
             Lesson(exp.text, exp.domain, exp.confidence, s.candidate.id.hex())
             for s, exp in ((s, records[s.candidate.id].experience) for s in selection.selected)
         ]
-        return JSONResponse(
+        response = JSONResponse(
             {
                 "prompt": render_context(body.task, lessons),
                 "experiences": [s.candidate.id.hex() for s in selection.selected],
             }
         )
+        response.headers["server-timing"] = server_timing(
+            answer.timings, (time.perf_counter() - started) * 1000
+        )
+        return response
 
     async def export(request: Request) -> Response:
         domain = request.query_params.get("domain") or None

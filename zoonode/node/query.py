@@ -18,6 +18,7 @@ we serve and export pages hold checked records only.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,11 @@ class Answer:
     selection: Selection
     records: dict[bytes, SignedRecord]
     votes: dict[bytes, list] = field(default_factory=dict)
+    # Milliseconds per stage of a local query: "encode", "search", "select" (with any
+    # on-demand check), "records" (decoding and verdicts), "kb" (the whole trip to the
+    # knowledge-base thread, its hand-offs and wait included). The API sends them as a
+    # Server-Timing header.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Query:
@@ -121,6 +127,7 @@ class Query:
         first_seen: dict[bytes, int] = {}
         standing: dict[bytes, float] = {}  # per author, once per query
         touched: list[list[int]] = []  # pending seqs to put first in the check's queue
+        marks: dict[str, float] = {}  # stage -> seconds (perf_counter differences)
 
         def floor_of(best: float) -> float:
             return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
@@ -129,7 +136,10 @@ class Query:
             # While the background check encodes (one thread), one thread here too: two
             # encodes then share 2 cores without stalling on each other's thread barrier.
             threads = CHECK_THREADS if node.kb.backlog.total else None
+            t0 = time.perf_counter()
             q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
+            t1 = time.perf_counter()
+            marks["encode"] = t1 - t0
             found = node.kb.find(
                 q,
                 k=sel.candidates,
@@ -144,7 +154,9 @@ class Query:
                 # selection would drop them (~120 of 150 candidates at 20k); it counts them.
                 floor=floor_of,
             )
-            return q, found, self.newcomers_may_answer_alone()
+            alone = self.newcomers_may_answer_alone()
+            marks["search"] = time.perf_counter() - t1
+            return q, found, alone
 
         def choose(
             q: np.ndarray,
@@ -154,6 +166,7 @@ class Query:
         ) -> Answer:
             """Knowledge-base thread: selection over the hits and peers' answers, the
             on-demand checks it needs, the verdicts on its answers, their records."""
+            t0 = time.perf_counter()
             hits = found.hits
             candidates = self._candidates(hits, first_seen, standing)
             records: dict[bytes, SignedRecord] = {}
@@ -181,6 +194,8 @@ class Query:
                 touched.append,
                 found.below_floor,
             )
+            t1 = time.perf_counter()
+            marks["select"] = t1 - t0
             # Only the selected few are decoded: decoding all 150 candidates cost ~17 ms per
             # query, more than the search itself. Stored records were verified when they were
             # accepted; peers' answers were decoded strictly (federated_candidates).
@@ -191,6 +206,7 @@ class Query:
                 for s in selection.selected
             }
             held = node.kb.store.feedback.votes_on(list(chosen)) if votes else {}
+            marks["records"] = time.perf_counter() - t1
             return Answer(selection, chosen, held)
 
         if federated:
@@ -204,7 +220,10 @@ class Query:
                 q, found, alone = local()
                 return choose(q, found, alone, [])
 
+            started = time.perf_counter()
             answer = await node.in_kb(both)
+            marks["kb"] = time.perf_counter() - started
+        answer = replace(answer, timings={k: v * 1000 for k, v in marks.items()})
         for seqs in touched:  # on the trio thread: touch wakes the background loop
             node.checker.touch(seqs)
         return answer
