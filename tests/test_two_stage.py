@@ -161,10 +161,38 @@ def test_the_pending_index_adds_removes_and_finds_exactly():
     held = np.array([s for s in range(1, 3001) if s not in (1, 2, 1500, 3000)])
     for q in rng.standard_normal((5, 16)).astype(np.float32):
         expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
-        assert list(index.search(q, 10)) == list(expected)
+        seqs, sims = index.search(q, 10)
+        assert list(seqs) == list(expected)
+        np.testing.assert_allclose(sims, vectors[expected - 1] @ q, rtol=1e-6)
         cut = float(vectors[expected[4] - 1] @ q)  # the 5th best's score: a floor
-        assert list(index.search(q, 10, floor=cut)) == list(expected[:5])
-    assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+        assert list(index.search(q, 10, floor=cut)[0]) == list(expected[:5])
+    assert len(PendingIndex(16).search(vectors[0], 5)[0]) == 0
+
+
+def test_the_pending_index_int8_pass_keeps_the_exact_top_k_and_floor():
+    """The int8 first pass only preselects: on 20,000 unit vectors in tight clusters (many
+    near-ties, where quantisation could swap ranks), the answer is float32 brute force's,
+    and a floor between two close scores cuts exactly there."""
+    from zoonode.knowledge import PendingIndex
+
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((40, 384)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 20_000)] + 0.15 * rng.standard_normal(
+        (20_000, 384)
+    ).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = PendingIndex(384)
+    for start in range(0, 20_000, 500):  # stage 1 adds in batches
+        index.add(range(start, start + 500), vectors[start : start + 500])
+    for q in vectors[rng.integers(0, 20_000, 20)] + 0.05 * rng.standard_normal((20, 384)):
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        exact = vectors @ q
+        best = np.argsort(-exact, kind="stable")[:150]
+        seqs, sims = index.search(q, 150)
+        assert list(seqs) == list(best)
+        np.testing.assert_allclose(sims, exact[best], rtol=1e-5)
+        floor = float((exact[best[40]] + exact[best[41]]) / 2)
+        assert list(index.search(q, 150, floor=floor)[0]) == list(best[:41])
 
 
 def test_a_waiting_record_under_the_lowest_floor_is_not_even_read():
