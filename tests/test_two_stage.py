@@ -389,6 +389,47 @@ def test_pending_records_are_searched_only_when_asked_then_promoted_or_removed(
     kb.close()
 
 
+def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_replica(
+    tmp_path, encoder, key
+):
+    """Waiting records scoring under the replica's last candidate are not read: as if they
+    were in the replica, where the search would not have reached them either. Even a weight
+    that would put one first (checked rows weighed 0.01) does not bring it back."""
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(4)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:  # a unit vector with this cosine to q
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        v = score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)
+        return v.astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    records = create_experiences(
+        encoder,
+        key,
+        [{"text": f"lesson number {i} on topic {i % 7}", "domain": "a.b"} for i in range(82)],
+    )
+    scores = np.linspace(0.9, 0.5, 80)  # k=10 reads the best 64: the last scores ~0.58
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records[:80], scores, strict=True)])
+    near, far = records[80], records[81]
+    kb.ingest(
+        [Incoming(near, at(0.7), "peer", pending=0), Incoming(far, at(0.45), "peer", pending=1)]
+    )
+    pending_ids = {near.id, far.id}
+
+    def weigh(rows):
+        return np.array([1.0 if r.id in pending_ids else 0.01 for r in rows])
+
+    hits = kb.search(q, k=10, pending=True, weigh=weigh, dedupe=False)
+    ids = [h.row.id for h in hits]
+    assert ids[0] == near.id and far.id not in ids
+    wide = kb.search(q, k=100, pending=True, weigh=weigh, dedupe=False)  # reads all 80
+    assert [h.row.id for h in wide][:2] == [near.id, far.id]
+
+
 def key_author(key) -> bytes:
     return public_key_bytes(key)
 

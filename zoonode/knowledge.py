@@ -604,7 +604,6 @@ class KnowledgeBase:
                     last = float(sims.min())
                     cut = last if cut is None else max(cut, last)
                 waiting, _ = self.pending_index.search(query, fetch, cut)
-                exhausted = exhausted and len(waiting) < fetch
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
             hits = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
