@@ -1,9 +1,12 @@
 """Queries while the background check drains a backlog, node variants side by side in one
 run: the check's encode thread at normal priority (``ingest.check_nice = 0``, as before)
 against a niced one (the default), alternating, each on a fresh copy of the same 100k data
-dir fed the same records through ``POST /v1/records``.
+dir fed the same records through ``POST /v1/records``. With ``--baseline-ref REF``, the
+variants are instead the node of git ref REF (a worktree with its own editable install, as
+ingest.py's baseline) and this tree's, both with their defaults.
 
     python benchmarks/drain_query.py [--size 100000] [--records 8000] [--rounds 2]
+        [--baseline-ref REF]
 
 Per run, a real `zoonode start` process: queries on the idle node (the reference), the
 records POSTed, then queries one at a time for ``--query-s`` while the backlog drains, then
@@ -17,14 +20,17 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest import (
+    ROOT,
     ZOONODE,
     NodeProc,
     base_dir,
+    baseline_binary,
     copy_of,
     drain_for,
     honest_records,
@@ -46,9 +52,11 @@ VARIANTS = {
 }
 
 
-def one(name: str, env: dict, base: Path, work: Path, wires, queries, args, r: int) -> dict:
+def one(
+    name: str, binary: str, env: dict, base: Path, work: Path, wires, queries, args, r: int
+) -> dict:
     path = copy_of(base, work, f"node-{r}-{len(os.listdir(work))}")
-    node = NodeProc(ZOONODE, path, **env)
+    node = NodeProc(binary, path, **env)
     try:
         row: dict = {"variant": name, "round": r, "load start": os.getloadavg()[0]}
         queries_for(node, queries, 3)  # warm-up
@@ -80,6 +88,7 @@ def main() -> None:
     parser.add_argument("--query-s", type=float, default=20.0)
     parser.add_argument("--drain-s", type=float, default=10.0)
     parser.add_argument("--name", default="drain-query", help="results/NAME.json")
+    parser.add_argument("--baseline-ref", default="", help="compare with this git ref's node")
     args = parser.parse_args()
     enc = Encoder.default()
     texts, vectors = texts_and_vectors(enc, "lessons")
@@ -96,16 +105,32 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="zoo-drain-"))
     rows: list[dict] = []
     load_start = os.getloadavg()
+    variants = {name: (ZOONODE, env) for name, env in VARIANTS.items()}
     try:
+        if args.baseline_ref:
+            ref = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", args.baseline_ref],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            variants = {f"{ref[:10]} (baseline)": (baseline_binary(ref, work), {})}
+            variants["this tree"] = (ZOONODE, {})
         for r in range(args.rounds):
-            for name, env in VARIANTS.items():
-                row = one(name, env, base, work, wires, queries, args, r)
+            # Alternate which variant goes first: the box's load drifts within a round.
+            for name, (binary, env) in list(variants.items())[:: 1 if r % 2 == 0 else -1]:
+                row = one(name, binary, env, base, work, wires, queries, args, r)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
+        if (work / "baseline").exists():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")],
+                check=False,
+            )
         shutil.rmtree(work, ignore_errors=True)
     summary = []
-    for name in VARIANTS:
+    for name in variants:
         mine = [row for row in rows if row["variant"] == name]
         summary.append(
             {"variant": name}
@@ -120,6 +145,7 @@ def main() -> None:
         "idle query p50 ms",
         "draining query p50 ms",
         "draining query p99 ms",
+        "no-check p50 ms",
         "drain /s under queries",
         "drain /s, no queries",
         "load start",
@@ -133,6 +159,7 @@ def main() -> None:
             "medians": summary,
             "load average start/end": [load_start, os.getloadavg()],
             "settings": vars(args),
+            "variants": {name: env for name, (_, env) in variants.items()},
         },
     )
     print(f"\nwrote {path}")

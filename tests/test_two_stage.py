@@ -161,10 +161,38 @@ def test_the_pending_index_adds_removes_and_finds_exactly():
     held = np.array([s for s in range(1, 3001) if s not in (1, 2, 1500, 3000)])
     for q in rng.standard_normal((5, 16)).astype(np.float32):
         expected = held[np.argsort(-(vectors[held - 1] @ q), kind="stable")[:10]]
-        assert list(index.search(q, 10)) == list(expected)
+        seqs, sims = index.search(q, 10)
+        assert list(seqs) == list(expected)
+        np.testing.assert_allclose(sims, vectors[expected - 1] @ q, rtol=1e-6)
         cut = float(vectors[expected[4] - 1] @ q)  # the 5th best's score: a floor
-        assert list(index.search(q, 10, floor=cut)) == list(expected[:5])
-    assert len(PendingIndex(16).search(vectors[0], 5)) == 0
+        assert list(index.search(q, 10, floor=cut)[0]) == list(expected[:5])
+    assert len(PendingIndex(16).search(vectors[0], 5)[0]) == 0
+
+
+def test_the_pending_index_int8_pass_keeps_the_exact_top_k_and_floor():
+    """The int8 first pass only preselects: on 20,000 unit vectors in tight clusters (many
+    near-ties, where quantisation could swap ranks), the answer is float32 brute force's,
+    and a floor between two close scores cuts exactly there."""
+    from zoonode.knowledge import PendingIndex
+
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((40, 384)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 20_000)] + 0.15 * rng.standard_normal(
+        (20_000, 384)
+    ).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = PendingIndex(384)
+    for start in range(0, 20_000, 500):  # stage 1 adds in batches
+        index.add(range(start, start + 500), vectors[start : start + 500])
+    for q in vectors[rng.integers(0, 20_000, 20)] + 0.05 * rng.standard_normal((20, 384)):
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        exact = vectors @ q
+        best = np.argsort(-exact, kind="stable")[:150]
+        seqs, sims = index.search(q, 150)
+        assert list(seqs) == list(best)
+        np.testing.assert_allclose(sims, exact[best], rtol=1e-5)
+        floor = float((exact[best[40]] + exact[best[41]]) / 2)
+        assert list(index.search(q, 150, floor=floor)[0]) == list(best[:41])
 
 
 def test_a_waiting_record_under_the_lowest_floor_is_not_even_read():
@@ -359,6 +387,47 @@ def test_pending_records_are_searched_only_when_asked_then_promoted_or_removed(
         "revocations": 0,
     }
     kb.close()
+
+
+def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_replica(
+    tmp_path, encoder, key
+):
+    """Waiting records scoring under the replica's last candidate are not read: as if they
+    were in the replica, where the search would not have reached them either. Even a weight
+    that would put one first (checked rows weighed 0.01) does not bring it back."""
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(4)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:  # a unit vector with this cosine to q
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        v = score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)
+        return v.astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    records = create_experiences(
+        encoder,
+        key,
+        [{"text": f"lesson number {i} on topic {i % 7}", "domain": "a.b"} for i in range(82)],
+    )
+    scores = np.linspace(0.9, 0.5, 80)  # k=10 reads the best 64: the last scores ~0.58
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records[:80], scores, strict=True)])
+    near, far = records[80], records[81]
+    kb.ingest(
+        [Incoming(near, at(0.7), "peer", pending=0), Incoming(far, at(0.45), "peer", pending=1)]
+    )
+    pending_ids = {near.id, far.id}
+
+    def weigh(rows):
+        return np.array([1.0 if r.id in pending_ids else 0.01 for r in rows])
+
+    hits = kb.search(q, k=10, pending=True, weigh=weigh, dedupe=False)
+    ids = [h.row.id for h in hits]
+    assert ids[0] == near.id and far.id not in ids
+    wide = kb.search(q, k=100, pending=True, weigh=weigh, dedupe=False)  # reads all 80
+    assert [h.row.id for h in wide][:2] == [near.id, far.id]
 
 
 def key_author(key) -> bytes:
