@@ -497,3 +497,54 @@ def test_a_store_from_a_newer_zoonode_is_refused(tmp_path, encoder):
     db.close()
     with pytest.raises(StoreError, match="schema version"):
         KnowledgeBase(path, encoder.space, encoder.space_info.hidden)
+
+
+def test_find_leaves_unread_only_candidates_the_floor_drops(tmp_path, encoder, key):
+    """``KnowledgeBase.find`` with a floor does not read the rows of replica candidates
+    surely under it, and returns exactly the hits a full search keeps above that floor. The
+    floor comes from the best *active* lesson: a revoked lesson the replica still holds, far
+    above every other, must not raise it (it would cut candidates the query answers with)."""
+    from zoonode.experiences import sign_lessons
+    from zoonode.selection import similarity_floor
+
+    rng = np.random.default_rng(5)
+    dim = encoder.space_info.hidden
+    q = rng.normal(size=dim).astype(np.float32)
+    q /= np.linalg.norm(q)
+
+    def at(cosines: np.ndarray) -> np.ndarray:
+        noise = rng.normal(size=(len(cosines), dim)).astype(np.float32)
+        noise -= np.outer(noise @ q, q)  # orthogonal to the query
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        return (cosines[:, None] * q + np.sqrt(1 - cosines[:, None] ** 2) * noise).astype(
+            np.float32
+        )
+
+    def floor_of(best: float) -> float:
+        return similarity_floor(best, 0.4, 0.3, 0.1)
+
+    read: list[int] = []
+    for case, top in (("weak best, a revoked lesson above it", 0.38), ("strong best", 0.6)):
+        kb = KnowledgeBase(tmp_path / case, encoder.space, dim)
+        cosines = np.concatenate([[0.95, top], np.linspace(0.02, top - 0.01, 298)])
+        items = [{"text": f"lesson {i}", "domain": "test.floor"} for i in range(len(cosines))]
+        records = sign_lessons(encoder, key, items, at(cosines))
+        kb.ingest([Incoming(r, v) for r, v in zip(records, at(cosines), strict=True)])
+        revoked = records[0].id
+        kb.ingest([Incoming(create_revocation(key, encoder.space, revoked), None)])
+
+        full = kb.search(q, k=150, per_cluster=3)
+        assert revoked not in {h.row.id for h in full}
+        cut = floor_of(max(h.score for h in full))
+        expected = [h.row.id for h in full if h.score >= cut]
+        assert len(expected) < len(full)  # the floor drops some of the full search's hits
+
+        reads = kb.store.candidate_fields
+        read.clear()
+        kb.store.candidate_fields = lambda seqs, reads=reads: read.append(len(seqs)) or reads(seqs)
+        found = kb.find(q, k=150, per_cluster=3, floor=floor_of)
+        kb.store.candidate_fields = reads
+        assert [h.row.id for h in found.hits] == expected, case
+        assert found.below_floor >= len(full) - len(expected)
+        assert sum(read) < 150 + 8, (case, read)  # the cut candidates' rows were not read
+        kb.close()

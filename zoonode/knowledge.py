@@ -64,6 +64,8 @@ RERANK_CANDIDATES = 64
 # Near-duplicate candidates whose approximate score is within this of the threshold are
 # checked against their exact vectors (int8 score error: median 0.003, max 0.02 measured).
 APPROX_MARGIN = 0.05
+# Candidates read to find the best lesson a query's floor is set by (KnowledgeBase._above_floor).
+FLOOR_PROBE = 8
 
 # Candidates' authors -> score factors in [0, 1] (KnowledgeBase.search).
 Weigh = Callable[[list[bytes]], np.ndarray]
@@ -651,6 +653,7 @@ class KnowledgeBase:
         while True:
             seqs, sims = self.replica.search(query, k=fetch)
             exhausted = len(seqs) < fetch
+            early = 0  # candidates left out before their rows are read (_above_floor)
             if pending and len(self.pending_index):
                 # Only waiting records that would be among the replica's ``fetch`` if they
                 # were in it: one scoring under its last candidate is not read (the rows read
@@ -662,15 +665,54 @@ class KnowledgeBase:
                 waiting, _ = self.pending_index.search(query, fetch, cut)
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
+            elif floor is not None and len(seqs) and filters.empty:
+                # (A filtered query keeps its exact fallback below: the replica's candidates
+                # may hold few of the rows that match.)
+                seqs, early = self._above_floor(seqs, sims, query, floor)
             kept = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
-            if len(kept) >= k or exhausted:
+            # Candidates cut by the replica's scores: the rest of the replica ranks under them,
+            # so under the floor too; the search is done.
+            if len(kept) >= k or exhausted or early:
                 if len(kept) < k and not filters.empty:
                     kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
-                return self._found(kept[:k], dedupe, floor)
+                found = self._found(kept[:k], dedupe, floor)
+                return Found(found.hits, found.below_floor + early)
             if fetch >= 4096:
                 kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
                 return self._found(kept, dedupe, floor)
             fetch *= 4
+
+    def _above_floor(
+        self,
+        seqs: np.ndarray,
+        sims: np.ndarray,
+        query: np.ndarray,
+        floor: FloorOf,
+    ) -> tuple[np.ndarray, int]:
+        """The replica's candidates (``seqs``, best first by the replica's scores ``sims``)
+        less those surely under the caller's floor, and how many those are: their rows are
+        not read (~half of a query's candidates at 20k lessons, most of its read cost).
+
+        The floor comes from the first candidate among the best ``FLOOR_PROBE`` that is an
+        active checked lesson (its exact score; the caller's best can only be higher, and its
+        floor with it: a revoked or evicted lesson the replica still holds does not set it); a
+        candidate is surely under that floor when its replica score is more than the
+        replica's error (``APPROX_MARGIN``, 0 for exact backends) below it. No such lesson
+        among them: nothing is left out."""
+        margin = 0.0 if self.replica.exact_scores else APPROX_MARGIN
+        probe = seqs[:FLOOR_PROBE].tolist()
+        fields = self.store.candidate_fields(probe)
+        best = None
+        for s in probe:
+            f = fields.get(s)
+            if f is None or f[CANDIDATE_STATUS] != Status.ACTIVE or f[CANDIDATE_PENDING]:
+                continue
+            best = float(np.frombuffer(f[CANDIDATE_VECTOR], np.float32) @ query)
+            break
+        if best is None:
+            return seqs, 0
+        keep = sims >= floor(best) - margin
+        return seqs[keep], int(len(seqs) - np.count_nonzero(keep))
 
     def _found(self, kept: list[_Kept], dedupe: bool, floor: FloorOf | None) -> Found:
         """Hits of the kept candidates (minus those under ``floor``): their Rows, and their
