@@ -410,18 +410,22 @@ def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_repli
     records = create_experiences(
         encoder,
         key,
-        [{"text": f"lesson number {i} on topic {i % 7}", "domain": "a.b"} for i in range(82)],
+        [{"text": f"lesson number {i} on topic {i % 7}", "domain": "a.b"} for i in range(80)],
     )
     scores = np.linspace(0.9, 0.5, 80)  # k=10 reads the best 64: the last scores ~0.58
-    kb.ingest([Incoming(r, at(s)) for r, s in zip(records[:80], scores, strict=True)])
-    near, far = records[80], records[81]
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records, scores, strict=True)])
+    near, far = create_experiences(  # another author's, weighed 100x the checked ones
+        encoder,
+        Ed25519PrivateKey.generate(),
+        [{"text": f"lesson number {i} from a peer", "domain": "a.b"} for i in (80, 81)],
+    )
     kb.ingest(
         [Incoming(near, at(0.7), "peer", pending=0), Incoming(far, at(0.45), "peer", pending=1)]
     )
-    pending_ids = {near.id, far.id}
+    peer = near.experience.author
 
-    def weigh(rows):
-        return np.array([1.0 if r.id in pending_ids else 0.01 for r in rows])
+    def weigh(authors):
+        return np.array([1.0 if a == peer else 0.01 for a in authors])
 
     hits = kb.search(q, k=10, pending=True, weigh=weigh, dedupe=False)
     ids = [h.row.id for h in hits]
