@@ -34,6 +34,8 @@ def _fmt(key: str, v: float | None) -> str:
         return f"{int(v)}"
     if key == "ingest vs 1k":
         return f"{v:.2f}"
+    if key.startswith("node") or key.startswith("outside"):
+        return f"{v:.1f}"
     return f"{v:,.0f}" if v >= 10 else f"{v:.1f}"
 
 
@@ -49,9 +51,28 @@ ROWS = [
         "answers shorter than k although k candidates clear the floor",
         ("short of k with k clearing the floor",),
     ),
+    (
+        "… not counting other authors' near-copies of an answer (withheld: Sybil rule)",
+        ("short of k, other authors' near-copies of answers not counted",),
+    ),
     ("query p50 / p99 ms (HTTP, encoding included)", ("query p50 ms", "query p99 ms")),
     ("median of per-query latency / Chroma's (paired)", ("paired p50 ratio",)),
+    (
+        "node's Server-Timing p50 ms: encode / search / select / records / handler",
+        (
+            "node encode p50 ms",
+            "node search p50 ms",
+            "node select p50 ms",
+            "node records p50 ms",
+            "node app p50 ms",
+        ),
+    ),
+    ("… client-seen time beyond the handler, p50 ms", ("outside the handler p50 ms",)),
     ("API ingest docs/s at this size (embedding included)", ("ingest docs/s",)),
+    (
+        "… waiting until the embedding check has run on every record",
+        ("ingest docs/s, check included",),
+    ),
     ("… over the rate at 1k", ("ingest vs 1k",)),
     ("RSS MB (server) / disk MB", ("rss MB", "disk MB")),
 ]
