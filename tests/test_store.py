@@ -520,7 +520,10 @@ def test_find_leaves_unread_only_candidates_the_floor_drops(tmp_path, encoder, k
             np.float32
         )
 
-    def floor_of(best: float) -> float:
+    def floor_of(entries, complete):  # one author, established: the best checked one's
+        return similarity_floor(max(s for s, _, waiting in entries if not waiting), 0.4, 0.3, 0.1)
+
+    def floor_at(best: float) -> float:
         return similarity_floor(best, 0.4, 0.3, 0.1)
 
     read: list[int] = []
@@ -535,7 +538,7 @@ def test_find_leaves_unread_only_candidates_the_floor_drops(tmp_path, encoder, k
 
         full = kb.search(q, k=150, per_cluster=3)
         assert revoked not in {h.row.id for h in full}
-        cut = floor_of(max(h.score for h in full))
+        cut = floor_at(max(h.score for h in full))
         expected = [h.row.id for h in full if h.score >= cut]
         assert len(expected) < len(full)  # the floor drops some of the full search's hits
 

@@ -69,8 +69,10 @@ FLOOR_PROBE = 8
 
 # Candidates' authors -> score factors in [0, 1] (KnowledgeBase.search).
 Weigh = Callable[[list[bytes]], np.ndarray]
-# A caller's similarity floor as a function of its best candidate's relevance (find).
-FloorOf = Callable[[float], float]
+# A caller's similarity floor from candidates (exact score, author, waiting for the check) and
+# whether they are all its candidates (True) or only the best few (False); None: it cannot
+# tell from these (find, _above_floor, _found). It must never be above the caller's floor.
+FloorOf = Callable[[list[tuple[float, bytes, bool]], bool], float | None]
 # A candidate _keep kept: (group, Store.candidate_fields tuple, exact score, vector).
 _Kept = tuple[int, tuple, float, np.ndarray]
 
@@ -640,11 +642,10 @@ class KnowledgeBase:
         pending_floor: float | None = None,
         floor: FloorOf | None = None,
     ) -> Found:
-        """:meth:`search`, where ``floor`` (the caller's similarity floor as a function of the
-        best relevance among its candidates, non-decreasing, e.g. ``selection.similarity_floor``)
-        leaves out the checked hits that score under ``floor(best checked score)``: the caller
-        would drop them anyway, since more candidates can only raise its floor. Their rows are
-        not read; ``Found.below_floor`` counts them. Hits waiting for the check are kept."""
+        """:meth:`search`, where ``floor`` (:data:`FloorOf`: a lower bound of the caller's
+        similarity floor from some of its candidates) leaves out the checked hits that score
+        under it: the caller would drop them anyway. Their rows are not read;
+        ``Found.below_floor`` counts them. Hits waiting for the check are kept."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -693,35 +694,40 @@ class KnowledgeBase:
         less those surely under the caller's floor, and how many those are: their rows are
         not read (~half of a query's candidates at 20k lessons, most of its read cost).
 
-        The floor comes from the first candidate among the best ``FLOOR_PROBE`` that is an
-        active checked lesson (its exact score; the caller's best can only be higher, and its
-        floor with it: a revoked or evicted lesson the replica still holds does not set it); a
-        candidate is surely under that floor when its replica score is more than the
-        replica's error (``APPROX_MARGIN``, 0 for exact backends) below it. No such lesson
-        among them: nothing is left out."""
+        The floor is the caller's (``floor``, told these are not all its candidates) from
+        the active checked lessons among the best ``FLOOR_PROBE`` candidates, at their exact
+        scores (a revoked or evicted lesson the replica still holds does not count); a
+        candidate is surely under it when its replica score is more than the replica's error
+        (``APPROX_MARGIN``, 0 for exact backends) below it. No floor from those: nothing is
+        left out."""
         margin = 0.0 if self.replica.exact_scores else APPROX_MARGIN
         probe = seqs[:FLOOR_PROBE].tolist()
         fields = self.store.candidate_fields(probe)
-        best = None
-        for s in probe:
-            f = fields.get(s)
-            if f is None or f[CANDIDATE_STATUS] != Status.ACTIVE or f[CANDIDATE_PENDING]:
-                continue
-            best = float(np.frombuffer(f[CANDIDATE_VECTOR], np.float32) @ query)
-            break
-        if best is None:
+        entries = [
+            (
+                float(np.frombuffer(f[CANDIDATE_VECTOR], np.float32) @ query),
+                f[CANDIDATE_AUTHOR],
+                False,
+            )
+            for f in (fields.get(s) for s in probe)
+            if f is not None and f[CANDIDATE_STATUS] == Status.ACTIVE and not f[CANDIDATE_PENDING]
+        ]
+        cut = floor(entries, False) if entries else None
+        if cut is None:
             return seqs, 0
-        keep = sims >= floor(best) - margin
+        keep = sims >= cut - margin
         return seqs[keep], int(len(seqs) - np.count_nonzero(keep))
 
     def _found(self, kept: list[_Kept], dedupe: bool, floor: FloorOf | None) -> Found:
         """Hits of the kept candidates (minus those under ``floor``): their Rows, and their
         clusters' sizes read for these alone."""
         below = 0
-        if floor is not None:
-            checked = [sim for _, f, sim, _ in kept if not f[CANDIDATE_PENDING]]
-            if checked:
-                cut = floor(max(checked))
+        if floor is not None and kept:
+            entries = [
+                (sim, f[CANDIDATE_AUTHOR], bool(f[CANDIDATE_PENDING])) for _, f, sim, _ in kept
+            ]
+            cut = floor(entries, True)
+            if cut is not None:
                 before = len(kept)
                 kept = [e for e in kept if e[1][CANDIDATE_PENDING] or e[2] >= cut]
                 below = before - len(kept)

@@ -129,7 +129,24 @@ class Query:
         touched: list[list[int]] = []  # pending seqs to put first in the check's queue
         marks: dict[str, float] = {}  # stage -> seconds (perf_counter differences)
 
-        def floor_of(best: float) -> float:
+        def floor_of(entries: list[tuple[float, bytes, bool]], complete: bool) -> float | None:
+            """knowledge.FloorOf: a lower bound of the floor ``select`` will use
+            (selection.floor_reference), from some candidates (score, author, waiting) or,
+            ``complete``, from all of them; None where these cannot bound it."""
+            authors = {a for _, a, _ in entries}
+            first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
+            for a in authors - standing.keys():
+                standing[a] = self.standing(a, first_seen)
+            established = [s for s, a, waiting in entries if standing[a] >= 1.0 and not waiting]
+            if established:  # the reference is the best established one's, or higher
+                best = max(established)
+            elif not complete or any(standing[a] >= 1.0 for _, a, _ in entries):
+                return None  # an established candidate elsewhere may set a lower one
+            else:  # nobody established: the best of all, at least the best checked one
+                checked = [s for s, _, waiting in entries if not waiting]
+                if not checked:  # (a waiting one may fail its check and leave)
+                    return None
+                best = max(checked)
             return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
 
         def local() -> tuple[np.ndarray, Found, bool]:
@@ -150,9 +167,10 @@ class Query:
                 # Selection drops every candidate under its floor, never lower than this: a
                 # waiting record scoring under it is neither read nor touched.
                 pending_floor=lowest_floor(sel.min_similarity, sel.floor_min),
-                # Nor are the rows of checked ones under the floor the best of them sets:
-                # selection would drop them (~120 of 150 candidates at 20k); it counts them.
-                floor=floor_of,
+                # Nor are the rows of checked ones under the floor selection will use: it
+                # would drop them (~120 of 150 candidates at 20k); it counts them. Not with
+                # peers' answers to come: an established one among them may lower it.
+                floor=None if federated else floor_of,
             )
             alone = self.newcomers_may_answer_alone()
             marks["search"] = time.perf_counter() - t1
