@@ -550,4 +550,22 @@ def test_find_leaves_unread_only_candidates_the_floor_drops(tmp_path, encoder, k
         assert [h.row.id for h in found.hits] == expected, case
         assert found.below_floor >= len(full) - len(expected)
         assert sum(read) < 150 + 8, (case, read)  # the cut candidates' rows were not read
+
+        # Filtered: the same hits as the filtered exhaustive search above the floor, and a
+        # broad filter costs no wider search (it used to widen to 12k rows, then brute force).
+        for flt in (Filters(min_confidence=0.0), Filters(domain="test"), Filters(domain="x")):
+            full = kb.search(q, k=150, per_cluster=3, filters=flt)
+            expected = []
+            if full:
+                cut = floor_at(max(h.score for h in full))
+                expected = [h.row.id for h in full if h.score >= cut]
+            read.clear()
+            kb.store.candidate_fields = lambda seqs, reads=reads: (
+                read.append(len(seqs)) or reads(seqs)
+            )
+            found = kb.find(q, k=150, per_cluster=3, filters=flt, floor=floor_of)
+            kb.store.candidate_fields = reads
+            assert [h.row.id for h in found.hits] == expected, (case, flt)
+            if flt.domain != "x":
+                assert sum(read) < 150 + 8, (case, flt, read)
         kb.close()

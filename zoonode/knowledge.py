@@ -666,15 +666,17 @@ class KnowledgeBase:
                 waiting, _ = self.pending_index.search(query, fetch, cut)
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
-            elif floor is not None and len(seqs) and filters.empty:
-                # (A filtered query keeps its exact fallback below: the replica's candidates
-                # may hold few of the rows that match.)
-                seqs, early = self._above_floor(seqs, sims, query, floor)
+            elif floor is not None and len(seqs):
+                seqs, early = self._above_floor(seqs, sims, query, filters, floor)
             kept = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
-            # Candidates cut by the replica's scores: the rest of the replica ranks under them,
-            # so under the floor too; the search is done.
-            if len(kept) >= k or exhausted or early:
-                if len(kept) < k and not filters.empty:
+            # The replica's candidates reach under the caller's floor (some were cut before
+            # their rows were read, or the last is under the floor the lessons kept so far
+            # set): the rest of the replica ranks under them, so under the floor too. The
+            # search is done, filtered or not: no wider search, no brute force over every
+            # row a broad filter matches (~1 s a query at 100k lessons).
+            floored = early > 0 or self._reached_floor(kept, sims, floor)
+            if len(kept) >= k or exhausted or floored:
+                if len(kept) < k and not filters.empty and not floored:
                     kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
                 found = self._found(kept[:k], dedupe, floor)
                 return Found(found.hits, found.below_floor + early)
@@ -683,11 +685,22 @@ class KnowledgeBase:
                 return self._found(kept, dedupe, floor)
             fetch *= 4
 
+    def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
+        """Whether the replica's last candidate (``sims``: the replica's scores) is surely
+        under the floor the caller takes from the candidates kept so far."""
+        if floor is None or not kept or not len(sims):
+            return False
+        entries = [(sim, f[CANDIDATE_AUTHOR], bool(f[CANDIDATE_PENDING])) for _, f, sim, _ in kept]
+        cut = floor(entries, False)
+        margin = 0.0 if self.replica.exact_scores else APPROX_MARGIN
+        return cut is not None and float(sims.min()) < cut - margin
+
     def _above_floor(
         self,
         seqs: np.ndarray,
         sims: np.ndarray,
         query: np.ndarray,
+        filters: Filters,
         floor: FloorOf,
     ) -> tuple[np.ndarray, int]:
         """The replica's candidates (``seqs``, best first by the replica's scores ``sims``)
@@ -695,11 +708,11 @@ class KnowledgeBase:
         not read (~half of a query's candidates at 20k lessons, most of its read cost).
 
         The floor is the caller's (``floor``, told these are not all its candidates) from
-        the active checked lessons among the best ``FLOOR_PROBE`` candidates, at their exact
-        scores (a revoked or evicted lesson the replica still holds does not count); a
-        candidate is surely under it when its replica score is more than the replica's error
-        (``APPROX_MARGIN``, 0 for exact backends) below it. No floor from those: nothing is
-        left out."""
+        the active checked lessons matching ``filters`` among the best ``FLOOR_PROBE``
+        candidates, at their exact scores (a revoked or evicted lesson the replica still
+        holds does not count); a candidate is surely under it when its replica score is more
+        than the replica's error (``APPROX_MARGIN``, 0 for exact backends) below it. No floor
+        from those: nothing is left out."""
         margin = 0.0 if self.replica.exact_scores else APPROX_MARGIN
         probe = seqs[:FLOOR_PROBE].tolist()
         fields = self.store.candidate_fields(probe)
@@ -710,7 +723,18 @@ class KnowledgeBase:
                 False,
             )
             for f in (fields.get(s) for s in probe)
-            if f is not None and f[CANDIDATE_STATUS] == Status.ACTIVE and not f[CANDIDATE_PENDING]
+            if f is not None
+            and f[CANDIDATE_STATUS] == Status.ACTIVE
+            and not f[CANDIDATE_PENDING]
+            and (
+                filters.empty
+                or filters.match_fields(
+                    f[CANDIDATE_AUTHOR],
+                    f[CANDIDATE_DOMAIN],
+                    f[CANDIDATE_CONFIDENCE],
+                    f[CANDIDATE_CREATED],
+                )
+            )
         ]
         cut = floor(entries, False) if entries else None
         if cut is None:

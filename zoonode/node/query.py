@@ -140,8 +140,10 @@ class Query:
             established = [s for s, a, waiting in entries if standing[a] >= 1.0 and not waiting]
             if established:  # the reference is the best established one's, or higher
                 best = max(established)
-            elif not complete or any(standing[a] >= 1.0 for _, a, _ in entries):
-                return None  # an established candidate elsewhere may set a lower one
+            elif not complete:  # an established candidate further down may set a low one
+                return lowest_floor(sel.min_similarity, sel.floor_min)
+            elif any(standing[a] >= 1.0 for _, a, _ in entries):
+                return None  # a waiting established one sets it, if it passes its check
             else:  # nobody established: the best of all, at least the best checked one
                 checked = [s for s, _, waiting in entries if not waiting]
                 if not checked:  # (a waiting one may fail its check and leave)
