@@ -1,6 +1,6 @@
 """zoonode against a plain vector store (Chroma) when nobody attacks: quality, latency, ingest.
 
-    python benchmarks/versus_chroma.py [--sizes 20000 100000] [--window 1000] [--modes own 64]
+    cd benchmarks && python versus_chroma.py [--sizes 20000 100000] [--window 1536] [--modes own 64]
 
 Needs the benchmark extra: ``pip install -e '.[bench]'`` (chromadb). Both systems run as
 their own server processes and are used over HTTP with keep-alive, as an agent would use
@@ -18,17 +18,18 @@ paragraphs, benchmarks/filler.py), 20k and 100k; queries: the 443 eg examples, r
 tips of the same command. Encoded vectors are cached in .bench-cache/.
 
 Ingest through the API, the text's encoding included on both sides, is timed over windows of
-``--window`` lessons at 1k (lessons 1,000-2,000) and just below each size (e.g. 19k-20k and
-99k-100k). Between windows each store is filled to the next window with the cached vectors:
-Chroma through its client, zoonode in process with KnowledgeBase.ingest while the node is
-stopped (what publish and import store, minus the encoder and HTTP). ``/v1/records`` stores
-a record at once as pending and checks its embedding in the background (issue 23): after each
-window the benchmark waits until the backlog is empty, reports the rate with that wait
-included too, and so never measures queries beside a draining backlog. Queries: k = 10 (Chroma
-``n_results=10``), the query's encoding included on both sides (Chroma: the client encodes,
-then queries), two passes after 10 warm-up queries, each query asked of every system in
-turn (who goes first rotating query by query); quality from the
-first pass. RSS: the server processes after the queries (Chroma's client also holds the
+``--window`` lessons (1,536: six API batches of 256) from lesson 1,536 and just below each
+size (e.g. 18,464-20,000 and 98,464-100,000). Between windows each store is filled to the next
+window with the cached vectors: Chroma through its client, zoonode in process with
+KnowledgeBase.ingest while the node is stopped (what publish and import store, minus the
+encoder and HTTP). ``/v1/records`` stores a record at once as pending and checks its embedding
+in the background (issue 23): after each window the benchmark waits until the backlog is
+empty, reports the rate with that wait included too, and so never measures queries beside a
+draining backlog. Queries: k = 10 (Chroma ``n_results=10``), the query's encoding included on
+both sides (Chroma: the client encodes, then queries), two passes after 10 warm-up queries,
+each query asked of every system in turn (who goes first rotating query by query); quality
+from the first pass.
+RSS: the server processes after the queries (Chroma's client also holds the
 encoder; it is not counted); disk: the data directories.
 """
 
@@ -388,10 +389,33 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--window", type=int, default=1536)
-    parser.add_argument("--modes", nargs="+", default=["own", "64"], choices=["own", "64"])
-    parser.add_argument("--name", default="versus-chroma")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[20_000, 100_000],
+        help="store sizes at which queries are measured (lessons); 100k encodes ~100k texts "
+        "once (cached in .bench-cache/)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1536,
+        help="lessons per timed ingest window (from 1,536 and just below each size)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["own", "64"],
+        choices=["own", "64"],
+        help="zoonode layouts: own (one author, /v1/experiences/batch), 64 (64 authors, "
+        "records signed beforehand, /v1/records)",
+    )
+    parser.add_argument(
+        "--name",
+        default="versus-chroma",
+        help="results/NAME.json (versus_chroma_table.py reads results/versus-chroma.json)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
