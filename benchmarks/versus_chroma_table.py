@@ -68,9 +68,12 @@ ROWS = [
         ),
     ),
     ("… client-seen time beyond the handler, p50 ms", ("outside the handler p50 ms",)),
-    ("API ingest docs/s at this size (embedding included)", ("ingest docs/s",)),
     (
-        "… waiting until the embedding check has run on every record",
+        "API ingest docs/s at this size (stored; 64 authors: pending, checked after)",
+        ("ingest docs/s",),
+    ),
+    (
+        "… embedding included (64 authors: until every record is checked)",
         ("ingest docs/s, check included",),
     ),
     ("… over the rate at 1k", ("ingest vs 1k",)),
@@ -79,7 +82,9 @@ ROWS = [
 RATIO_KEYS = {
     "Recall@5 / Hit@5 / MRR@10": ("Recall@5", "Hit@5", "MRR@10"),
     "query p50 / p99 ms (HTTP, encoding included)": ("query p50 ms",),
-    "API ingest docs/s at this size (embedding included)": ("ingest docs/s",),
+    "… embedding included (64 authors: until every record is checked)": (
+        "ingest docs/s, check included",
+    ),
     "RSS MB (server) / disk MB": ("rss MB", "disk MB"),
 }
 
