@@ -5,7 +5,6 @@ real SQLite: every statement's plan, and the SQLite VM steps per query at two st
 from __future__ import annotations
 
 import re
-from functools import partial
 
 import httpx
 import numpy as np
@@ -172,44 +171,3 @@ def test_a_query_checks_on_demand_only_the_answers_its_checked_lessons_cannot_gi
     assert len(trips) == 2, trips
     node.kb.close()
     node.lock.release()
-
-
-def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_path, encoder):
-    """The node's own lessons match a query weakly (0.31-0.37: the floor follows them down to
-    0.3). One lesson of a brand-new identity matching it at 0.85 must not raise the floor over
-    them: the own lessons still answer, and the newcomer's does not (probation), under both
-    ``newcomers_alone`` policies. Before the fix the answer was empty ("never") or the
-    newcomer's lesson alone ("bootstrap"), fresh-clone review of issue 25."""
-    rng = np.random.default_rng(11)
-    q = encoder.encode_compact(QUERY)[0]
-
-    def at(cosines) -> np.ndarray:
-        noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
-        noise -= np.outer(noise @ q, q)
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        c = np.asarray(cosines, np.float32)[:, None]
-        return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
-
-    for policy in ("bootstrap", "never"):
-        node = Node(
-            node_config(tmp_path / policy, selection={"newcomers_alone": policy}), encoder=encoder
-        )
-        own = at(np.linspace(0.37, 0.31, 6))
-        items = [{"text": f"own lesson {i}", "domain": "ops.databases"} for i in range(6)]
-        mine = sign_lessons(encoder, node.key, items, own)
-        node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, own, strict=True)])
-        fresh = Ed25519PrivateKey.generate()
-        bait = at([0.85])
-        [lure] = sign_lessons(
-            encoder, fresh, [{"text": "ask in our forum", "domain": "ops.databases"}], bait
-        )
-        node.kb.ingest([Incoming(lure, bait[0], "gossip")])
-
-        selection, _ = trio.run(partial(node.query, vector=q, k=5))
-        ids = [s.candidate.id for s in selection.selected]
-        assert len(ids) == 5 and set(ids) <= {r.id for r in mine}, (
-            policy,
-            selection.down_weighted,
-        )
-        assert selection.down_weighted.get("newcomer_on_probation") == 1, policy
-        node.kb.close()

@@ -17,7 +17,6 @@ from zoonode.selection import (
     author_slots,
     author_standing,
     coordinate_median,
-    floor_reference,
     geometric_median,
     krum_scores,
     mean,
@@ -472,28 +471,3 @@ def test_quantile_is_numpys_to_the_bit(values, q):
     """Selection's gate must not move when its quantile gets cheaper: same float, every time
     (ties, one value, both ends, q exactly at an index)."""
     assert quantile(values, q) == float(np.quantile(values, q))
-
-
-def test_the_floor_follows_established_candidates_not_a_fresh_lure():
-    """floor_reference: the best established candidate's relevance where one is there, else
-    the best of all; so select keeps the established answers under a fresh identity's
-    lesson that matches the query far better (and puts that one on probation)."""
-    rng = np.random.default_rng(8)
-    topic = unit(rng.normal(size=32))
-    own = [
-        replace(
-            make(i, topic + 0.5 * unit(rng.normal(size=32)), 0.37 - 0.01 * i, b"o" * 32),
-            reputation=1.0,
-        )
-        for i in range(6)
-    ]
-    lure = replace(make(9, topic, 0.85, b"f" * 32), reputation=0.0)
-    assert floor_reference([*own, lure]) == pytest.approx(0.37)
-    assert floor_reference([lure]) == 0.85 and floor_reference([]) == 0.0
-    settings = SelectionSettings(
-        k=5, min_similarity=0.4, floor_min=0.3, floor_margin=0.1, newcomer_weight=0.2
-    )
-    sel = select(topic, [*own, lure], settings)
-    assert sel.floor == pytest.approx(0.3)
-    assert {s.candidate.author for s in sel.selected} == {b"o" * 32}
-    assert len(sel.selected) == 5 and sel.down_weighted["newcomer_on_probation"] == 1

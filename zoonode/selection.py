@@ -324,29 +324,12 @@ def similarity_floor(
     best alone would let any query, however unrelated, fill k slots. This rule keeps the
     fixed floor wherever some candidate clears it by ``margin`` and never goes under
     ``floor_min``, so a query answers with nothing only when no candidate reaches
-    ``floor_min``. It never goes over ``min_similarity``, and ``best`` is the
-    :func:`floor_reference` of the candidates: a newcomer's lesson can neither lower nor
-    raise it where an established one answers. ``floor_min`` None (or >= ``min_similarity``):
-    the fixed floor.
+    ``floor_min``. Adding candidates can only raise it (to ``min_similarity`` at most): an
+    attacker cannot lower it. ``floor_min`` None (or >= ``min_similarity``): the fixed floor.
     """
     if floor_min is None or floor_min >= min_similarity:
         return float(min_similarity)
     return float(min(min_similarity, max(floor_min, best - margin)))
-
-
-def floor_reference(candidates: Sequence[Candidate]) -> float:
-    """The relevance a query's similarity floor follows (:func:`similarity_floor`'s
-    ``best``): the best *established* candidate's (``reputation >= 1``) where one is among
-    ``candidates``, else the best of all (0.0 for none).
-
-    Not simply the best of all: one fresh identity's lesson made to match a query (0.84)
-    would raise the floor over every established answer (0.30-0.38), dropping them all and,
-    where no established lesson is left, answering alone (fresh-clone review of issue 25).
-    An established author can raise it only with a lesson that then answers itself."""
-    established = [c.relevance for c in candidates if c.reputation >= 1.0]
-    if established:
-        return max(established)
-    return max((c.relevance for c in candidates), default=0.0)
 
 
 def quantile(values: np.ndarray, q: float) -> float:
@@ -420,9 +403,8 @@ def select(
     ``below_similarity_floor`` as if they had been passed."""
     s = settings or SelectionSettings()
     reasons: dict[str, int] = defaultdict(int)
-    floor = similarity_floor(
-        floor_reference(candidates), s.min_similarity, s.floor_min, s.floor_margin
-    )
+    best = max((c.relevance for c in candidates), default=0.0)
+    floor = similarity_floor(best, s.min_similarity, s.floor_min, s.floor_margin)
     kept = [c for c in candidates if c.relevance >= floor]
     reasons["below_similarity_floor"] = len(candidates) - len(kept) + below_floor
     considered = len(candidates) + below_floor

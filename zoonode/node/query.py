@@ -130,26 +130,15 @@ class Query:
         marks: dict[str, float] = {}  # stage -> seconds (perf_counter differences)
 
         def floor_of(entries: list[tuple[float, bytes, bool]], complete: bool) -> float | None:
-            """knowledge.FloorOf: a lower bound of the floor ``select`` will use
-            (selection.floor_reference), from some candidates (score, author, waiting) or,
-            ``complete``, from all of them; None where these cannot bound it."""
-            authors = {a for _, a, _ in entries}
-            first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
-            for a in authors - standing.keys():
-                standing[a] = self.standing(a, first_seen)
-            established = [s for s, a, waiting in entries if standing[a] >= 1.0 and not waiting]
-            if established:  # the reference is the best established one's, or higher
-                best = max(established)
-            elif not complete:  # an established candidate further down may set a low one
-                return lowest_floor(sel.min_similarity, sel.floor_min)
-            elif any(standing[a] >= 1.0 for _, a, _ in entries):
-                return None  # a waiting established one sets it, if it passes its check
-            else:  # nobody established: the best of all, at least the best checked one
-                checked = [s for s, _, waiting in entries if not waiting]
-                if not checked:  # (a waiting one may fail its check and leave)
-                    return None
-                best = max(checked)
-            return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
+            """knowledge.FloorOf: a lower bound of the floor ``select`` will use (it follows
+            the best of all its candidates, at least the best checked one among these; a
+            waiting one may fail its check and leave). None: no checked one among these."""
+            checked = [s for s, _, waiting in entries if not waiting]
+            if not checked:
+                return None
+            return similarity_floor(
+                max(checked), sel.min_similarity, sel.floor_min, sel.floor_margin
+            )
 
         def local() -> tuple[np.ndarray, Found, bool]:
             # While the background check encodes (one thread), one thread here too: two
