@@ -480,6 +480,16 @@ def test_federated_query_travels_in_the_canonical_space(tmp_path, encoder, key):
                 other = await client.query(question, federated=True, domain="math")
                 assert other["selected"] == []  # the domain travels with the query
             assert a.counters["query:served"] == 3
+            # The author revokes the lesson; b hears of it, a (the peer that answers) does not:
+            # a's copy must not bring the revoked lesson back to b.
+            from zoonode.experiences import create_revocation
+            from zoonode.store import Incoming
+
+            revoke = create_revocation(key, encoder.space, item.record.id)
+            await b.in_kb(b.kb.ingest, [Incoming(revoke, None)])
+            selection, _ = await b.query(question, federated=True)
+            assert selection.selected == [] and a.counters["query:served"] == 4
+            assert b.counters["query:federated_settled"] == 1
             nursery.cancel_scope.cancel()
 
     run_trio(main)

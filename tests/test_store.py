@@ -569,3 +569,19 @@ def test_find_leaves_unread_only_candidates_the_floor_drops(tmp_path, encoder, k
             if flt.domain != "x":
                 assert sum(read) < 150 + 8, (case, flt, read)
         kb.close()
+
+
+def test_settled_names_what_this_node_has_its_own_word_on(kb, encoder, key):
+    """Store.settled: held ids whatever their status, tombstoned ids, and ids a held
+    revocation names even before its target arrived; not an id nobody here knows. Federated
+    answers drop these (a peer's copy of a lesson revoked here must not come back)."""
+    items = lessons(encoder, key, TEXTS[:3])
+    kb.ingest(items)
+    revoked = items[0].record.id
+    kb.ingest([Incoming(create_revocation(key, encoder.space, revoked), None)])
+    [unheard] = lessons(encoder, key, TEXTS[3:4])  # its revocation arrives first
+    kb.ingest([Incoming(create_revocation(key, encoder.space, unheard.record.id), None)])
+    kb.store.add_tombstone(b"t" * 32, 0, "evicted")
+    [stranger] = lessons(encoder, key, TEXTS[4:5])
+    asked = [revoked, items[1].record.id, unheard.record.id, b"t" * 32, stranger.record.id]
+    assert kb.store.settled(asked) == set(asked[:4])

@@ -667,6 +667,23 @@ class Store:
             )
         ]
 
+    def settled(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Of ``ids``, those this node has its own word on: held (whatever their status:
+        revoked, superseded, pending), tombstoned, or named as the parent of a record held
+        here (a revocation or modification, even one that arrived before its target). A
+        peer's copy of one of them must not stand in for that word (federated answers)."""
+        out: set[bytes] = set()
+        for start in range(0, len(ids), 300):
+            chunk = list(ids[start : start + 300])
+            marks = ",".join("?" * len(chunk))
+            for sql in (
+                f"SELECT id FROM records WHERE id IN ({marks})",
+                f"SELECT id FROM tombstones WHERE id IN ({marks})",
+                f"SELECT parent FROM records WHERE parent IN ({marks})",
+            ):
+                out.update(bytes(r[0]) for r in self.db.execute(sql, chunk))
+        return out
+
     def known(self, record_id: bytes) -> bool:
         """Held, or deliberately not held (tombstone): either way, not worth fetching."""
         return (

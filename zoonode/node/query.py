@@ -463,6 +463,15 @@ class Query:
             valid.append(checked.record)
         if not valid:
             return []
+        # What this node holds in any state, has tombstoned, or has a revocation or newer
+        # version of is its own to answer: a peer that has not heard of the revocation (or
+        # replays a revoked lesson on purpose) must not bring it back.
+        settled = await node.in_kb(node.kb.store.settled, [r.id for r in valid])
+        if settled:
+            node.counters["query:federated_settled"] += sum(1 for r in valid if r.id in settled)
+            valid = [r for r in valid if r.id not in settled]
+            if not valid:
+                return []
 
         def embed() -> tuple[np.ndarray, list]:
             compact = node.encoder.encode_compact([r.experience.text for r in valid])
