@@ -725,17 +725,10 @@ class Store:
         """Rows and their stored compact vectors in one read: the query path's candidates.
 
         Reading the vector column here is ~2x cheaper than ``hnswlib.get_items`` afterwards."""
-        out: dict[int, tuple[Row, np.ndarray]] = {}
-        for start in range(0, len(seqs), 900):
-            chunk = [int(s) for s in seqs[start : start + 900]]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db.execute(
-                f"SELECT {_ROW_COLUMNS}, vector FROM records "
-                f"WHERE seq IN ({marks}) AND vector IS NOT NULL",
-                chunk,
-            ):
-                out[r[0]] = (_row(r), np.frombuffer(r[-1], np.float32))
-        return out
+        return {
+            seq: (_row(r), np.frombuffer(r[-1], np.float32))
+            for seq, r in self.candidate_fields(seqs).items()
+        }
 
     def candidate_fields(self, seqs: Sequence[int]) -> dict[int, tuple]:
         """The query path's candidates in one read, without building a Row: seq -> the row's
