@@ -48,6 +48,10 @@ DataDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full JSON answer instead.")]
+MinConfidenceOpt = Annotated[
+    float | None,
+    typer.Option(help="Only lessons whose author gave at least this confidence (0 to 1)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -450,6 +454,7 @@ def query(
     text: Annotated[str, typer.Argument(help="The task or question.")],
     k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
     domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
+    min_confidence: MinConfidenceOpt = None,
     federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -462,7 +467,9 @@ def query(
     from zoonode.humanview import query_view
 
     client = _client(url, token, data_dir, config)
-    answer = _call(client.query, text, k=k, domain=domain, federated=federated)
+    answer = _call(
+        client.query, text, k=k, domain=domain, min_confidence=min_confidence, federated=federated
+    )
     typer.echo(json.dumps(answer, indent=2) if as_json else query_view(answer))
 
 
@@ -500,6 +507,7 @@ def context(
     task: Annotated[str, typer.Argument(help="The task the agent is about to do.")],
     k: Annotated[int | None, typer.Option(help="How many experiences (default 5).")] = None,
     domain: Annotated[str | None, typer.Option(help="Domain prefix filter.")] = None,
+    min_confidence: MinConfidenceOpt = None,
     federated: Annotated[bool, typer.Option(help="Also ask connected peers.")] = False,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -509,7 +517,9 @@ def context(
     """Print the DSO context-injection prompt for TASK (experiences, then the task), ready
     to prepend to an LLM prompt; just the task when no held lesson is relevant."""
     client = _client(url, None, data_dir, config)
-    answer = _call(client.context, task, k=k, domain=domain, federated=federated)
+    answer = _call(
+        client.context, task, k=k, domain=domain, min_confidence=min_confidence, federated=federated
+    )
     typer.echo(json.dumps(answer, indent=2) if as_json else answer["prompt"])
 
 

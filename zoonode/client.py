@@ -163,8 +163,14 @@ class _Requests:
         return "POST", "/v1/query", _json(body)
 
     @staticmethod
-    def context(task, k, domain, federated) -> tuple:
-        body = {"task": task, "k": k, "domain": domain, "federated": federated}
+    def context(task, k, domain, min_confidence, federated) -> tuple:
+        body = {
+            "task": task,
+            "k": k,
+            "domain": domain,
+            "min_confidence": min_confidence,
+            "federated": federated,
+        }
         return "POST", "/v1/context", _json(body)
 
     @staticmethod
@@ -256,10 +262,16 @@ class Client:
         return self._call(_Requests.query(text, k, domain, min_confidence, federated))
 
     def context(
-        self, task: str, k: int | None = None, domain: str | None = None, federated: bool = False
+        self,
+        task: str,
+        k: int | None = None,
+        domain: str | None = None,
+        min_confidence: float | None = None,
+        federated: bool = False,
     ) -> dict:
-        """The DSO context-injection prompt for ``task`` (``prompt``) and what it holds."""
-        return self._call(_Requests.context(task, k, domain, federated))
+        """The DSO context-injection prompt for ``task`` (``prompt``) and what it holds; the
+        options are :meth:`query`'s."""
+        return self._call(_Requests.context(task, k, domain, min_confidence, federated))
 
     def export(self, domain: str | None = None) -> Iterator[dict]:
         """Every active lesson the node holds, as JSON objects with their signed ``wire``."""
@@ -392,9 +404,14 @@ class AsyncClient:
         return await self._call(_Requests.query(text, k, domain, min_confidence, federated))
 
     async def context(
-        self, task: str, k: int | None = None, domain: str | None = None, federated: bool = False
+        self,
+        task: str,
+        k: int | None = None,
+        domain: str | None = None,
+        min_confidence: float | None = None,
+        federated: bool = False,
     ) -> dict:
-        return await self._call(_Requests.context(task, k, domain, federated))
+        return await self._call(_Requests.context(task, k, domain, min_confidence, federated))
 
     async def export(self, domain: str | None = None) -> AsyncIterator[dict]:
         await self._find_node()

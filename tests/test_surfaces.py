@@ -1,0 +1,90 @@
+"""A fresh-clone review of what operators and agents touch, against a real `zoonode start`
+process: /v1/context's options through the client and the CLI, unknown MCP arguments, the
+CLI's words for the selection's reason codes, and slow clients on the HTTP server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from zoonode import inputs
+from zoonode.client import Client, ClientError
+
+from nodeproc import running_node
+
+UNITS = [  # one author, one topic, distinct enough not to be near-duplicates
+    ("When adding measured lengths, convert every value to the same unit before summing", 0.3),
+    ("Write the unit next to every number in a calculation so a mismatch is visible", 0.9),
+    ("Metres and centimetres differ by a factor of one hundred: 3 m + 20 cm is 3.2 m", 0.85),
+    # a near-copy of the first: with k = 2 and one slot per author, it is left out
+    ("When adding measured lengths, convert every value to the same unit before summing them", 0.3),
+]
+TASK = "Add 3 m and 20 cm and give the length in metres"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    env = {
+        # one answer slot for an established author (this node's own): the rest held back
+        "ZOONODE_SELECTION__ESTABLISHED_SLOTS": "1",
+    }
+    with running_node(tmp_path_factory.mktemp("surfaces"), env) as running:
+        ids = []
+        for text, confidence in UNITS:
+            r = httpx.post(
+                f"{running.url}/v1/experiences",
+                json={"text": text, "domain": "physics.units", "confidence": confidence},
+                headers=running.auth,
+                timeout=60,
+            )
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        running.ids = ids
+        yield running
+
+
+def state(node) -> tuple:
+    status = httpx.get(f"{node.url}/v1/status").json()
+    return status["counts"], status["replica"]
+
+
+# -- 1. /v1/context's options are /v1/query's, in the client and the CLI ----------------------
+def test_context_takes_min_confidence_from_the_client_and_the_cli(node):
+    low = node.ids[0]
+    with Client(node.url) as client:
+        assert low in client.context(TASK)["experiences"]  # the filter is what removes it
+        kept = client.context(TASK, min_confidence=0.8)["experiences"]
+        assert kept and low not in kept
+        assert low not in [s["id"] for s in client.query(TASK, min_confidence=0.8)["selected"]]
+        with pytest.raises(ClientError) as refused:
+            client.context(TASK, min_confidence=1.5)
+        assert refused.value.code == "out_of_range"
+    for verb in ("context", "query"):
+        out = node.cli(verb, TASK, "--min-confidence", "0.8", "--json")
+        answer = json.loads(out.stdout)
+        got = answer["experiences"] if verb == "context" else [s["id"] for s in answer["selected"]]
+        assert got and low not in got
+        bad = node.cli(verb, TASK, "--min-confidence", "1.5", check=False)
+        assert bad.returncode == 1
+        assert bad.stderr.strip() == (
+            "error: 422 out_of_range: min_confidence must be at most 1.0, got 1.5"
+        )
+
+
+def test_the_docs_list_each_query_body_field():
+    """docs/api.md's `{...}` for /v1/query and /v1/context, and openapi.json's request
+    schemas, name exactly the fields of the models that validate them."""
+    doc = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    openapi = json.loads((Path(inputs.__file__).parent / "openapi.json").read_text())
+    schemas = openapi["components"]["schemas"]
+    for path, model, schema in (
+        ("/v1/query", inputs.QueryIn, "QueryRequest"),
+        ("/v1/context", inputs.ContextIn, "ContextRequest"),
+    ):
+        listed = re.search(rf"`POST {path}` `\{{([^}}]*)\}}`", doc)[1]
+        assert [f.strip().rstrip("?") for f in listed.split(",")] == list(model.model_fields)
+        assert list(schemas[schema]["properties"]) == list(model.model_fields)
