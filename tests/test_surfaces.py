@@ -8,12 +8,14 @@ import json
 import re
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
 from zoonode import inputs
 from zoonode.client import Client, ClientError
 
+from conftest import ZOONODE
 from nodeproc import running_node
 
 UNITS = [  # one author, one topic, distinct enough not to be near-duplicates
@@ -88,3 +90,45 @@ def test_the_docs_list_each_query_body_field():
         listed = re.search(rf"`POST {path}` `\{{([^}}]*)\}}`", doc)[1]
         assert [f.strip().rstrip("?") for f in listed.split(",")] == list(model.model_fields)
         assert list(schemas[schema]["properties"]) == list(model.model_fields)
+
+
+# -- 2. MCP: an argument a tool or prompt does not define is unknown_field -------------------
+def test_unknown_mcp_arguments_are_refused_as_the_api_refuses_unknown_fields(node):
+    from mcp import Client as McpClient
+    from mcp import StdioServerParameters
+    from mcp.shared.exceptions import MCPError
+
+    http = httpx.post(f"{node.url}/v1/query", json={"text": TASK, "limit": 2}, timeout=60)
+    assert http.status_code == 422
+    api_error = http.json()["error"]
+    assert api_error == {"code": "unknown_field", "message": "limit is not a field of this request"}
+    calls = [
+        ("search_experiences", {"query": TASK, "limit": 2}, "limit"),
+        ("share_experience", {"text": "A lesson on units", "domain": "a.b", "tags": []}, "tags"),
+        ("get_experience", {"id": node.ids[1], "verbose": True}, "verbose"),
+        ("rate_experience", {"id": node.ids[1], "verdict": "helpful", "why": "x"}, "why"),
+    ]
+    params = StdioServerParameters(command=ZOONODE, args=["mcp", "--data-dir", str(node.data)])
+    before = state(node)
+
+    async def main():
+        async with McpClient(params) as client:
+            listed = (await client.list_tools()).tools
+            results = [await client.call_tool(name, args) for name, args, _ in calls]
+            prompt_errors = []
+            for arguments in ({"task": TASK, "count": "2"}, {"k": "2"}):
+                with pytest.raises(MCPError) as caught:
+                    await client.get_prompt("inject_experiences", arguments)
+                prompt_errors.append(caught.value.error)
+            return listed, results, prompt_errors
+
+    listed, results, prompt_errors = anyio.run(main)
+    for (_, _, key), result in zip(calls, results, strict=True):
+        assert result.is_error
+        assert result.content[0].text == f"unknown_field: {key} is not a field of this request"
+    assert [(e.code, e.data["code"], e.message) for e in prompt_errors] == [
+        (-32602, "unknown_field", "unknown_field: count is not a field of this request"),
+        (-32602, "missing_field", "missing_field: task is required"),
+    ]
+    assert state(node) == before  # nothing shared, nothing rated
+    assert all(t.input_schema.get("additionalProperties") is False for t in listed)

@@ -122,11 +122,7 @@ async def _batch_body(request: Request) -> dict[str, Any]:
 
 
 def _list_field(body: dict, name: str, limit: int) -> list:
-    for key in body:  # like every body model (inputs._Strict): no unknown keys
-        if key != name:
-            raise ApiError(422, "unknown_field", f"{key} is not a field of this request")
-    if body.get(name) is None:
-        raise ApiError(422, "missing_field", f"{name} is required")
+    inputs.check_fields(body, [name], required=[name])  # as every body model (inputs._Strict)
     value = body[name]
     if not isinstance(value, list):
         raise ApiError(422, "wrong_type", f"{name} must be a list, got {inputs.kind_of(value)}")

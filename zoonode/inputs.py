@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -286,9 +287,9 @@ def validation_error(exc: ValidationError, where: str = "") -> InputError:
     if isinstance(cause, ProtocolError):
         return from_protocol(cause)
     if kind == "extra_forbidden":
-        return InputError(422, "unknown_field", f"{path} is not a field of this request")
+        return _unknown_field(path)
     if kind == "missing" or (value is None and kind.endswith("_type")):  # null: absent
-        return InputError(422, "missing_field", f"{path} is required")
+        return _missing_field(path)
     if kind == "finite_number":
         return InputError(422, "non_finite", f"{path} must be a finite number, got {_show(value)}")
     if kind in _BOUND:
@@ -302,6 +303,30 @@ def validation_error(exc: ValidationError, where: str = "") -> InputError:
     if expected:
         return InputError(422, "wrong_type", f"{path} must be {expected}, got {kind_of(value)}")
     return InputError(422, "wrong_type", f"{path}: {err['msg']}")
+
+
+def check_fields(
+    value: dict[str, Any], fields: Iterable[str], required: Iterable[str] = (), where: str = ""
+) -> None:
+    """The body models' key rules for arguments that reach no model of this module (MCP tool
+    and prompt arguments, a batch body's envelope): a key not in ``fields`` is
+    ``unknown_field``, a ``required`` one absent or null is ``missing_field`` (422), worded
+    as :func:`validate` words them."""
+    allowed = set(fields)
+    for key in value:
+        if key not in allowed:
+            raise _unknown_field(_path(where, (key,)))
+    for key in required:
+        if value.get(key) is None:
+            raise _missing_field(_path(where, (key,)))
+
+
+def _unknown_field(path: str) -> InputError:
+    return InputError(422, "unknown_field", f"{path} is not a field of this request")
+
+
+def _missing_field(path: str) -> InputError:
+    return InputError(422, "missing_field", f"{path} is required")
 
 
 def _path(where: str, loc: tuple) -> str:

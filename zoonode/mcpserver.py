@@ -63,7 +63,17 @@ class _Server(MCPServer):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         """Arguments the tool's schema refuses answer, as MCP asks, an ``isError`` result the
         model can read and correct, worded with the API's codes (``wrong_type: k must be an
-        integer, got a string``)."""
+        integer, got a string``). An argument the tool does not define is refused as a key
+        an API body does not define is (``unknown_field``), not dropped unseen: ``limit``
+        for ``k`` would otherwise answer with 5 lessons and no word about it."""
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            model = tool.fn_metadata.arg_model
+            names = [field.alias or key for key, field in model.model_fields.items()]
+            try:
+                inputs.check_fields(arguments or {}, names)
+            except inputs.InputError as exc:
+                raise ToolError(f"{exc.code}: {exc.message}") from None
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -72,6 +82,31 @@ class _Server(MCPServer):
                 err = inputs.validation_error(cause)
                 raise ToolError(f"{err.code}: {err.message}") from cause
             raise
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
+    ) -> Any:
+        """A prompt argument it does not define (``unknown_field``) or a required one absent
+        (``missing_field``) is the JSON-RPC error -32602 (invalid params) with the API's code,
+        as a bad ``k`` is."""
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is not None:
+            declared = prompt.arguments or []
+            try:
+                inputs.check_fields(
+                    arguments or {},
+                    [a.name for a in declared],
+                    required=[a.name for a in declared if a.required],
+                )
+            except inputs.InputError as exc:
+                raise _invalid_params(exc) from None
+        return await super().get_prompt(name, arguments, context)
+
+
+def _invalid_params(exc: inputs.InputError) -> MCPError:
+    return MCPError(
+        code=types.INVALID_PARAMS, message=f"{exc.code}: {exc.message}", data={"code": exc.code}
+    )
 
 
 def build_server(client: AsyncClient) -> MCPServer:
@@ -145,11 +180,7 @@ def build_server(client: AsyncClient) -> MCPServer:
         try:
             count = inputs.k_argument(k)
         except inputs.InputError as exc:
-            raise MCPError(
-                code=types.INVALID_PARAMS,
-                message=f"{exc.code}: {exc.message}",
-                data={"code": exc.code},
-            ) from None
+            raise _invalid_params(exc) from None
         try:  # a prompt's error reaches the host as a JSON-RPC error with our message
             return (await client.context(task, count))["prompt"]
         except ClientError as exc:
@@ -159,6 +190,8 @@ def build_server(client: AsyncClient) -> MCPServer:
                 data={"code": exc.code},
             ) from None
 
+    for tool in server._tool_manager.list_tools():  # say so in the schemas the host reads
+        tool.parameters["additionalProperties"] = False
     return server
 
 
