@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from zoonode import inputs
+from zoonode import humanview, inputs
 from zoonode.client import Client, ClientError
 
 from conftest import ZOONODE
@@ -26,6 +26,12 @@ UNITS = [  # one author, one topic, distinct enough not to be near-duplicates
     ("When adding measured lengths, convert every value to the same unit before summing them", 0.3),
 ]
 TASK = "Add 3 m and 20 cm and give the length in metres"
+WORDED_BEFORE = {  # the reason codes humanview had words for before the fresh-clone review
+    "below_similarity_floor",
+    "low_reputation",
+    "near_duplicate_merged",
+    "author_capped",
+}
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +138,24 @@ def test_unknown_mcp_arguments_are_refused_as_the_api_refuses_unknown_fields(nod
     ]
     assert state(node) == before  # nothing shared, nothing rated
     assert all(t.input_schema.get("additionalProperties") is False for t in listed)
+
+
+# -- 3. the CLI's human view words the reason codes; --json keeps them -----------------------
+def test_the_cli_words_every_reason_code_and_json_keeps_the_codes(node):
+    answer = json.loads(node.cli("query", TASK, "--k", "2", "--json").stdout)
+    shown = [code for code, n in answer["down_weighted"].items() if n]
+    # codes the view printed raw before (here author_slot_limit: the near-copy held back)
+    assert set(shown) - WORDED_BEFORE, answer["down_weighted"]
+    human = node.cli("query", TASK, "--k", "2").stdout
+    assert not [code for code in shown if code in human], human
+    for code in shown:
+        assert f"{answer['down_weighted'][code]} {humanview.REASONS[code]}" in human
+
+
+def test_every_reason_the_selection_gives_has_words():
+    source = (Path(inputs.__file__).parent / "selection.py").read_text()
+    codes = set(re.findall(r'reasons\["(\w+)"\]', source))
+    assert "author_slot_limit" in codes and len(codes) >= 8
+    assert codes <= set(humanview.REASONS), codes - set(humanview.REASONS)
+    view = humanview.query_view({"selected": [], "considered": 3, "down_weighted": {"new_x": 2}})
+    assert "2 new x" in view  # a newer node's code: words, not an identifier

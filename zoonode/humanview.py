@@ -9,13 +9,24 @@ from typing import Any
 
 WIDTH = 88
 
-# down_weighted keys of a query answer, in words (the API's field names stay the contract).
+# down_weighted keys of a query answer (selection.select's reasons), in words for people;
+# the codes stay the API's contract and what --json prints. A code not listed here (a newer
+# node's) is shown with spaces for underscores rather than as a bare identifier.
 REASONS = {
     "below_similarity_floor": "below the similarity floor (not about this query)",
     "low_reputation": "by authors of low standing (new to this node), down-weighted",
+    "newcomer_on_probation": "by authors new to this node, held back behind established ones",
+    "vouched_alone": "by newer authors let answer alone, vouched for by this node's trust",
     "near_duplicate_merged": "merged into a near-duplicate",
     "author_capped": "authors with several lessons, their weight shared",
+    "author_slot_limit": "left out: their authors had filled their answer slots",
+    "near_duplicate_in_answer": "left out as near-copies of a lesson already in the answer",
 }
+
+
+def reason_text(code: str) -> str:
+    return REASONS.get(code, code.replace("_", " "))
+
 
 QUERY_LEGEND = (
     "relevance: cosine similarity of lesson and query (about 0.3 and up is on topic); "
@@ -76,9 +87,7 @@ def query_view(answer: dict[str, Any], legend: bool = True) -> str:
     else:
         lines.append("")
         lines.append(f"{len(selected)} selected of {considered} considered")
-    reasons = [
-        f"{n} {REASONS.get(key, key)}" for key, n in answer.get("down_weighted", {}).items() if n
-    ]
+    reasons = [f"{n} {reason_text(key)}" for key, n in answer.get("down_weighted", {}).items() if n]
     if reasons:
         lines.append("  " + "; ".join(reasons))
     if legend and selected:
