@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 from pathlib import Path
 
 import anyio
@@ -13,11 +15,13 @@ import httpx
 import pytest
 
 from zoonode import humanview, inputs
+from zoonode.api import MAX_HEAD
 from zoonode.client import Client, ClientError
 
 from conftest import ZOONODE
 from nodeproc import running_node
 
+IDLE_S, BODY_S = 1.0, 2.0
 UNITS = [  # one author, one topic, distinct enough not to be near-duplicates
     ("When adding measured lengths, convert every value to the same unit before summing", 0.3),
     ("Write the unit next to every number in a calculation so a mismatch is visible", 0.9),
@@ -37,6 +41,8 @@ WORDED_BEFORE = {  # the reason codes humanview had words for before the fresh-c
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     env = {
+        "ZOONODE_API__IDLE_TIMEOUT_S": str(IDLE_S),
+        "ZOONODE_API__BODY_TIMEOUT_S": str(BODY_S),
         # one answer slot for an established author (this node's own): the rest held back
         "ZOONODE_SELECTION__ESTABLISHED_SLOTS": "1",
     }
@@ -159,3 +165,85 @@ def test_every_reason_the_selection_gives_has_words():
     assert codes <= set(humanview.REASONS), codes - set(humanview.REASONS)
     view = humanview.query_view({"selected": [], "considered": 3, "down_weighted": {"new_x": 2}})
     assert "2 new x" in view  # a newer node's code: words, not an identifier
+
+
+# -- 4. slow clients: a head or a body that never comes holds nothing for long --------------
+def _address(node) -> tuple[str, int]:
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and after how long."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    got = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"still open after {limit} s; got {got[:200]!r}") from None
+        if not chunk:
+            return got, time.monotonic() - started
+        got += chunk
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"GET /v1/sta", b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Le"],
+    ids=["half a request line", "half the headers"],
+)
+def test_a_connection_that_never_sends_a_whole_head_is_closed(node, sent):
+    with socket.create_connection(_address(node)) as sock:
+        sock.sendall(sent)
+        got, after = _until_closed(sock, IDLE_S + 10)
+    assert got == b"" and after < IDLE_S + 5
+
+
+def test_a_body_that_never_comes_is_408_and_the_connection_closes(node):
+    before = state(node)
+    for path, auth in (("/v1/query", ""), ("/v1/experiences", node.token), ("/mcp", node.token)):
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        if auth:
+            head += f"Authorization: Bearer {auth}\r\n"
+        head += "Accept: application/json, text/event-stream\r\nContent-Length: 200\r\n\r\n{"
+        with socket.create_connection(_address(node)) as sock:
+            sock.sendall(head.encode())
+            got, after = _until_closed(sock, BODY_S + 15)
+        assert got.startswith(b"HTTP/1.1 408 "), (path, got[:300])
+        body = json.loads(got.split(b"\r\n\r\n", 1)[1])
+        assert body["error"]["code"] == "request_timeout", body
+        assert BODY_S - 0.5 < after < BODY_S + 10
+    assert state(node) == before
+
+
+def test_slow_but_whole_requests_and_kept_alive_clients_still_work(node):
+    body = json.dumps({"text": TASK, "k": 1}).encode()
+    head = (
+        f"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(_address(node)) as sock:
+        sock.sendall(head + body[:5])
+        time.sleep(BODY_S / 2)  # a pause shorter than the deadline
+        sock.sendall(body[5:])
+        sock.settimeout(60)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    with httpx.Client(base_url=node.url, timeout=60) as client:
+        ports = set()
+        for _ in range(3):
+            r = client.get("/v1/status")
+            assert r.status_code == 200
+            ports.add(r.extensions["network_stream"].get_extra_info("client_addr")[1])
+            time.sleep(IDLE_S / 4)
+        assert len(ports) == 1  # one connection, kept alive between requests
+        time.sleep(IDLE_S + 1.5)  # idle past the timeout: closed; the client dials again
+        assert client.get("/v1/status").status_code == 200
+
+
+def test_a_request_head_over_max_head_is_refused_and_closed(node):
+    padding = b"a" * (MAX_HEAD + 1024)
+    with socket.create_connection(_address(node)) as sock:
+        sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Pad: " + padding)  # unended
+        got, _ = _until_closed(sock, 30)
+    assert got.startswith(b"HTTP/1.1 431 "), got[:200]

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
@@ -47,6 +48,8 @@ MAX_BATCH_BODY = 1024 * 1024
 MAX_BATCH = 256
 MAX_BANS_LISTED = 10_000  # GET /v1/banned: the newest; "count" says how many in all
 EXPORT_PAGE = 500
+BODY_TIMEOUT = 30.0  # s: api.body_timeout_s's default, for an app built without a node
+MAX_HEAD = 16 * 1024  # a request line and headers, at most (Hypercorn's h11_max_incomplete_size)
 # Starlette's own errors, as the API's JSON.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 # Node.revoke outcomes that are refusals: (status, code, message).
@@ -102,11 +105,25 @@ async def _raw_body(request: Request, limit: int) -> bytes:
     if size > limit:
         raise ApiError(413, "too_large", f"body over {limit} bytes")
     raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(413, "too_large", f"body over {limit} bytes")
+    timeout = getattr(request.app.state, "body_timeout", BODY_TIMEOUT)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    raise ApiError(413, "too_large", f"body over {limit} bytes")
+    except TimeoutError:
+        raise body_timed_out(timeout) from None
     return raw
+
+
+def body_timed_out(timeout: float) -> InputError:
+    """A body not whole ``timeout`` seconds after its head (``api.body_timeout_s``): refused,
+    and the connection closes (its client is still sending), so a client that withholds a
+    body holds neither a handler nor a connection for longer."""
+    return InputError(
+        408, "request_timeout", f"the body did not arrive within {timeout:g} s (api.body_timeout_s)"
+    )
 
 
 async def _body(request: Request, limit: int = MAX_BODY, depth: int = inputs.MAX_DEPTH) -> dict:
@@ -286,7 +303,9 @@ def _selection_json(selection: Any, records: dict, trust: dict | None = None) ->
     }
 
 
-def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
+def create_app(
+    node: Node, token: str, *, mcp: bool = True, body_timeout: float = BODY_TIMEOUT
+) -> Starlette:
     registry = CollectorRegistry()
     registry.register(_NodeCollector(node))
     latency = Histogram(
@@ -546,7 +565,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
         async def this_app(scope, receive, send) -> None:  # ``app`` exists once called
             await app(scope, receive, send)
 
-        endpoint = endpoint_for(this_app, token)
+        endpoint = endpoint_for(this_app, token, body_timeout)
         routes.append(Route("/mcp", endpoint, methods=["POST"]))
 
     @contextlib.asynccontextmanager
@@ -570,6 +589,7 @@ def create_app(node: Node, token: str, *, mcp: bool = True) -> Starlette:
     # A path with a trailing slash is another path: a typed 404, never Starlette's bare 307
     # to the slashless one (which a POST client may not follow, or follow as a GET).
     app.router.redirect_slashes = False
+    app.state.body_timeout = body_timeout
     return app
 
 
@@ -595,9 +615,19 @@ async def serve_api(node: Node, listen: str, *, task_status) -> None:
     from hypercorn.trio import serve
 
     token = load_or_create_token(node.cfg.data_path)
+    api = node.cfg.api
     config = HyperConfig()
     config.bind = [listen]
     config.accesslog = None
     config.errorlog = logging.getLogger("zoonode.api.server")
-    app = create_app(node, token, mcp=node.cfg.api.mcp)
+    # Slow clients: a request head must be whole within idle_timeout_s (Hypercorn's keep-alive
+    # timer runs from the connection's start, and again after each answer, until a whole head
+    # arrives; a head over MAX_HEAD is refused), and a body within body_timeout_s (the app:
+    # _raw_body, mcpserver.HttpEndpoint). Not Hypercorn's read_timeout: it bounds each wait
+    # for the client's next bytes, answers in progress included, and so would cut an export
+    # streamed for longer than it to a client that, rightly, sends nothing meanwhile.
+    config.keep_alive_timeout = api.idle_timeout_s
+    config.h11_max_incomplete_size = MAX_HEAD
+    config.read_timeout = None
+    app = create_app(node, token, mcp=api.mcp, body_timeout=api.body_timeout_s)
     await serve(app, config, task_status=task_status)

@@ -224,6 +224,12 @@ class IngestConfig:
 class ApiConfig:
     listen: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:8780"  # "": no HTTP API
     mcp: bool = True  # serve MCP (streamable HTTP) at /mcp beside the API
+    # A connection that has not sent a whole request head within this long (the first one, or
+    # the next on a kept-alive connection) is closed: Hypercorn's keep_alive_timeout.
+    idle_timeout_s: Annotated[float, _range(gt=0.0, le=3600.0)] = 5.0
+    # A request body must have arrived whole this long after its head, else 408
+    # request_timeout and the connection is closed (a client that withholds it held it forever).
+    body_timeout_s: Annotated[float, _range(gt=0.0, le=3600.0)] = 30.0
 
 
 NEWCOMERS_ALONE = ("bootstrap", "always", "never")

@@ -201,11 +201,12 @@ class HttpEndpoint:
     Stateless JSON mode: every request stands alone, so nothing is kept per client and a node
     restart costs clients nothing. ``lifespan()`` must be entered while it serves."""
 
-    def __init__(self, server: MCPServer, token: str) -> None:
+    def __init__(self, server: MCPServer, token: str, body_timeout: float = 30.0) -> None:
         from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
         from mcp.server.transport_security import TransportSecuritySettings
 
         self.token = token
+        self.body_timeout = body_timeout
         self.manager = StreamableHTTPSessionManager(
             app=server._lowlevel_server,
             json_response=True,
@@ -235,13 +236,20 @@ class HttpEndpoint:
             await response(scope, receive, send)
             return
         body = b""
-        while len(body) <= MAX_HTTP_BODY:  # the message, checked as a stdio line is
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.body_timeout) as deadline:
+            while len(body) <= MAX_HTTP_BODY:  # the message, checked as a stdio line is
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:  # as the API's other bodies (api.body_timed_out)
+            from zoonode.api import body_timed_out
+
+            late = body_timed_out(self.body_timeout)
+            await JSONResponse(late.as_json(), status_code=late.status)(scope, receive, send)
+            return
         refused = _http_refusal(body)
         if refused is not None:
             await refused(scope, receive, send)
@@ -277,12 +285,12 @@ def _http_refusal(body: bytes) -> Any:
     return JSONResponse(checked.model_dump(mode="json", by_alias=True, exclude_unset=True), status)
 
 
-def endpoint_for(app: ASGIApp, token: str) -> HttpEndpoint:
+def endpoint_for(app: ASGIApp, token: str, body_timeout: float = 30.0) -> HttpEndpoint:
     """The node's ``/mcp`` endpoint, whose tools call ``app`` (the node's own API) in-process."""
     import httpx
 
     client = AsyncClient("http://zoonode.local", token, transport=httpx.ASGITransport(app=app))
-    return HttpEndpoint(build_server(client), token)
+    return HttpEndpoint(build_server(client), token, body_timeout)
 
 
 def run_stdio(client: AsyncClient) -> None:
