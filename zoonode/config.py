@@ -218,6 +218,9 @@ class IngestConfig:
     # nice of the background check's encode thread (Linux; 0: normal priority): queries and
     # stage 1 take the CPU from it at once, and it takes what they leave
     check_nice: Annotated[int, _range(ge=0, le=19)] = 19
+    # the background check encodes in a worker process of its own (same encoder settings;
+    # started on the first batch): it shares no GIL with queries; false: a thread of the node
+    check_process: bool = True
 
 
 @dataclass(frozen=True)
