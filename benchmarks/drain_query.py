@@ -1,10 +1,11 @@
 """Queries while the background check drains a backlog, node variants side by side in one
 run: the check's encode thread at normal priority (``ingest.check_nice = 0``, as before)
 against a niced one (the default), or with ``--compare process`` the check encoding in a
-thread against a worker process (``ingest.check_process``), alternating, each on a fresh copy of the same 100k data
-dir fed the same records through ``POST /v1/records``. With ``--baseline-ref REF``, the
-variants are instead the node of git ref REF (a worktree with its own editable install, as
-ingest.py's baseline) and this tree's, both with their defaults.
+thread against a worker process (``ingest.check_process``), alternating, each on a fresh
+copy of the same 100k data dir fed the same records through ``POST /v1/records``. With
+``--baseline-ref REF``, the variants are instead the node of git ref REF (a worktree with
+its own editable install, as ingest.py's baseline) and this tree's, both with their
+defaults.
 
     python benchmarks/drain_query.py [--size 100000] [--records 8000] [--rounds 2]
         [--baseline-ref REF] [--compare nice|process]
