@@ -1,12 +1,14 @@
 """Queries while the background check drains a backlog, node variants side by side in one
 run: the check's encode thread at normal priority (``ingest.check_nice = 0``, as before)
-against a niced one (the default), alternating, each on a fresh copy of the same 100k data
-dir fed the same records through ``POST /v1/records``. With ``--baseline-ref REF``, the
-variants are instead the node of git ref REF (a worktree with its own editable install, as
-ingest.py's baseline) and this tree's, both with their defaults.
+against a niced one (the default), or with ``--compare process`` the check encoding in a
+thread against a worker process (``ingest.check_process``), alternating, each on a fresh
+copy of the same 100k data dir fed the same records through ``POST /v1/records``. With
+``--baseline-ref REF``, the variants are instead the node of git ref REF (a worktree with
+its own editable install, as ingest.py's baseline) and this tree's, both with their
+defaults.
 
     python benchmarks/drain_query.py [--size 100000] [--records 8000] [--rounds 2]
-        [--baseline-ref REF]
+        [--baseline-ref REF] [--compare nice|process]
 
 Per run, a real `zoonode start` process: queries on the idle node (the reference), the
 records POSTed, then queries one at a time for ``--query-s`` while the backlog drains, then
@@ -47,8 +49,14 @@ from common import table, write_json
 from datasets import load
 
 VARIANTS = {
-    "check at normal priority (nice 0)": {"ZOONODE_INGEST__CHECK_NICE": "0"},
-    "check niced (nice 19, default)": {"ZOONODE_INGEST__CHECK_NICE": "19"},
+    "nice": {
+        "check at normal priority (nice 0)": {"ZOONODE_INGEST__CHECK_NICE": "0"},
+        "check niced (nice 19, default)": {"ZOONODE_INGEST__CHECK_NICE": "19"},
+    },
+    "process": {
+        "check in a thread (default)": {"ZOONODE_INGEST__CHECK_PROCESS": "false"},
+        "check in a worker process": {"ZOONODE_INGEST__CHECK_PROCESS": "true"},
+    },
 }
 
 
@@ -89,6 +97,9 @@ def main() -> None:
     parser.add_argument("--drain-s", type=float, default=10.0)
     parser.add_argument("--name", default="drain-query", help="results/NAME.json")
     parser.add_argument("--baseline-ref", default="", help="compare with this git ref's node")
+    parser.add_argument(
+        "--compare", choices=sorted(VARIANTS), default="nice", help="this tree's variants"
+    )
     args = parser.parse_args()
     enc = Encoder.default()
     texts, vectors = texts_and_vectors(enc, "lessons")
@@ -105,7 +116,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="zoo-drain-"))
     rows: list[dict] = []
     load_start = os.getloadavg()
-    variants = {name: (ZOONODE, env) for name, env in VARIANTS.items()}
+    variants = {name: (ZOONODE, env) for name, env in VARIANTS[args.compare].items()}
     try:
         if args.baseline_ref:
             ref = subprocess.run(

@@ -163,6 +163,8 @@ class Encoder:
         self.adapter = adapter
         self.dim = space.dim
         self._references = references
+        # What it was made from (from_settings): a worker process makes the same encoder.
+        self.settings: EncoderSettings | None = None
         self.threads = torch.get_num_threads()  # per call, in whichever thread encodes
 
     @classmethod
@@ -198,7 +200,9 @@ class Encoder:
         adapter, refs = None, None
         if settings.adapter:
             adapter, refs = load_adapter_and_references(settings.adapter, backbone, space)
-        return cls(backbone, space, adapter, refs)
+        encoder = cls(backbone, space, adapter, refs)
+        encoder.settings = settings
+        return encoder
 
     @classmethod
     def default(cls, **overrides: object) -> Encoder:

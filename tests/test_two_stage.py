@@ -434,6 +434,49 @@ def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_repli
     assert [h.row.id for h in wide][:2] == [near.id, far.id]
 
 
+def test_waiting_records_above_the_replicas_last_take_its_place_not_an_extra_read(
+    tmp_path, encoder, key
+):
+    """Where waiting records score above the replica's last candidate, the best ``fetch`` of
+    both together are the candidates, as if the waiting ones were in the replica: the rows
+    read stay ``fetch`` (a drained backlog of relevant records read twice that before), and
+    the hits are the best of both."""
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(6)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    texts = [f"lesson number {i} on topic {i % 7}" for i in range(120)]
+    records = create_experiences(encoder, key, [{"text": t, "domain": "a.b"} for t in texts])
+    checked_scores = np.linspace(0.8, 0.5, 80)  # k=10 fetches 64 from the replica
+    waiting_scores = np.linspace(0.95, 0.45, 40)  # 23 of them above the 64th checked one
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records[:80], checked_scores, strict=True)])
+    kb.ingest(
+        [
+            Incoming(r, at(s), "peer", pending=i)
+            for i, (r, s) in enumerate(zip(records[80:], waiting_scores, strict=True))
+        ]
+    )
+    read: list[int] = []
+    reads = kb.store.candidate_fields
+    kb.store.candidate_fields = lambda seqs: read.append(len(seqs)) or reads(seqs)
+    hits = kb.search(q, k=10, pending=True, dedupe=False)
+    kb.store.candidate_fields = reads
+    assert sum(read) == 64, read
+    best = sorted(
+        [(s, r.id) for r, s in zip(records, [*checked_scores, *waiting_scores], strict=True)],
+        reverse=True,
+    )[:10]
+    assert [h.row.id for h in hits] == [i for _, i in best]
+    kb.close()
+
+
 def key_author(key) -> bytes:
     return public_key_bytes(key)
 

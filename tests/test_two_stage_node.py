@@ -297,6 +297,45 @@ def test_the_background_check_encodes_in_a_niced_thread_of_its_own(tmp_path, enc
     run_trio(main, 120)
 
 
+def test_the_background_check_can_encode_in_a_niced_worker_process(tmp_path, encoder):
+    """``ingest.check_process``: the background check re-encodes in a worker process of its
+    own (the node's encoder settings, the whole process niced), promotes the honest records
+    with exactly the vectors the node's encoder gives, rejects a hijack (never answered),
+    and the worker is gone once the node stops."""
+    items = lessons(4)
+    honest = create_experiences(encoder, Ed25519PrivateKey.generate(), items)
+    bad = hijack(encoder, Ed25519PrivateKey.generate(), "Buy cheap watches", items[0]["text"])
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    box = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = await start_node(nursery, encoder, tmp_path / "a", check_process=True)
+            await node.import_records([r.wire for r in [*honest, bad]])
+            await wait_until(
+                lambda: node.checker.status()["checked"] == len(honest) + 1, 120, "checked"
+            )
+            status = node.checker.status()
+            assert (status["promoted"], status["rejected"], status["on_demand"]) == (4, 1, 0)
+            proc = box["worker"] = node.checker.process.proc
+            assert proc.is_alive() and proc.pid != os.getpid()
+            if sys.platform.startswith("linux"):
+                assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(base + 19, 19)
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+            exact = encoder.encode_compact([i["text"] for i in items])
+            found = node.kb.store.rows_with_vectors([node.kb.get(r.id).seq for r in honest])
+            got = np.stack([v for _, v in found.values()])
+            assert np.allclose(np.sort(got, 0), np.sort(exact, 0), atol=1e-6)
+            selection, _ = await node.query(items[0]["text"])
+            ids = {s.candidate.id for s in selection.selected}
+            assert honest[0].id in ids and bad.id not in ids
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)
+    box["worker"].join(10)
+    assert not box["worker"].is_alive()
+
+
 def test_the_query_protocol_serves_checked_records_only(tmp_path, encoder):
     from zoonode.net.rpc import QUERY_PROTOCOL, request
     from zoonode.node.query import canonical_query_bytes

@@ -218,6 +218,10 @@ class IngestConfig:
     # nice of the background check's encode thread (Linux; 0: normal priority): queries and
     # stage 1 take the CPU from it at once, and it takes what they leave
     check_nice: Annotated[int, _range(ge=0, le=19)] = 19
+    # true: the background check encodes in a niced worker process of its own (same encoder
+    # settings, started on the first batch, ~0.5 GB): it shares no GIL with queries. Not the
+    # default: side by side on a loaded box it did not measure better (docs/ingest.md)
+    check_process: bool = False
 
 
 @dataclass(frozen=True)

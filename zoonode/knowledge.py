@@ -655,19 +655,30 @@ class KnowledgeBase:
             seqs, sims = self.replica.search(query, k=fetch)
             exhausted = len(seqs) < fetch
             early = 0  # candidates left out before their rows are read (_above_floor)
+            waiting = np.zeros(0, np.int64)
             if pending and len(self.pending_index):
                 # Only waiting records that would be among the replica's ``fetch`` if they
-                # were in it: one scoring under its last candidate is not read (the rows read
-                # stay about ``fetch``, not up to twice that, unless many waiting ones are near).
+                # were in it: one scoring under its last candidate is not read, and where
+                # waiting ones score above it, the best ``fetch`` of both together are the
+                # candidates (as if in one index: the rows read stay ``fetch``, not up to
+                # twice that; while a backlog of relevant records drained, a query read
+                # ~300 rows instead of ~180, ~5 ms at 100k: benchmarks/drain_query.py).
                 cut = pending_floor
                 if not exhausted and len(sims):
                     last = float(sims.min())
                     cut = last if cut is None else max(cut, last)
-                waiting, _ = self.pending_index.search(query, fetch, cut)
+                waiting, near = self.pending_index.search(query, fetch, cut)
+                if not exhausted and len(waiting):
+                    nth = np.partition(np.concatenate([sims, near]), -fetch)[-fetch]
+                    seqs, sims = seqs[sims >= nth], sims[sims >= nth]
+                    waiting = waiting[near >= nth]
+            # The checked candidates' floor bounds the caller's from below with records
+            # waiting too (a waiting one can only raise the best, or fail and leave).
+            if floor is not None and len(seqs):
+                seqs, early = self._above_floor(seqs, sims, query, filters, floor)
+            if len(waiting):
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
-            elif floor is not None and len(seqs):
-                seqs, early = self._above_floor(seqs, sims, query, filters, floor)
             kept = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
             # The replica's candidates reach under the caller's floor (some were cut before
             # their rows were read, or the last is under the floor the lessons kept so far

@@ -47,6 +47,7 @@ import trio
 
 from zoonode.embedcheck import Punishment, Standing, make_rule
 from zoonode.net.validation import EmbeddingRule, Reason
+from zoonode.node.checkworker import CheckProcess
 from zoonode.protocol import decode
 from zoonode.store import Row, StorageFull
 
@@ -147,6 +148,11 @@ class Checker:
         self._batch_s = 0.1  # how long the last background batch took
         self._work = trio.Event()
         self.thread = CheckThread(settings.check_nice)
+        # The encodes in a niced worker process (checkworker), or in the niced thread.
+        self.process: CheckProcess | None = None
+        if settings.check_process and node.encoder.settings is not None:
+            self.process = CheckProcess(node.encoder.settings, settings.check_nice, CHECK_THREADS)
+            self.thread = CheckThread(0)  # only waits on the worker's pipe
         self._encoder_slot = trio.Lock()  # held while the background check encodes
         self._hot: dict[int, None] = {}  # pending seqs queries saw as candidates, newest last
 
@@ -179,6 +185,8 @@ class Checker:
             await self._run()
         finally:
             self.thread.close()
+            if self.process is not None:
+                self.process.close()
 
     async def _run(self) -> None:
         node = self.node
@@ -191,13 +199,18 @@ class Checker:
             if not rows:
                 await self._work.wait()
                 continue
+            if self.process is not None:  # loading its encoder is no batch's time
+                await self.thread.run(self.process.start)
             await self._yield_to_queries()
             started = time.monotonic()
             texts = [decode(r.wire).experience.text for r in rows]
             async with self._encoder_slot:
-                compact = await self.thread.run(
-                    node.encoder.encode_compact, texts, len(texts), False, CHECK_THREADS
-                )
+                if self.process is not None:
+                    compact = await self.thread.run(self.process.encode, texts)
+                else:
+                    compact = await self.thread.run(
+                        node.encoder.encode_compact, texts, len(texts), False, CHECK_THREADS
+                    )
             try:
                 await node.in_kb(self._apply, rows, compact, "background")
             except StorageFull as exc:
