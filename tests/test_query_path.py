@@ -228,3 +228,31 @@ def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_pa
                 assert selection.floor == 0.4, why
                 assert selection.established_floor == pytest.approx(0.3), why
             node.kb.close()
+
+
+def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):
+    """Six distinct lessons of one near-duplicate cluster (pairwise cosine ~0.92: one
+    cluster at 0.9, yet apart enough to answer side by side under ``answer_duplicate``
+    0.95): the knowledge base hands selection the best ``cluster_members`` (3); the other
+    three are counted (``cluster_member_limit``), not silently lost. They do not fill the
+    answer: k=5 gets 3 (measured; see docs/design.md)."""
+    rng = np.random.default_rng(12)
+    q = encoder.encode_compact(QUERY)[0]
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    noise = unit(rng.normal(size=(7, q.size)).astype(np.float32))
+    base = unit(0.6 * q + 0.8 * unit(noise[0] - (noise[0] @ q) * q))
+    members = unit(base + 0.29 * noise[1:]).astype(np.float32)
+    gram = members @ members.T
+    assert 0.9 < gram[np.triu_indices(6, 1)].min() and gram[np.triu_indices(6, 1)].max() < 0.95
+    node = Node(node_config(tmp_path / "n"), encoder=encoder)
+    items = [{"text": f"near lesson {i}", "domain": "ops.databases"} for i in range(6)]
+    mine = sign_lessons(encoder, node.key, items, members)
+    node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, members, strict=True)])
+    assert len({node.kb.get(r.id).cluster for r in mine}) == 1  # the premise: one cluster
+    selection, _ = trio.run(partial(node.query, vector=q, k=5))
+    assert selection.down_weighted.get("cluster_member_limit") == 3, selection.down_weighted
+    assert len(selection.selected) == 3 and selection.considered == 6
+    node.kb.close()

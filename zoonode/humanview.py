@@ -15,6 +15,7 @@ REASONS = {
     "low_reputation": "by authors of low standing (new to this node), down-weighted",
     "near_duplicate_merged": "merged into a near-duplicate",
     "author_capped": "authors with several lessons, their weight shared",
+    "cluster_member_limit": "more near-duplicates of a lesson already among the candidates",
 }
 
 QUERY_LEGEND = (

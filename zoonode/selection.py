@@ -428,6 +428,7 @@ def select(
     candidates: Sequence[Candidate],
     settings: SelectionSettings | None = None,
     below_floor: int = 0,
+    cluster_member_limit: int = 0,
 ) -> Selection:
     """Robust top-k of ``candidates`` for ``query``; every choice explains itself.
 
@@ -435,13 +436,17 @@ def select(
     lower of the query's floors (``established_floor``, :func:`similarity_floors`) taken from
     the rest (adding candidates can only raise both floors, so they would be dropped here
     too); counted in ``considered`` and ``below_similarity_floor`` as if they had been
-    passed."""
+    passed. ``cluster_member_limit``: candidates above that floor the caller left out as
+    members of a near-duplicate cluster beyond its ``per_cluster`` best (KnowledgeBase.find);
+    counted in ``considered`` and under that name."""
     s = settings or SelectionSettings()
     reasons: dict[str, int] = defaultdict(int)
     floor, established_floor = similarity_floors(candidates, s)
     kept = [c for c in candidates if c.relevance >= candidate_floor(c, floor, established_floor)]
     reasons["below_similarity_floor"] = len(candidates) - len(kept) + below_floor
-    considered = len(candidates) + below_floor
+    considered = len(candidates) + below_floor + cluster_member_limit
+    if cluster_member_limit:
+        reasons["cluster_member_limit"] = cluster_member_limit
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
     # An established lesson that clears the floor of all candidates: only then are newer
     # authors on probation. Weak established answers (kept under their own, lower floor) do

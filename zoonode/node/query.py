@@ -224,6 +224,7 @@ class Query:
                 unchecked,
                 touched.append,
                 found.below_floor,
+                found.cluster_member_limit,
             )
             t1 = time.perf_counter()
             marks["select"] = t1 - t0
@@ -334,6 +335,7 @@ class Query:
         unchecked: dict[bytes, int],
         touch: Callable[[list[int]], None],
         below_floor: int = 0,
+        cluster_member_limit: int = 0,
     ) -> Selection:
         """Knowledge-base thread: ``select``, where no record that has not passed the
         embedding check is selected.
@@ -348,19 +350,20 @@ class Query:
         scores, those that fail leave the candidates (their authors banned), and selection
         runs again. After ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left
         out. ``touch`` receives the deferred picks, best first, for the caller to hand to
-        ``checker.touch`` on the trio thread (it wakes the background loop). ``below_floor``:
-        checked candidates the search left out under the floor (``select``)."""
+        ``checker.touch`` on the trio thread (it wakes the background loop). ``below_floor``,
+        ``cluster_member_limit``: candidates the search left out (``select``)."""
+        left_out = (below_floor, cluster_member_limit)
         node = self.node
         unchecked = dict(unchecked)
         for _ in range(ON_DEMAND_ROUNDS):
-            selection = select(q, candidates, settings, below_floor)
+            selection = select(q, candidates, settings, *left_out)
             picked = [
                 unchecked[s.candidate.id] for s in selection.selected if s.candidate.id in unchecked
             ]
             if not picked:
                 return selection
             alone = select(
-                q, [c for c in candidates if c.id not in unchecked], settings, below_floor
+                q, [c for c in candidates if c.id not in unchecked], settings, *left_out
             )
             missing = answers_missing(alone, selection)
             deferred = picked[missing:]  # selection order: the best placed are checked now
@@ -384,7 +387,7 @@ class Query:
             for cid in gone | exact.keys():
                 del unchecked[cid]
         # Still picking unchecked records: leave every one out.
-        return select(q, [c for c in candidates if c.id not in unchecked], settings, below_floor)
+        return select(q, [c for c in candidates if c.id not in unchecked], settings, *left_out)
 
     def newcomers_may_answer_alone(self) -> bool:
         """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no
