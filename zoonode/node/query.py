@@ -362,9 +362,7 @@ class Query:
             ]
             if not picked:
                 return selection
-            alone = select(
-                q, [c for c in candidates if c.id not in unchecked], settings, *left_out
-            )
+            alone = select(q, [c for c in candidates if c.id not in unchecked], settings, *left_out)
             missing = answers_missing(alone, selection)
             deferred = picked[missing:]  # selection order: the best placed are checked now
             if deferred:
