@@ -128,6 +128,7 @@ def test_context_is_the_dso_injection_prompt(nodes):
     assert out.startswith("# Learned Experiences") and task in out
     unrelated = "zzzz qqqq xxxx"
     r = httpx.post(f"{a.url}/v1/context", json={"task": unrelated}, timeout=60).json()
+    assert r.pop("floor") >= r.pop("established_floor") >= 0.3  # the floors it used
     assert r == {"prompt": unrelated, "experiences": []}
 
 

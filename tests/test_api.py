@@ -94,6 +94,12 @@ def test_share_query_get_revoke_and_metrics(node):
         t for t in (lesson["text"], reworded["text"]) if t != top["text"]
     ]
     assert result["down_weighted"].get("near_duplicate_in_answer", 0) == 0
+    # The floors it used: one established author (ours), both from its best lesson (> 0.5)
+    assert result["floor"] == result["established_floor"] == 0.4, result
+    context = httpx.post(
+        f"{url}/v1/context", json={"task": "how do I avoid SQL injection"}, timeout=30
+    ).json()
+    assert context["floor"] == context["established_floor"] == 0.4, context
 
     got = httpx.get(f"{url}/v1/experiences/{record_id}").json()
     assert got["status"] == "active" and got["domain"] == "software.security"

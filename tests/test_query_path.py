@@ -5,9 +5,11 @@ real SQLite: every statement's plan, and the SQLite VM steps per query at two st
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import httpx
 import numpy as np
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -171,3 +173,86 @@ def test_a_query_checks_on_demand_only_the_answers_its_checked_lessons_cannot_gi
     assert len(trips) == 2, trips
     node.kb.close()
     node.lock.release()
+
+
+def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_path, encoder):
+    """The node's own lessons match a query weakly (0.31-0.37: their floor follows them down
+    to 0.3). Lessons of brand-new identities matching it at 0.85 raise only the floor of
+    newer authors' lessons (0.4): the own lessons still answer, under every
+    ``newcomers_alone`` policy; a lure never answers alone. One lure, and twelve (more than
+    the knowledge base's floor probe: its early cut must not take the lures' floor and cut
+    the own lessons before selection sees them). Before, the answer was empty ("never") or
+    the lures alone ("bootstrap"): issue 25 review."""
+    rng = np.random.default_rng(11)
+    q = encoder.encode_compact(QUERY)[0]
+
+    def at(cosines) -> np.ndarray:
+        noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
+        noise -= np.outer(noise @ q, q)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        c = np.asarray(cosines, np.float32)[:, None]
+        return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+
+    for policy in ("bootstrap", "never", "always"):
+        for lures in (1, 12):
+            node = Node(
+                node_config(tmp_path / f"{policy}-{lures}", selection={"newcomers_alone": policy}),
+                encoder=encoder,
+            )
+            own = at(np.linspace(0.37, 0.31, 6))
+            items = [{"text": f"own lesson {i}", "domain": "ops.databases"} for i in range(6)]
+            mine = sign_lessons(encoder, node.key, items, own)
+            node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, own, strict=True)])
+            baits = at(np.linspace(0.86, 0.84, lures))
+            fresh = [
+                sign_lessons(
+                    encoder,
+                    Ed25519PrivateKey.generate(),
+                    [{"text": f"ask in our forum {i}", "domain": "ops.databases"}],
+                    baits[i : i + 1],
+                )[0]
+                for i in range(lures)
+            ]
+            node.kb.ingest([Incoming(r, v, "gossip") for r, v in zip(fresh, baits, strict=True)])
+
+            for k in (5, 8):
+                selection, _ = trio.run(partial(node.query, vector=q, k=k))
+                ids = [s.candidate.id for s in selection.selected]
+                why = (policy, lures, k, selection.down_weighted)
+                assert set(ids) & {r.id for r in mine}, why  # never blank, never lures alone
+                if k == 5:  # the own lessons outscore a fresh identity's (standing 0.2)
+                    assert len(ids) == 5 and set(ids) <= {r.id for r in mine}, why
+                else:  # all six own lessons answer; lures may fill the rest, not "never"
+                    assert {r.id for r in mine} <= set(ids), why
+                    assert len(ids) == (6 if policy == "never" else min(k, 6 + lures)), why
+                assert selection.floor == 0.4, why
+                assert selection.established_floor == pytest.approx(0.3), why
+            node.kb.close()
+
+
+def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):
+    """Six distinct lessons of one near-duplicate cluster (pairwise cosine ~0.92: one
+    cluster at 0.9, yet apart enough to answer side by side under ``answer_duplicate``
+    0.95): the knowledge base hands selection the best ``cluster_members`` (3); the other
+    three are counted (``cluster_member_limit``), not silently lost. They do not fill the
+    answer: k=5 gets 3 (measured; see docs/design.md)."""
+    rng = np.random.default_rng(12)
+    q = encoder.encode_compact(QUERY)[0]
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    noise = unit(rng.normal(size=(7, q.size)).astype(np.float32))
+    base = unit(0.6 * q + 0.8 * unit(noise[0] - (noise[0] @ q) * q))
+    members = unit(base + 0.29 * noise[1:]).astype(np.float32)
+    pairs = (members @ members.T)[np.triu_indices(6, 1)]
+    assert pairs.min() > 0.9 and pairs.max() < 0.95
+    node = Node(node_config(tmp_path / "n"), encoder=encoder)
+    items = [{"text": f"near lesson {i}", "domain": "ops.databases"} for i in range(6)]
+    mine = sign_lessons(encoder, node.key, items, members)
+    node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, members, strict=True)])
+    assert len({node.kb.get(r.id).cluster for r in mine}) == 1  # the premise: one cluster
+    selection, _ = trio.run(partial(node.query, vector=q, k=5))
+    assert selection.down_weighted.get("cluster_member_limit") == 3, selection.down_weighted
+    assert len(selection.selected) == 3 and selection.considered == 6
+    node.kb.close()

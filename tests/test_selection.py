@@ -26,6 +26,7 @@ from zoonode.selection import (
     quantile,
     select,
     similarity_floor,
+    similarity_floors,
     trimmed_mean,
 )
 
@@ -471,3 +472,107 @@ def test_quantile_is_numpys_to_the_bit(values, q):
     """Selection's gate must not move when its quantile gets cheaper: same float, every time
     (ties, one value, both ends, q exactly at an index)."""
     assert quantile(values, q) == float(np.quantile(values, q))
+
+
+def test_a_fresh_lure_cannot_raise_the_floor_over_weak_established_answers():
+    """Two floors (similarity_floors): established lessons are kept against the floor of the
+    best established one (0.37: 0.3), newer authors' against the floor of all (a fresh
+    identity's 0.85: 0.4). The lure neither empties the answer ("never") nor answers alone
+    ("bootstrap"): before, one floor of 0.4 dropped every established answer (issue 25
+    review)."""
+    rng = np.random.default_rng(8)
+    topic = unit(rng.normal(size=32))
+    own = [
+        replace(
+            make(i, topic + 0.5 * unit(rng.normal(size=32)), 0.37 - 0.01 * i, b"o" * 32),
+            reputation=1.0,
+        )
+        for i in range(6)
+    ]
+    lure = replace(make(9, topic, 0.85, b"f" * 32), reputation=0.0)
+    settings = SelectionSettings(
+        k=5, min_similarity=0.4, floor_min=0.3, floor_margin=0.1, newcomer_weight=0.2
+    )
+    assert similarity_floors([*own, lure], settings) == (0.4, pytest.approx(0.3))
+    assert similarity_floors([lure], settings) == (0.4, 0.4)  # none established: one floor
+    assert similarity_floors([], settings) == (0.3, 0.3)
+    for alone in (False, True):
+        sel = select(topic, [*own, lure], replace(settings, newcomers_alone=alone))
+        assert sel.floor == 0.4 and sel.established_floor == pytest.approx(0.3)
+        authors = [s.candidate.author for s in sel.selected]
+        assert len(authors) == 5 and authors.count(b"o" * 32) >= 4, (alone, sel.down_weighted)
+        assert sel.down_weighted.get("newcomer_on_probation", 0) == (0 if alone else 1)
+        # Fewer established answers than k: the lure may answer beside them, never alone.
+        few = select(topic, [*own[:2], lure], replace(settings, newcomers_alone=alone))
+        got = {s.candidate.id for s in few.selected}
+        assert {c.id for c in own[:2]} <= got and got <= {c.id for c in [*own[:2], lure]}
+        assert (lure.id in got) == alone
+
+
+def test_a_just_met_peers_strong_lesson_answers_beside_weak_established_ones():
+    """The other side (tests/test_hetero.py): a peer this node has just met (standing 0.1)
+    matches a query at 0.7, the node's own lessons at 0.33-0.35. While newcomers may answer
+    where no established lesson clears the floor of all candidates (0.4), the peer's lesson
+    is not on probation behind the own weak ones: both answer. Where an established lesson
+    does clear it (0.45), probation holds: a newer author's standing-weighted relevance
+    (0.7 x 0.28) must clear it too."""
+    rng = np.random.default_rng(9)
+    topic = unit(rng.normal(size=32))
+    own = [
+        replace(
+            make(i, topic + 0.6 * unit(rng.normal(size=32)), 0.35 - 0.01 * i, b"o" * 32),
+            reputation=1.0,
+        )
+        for i in range(3)
+    ]
+    peer = replace(make(9, topic + 0.2 * unit(rng.normal(size=32)), 0.7, b"p" * 32), reputation=0.1)
+    settings = SelectionSettings(
+        k=5, min_similarity=0.4, floor_min=0.3, floor_margin=0.1, newcomer_weight=0.2
+    )
+    sel = select(topic, [*own, peer], settings)
+    got = {s.candidate.id for s in sel.selected}
+    assert got == {peer.id, *(c.id for c in own)}, sel.down_weighted
+    assert "newcomer_on_probation" not in sel.down_weighted
+    strong = replace(own[0], relevance=0.45)
+    sel = select(topic, [strong, *own[1:], peer], settings)
+    assert peer.id not in {s.candidate.id for s in sel.selected}
+    assert sel.down_weighted["newcomer_on_probation"] == 1
+    assert sel.floor == 0.4 and sel.established_floor == pytest.approx(0.35)
+    assert [c.candidate.id for c in sel.selected] == [strong.id]  # 0.34, 0.33 < 0.35
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(-0.2, 1.0), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=12
+    ),
+    st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_established_floor_bounds_what_select_keeps(cands, alone):
+    """What the knowledge base may cut early (query.floor_of): any candidate under the
+    established floor of a subset is dropped by select on the whole set too; select keeps
+    nothing under either of its floors, and never reports the established floor above the
+    other."""
+    rng = np.random.default_rng(0)
+    topic = unit(rng.normal(size=8))
+    pool = [
+        replace(make(i, topic + unit(rng.normal(size=8)), rel, bytes([i % 3]) * 32), reputation=rep)
+        for i, (rel, rep) in enumerate(cands)
+    ]
+    s = SelectionSettings(
+        k=5,
+        min_similarity=0.4,
+        floor_min=0.3,
+        floor_margin=0.1,
+        newcomer_weight=0.2,
+        newcomers_alone=alone,
+    )
+    sel = select(topic, pool, s)
+    assert sel.established_floor <= sel.floor
+    for chosen in sel.selected:
+        c = chosen.candidate
+        assert c.relevance >= (sel.established_floor if c.reputation >= 1 else sel.floor)
+    _, sub_floor = similarity_floors(pool[: len(pool) // 2 + 1], s)
+    ours = [c for c in pool[: len(pool) // 2 + 1] if c.reputation >= 1]
+    if ours:  # an established one among the first: its floor is a lower bound for all
+        assert sub_floor <= sel.established_floor <= sel.floor

@@ -300,7 +300,13 @@ def _selection_json(selection: Any, records: dict, trust: dict | None = None) ->
         "groups": selection.groups,
         "authors": selection.authors,
         "down_weighted": selection.down_weighted,
+        **_floors_json(selection),
     }
+
+
+def _floors_json(selection: Any) -> dict[str, float]:
+    """The similarity floors the query used (selection.similarity_floors)."""
+    return {"floor": selection.floor, "established_floor": selection.established_floor}
 
 
 def create_app(
@@ -475,6 +481,7 @@ def create_app(
             {
                 "prompt": render_context(body.task, lessons),
                 "experiences": [s.candidate.id.hex() for s in selection.selected],
+                **_floors_json(selection),
             }
         )
         response.headers["server-timing"] = server_timing(

@@ -21,6 +21,7 @@ REASONS = {
     "author_capped": "authors with several lessons, their weight shared",
     "author_slot_limit": "left out: their authors had filled their answer slots",
     "near_duplicate_in_answer": "left out as near-copies of a lesson already in the answer",
+    "cluster_member_limit": "more near-duplicates of a lesson already among the candidates",
 }
 
 

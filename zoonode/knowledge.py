@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numkong
@@ -288,10 +288,13 @@ class Hit:
 
 @dataclass(frozen=True)
 class Found:
-    """A search's hits, and how many checked hits it left out under the caller's floor."""
+    """A search's hits, how many checked hits it left out under the caller's floor, and how
+    many members of a near-duplicate cluster beyond ``per_cluster`` it left out (above the
+    floor; those under it count in ``below_floor``)."""
 
     hits: list[Hit]
     below_floor: int = 0
+    cluster_member_limit: int = 0
 
 
 class KnowledgeBase:
@@ -651,6 +654,7 @@ class KnowledgeBase:
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
         # case; the loop below widens the search when it does not.
         fetch = max(candidates or 0, k + max(k // 4, 16), RERANK_CANDIDATES)
+        overflow: list[float] = []  # scores of cluster members beyond per_cluster (_keep)
         while True:
             seqs, sims = self.replica.search(query, k=fetch)
             exhausted = len(seqs) < fetch
@@ -679,7 +683,10 @@ class KnowledgeBase:
             if len(waiting):
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
-            kept = self._keep(seqs, query, filters, dedupe, k, weigh, per_cluster, pending)
+            overflow.clear()
+            kept = self._keep(
+                seqs, query, filters, dedupe, k, weigh, per_cluster, pending, overflow
+            )
             # The replica's candidates reach under the caller's floor (some were cut before
             # their rows were read, or the last is under the floor the lessons kept so far
             # set): the rest of the replica ranks under them, so under the floor too. The
@@ -688,12 +695,16 @@ class KnowledgeBase:
             floored = early > 0 or self._reached_floor(kept, sims, floor)
             if len(kept) >= k or exhausted or floored:
                 if len(kept) < k and not filters.empty and not floored:
-                    kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
-                found = self._found(kept[:k], dedupe, floor)
-                return Found(found.hits, found.below_floor + early)
+                    overflow.clear()
+                    kept = self._exact(
+                        query, k, filters, dedupe, weigh, per_cluster, pending, overflow
+                    )
+                found = self._found(kept[:k], dedupe, floor, overflow)
+                return replace(found, below_floor=found.below_floor + early)
             if fetch >= 4096:
-                kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending)
-                return self._found(kept, dedupe, floor)
+                overflow.clear()
+                kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending, overflow)
+                return self._found(kept, dedupe, floor, overflow)
             fetch *= 4
 
     def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
@@ -753,10 +764,19 @@ class KnowledgeBase:
         keep = sims >= cut - margin
         return seqs[keep], int(len(seqs) - np.count_nonzero(keep))
 
-    def _found(self, kept: list[_Kept], dedupe: bool, floor: FloorOf | None) -> Found:
+    def _found(
+        self,
+        kept: list[_Kept],
+        dedupe: bool,
+        floor: FloorOf | None,
+        overflow: Sequence[float] = (),
+    ) -> Found:
         """Hits of the kept candidates (minus those under ``floor``): their Rows, and their
-        clusters' sizes read for these alone."""
+        clusters' sizes read for these alone. ``overflow``: scores of the cluster members
+        left out beyond ``per_cluster`` (:meth:`_keep`), counted as such where they clear the
+        floor, under it otherwise."""
         below = 0
+        cut = None
         if floor is not None and kept:
             entries = [
                 (sim, f[CANDIDATE_AUTHOR], bool(f[CANDIDATE_PENDING])) for _, f, sim, _ in kept
@@ -768,7 +788,8 @@ class KnowledgeBase:
                 below = before - len(kept)
         sizes = self.store.cluster_sizes(list({g for g, *_ in kept if g > 0})) if dedupe else {}
         hits = [Hit(candidate_row(f), sim, sizes.get(g, 1), vector) for g, f, sim, vector in kept]
-        return Found(hits, below)
+        limited = sum(1 for sim in overflow if cut is None or sim >= cut)
+        return Found(hits, below + len(overflow) - limited, limited)
 
     def _keep(
         self,
@@ -780,11 +801,14 @@ class KnowledgeBase:
         weigh: Weigh | None = None,
         per_cluster: int = 1,
         pending: bool = False,
+        overflow: list[float] | None = None,
     ) -> list[_Kept]:
         """The best ``limit`` active, matching candidates by exact inner product, at most
         ``per_cluster`` per cluster, with their vectors; pending ones only if ``pending``, and
         never in place of a checked member of their cluster among the candidates. One read of
-        the candidates (``Store.candidate_fields``); Rows are made for the hits alone."""
+        the candidates (``Store.candidate_fields``); Rows are made for the hits alone.
+        ``overflow`` receives the scores of the members left out beyond ``per_cluster``
+        (ranked before the ``limit``-th kept one)."""
         order = seqs.tolist() if isinstance(seqs, np.ndarray) else [int(s) for s in seqs]
         fields = self.store.candidate_fields(order)
         check = not filters.empty
@@ -844,6 +868,8 @@ class KnowledgeBase:
                 kept.append((group, f, float(sims[i]), matrix[i]))
                 if limit is not None and len(kept) >= limit:
                     break
+            elif overflow is not None:
+                overflow.append(float(sims[i]))
         return kept
 
     def _exact(
@@ -855,6 +881,7 @@ class KnowledgeBase:
         weigh: Weigh | None = None,
         per_cluster: int = 1,
         pending: bool = False,
+        overflow: list[float] | None = None,
     ) -> list[_Kept]:
         """Brute force over the rows that match a selective filter."""
         where, params = filters.sql()
@@ -864,7 +891,9 @@ class KnowledgeBase:
         if len(seqs) == 0:
             return []
         order = np.argsort(-(vectors @ query), kind="stable")
-        return self._keep(seqs[order], query, filters, dedupe, k, weigh, per_cluster, pending)
+        return self._keep(
+            seqs[order], query, filters, dedupe, k, weigh, per_cluster, pending, overflow
+        )
 
     def authors_first_seen(self, authors: Iterable[bytes]) -> dict[bytes, int]:
         return self.store.authors_first_seen(authors)

@@ -138,6 +138,8 @@ def build_server(client: AsyncClient) -> MCPServer:
             "experiences": [_brief(s) for s in result["selected"]],
             "considered": result["considered"],
             "down_weighted": result["down_weighted"],
+            "floor": result["floor"],
+            "established_floor": result["established_floor"],
         }
 
     @server.tool()

@@ -6,7 +6,10 @@ win, so selection does not simply take the top k by relevance:
 1. **Floor** (``similarity_floor``): candidates below the query's similarity floor are
    dropped. The floor is ``min_similarity`` (DSO: 0.6; this space: 0.4), lowered for a query
    whose best candidate is weak, to ``floor_margin`` below it and never under ``floor_min``:
-   no empty answer while some lesson reaches ``floor_min``.
+   no empty answer while some lesson reaches ``floor_min``. Two floors
+   (``similarity_floors``): established authors' lessons are kept against the floor of the
+   best established one, newer authors' against the floor of the best of all, so a fresh
+   identity's strong lesson cannot raise the floor over weak established answers.
 2. **Groups, so that volume buys no votes**: one group per near-duplicate cluster; every
    author's total weight is capped (``author_cap``) and shared among the groups it appears in,
    so 1000 copies, or 1000 Sybil identities behind one cluster, still weigh one vote, and one
@@ -30,8 +33,9 @@ win, so selection does not simply take the top k by relevance:
 node has known the author. It grows from 0 for an identity whose first lesson this node
 accepted just now to 1 after ``maturity`` (the node's own clock, so it cannot be backdated),
 and weighs both the author's vote in the centre and its score (``newcomer_weight`` is what a
-brand-new author's score keeps). Where an established author (standing 1) answers, newer
-authors are on *probation*: their standing-weighted relevance must clear the floor too, so
+brand-new author's score keeps). Where an established author (standing 1) answers above the
+floor of all candidates, newer authors are on *probation*: their standing-weighted relevance
+must clear that floor too, so
 fresh identities cannot fill the slots that established lessons leave empty. Where nobody
 established answers, newer authors answer (down-weighted) only if ``newcomers_alone``; the node
 turns that off once it has known some peer for the maturity (``selection.newcomers_alone =
@@ -277,7 +281,11 @@ class Selection:
     groups: int
     authors: int
     down_weighted: dict[str, int] = field(default_factory=dict)
-    floor: float = 0.0  # the similarity floor this query used (similarity_floor)
+    # The similarity floors this query used (similarity_floors): ``floor`` of all candidates
+    # (newer authors' lessons are kept against it), ``established_floor`` of the established
+    # ones (theirs; never above ``floor``).
+    floor: float = 0.0
+    established_floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +338,32 @@ def similarity_floor(
     if floor_min is None or floor_min >= min_similarity:
         return float(min_similarity)
     return float(min(min_similarity, max(floor_min, best - margin)))
+
+
+def similarity_floors(
+    candidates: Sequence[Candidate], settings: SelectionSettings
+) -> tuple[float, float]:
+    """The two similarity floors of one query: ``(floor, established_floor)``.
+
+    ``floor`` follows the best relevance of all ``candidates`` (:func:`similarity_floor`);
+    lessons of authors not yet established (``reputation < 1``) are kept against it.
+    ``established_floor`` follows the best *established* candidate's (``floor`` where none
+    is there); established lessons are kept against it. So one fresh identity's lesson made
+    to match a query far better (0.84) than every established answer (0.30-0.38) raises the
+    floor of newer authors' lessons only: the established answers stay (issue 25 review).
+    ``established_floor <= floor`` always; adding candidates can only raise either."""
+    s = settings
+    best = max((c.relevance for c in candidates), default=0.0)
+    floor = similarity_floor(best, s.min_similarity, s.floor_min, s.floor_margin)
+    ours = [c.relevance for c in candidates if c.reputation >= 1.0]
+    if not ours:
+        return floor, floor
+    return floor, similarity_floor(max(ours), s.min_similarity, s.floor_min, s.floor_margin)
+
+
+def candidate_floor(candidate: Candidate, floor: float, established_floor: float) -> float:
+    """The floor ``candidate`` must clear (:func:`similarity_floors`)."""
+    return established_floor if candidate.reputation >= 1.0 else floor
 
 
 def quantile(values: np.ndarray, q: float) -> float:
@@ -394,22 +428,31 @@ def select(
     candidates: Sequence[Candidate],
     settings: SelectionSettings | None = None,
     below_floor: int = 0,
+    cluster_member_limit: int = 0,
 ) -> Selection:
     """Robust top-k of ``candidates`` for ``query``; every choice explains itself.
 
-    ``below_floor``: candidates the caller left out already because they score under
-    ``similarity_floor`` of the best relevance among the rest (adding candidates can only raise
-    the floor, so they would be dropped here too); counted in ``considered`` and
-    ``below_similarity_floor`` as if they had been passed."""
+    ``below_floor``: candidates the caller left out already because they score under the
+    lower of the query's floors (``established_floor``, :func:`similarity_floors`) taken from
+    the rest (adding candidates can only raise both floors, so they would be dropped here
+    too); counted in ``considered`` and ``below_similarity_floor`` as if they had been
+    passed. ``cluster_member_limit``: candidates above that floor the caller left out as
+    members of a near-duplicate cluster beyond its ``per_cluster`` best (KnowledgeBase.find);
+    counted in ``considered`` and under that name."""
     s = settings or SelectionSettings()
     reasons: dict[str, int] = defaultdict(int)
-    best = max((c.relevance for c in candidates), default=0.0)
-    floor = similarity_floor(best, s.min_similarity, s.floor_min, s.floor_margin)
-    kept = [c for c in candidates if c.relevance >= floor]
+    floor, established_floor = similarity_floors(candidates, s)
+    kept = [c for c in candidates if c.relevance >= candidate_floor(c, floor, established_floor)]
     reasons["below_similarity_floor"] = len(candidates) - len(kept) + below_floor
-    considered = len(candidates) + below_floor
+    considered = len(candidates) + below_floor + cluster_member_limit
+    if cluster_member_limit:
+        reasons["cluster_member_limit"] = cluster_member_limit
     reasons["low_reputation"] = sum(1 for c in kept if c.reputation < 1.0)
-    established = any(c.reputation >= 1.0 for c in kept)
+    # An established lesson that clears the floor of all candidates: only then are newer
+    # authors on probation. Weak established answers (kept under their own, lower floor) do
+    # not put a newer author's strong lesson on probation (a just-met peer's lesson answers
+    # beside the node's own weak ones), nor silence it where it is all that answers well.
+    established = any(c.reputation >= 1.0 and c.relevance >= floor for c in kept)
     standing = {id(c): _standing_factor(s, c) for c in kept}  # read several times below
     if s.newcomer_weight < 1.0 and (not s.newcomers_alone or established):
         # Probation: where an established author answers, a newer one must clear the floor
@@ -420,17 +463,20 @@ def select(
         # through others' verdicts is never served, so never rated (a lock-in).
         free = s.vouched_alone and not established
 
+        def clears(c: Candidate) -> bool:  # established ones: their own floor, kept already
+            return c.relevance * standing[id(c)] >= candidate_floor(c, floor, established_floor)
+
         def passes(c: Candidate) -> bool:
-            return c.relevance * standing[id(c)] >= floor or (free and c.vouched)
+            return clears(c) or (free and c.vouched)
 
         probation = [c for c in kept if not passes(c)]
         reasons["newcomer_on_probation"] = len(probation)
-        alone = sum(1 for c in kept if c.relevance * standing[id(c)] < floor and passes(c))
+        alone = sum(1 for c in kept if not clears(c) and passes(c))
         if alone:
             reasons["vouched_alone"] = alone
         kept = [c for c in kept if passes(c)]
     if not kept:
-        return Selection([], None, 0, considered, 0, 0, dict(reasons), floor)
+        return Selection([], None, 0, considered, 0, 0, dict(reasons), floor, established_floor)
 
     groups: dict[int, list[Candidate]] = defaultdict(list)
     for c in kept:
@@ -553,6 +599,7 @@ def select(
         len(author_groups),
         dict(reasons),
         floor,
+        established_floor,
     )
 
 

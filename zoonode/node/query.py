@@ -44,6 +44,7 @@ from zoonode.selection import (
     Selection,
     SelectionSettings,
     author_standing,
+    candidate_floor,
     lowest_floor,
     select,
     similarity_floor,
@@ -80,7 +81,11 @@ def answers_missing(checked: Selection, full: Selection) -> int:
     candidates out can only lower the floor; weaker answers are not let in that way). 0: it
     may answer in ``full``'s place; an answer of ``checked`` under that floor makes it at
     least 1. Pure."""
-    clear = sum(1 for s in checked.selected if s.candidate.relevance >= full.floor)
+    clear = sum(
+        1
+        for s in checked.selected
+        if s.candidate.relevance >= candidate_floor(s.candidate, full.floor, full.established_floor)
+    )
     missing = len(full.selected) - clear
     return max(missing, 1 if clear < len(checked.selected) else 0)
 
@@ -130,15 +135,32 @@ class Query:
         marks: dict[str, float] = {}  # stage -> seconds (perf_counter differences)
 
         def floor_of(entries: list[tuple[float, bytes, bool]], complete: bool) -> float | None:
-            """knowledge.FloorOf: a lower bound of the floor ``select`` will use (it follows
-            the best of all its candidates, at least the best checked one among these; a
-            waiting one may fail its check and leave). None: no checked one among these."""
-            checked = [s for s, _, waiting in entries if not waiting]
+            """knowledge.FloorOf: a lower bound of both floors ``select`` will use for the
+            checked ones among ``entries`` (score, author, waiting), from some candidates or,
+            ``complete``, all of them; None: no bound (selection.similarity_floors).
+
+            The lower floor is the established one's, following the best established
+            candidate: at least the best checked established one among these. With none
+            among these, one further down may set it as low as the lowest floor (not
+            ``complete``); with none at all, the checked ones are all newer authors', kept
+            against the floor of all candidates: at least the best checked one's (a waiting
+            one may fail its check and leave, nor is it cut)."""
+            checked = [(s, a) for s, a, waiting in entries if not waiting]
             if not checked:
                 return None
-            return similarity_floor(
-                max(checked), sel.min_similarity, sel.floor_min, sel.floor_margin
-            )
+            authors = {a for _, a in checked} - standing.keys()
+            if authors:
+                first_seen.update(node.kb.authors_first_seen(authors - first_seen.keys()))
+                for a in authors:
+                    standing[a] = self.standing(a, first_seen)
+            established = [s for s, a in checked if standing[a] >= 1.0]
+            if established:
+                best = max(established)
+            elif not complete:
+                return lowest_floor(sel.min_similarity, sel.floor_min)
+            else:
+                best = max(s for s, _ in checked)
+            return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
 
         def local() -> tuple[np.ndarray, Found, bool]:
             # While the background check encodes (one thread), one thread here too: two
@@ -202,6 +224,7 @@ class Query:
                 unchecked,
                 touched.append,
                 found.below_floor,
+                found.cluster_member_limit,
             )
             t1 = time.perf_counter()
             marks["select"] = t1 - t0
@@ -312,6 +335,7 @@ class Query:
         unchecked: dict[bytes, int],
         touch: Callable[[list[int]], None],
         below_floor: int = 0,
+        cluster_member_limit: int = 0,
     ) -> Selection:
         """Knowledge-base thread: ``select``, where no record that has not passed the
         embedding check is selected.
@@ -326,20 +350,19 @@ class Query:
         scores, those that fail leave the candidates (their authors banned), and selection
         runs again. After ``ON_DEMAND_ROUNDS`` rounds, pending records still picked are left
         out. ``touch`` receives the deferred picks, best first, for the caller to hand to
-        ``checker.touch`` on the trio thread (it wakes the background loop). ``below_floor``:
-        checked candidates the search left out under the floor (``select``)."""
+        ``checker.touch`` on the trio thread (it wakes the background loop). ``below_floor``,
+        ``cluster_member_limit``: candidates the search left out (``select``)."""
+        left_out = (below_floor, cluster_member_limit)
         node = self.node
         unchecked = dict(unchecked)
         for _ in range(ON_DEMAND_ROUNDS):
-            selection = select(q, candidates, settings, below_floor)
+            selection = select(q, candidates, settings, *left_out)
             picked = [
                 unchecked[s.candidate.id] for s in selection.selected if s.candidate.id in unchecked
             ]
             if not picked:
                 return selection
-            alone = select(
-                q, [c for c in candidates if c.id not in unchecked], settings, below_floor
-            )
+            alone = select(q, [c for c in candidates if c.id not in unchecked], settings, *left_out)
             missing = answers_missing(alone, selection)
             deferred = picked[missing:]  # selection order: the best placed are checked now
             if deferred:
@@ -362,7 +385,7 @@ class Query:
             for cid in gone | exact.keys():
                 del unchecked[cid]
         # Still picking unchecked records: leave every one out.
-        return select(q, [c for c in candidates if c.id not in unchecked], settings, below_floor)
+        return select(q, [c for c in candidates if c.id not in unchecked], settings, *left_out)
 
     def newcomers_may_answer_alone(self) -> bool:
         """``selection.newcomers_alone``: with "bootstrap", newer authors may answer where no
