@@ -512,29 +512,32 @@ def select(
     gate = None
     if s.agreement_quantile > 0:  # quantile over the groups' speakers: volume cannot move it
         gate = max(quantile(points @ centre, s.agreement_quantile), 1e-6)
-    scored = []
-    for c, agreement, distance, vector in zip(
-        answering, agreements, distances, vectors, strict=True
-    ):
+    # Every answering candidate is scored (scalar by scalar, as before, so that scores and
+    # their order stay the same to the bit), but a Selected is built only for those the loop
+    # below reaches: ~10-20 of ~150 at 100k lessons (building all cost ~0.7 ms a query).
+    confidence_weight = s.confidence_weight
+    scores = [
+        c.relevance
+        * agreement_factor(agreement, gate, s.alpha)
+        * ((1 - confidence_weight) + confidence_weight * c.confidence)
+        * standing[id(c)]
+        for c, agreement in zip(answering, agreements.tolist(), strict=True)
+    ]
+    order = sorted(range(len(answering)), key=lambda j: -scores[j])
+
+    def scored_item(j: int) -> Selected:
+        c = answering[j]
         i = group_of[id(c)]
-        conf = (1 - s.confidence_weight) + s.confidence_weight * c.confidence
-        factor = agreement_factor(float(agreement), gate, s.alpha)
         members = groups[group_ids[i]]
-        scored.append(
-            (
-                Selected(
-                    c,
-                    c.relevance * factor * conf * standing[id(c)],
-                    c.relevance,
-                    float(agreement),
-                    float(distance),
-                    max(len(members), *(m.cluster_size for m in members)),
-                    float(weights[i]),
-                ),
-                vector,
-            )
+        return Selected(
+            c,
+            scores[j],
+            c.relevance,
+            float(agreements[j]),
+            float(distances[j]),
+            max(len(members), *(m.cluster_size for m in members)),
+            float(weights[i]),
         )
-    scored.sort(key=lambda x: -x[0].score)
 
     chosen: list[Selected] = []
     # The answer's vectors, row by row (one product per test, not a stack of all of them)
@@ -550,9 +553,10 @@ def select(
             and float(np.max(chosen_vectors[: len(chosen)] @ vector)) >= s.answer_duplicate
         )
 
-    for item, vector in scored:
+    for j in order:
         if len(chosen) == s.k:
             break
+        item, vector = scored_item(j), vectors[j]
         author = item.candidate.author
         if slots[author] >= author_slots(
             item.candidate.reputation, s.k, s.per_author, s.established_slots

@@ -184,6 +184,8 @@ class Query:
                 # would drop them (~120 of 150 candidates at 20k); it counts them. Not with
                 # peers' answers to come: an established one among them may lower it.
                 floor=None if federated else floor_of,
+                # Cluster sizes only for the answers (choose): they are reported, not used.
+                sizes=False,
             )
             alone = self.newcomers_may_answer_alone()
             marks["search"] = time.perf_counter() - t1
@@ -226,6 +228,7 @@ class Query:
                 found.below_floor,
                 found.cluster_member_limit,
             )
+            selection = self._group_sizes(selection, hits)
             t1 = time.perf_counter()
             marks["select"] = t1 - t0
             # Only the selected few are decoded: decoding all 150 candidates cost ~17 ms per
@@ -259,6 +262,28 @@ class Query:
         for seqs in touched:  # on the trio thread: touch wakes the background loop
             node.checker.touch(seqs)
         return answer
+
+    def _group_sizes(self, selection: Selection, hits: list[Hit]) -> Selection:
+        """The answers' group sizes with their clusters' sizes in the store, read for these
+        alone (the search left them at 1: ``KnowledgeBase.find(sizes=False)``): what
+        ``select`` reports when every candidate carries its size, since a group's local
+        members share one cluster."""
+        rows = {h.row.id: h.row for h in hits}
+        clusters = {
+            s.candidate.id: rows[s.candidate.id].cluster
+            for s in selection.selected
+            if s.candidate.id in rows and rows[s.candidate.id].cluster is not None
+        }
+        if not clusters:
+            return selection
+        held = self.node.kb.store.cluster_sizes(list(set(clusters.values())))
+        selected = [
+            replace(s, group_size=max(s.group_size, held.get(clusters[s.candidate.id], 1)))
+            if s.candidate.id in clusters
+            else s
+            for s in selection.selected
+        ]
+        return replace(selection, selected=selected)
 
     def _weigh(
         self, authors: list[bytes], first_seen: dict[bytes, int], standing: dict[bytes, float]
