@@ -435,9 +435,10 @@ class Store:
         """Insert a batch in ONE transaction; when this returns, accepted rows are durable."""
         now = time.time_ns() // 1_000_000
         results: list[InsertResult] = []
+        authors: set[bytes] = set()  # first seen: written once per author and batch
         with self._write():
             for item in items:
-                results.append(self._insert_one(item, now))
+                results.append(self._insert_one(item, now, authors))
         self._lessons += sum(
             1
             for item, res in zip(items, results, strict=True)
@@ -445,7 +446,7 @@ class Store:
         )
         return results
 
-    def _insert_one(self, item: Incoming, now: int) -> InsertResult:
+    def _insert_one(self, item: Incoming, now: int, authors: set[bytes]) -> InsertResult:
         record, exp = item.record, item.record.experience
         existing = self.db.execute("SELECT seq FROM records WHERE id = ?", (record.id,)).fetchone()
         if existing:
@@ -493,7 +494,9 @@ class Store:
                 None if exp.op is Op.REVOKE else item.pending,
             ),
         )
-        self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
+        if exp.author not in authors:
+            authors.add(exp.author)
+            self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
         seq = cur.lastrowid
         if cluster is None and exp.op is not Op.REVOKE:
             self.db.execute("UPDATE records SET cluster = seq WHERE seq = ?", (seq,))
@@ -691,6 +694,24 @@ class Store:
             or self.db.execute("SELECT 1 FROM tombstones WHERE id = ?", (record_id,)).fetchone()
             is not None
         )
+
+    def known_many(self, ids: Sequence[bytes]) -> set[bytes]:
+        """The ids among ``ids`` that are :meth:`known` (held or tombstoned), in one query
+        per 400 ids instead of two per id."""
+        out: set[bytes] = set()
+        ids = list(ids)
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                row[0]
+                for row in self.db.execute(
+                    f"SELECT id FROM records WHERE id IN ({marks}) "
+                    f"UNION SELECT id FROM tombstones WHERE id IN ({marks})",
+                    chunk + chunk,
+                )
+            )
+        return out
 
     def all_ids(self) -> Iterator[tuple[bytes, int]]:
         """(id, created_at) of every record and tombstone: what the sync digest covers."""

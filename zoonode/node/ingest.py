@@ -245,8 +245,9 @@ class Ingest:
         kb = node.kb
         outcomes = {} if outcomes is None else outcomes
         fresh = []
+        held = kb.store.known_many([record.id for record, _ in batch])
         for record, peer in batch:
-            if kb.store.known(record.id):
+            if record.id in held:
                 outcomes[record.id] = "duplicate"
             else:
                 fresh.append((record, peer))
