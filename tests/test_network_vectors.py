@@ -53,6 +53,65 @@ def test_gossip_vectors_get_their_verdict_and_message_id(case):
     assert content_message_id(type("Msg", (), {"data": data})()).hex() == case["message_id"]
 
 
+@pytest.mark.parametrize("case", VECTORS["gossip"], ids=lambda c: c["name"])
+def test_one_known_lookup_per_message_gives_the_same_verdicts(case):
+    """check_message with ``known_many`` (one lookup for the message, as the node runs it)
+    against ``known`` per record: the same outcome, the same per-record verdicts, the same
+    rate state."""
+    from zoonode.net.validation import AuthorLimiter, Policy, check_message
+
+    data = bytes.fromhex(case["data_hex"])
+    holds = {decode(RECORDS[name]).id for name in case["receiver_holds"]}
+    policy = Policy(space=bytes.fromhex(VECTORS["space"]))
+    one, batch = AuthorLimiter(rate=20.0, burst=2.0), AuthorLimiter(rate=20.0, burst=2.0)
+    lookups: list[list[bytes]] = []
+
+    def known_many(ids: list[bytes]) -> set[bytes]:
+        lookups.append(ids)
+        return holds.intersection(ids)
+
+    def never(_id: bytes) -> bool:
+        raise AssertionError("known per record")
+
+    plain = check_message(data, policy, case["now_ms"], holds.__contains__, one)
+    fast = check_message(data, policy, case["now_ms"], never, batch, known_many=known_many)
+    assert (fast.verdict, fast.reason) == (plain.verdict, plain.reason)
+    assert [(c.verdict, c.reason) for c in fast.checked] == [
+        (c.verdict, c.reason) for c in plain.checked
+    ]
+    assert [c.record.id for c in fast.accepted] == [c.record.id for c in plain.accepted]
+    assert one.buckets == batch.buckets
+    assert len(lookups) <= 1
+
+
+def test_check_records_stops_at_a_reject_or_checks_every_wire():
+    from zoonode.net.validation import AuthorLimiter, Policy, Verdict, check_records
+
+    records = [decode(w) for w in RECORDS.values()]
+    space = records[0].experience.space
+    a, b = [r for r in records if r.experience.space == space][:2]
+    now = max(a.experience.created_at, b.experience.created_at)
+    wires = [a.wire, b"\x00not a record", b.wire]
+    policy = Policy(space=space, horizon_ms=1 << 60)
+    stop = list(check_records(wires, policy, now, lambda ids: set(), AuthorLimiter(1e9, 1e9)))
+    assert [c.verdict for c in stop] == [Verdict.ACCEPT, Verdict.REJECT]
+    every = list(
+        check_records(
+            wires,
+            policy,
+            now,
+            lambda ids: {b.id}.intersection(ids),
+            AuthorLimiter(1e9, 1e9),
+            stop_at_reject=False,
+        )
+    )
+    assert [(c.verdict, c.reason) for c in every] == [
+        (Verdict.ACCEPT, "ok"),
+        (Verdict.REJECT, every[1].reason),
+        (Verdict.IGNORE, "known"),
+    ]
+
+
 def test_oversize_gossip_message_is_refused_before_parsing():
     from zoonode.net.validation import MAX_BATCH_BYTES, Reason, decode_batch
 

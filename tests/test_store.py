@@ -65,6 +65,17 @@ def test_insert_is_idempotent_and_durable(tmp_path, encoder, key):
     reopened.close()
 
 
+def test_known_many_is_known_for_each_id(kb, encoder, key):
+    items = lessons(encoder, key, TEXTS[:3])
+    records = [it.record for it in items]
+    kb.ingest(items[:1])
+    kb.store.add_tombstone(records[1].id, records[1].experience.created_at, "test")
+    ids = [r.id for r in records] + [bytes([i % 256, i // 256]) * 16 for i in range(900)]
+    assert kb.store.known_many(ids) == {i for i in ids if kb.store.known(i)}
+    assert kb.store.known_many(ids) == {records[0].id, records[1].id}
+    assert kb.store.known_many([]) == set()
+
+
 def test_one_id_twice_in_a_batch_is_stored_and_indexed_once(kb, encoder, key):
     items = lessons(encoder, key, TEXTS[:2])
     results = kb.ingest([items[0], items[1], items[0]])

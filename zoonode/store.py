@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
@@ -292,6 +292,19 @@ CACHE_KB = 64 * 1024  # SQLite page cache per store
 FIRST_SEEN_CACHE = 65_536  # authors whose first acceptance is kept in memory (~10 MB)
 
 
+@dataclass
+class _Batch:
+    """What one ``Store.insert`` transaction has read and written so far: ``seqs`` (id ->
+    seq, held before or inserted now), ``children`` (parent id -> (seq, op, author) of the
+    records naming it), ``authors`` whose first-seen row is written, ``own_cluster`` (id ->
+    seq of the records inserted now that start their own cluster, written at the end)."""
+
+    seqs: dict[bytes, int]
+    children: dict[bytes, list[tuple[int, int, bytes]]]
+    authors: set[bytes] = field(default_factory=set)
+    own_cluster: dict[bytes, int] = field(default_factory=dict)
+
+
 class StoreError(RuntimeError):
     """The database file cannot be opened or belongs to another space."""
 
@@ -432,12 +445,27 @@ class Store:
 
     # -- writes -------------------------------------------------------------------------------
     def insert(self, items: Sequence[Incoming]) -> list[InsertResult]:
-        """Insert a batch in ONE transaction; when this returns, accepted rows are durable."""
+        """Insert a batch in ONE transaction; when this returns, accepted rows are durable.
+
+        Per batch, not per record: the ids already held and the children waiting for any of
+        them are read in one query each, a new author's first-seen row is written once, and
+        the new clusters (``cluster = seq``) are set in one ``executemany`` before the
+        commit; what the batch itself inserts is tracked in ``_Batch`` so that each record
+        sees the ones before it as it would one statement at a time."""
         now = time.time_ns() // 1_000_000
         results: list[InsertResult] = []
         with self._write():
+            batch = _Batch(
+                seqs=self._seqs_of([item.record.id for item in items]),
+                children=self._children_of([item.record.id for item in items]),
+            )
             for item in items:
-                results.append(self._insert_one(item, now))
+                results.append(self._insert_one(item, now, batch))
+            if batch.own_cluster:
+                self.db.executemany(
+                    "UPDATE records SET cluster = seq WHERE seq = ?",
+                    [(seq,) for seq in batch.own_cluster.values()],
+                )
         self._lessons += sum(
             1
             for item, res in zip(items, results, strict=True)
@@ -445,11 +473,33 @@ class Store:
         )
         return results
 
-    def _insert_one(self, item: Incoming, now: int) -> InsertResult:
+    def _seqs_of(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = list(ids[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            out.update(self.db.execute(f"SELECT id, seq FROM records WHERE id IN ({marks})", chunk))
+        return out
+
+    def _children_of(self, ids: Sequence[bytes]) -> dict[bytes, list[tuple[int, int, bytes]]]:
+        """(seq, op, author) of the held records whose parent is one of ``ids``."""
+        out: dict[bytes, list[tuple[int, int, bytes]]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = list(ids[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            for parent, seq, op, author in self.db.execute(
+                f"SELECT parent, seq, op, author FROM records WHERE parent IN ({marks}) "
+                "ORDER BY seq",
+                chunk,
+            ):
+                out.setdefault(parent, []).append((seq, op, author))
+        return out
+
+    def _insert_one(self, item: Incoming, now: int, batch: _Batch) -> InsertResult:
         record, exp = item.record, item.record.experience
-        existing = self.db.execute("SELECT seq FROM records WHERE id = ?", (record.id,)).fetchone()
-        if existing:
-            return InsertResult(record.id, Outcome.DUPLICATE, existing[0])
+        existing = batch.seqs.get(record.id)
+        if existing is not None:
+            return InsertResult(record.id, Outcome.DUPLICATE, existing)
         status = Status.ACTIVE
         if exp.op is not Op.ADD:
             assert exp.parent is not None
@@ -462,14 +512,17 @@ class Store:
                 new = Status.REVOKED if exp.op is Op.REVOKE else Status.SUPERSEDED
                 self.db.execute("UPDATE records SET status = ? WHERE id = ?", (new, exp.parent))
         if exp.op is not Op.REVOKE:
-            status = self._status_from_early_children(record.id, exp.author)
+            status = self._status_from_early_children(batch.children.get(record.id, ()), exp.author)
         vector = None if item.vector is None else np.asarray(item.vector, "<f4").tobytes()
         cluster = item.cluster_hint
         if isinstance(cluster, bytes):
-            found = self.db.execute(
-                "SELECT cluster FROM records WHERE id = ?", (cluster,)
-            ).fetchone()
-            cluster = found[0] if found else None
+            if cluster in batch.own_cluster:  # its cluster = seq is not written yet
+                cluster = batch.own_cluster[cluster]
+            else:
+                found = self.db.execute(
+                    "SELECT cluster FROM records WHERE id = ?", (cluster,)
+                ).fetchone()
+                cluster = found[0] if found else None
         key = None if exp.op is Op.REVOKE else content_key(exp.author, exp.domain, exp.text)
         cur = self.db.execute(
             "INSERT INTO records (id, wire, op, author, domain, confidence, created_at, "
@@ -493,18 +546,23 @@ class Store:
                 None if exp.op is Op.REVOKE else item.pending,
             ),
         )
-        self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
+        if exp.author not in batch.authors:
+            batch.authors.add(exp.author)
+            self.db.execute("INSERT OR IGNORE INTO authors VALUES (?, ?)", (exp.author, now))
         seq = cur.lastrowid
+        batch.seqs[record.id] = seq
+        if exp.parent is not None:
+            batch.children.setdefault(exp.parent, []).append((seq, int(exp.op), exp.author))
         if cluster is None and exp.op is not Op.REVOKE:
-            self.db.execute("UPDATE records SET cluster = seq WHERE seq = ?", (seq,))
+            batch.own_cluster[record.id] = seq
         return InsertResult(record.id, Outcome.ACCEPTED, seq)
 
-    def _status_from_early_children(self, record_id: bytes, author: bytes) -> Status:
+    def _status_from_early_children(
+        self, children: Iterable[tuple[int, int, bytes]], author: bytes
+    ) -> Status:
         """A revoke or modify may arrive before its parent: apply it now, or void it."""
         status = Status.ACTIVE
-        for child_seq, op, child_author in self.db.execute(
-            "SELECT seq, op, author FROM records WHERE parent = ?", (record_id,)
-        ).fetchall():
+        for child_seq, op, child_author in children:
             if child_author != author:
                 self.db.execute(
                     "UPDATE records SET status = ? WHERE seq = ?", (Status.INVALID, child_seq)
@@ -691,6 +749,24 @@ class Store:
             or self.db.execute("SELECT 1 FROM tombstones WHERE id = ?", (record_id,)).fetchone()
             is not None
         )
+
+    def known_many(self, ids: Sequence[bytes]) -> set[bytes]:
+        """The ids among ``ids`` that are :meth:`known` (held or tombstoned), in one query
+        per 400 ids instead of two per id."""
+        out: set[bytes] = set()
+        ids = list(ids)
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                row[0]
+                for row in self.db.execute(
+                    f"SELECT id FROM records WHERE id IN ({marks}) "
+                    f"UNION SELECT id FROM tombstones WHERE id IN ({marks})",
+                    chunk + chunk,
+                )
+            )
+        return out
 
     def all_ids(self) -> Iterator[tuple[bytes, int]]:
         """(id, created_at) of every record and tombstone: what the sync digest covers."""

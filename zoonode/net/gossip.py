@@ -165,6 +165,8 @@ class Gossip:
     may join the node's backlog of unchecked records; when not, the record is ignored (reason
     ``backlog``). ``room()``: records the ingest queue can still take (experience topic only;
     the feedback topic has its own queue and room, never the records' backlog).
+    ``known_many(ids)``: the known subset of a message's ids in one lookup (optional; else
+    ``known`` per record).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Gossip:
         flood_rate: float = 50.0,
         backlog: Callable[[SignedRecord], bool] = lambda r: True,
         room: Callable[[], int] = lambda: 1 << 30,
+        known_many: Callable[[list[bytes]], set[bytes]] | None = None,
     ) -> None:
         from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
         from libp2p.pubsub.pubsub import Pubsub
@@ -185,6 +188,8 @@ class Gossip:
         self.host = host
         self.policy = policy
         self.known = known
+        # ``known`` for a whole message at once (one store lookup per message, not per record)
+        self.known_many = known_many
         self.banned = banned
         self.on_records = on_records
         self.backlog = backlog  # may this record wait for the embedding check? (else IGNORE)
@@ -209,6 +214,7 @@ class Gossip:
                 self.limiter,
                 self.banned,
                 backlog=self.backlog,
+                known_many=self.known_many,
             ),
             on_records,
             self.stats,

@@ -21,13 +21,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from zoonode.experiences import now_ms
-from zoonode.net.validation import AuthorLimiter, Reason, Verdict, check_record
+from zoonode.net.validation import (
+    AuthorLimiter,
+    Checked,
+    Reason,
+    Verdict,
+    check_record,
+    check_records,
+)
 
 if TYPE_CHECKING:
     from zoonode.node.core import Node
@@ -301,16 +309,33 @@ class AntiEntropy:
                 SYNC_PROTOCOL,
                 {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
             )
-            for wire in got.get("wires", []):
-                checked = check(
-                    wire,
+            wires = got.get("wires", [])
+            verdicts: Iterable[Checked]
+            if kind == "experience":  # one known lookup for the whole answer, lazily
+                verdicts = check_records(
+                    wires,
                     node.policy,
                     now_ms(),
-                    table.known,
+                    table.known_many,
                     limiter,
                     node.banned.__contains__,
+                    stop_at_reject=False,
                     **extra,
                 )
+            else:
+                verdicts = [
+                    check(
+                        wire,
+                        node.policy,
+                        now_ms(),
+                        table.known,
+                        limiter,
+                        node.banned.__contains__,
+                        **extra,
+                    )
+                    for wire in wires
+                ]
+            for checked in verdicts:
                 node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
                 if checked.reason == Reason.UNKNOWN_TARGET:
                     node.feedback.note_unheld(checked.record)

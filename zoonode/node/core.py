@@ -158,6 +158,7 @@ class Node:
             flood_rate=net.flood_rate,
             backlog=self.backlog_admits,
             room=self.ingest.room,
+            known_many=self.kb.store.known_many,
         )
         # Feedback (issue #24): its own table, digest, topic, queue and room (node/feedback.py).
         self.feedback_digest = Digest.build(self.kb.store.feedback.all_ids())

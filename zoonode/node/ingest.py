@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zoonode.node.ingest")
 
 INGEST_BATCH = 256
+# A backed-up queue is drained up to this many records a batch (no waiting for them): one
+# commit (the fsync, the largest share of a stored record on a loaded disk) for up to 1,024.
+INGEST_BATCH_MAX = 1024
 INGEST_QUEUE = 10_000
 FILL_S = 0.02  # longest a batch waits to fill
 RATE_WINDOW_S = 1.0  # how far back ``Ingest.stored_rate`` looks
@@ -200,12 +203,18 @@ class Ingest:
         return INGEST_QUEUE - self.queued()
 
     async def run(self) -> None:
-        """Drain the queue in batches of up to ``INGEST_BATCH`` (``FILL_S`` to fill one)."""
+        """Drain the queue in batches of up to ``INGEST_BATCH`` (``FILL_S`` to fill one), or
+        of up to ``INGEST_BATCH_MAX`` when more are already waiting (a burst, a catch-up)."""
         while True:
             batch = [await self._recv.receive()]
             with trio.move_on_after(FILL_S):
                 while len(batch) < INGEST_BATCH:
                     batch.append(await self._recv.receive())
+            while len(batch) < INGEST_BATCH_MAX:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
                 stored = await self.node.in_kb(self.store_pending, batch)
             except StorageFull as exc:
@@ -245,8 +254,9 @@ class Ingest:
         kb = node.kb
         outcomes = {} if outcomes is None else outcomes
         fresh = []
+        held = kb.store.known_many([record.id for record, _ in batch])
         for record, peer in batch:
-            if kb.store.known(record.id):
+            if record.id in held:
                 outcomes[record.id] = "duplicate"
             else:
                 fresh.append((record, peer))
