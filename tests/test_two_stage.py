@@ -732,7 +732,7 @@ def test_the_check_thread_runs_niced_and_leaves_every_other_thread_alone():
             await niced.run(gate.wait, 5)
         gate.set()
         assert (await niced.run(where))[0] == tid
-        niced.close()
-        plain.close()
+        await niced.aclose()
+        await plain.aclose()
 
     trio.run(main)

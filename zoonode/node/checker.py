@@ -77,6 +77,8 @@ RATE_WINDOW_S = 30.0
 HOT_MAX = 4096
 FULL_RETRY_S = 5.0  # a full disk: the checked batch stays pending, tried again after this
 MAX_STANDINGS = 100_000  # authors whose check record is kept in memory
+# Stopping: how long the background check's thread may take to finish its current encode.
+CLOSE_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ class Checker:
         try:
             await self._run()
         finally:
-            self.thread.close()
+            await self.thread.aclose()
             if self.process is not None:
                 self.process.close()
 
@@ -405,6 +407,16 @@ class CheckThread:
             raise value
         return value
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
+    async def aclose(self, timeout: float = CLOSE_WAIT_S) -> None:
+        """Stop the thread once its current call returns, and wait for that (shielded, at
+        most ``timeout`` s). A process that exits while the thread is still inside the
+        encoder's native code (torch's or ONNX Runtime's thread pool) aborts at exit
+        ("terminate called without an active exception", rc 134 / signal 6): a node stopped
+        mid-backlog by SIGTERM did, and so did a test process."""
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._thread.join, timeout)
+        if self._thread.is_alive():
+            log.warning("the background check's thread did not stop within %.0f s", timeout)
