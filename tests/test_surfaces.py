@@ -146,6 +146,37 @@ def test_unknown_mcp_arguments_are_refused_as_the_api_refuses_unknown_fields(nod
     assert all(t.input_schema.get("additionalProperties") is False for t in listed)
 
 
+def test_mcp_arguments_of_the_wrong_type_are_refused_as_the_api_refuses_them(node):
+    """No coercion over MCP either: true is not k = 1, "0.5" is not a number (wrong_type,
+    worded as /v1/query words it); nothing is stored."""
+    from mcp import Client as McpClient
+    from mcp import StdioServerParameters
+
+    bodies = [{"k": True}, {"min_confidence": "0.5"}, {"federated": "yes"}]
+    http = [
+        httpx.post(f"{node.url}/v1/query", json={"text": TASK, **b}, timeout=60) for b in bodies
+    ]
+    assert [r.status_code for r in http] == [422] * 3
+    expected = [f"{r.json()['error']['code']}: {r.json()['error']['message']}" for r in http]
+    params = StdioServerParameters(command=ZOONODE, args=["mcp", "--data-dir", str(node.data)])
+    before = state(node)
+
+    async def main():
+        async with McpClient(params) as client:
+            calls = [client.call_tool("search_experiences", {"query": TASK, **b}) for b in bodies]
+            shared = await client.call_tool(
+                "share_experience",
+                {"text": "A lesson on units", "domain": "a.b", "confidence": "1"},
+            )
+            return [await c for c in calls], shared
+
+    results, shared = anyio.run(main)
+    assert [(r.is_error, r.content[0].text) for r in results] == [(True, e) for e in expected]
+    assert expected[0].startswith("wrong_type:")
+    assert shared.is_error and shared.content[0].text.startswith("wrong_type:")
+    assert state(node) == before
+
+
 # -- 3. the CLI's human view words the reason codes; --json keeps them -----------------------
 def test_the_cli_words_every_reason_code_and_json_keeps_the_codes(node):
     answer = json.loads(node.cli("query", TASK, "--k", "2", "--json").stdout)

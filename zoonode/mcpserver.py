@@ -72,8 +72,14 @@ class _Server(MCPServer):
             names = [field.alias or key for key, field in model.model_fields.items()]
             try:
                 inputs.check_fields(arguments or {}, names)
+                # No coercion, as the API's bodies (inputs._Strict): true is not k = 1,
+                # "0.5" is not a number; the same fault, the same code (wrong_type).
+                model.model_validate(arguments or {}, strict=True)
             except inputs.InputError as exc:
                 raise ToolError(f"{exc.code}: {exc.message}") from None
+            except ValidationError as exc:
+                err = inputs.validation_error(exc)
+                raise ToolError(f"{err.code}: {err.message}") from None
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
