@@ -351,3 +351,36 @@ def test_a_weighed_search_widens_until_no_unread_lesson_could_outrank_its_pool(t
     assert not mine & {h.row.id for h in kb.find(q, k=150).hits}  # unweighed: by cosine
     assert kb.pools_capped == 0
     kb.close()
+
+
+def test_a_flooded_weighed_search_stops_at_the_cap_not_at_the_whole_store(tmp_path, encoder):
+    """More than 4096 lures of a factor-0.2 author above a factor-1 author's lesson: the
+    search widens to 4096 candidates, then accepts its pool (counted) rather than reading
+    every row of the store; the lesson under them all is then left out (the flood's limit)."""
+    rng = np.random.default_rng(28)
+    q = encoder.encode_compact(QUERY)[0]
+    n = 4600
+    noise = rng.normal(size=(n + 1, q.size)).astype(np.float32)
+    noise -= np.outer(noise @ q, q)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    c = np.concatenate([[0.3], np.linspace(0.8, 0.45, n)])[:, None]  # no near-duplicates
+    vectors = (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+    established, fresh = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    [own] = sign_lessons(encoder, established, [{"text": "own", "domain": "d"}], vectors[:1])
+    items = [{"text": f"lure {i}", "domain": "d"} for i in range(n)]
+    lures = sign_lessons(encoder, fresh, items, vectors[1:])
+    # faiss-ivf (untrained: exact): as many as asked (a graph walk may return fewer: the end).
+    kb = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, replica_backend="faiss-ivf"
+    )
+    kb.ingest([Incoming(r, v) for r, v in zip([own, *lures], vectors, strict=True)])
+    assert len(kb.replica.search(q, k=4096)[0]) == 4096
+    top = public_key_bytes(established)
+
+    def weigh(authors: list[bytes]) -> np.ndarray:
+        return np.array([1.0 if a == top else 0.2 for a in authors])
+
+    hits = kb.find(q, k=150, weigh=weigh).hits
+    assert len(hits) == 150 and own.id not in {h.row.id for h in hits}
+    assert kb.pools_capped == 1
+    kb.close()

@@ -66,8 +66,8 @@ RERANK_CANDIDATES = 64
 APPROX_MARGIN = 0.05
 # Candidates read to find the best lesson a query's floor is set by (KnowledgeBase._above_floor).
 FLOOR_PROBE = 8
-# The widest replica search a weighed query makes to prove its pool complete (find): beyond
-# it, the pool found so far is accepted (``KnowledgeBase.pools_capped`` counts it) rather than
+# The widest replica search a weighed query makes to prove its pool complete (find): there,
+# the pool found so far is accepted (``KnowledgeBase.pools_capped`` counts it) rather than
 # reading every row of the store.
 WEIGHED_FETCH_CAP = 4096
 
@@ -735,7 +735,8 @@ class KnowledgeBase:
                     0.0 if self.replica.exact_scores else APPROX_MARGIN,
                 )
             )
-            if not complete and len(kept) >= k and fetch >= WEIGHED_FETCH_CAP:
+            capped = len(kept) >= k and not (exhausted or floored) and fetch >= WEIGHED_FETCH_CAP
+            if not complete and capped:
                 # A flood of low-weight lessons around one query: accept the pool (the best by
                 # weighted rank among the replica's best ``fetch``) rather than reading every
                 # row of the store (_exact without a filter: ~1 s a query at 100k lessons).
@@ -753,7 +754,8 @@ class KnowledgeBase:
                 overflow.clear()
                 kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending, overflow)
                 return self._found(kept, dedupe and sizes, floor, overflow)
-            fetch *= 4
+            # Wider for the weighted rank alone (the pool is full): at most WEIGHED_FETCH_CAP.
+            fetch = min(fetch * 4, WEIGHED_FETCH_CAP) if len(kept) >= k else fetch * 4
 
     def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
         """Whether the replica's last candidate (``sims``: the replica's scores) is surely

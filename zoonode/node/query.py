@@ -297,7 +297,10 @@ class Query:
         clusters fill the candidate list: a Sybil flood cannot crowd established lessons out
         of it, nor a fresh variant stand in for an established lesson. Knowledge-base thread
         (the authors' first acceptance is read from the store). ``standing`` keeps each
-        author's standing for the rest of the query (``_candidates``)."""
+        author's standing for the rest of the query (``_candidates``). The pool is the best by
+        cosine x this factor over the whole store, not among the best by cosine alone: a
+        flood of distinct fresh lessons cannot push the node's own weak ones out of it
+        (KnowledgeBase.find widens up to ``factor_bound``; issue 26 review)."""
         node = self.node
         newcomer_weight = node.cfg.selection.newcomer_weight
         distinct = set(authors)
