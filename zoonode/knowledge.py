@@ -70,6 +70,10 @@ FLOOR_PROBE = 8
 # the pool found so far is accepted (``KnowledgeBase.pools_capped`` counts it) rather than
 # reading every row of the store.
 WEIGHED_FETCH_CAP = 4096
+# Factors this close to the bound count as the bound (pool_complete): 1 % of a factor is ~2 h
+# of standing at 7 days' maturity; an unread lesson it could let outrank the k-th one scores
+# within ~1 % of it.
+FACTOR_SLACK = 0.01
 
 # Candidates' authors -> score factors in [0, 1] (KnowledgeBase.search).
 Weigh = Callable[[list[bytes]], np.ndarray]
@@ -309,8 +313,9 @@ def pool_complete(
     every candidate the replica did not return, whose cosine is at most ``last`` (the
     replica's last score) plus its error ``margin`` and whose factor at most ``max_factor``.
     Where no unseen author can weigh more than the ``k``-th (``kth_factor >= max_factor``: one
-    author, or every author fresh), the replica's order is trusted as for unweighed searches."""
-    if kth_factor >= max_factor - 1e-9:
+    author, or every author fresh), the replica's order is trusted as for unweighed searches;
+    within ``FACTOR_SLACK`` too (authors met minutes apart differ by ~1e-5)."""
+    if kth_factor >= max_factor - FACTOR_SLACK:
         return True
     bound = last + margin
     # Factors are in [0, 1]: a negative cosine ranks at most 0 whatever its author.
