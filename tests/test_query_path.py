@@ -14,7 +14,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, sign_lessons
+from zoonode.knowledge import KnowledgeBase, pool_complete
 from zoonode.node import Node
+from zoonode.protocol import public_key_bytes
 from zoonode.store import Incoming
 
 from netutil import node_config
@@ -256,3 +258,129 @@ def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):
     assert selection.down_weighted.get("cluster_member_limit") == 3, selection.down_weighted
     assert len(selection.selected) == 3 and selection.considered == 6
     node.kb.close()
+
+
+def test_a_flood_of_distinct_fresh_lessons_cannot_push_established_ones_out_of_the_pool(
+    tmp_path, encoder
+):
+    """The node's own lessons match a query at 0.30-0.44; 220 distinct lessons of fresh
+    identities (one key, and 20 keys x 11) match it at 0.45-0.84: more than the replica's
+    first candidates (~187) rank above every own lesson. The candidate pool is the best by
+    cosine x standing factor over the whole store, so the own lessons (factor 1) outrank the
+    lures (0.2) and answer under "never" and "bootstrap". Before, the pool held the 150 lures
+    by raw cosine alone: the answer was empty ("never") or the lures alone ("bootstrap"):
+    issue 26 review."""
+    rng = np.random.default_rng(26)
+    q = encoder.encode_compact(QUERY)[0]
+
+    def at(cosines) -> np.ndarray:
+        noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
+        noise -= np.outer(noise @ q, q)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        c = np.asarray(cosines, np.float32)[:, None]
+        return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+
+    for policy in ("never", "bootstrap"):
+        for keys in (1, 20):
+            node = Node(
+                node_config(tmp_path / f"{policy}-{keys}", selection={"newcomers_alone": policy}),
+                encoder=encoder,
+            )
+            own = at(np.linspace(0.44, 0.30, 6))
+            items = [{"text": f"own lesson {i}", "domain": "ops.databases"} for i in range(6)]
+            mine = sign_lessons(encoder, node.key, items, own)
+            node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, own, strict=True)])
+            baits = at(np.linspace(0.84, 0.45, 220))  # all above the own lessons
+            fresh = []
+            for part in np.array_split(np.arange(220), keys):
+                lures = [{"text": f"ask in our forum {i}", "domain": "ops.databases"} for i in part]
+                fresh += sign_lessons(encoder, Ed25519PrivateKey.generate(), lures, baits[part])
+            assert len({r.experience.author for r in fresh}) == keys
+            node.kb.ingest([Incoming(r, v, "gossip") for r, v in zip(fresh, baits, strict=True)])
+
+            for k in (5, 8):
+                selection, _ = trio.run(partial(node.query, vector=q, k=k))
+                ids = {s.candidate.id for s in selection.selected}
+                why = (policy, keys, k, selection.down_weighted)
+                assert ids & {r.id for r in mine}, why  # never blank, never lures alone
+                if policy == "never":
+                    assert ids <= {r.id for r in mine}, why
+            node.kb.close()
+
+
+def test_a_weighed_search_widens_until_no_unread_lesson_could_outrank_its_pool(tmp_path, encoder):
+    """The stopping rule: the k-th kept (factor x cosine) must beat the best any unread lesson
+    could reach (the bound on factors x (the replica's last score + its error)), unless no
+    unread author can weigh more than the k-th's. Through a knowledge base: 220 lures of a
+    factor-0.2 author rank above 6 lessons of a factor-1 author by cosine; the pool of 150 by
+    weighted rank holds the six, as long as the bound on factors admits a factor of 1."""
+    assert pool_complete(0.2, 0.5, 0.45, 0.2, 0.05)  # nobody unread weighs more: as before
+    assert pool_complete(1.0, 0.5, 0.45, 1.0, 0.05)  # one author (or all established)
+    assert not pool_complete(0.2, 0.5, 0.45, 1.0, 0.05)  # 0.1 < 1 x 0.5: widen
+    assert pool_complete(0.2, 0.5, 0.04, 1.0, 0.05)  # 0.09 < 0.1: complete
+    assert not pool_complete(0.2, 0.5, 0.05, 1.0, 0.05)  # 0.10 is not under 0.10
+    assert pool_complete(0.2, 0.5, 0.05, 1.0, 0.0)  # an exact backend has no error
+    assert pool_complete(0.2, 0.01, -0.3, 1.0, 0.05)  # a negative cosine ranks at most 0
+
+    rng = np.random.default_rng(27)
+    q = encoder.encode_compact(QUERY)[0]
+    noise = rng.normal(size=(226, q.size)).astype(np.float32)
+    noise -= np.outer(noise @ q, q)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    c = np.concatenate([np.linspace(0.44, 0.30, 6), np.linspace(0.84, 0.45, 220)])[:, None]
+    vectors = (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+    established, fresh = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    own = sign_lessons(
+        encoder, established, [{"text": f"own {i}", "domain": "d"} for i in range(6)], vectors[:6]
+    )
+    lures = sign_lessons(
+        encoder, fresh, [{"text": f"lure {i}", "domain": "d"} for i in range(220)], vectors[6:]
+    )
+    kb = KnowledgeBase(tmp_path, encoder.space, encoder.space_info.hidden)
+    kb.ingest([Incoming(r, v) for r, v in zip(own + lures, vectors, strict=True)])
+    top = public_key_bytes(established)
+
+    def weigh(authors: list[bytes]) -> np.ndarray:
+        return np.array([1.0 if a == top else 0.2 for a in authors])
+
+    mine = {r.id for r in own}
+    pool = {h.row.id for h in kb.find(q, k=150, weigh=weigh).hits}
+    assert mine <= pool and len(pool) == 150
+    # A bound that leaves out the established author: the first candidates (~187 lures) only.
+    assert not mine & {h.row.id for h in kb.find(q, k=150, weigh=weigh, max_factor=0.2).hits}
+    assert not mine & {h.row.id for h in kb.find(q, k=150).hits}  # unweighed: by cosine
+    assert kb.pools_capped == 0
+    kb.close()
+
+
+def test_a_flooded_weighed_search_stops_at_the_cap_not_at_the_whole_store(tmp_path, encoder):
+    """More than 4096 lures of a factor-0.2 author above a factor-1 author's lesson: the
+    search widens to 4096 candidates, then accepts its pool (counted) rather than reading
+    every row of the store; the lesson under them all is then left out (the flood's limit)."""
+    rng = np.random.default_rng(28)
+    q = encoder.encode_compact(QUERY)[0]
+    n = 4600
+    noise = rng.normal(size=(n + 1, q.size)).astype(np.float32)
+    noise -= np.outer(noise @ q, q)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    c = np.concatenate([[0.3], np.linspace(0.8, 0.45, n)])[:, None]  # no near-duplicates
+    vectors = (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+    established, fresh = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    [own] = sign_lessons(encoder, established, [{"text": "own", "domain": "d"}], vectors[:1])
+    items = [{"text": f"lure {i}", "domain": "d"} for i in range(n)]
+    lures = sign_lessons(encoder, fresh, items, vectors[1:])
+    # faiss-ivf (untrained: exact): as many as asked (a graph walk may return fewer: the end).
+    kb = KnowledgeBase(
+        tmp_path, encoder.space, encoder.space_info.hidden, replica_backend="faiss-ivf"
+    )
+    kb.ingest([Incoming(r, v) for r, v in zip([own, *lures], vectors, strict=True)])
+    assert len(kb.replica.search(q, k=4096)[0]) == 4096
+    top = public_key_bytes(established)
+
+    def weigh(authors: list[bytes]) -> np.ndarray:
+        return np.array([1.0 if a == top else 0.2 for a in authors])
+
+    hits = kb.find(q, k=150, weigh=weigh).hits
+    assert len(hits) == 150 and own.id not in {h.row.id for h in hits}
+    assert kb.pools_capped == 1
+    kb.close()

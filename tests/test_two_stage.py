@@ -394,7 +394,9 @@ def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_repli
 ):
     """Waiting records scoring under the replica's last candidate are not read: as if they
     were in the replica, where the search would not have reached them either. Even a weight
-    that would put one first (checked rows weighed 0.01) does not bring it back."""
+    that would put one first (checked rows weighed 0.01) does not bring it back where the
+    caller bounds every factor by the checked ones' (``max_factor``); with the sound bound
+    (1) the search widens until no unread record could outrank its k-th, reading it."""
     dim = encoder.space_info.hidden
     rng = np.random.default_rng(4)
     q = np.zeros(dim, np.float32)
@@ -427,9 +429,11 @@ def test_a_waiting_record_is_a_candidate_only_where_it_would_be_one_in_the_repli
     def weigh(authors):
         return np.array([1.0 if a == peer else 0.01 for a in authors])
 
-    hits = kb.search(q, k=10, pending=True, weigh=weigh, dedupe=False)
-    ids = [h.row.id for h in hits]
+    found = kb.find(q, k=10, pending=True, weigh=weigh, dedupe=False, max_factor=0.01)
+    ids = [h.row.id for h in found.hits]
     assert ids[0] == near.id and far.id not in ids
+    ids = [h.row.id for h in kb.search(q, k=10, pending=True, weigh=weigh, dedupe=False)]
+    assert ids[:2] == [near.id, far.id]
     wide = kb.search(q, k=100, pending=True, weigh=weigh, dedupe=False)  # reads all 80
     assert [h.row.id for h in wide][:2] == [near.id, far.id]
 

@@ -66,6 +66,14 @@ RERANK_CANDIDATES = 64
 APPROX_MARGIN = 0.05
 # Candidates read to find the best lesson a query's floor is set by (KnowledgeBase._above_floor).
 FLOOR_PROBE = 8
+# The widest replica search a weighed query makes to prove its pool complete (find): there,
+# the pool found so far is accepted (``KnowledgeBase.pools_capped`` counts it) rather than
+# reading every row of the store.
+WEIGHED_FETCH_CAP = 4096
+# Factors this close to the bound count as the bound (pool_complete): 1 % of a factor is ~2 h
+# of standing at 7 days' maturity; an unread lesson it could let outrank the k-th one scores
+# within ~1 % of it.
+FACTOR_SLACK = 0.01
 
 # Candidates' authors -> score factors in [0, 1] (KnowledgeBase.search).
 Weigh = Callable[[list[bytes]], np.ndarray]
@@ -297,6 +305,23 @@ class Found:
     cluster_member_limit: int = 0
 
 
+def pool_complete(
+    kth_factor: float, kth_score: float, last: float, max_factor: float, margin: float
+) -> bool:
+    """Whether a weighed search's ``k`` kept candidates are the best by cosine x factor over
+    the whole replica: the ``k``-th kept one (its author's factor, its exact cosine) outranks
+    every candidate the replica did not return, whose cosine is at most ``last`` (the
+    replica's last score) plus its error ``margin`` and whose factor at most ``max_factor``.
+    Where no unseen author can weigh more than the ``k``-th (``kth_factor >= max_factor``: one
+    author, or every author fresh), the replica's order is trusted as for unweighed searches;
+    within ``FACTOR_SLACK`` too (authors met minutes apart differ by ~1e-5)."""
+    if kth_factor >= max_factor - FACTOR_SLACK:
+        return True
+    bound = last + margin
+    # Factors are in [0, 1]: a negative cosine ranks at most 0 whatever its author.
+    return (max_factor * bound if bound > 0 else 0.0) < kth_factor * kth_score
+
+
 class KnowledgeBase:
     def __init__(
         self,
@@ -323,6 +348,7 @@ class KnowledgeBase:
         self.store = Store(directory / DB_FILE, space, durable=durable)
         self.backlog = Backlog(self.store.pending_by_author(), self.store.checked_authors())
         self._journalled = 0  # replica journal entries since the last snapshot
+        self.pools_capped = 0  # weighed searches that stopped at WEIGHED_FETCH_CAP (find)
         self.pending_index = PendingIndex(dim)
         for seqs, vectors in self.store.vectors_since(0, pending=True):
             self.pending_index.add(seqs, vectors)
@@ -645,13 +671,20 @@ class KnowledgeBase:
         pending_floor: float | None = None,
         floor: FloorOf | None = None,
         sizes: bool = True,
+        max_factor: float = 1.0,
     ) -> Found:
         """:meth:`search`, where ``floor`` (:data:`FloorOf`: a lower bound of the caller's
         similarity floor from some of its candidates) leaves out the checked hits that score
         under it: the caller would drop them anyway. Their rows are not read;
         ``Found.below_floor`` counts them. Hits waiting for the check are kept. ``sizes``
         False: every hit's ``cluster_size`` is 1, not read (a caller that reports it for a
-        few hits alone reads theirs, ``Store.cluster_sizes``: ~0.4 ms for ~150 at 100k)."""
+        few hits alone reads theirs, ``Store.cluster_sizes``: ~0.4 ms for ~150 at 100k).
+
+        With ``weigh``, the ``k`` kept are the best by cosine x factor over everything above
+        the floor (a threshold algorithm): the replica ranks by cosine alone, so the search
+        widens until no candidate it has not returned could outrank the ``k``-th kept one
+        (:func:`pool_complete`). ``max_factor``: an upper bound of ``weigh``'s factor for any
+        author (1: always sound); the caller's tighter bound spares clean data the widening."""
         filters = filters or Filters()
         query = np.asarray(query, np.float32)
         # A quarter more than asked covers filtered-out and same-cluster hits in the common
@@ -696,7 +729,25 @@ class KnowledgeBase:
             # search is done, filtered or not: no wider search, no brute force over every
             # row a broad filter matches (~1 s a query at 100k lessons).
             floored = early > 0 or self._reached_floor(kept, sims, floor)
-            if len(kept) >= k or exhausted or floored:
+            complete = len(kept) >= k and (
+                weigh is None
+                or not len(sims)
+                or pool_complete(
+                    float(weigh([kept[k - 1][1][CANDIDATE_AUTHOR]])[0]),
+                    kept[k - 1][2],
+                    float(sims.min()),
+                    max_factor,
+                    0.0 if self.replica.exact_scores else APPROX_MARGIN,
+                )
+            )
+            capped = len(kept) >= k and not (exhausted or floored) and fetch >= WEIGHED_FETCH_CAP
+            if not complete and capped:
+                # A flood of low-weight lessons around one query: accept the pool (the best by
+                # weighted rank among the replica's best ``fetch``) rather than reading every
+                # row of the store (_exact without a filter: ~1 s a query at 100k lessons).
+                self.pools_capped += 1
+                complete = True
+            if complete or exhausted or floored:
                 if len(kept) < k and not filters.empty and not floored:
                     overflow.clear()
                     kept = self._exact(
@@ -708,7 +759,8 @@ class KnowledgeBase:
                 overflow.clear()
                 kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending, overflow)
                 return self._found(kept, dedupe and sizes, floor, overflow)
-            fetch *= 4
+            # Wider for the weighted rank alone (the pool is full): at most WEIGHED_FETCH_CAP.
+            fetch = min(fetch * 4, WEIGHED_FETCH_CAP) if len(kept) >= k else fetch * 4
 
     def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
         """Whether the replica's last candidate (``sims``: the replica's scores) is surely

@@ -916,6 +916,10 @@ class Store:
             cache.update(found)
         return out
 
+    def oldest_first_seen(self) -> int | None:
+        """The earliest ``authors_first_seen`` of any author (index lookup), None with none."""
+        return self.db.execute("SELECT min(first_seen) FROM authors").fetchone()[0]
+
     def max_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
 

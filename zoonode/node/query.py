@@ -110,6 +110,7 @@ class Query:
         self.node = node
         self._knows_peers_long = False  # set once a peer has been known past the maturity
         self._first_peer_ms: int | None = None  # never changes once known (authors table)
+        self._trust_best: tuple[object, float] = (None, 0.0)  # (TrustResult, best non-root)
 
     async def answer(
         self,
@@ -175,6 +176,10 @@ class Query:
                 k=sel.candidates,
                 filters=filters,
                 weigh=lambda authors: self._weigh(authors, first_seen, standing),
+                # No author's factor exceeds this: where every author is fresh the search
+                # keeps its width; where an established one may hold lessons, a flood of
+                # newcomers' lessons cannot hide theirs (KnowledgeBase.find).
+                max_factor=self.factor_bound(),
                 per_cluster=sel.cluster_members,
                 pending=True,
                 # Selection drops every candidate under its floor, never lower than this: a
@@ -292,7 +297,10 @@ class Query:
         clusters fill the candidate list: a Sybil flood cannot crowd established lessons out
         of it, nor a fresh variant stand in for an established lesson. Knowledge-base thread
         (the authors' first acceptance is read from the store). ``standing`` keeps each
-        author's standing for the rest of the query (``_candidates``)."""
+        author's standing for the rest of the query (``_candidates``). The pool is the best by
+        cosine x this factor over the whole store, not among the best by cosine alone: a
+        flood of distinct fresh lessons cannot push the node's own weak ones out of it
+        (KnowledgeBase.find widens up to ``factor_bound``; issue 26 review)."""
         node = self.node
         newcomer_weight = node.cfg.selection.newcomer_weight
         distinct = set(authors)
@@ -303,6 +311,34 @@ class Query:
                 standing[a] = self.standing(a, first_seen)
             factor[a] = standing_factor(newcomer_weight, standing[a])
         return np.array([factor[a] for a in authors])
+
+    def factor_bound(self) -> float:
+        """An upper bound of ``_weigh``'s factor for any author of a lesson this node holds
+        (KnowledgeBase.find widens a search until no lesson it has not read could outrank its
+        pool). Knowledge-base thread. 1 where an author of standing 1 may hold lessons (our
+        identity or a trusted author has been accepted, or trust gives anyone standing);
+        otherwise the factor of the oldest author's time standing (authors' standing grows
+        with time alone). Cost: a primary-key lookup per trusted author and one index lookup
+        (the oldest author's time), ~10 us; the trust's best standing is read once per
+        recompute (O(identities))."""
+        node = self.node
+        nw = node.cfg.selection.newcomer_weight
+        if node.kb.authors_first_seen({node.author, *node.trusted_authors}):
+            return 1.0
+        trust = node.feedback.trust
+        if trust is not None:
+            if self._trust_best[0] is not trust:
+                standings = trust.standings().tolist()
+                others = zip(trust.identities, standings, strict=True)
+                best = max((v for a, v in others if a not in trust.roots), default=0.0)
+                self._trust_best = (trust, float(best))
+            best = self._trust_best[1]
+        else:
+            best = 0.0
+        oldest = node.kb.store.oldest_first_seen()
+        maturity_ms = int(node.cfg.selection.maturity_days * 86_400_000)
+        best = max(best, author_standing(oldest, now_ms(), maturity_ms))
+        return standing_factor(nw, min(1.0, best))
 
     def _candidates(
         self,
