@@ -358,6 +358,8 @@ class Node:
         verdicts = dict(self.gossip.stats.verdicts)
         # The library's per-attempt error lines, counted instead of printed (per process).
         counters = dict(self.counters) | {f"libp2p:{k}": v for k, v in library_noise.items()}
+        # Weighed searches that stopped widening at the cap (a flooded neighbourhood).
+        counters["query:pools_capped"] = self.kb.pools_capped
         return {
             "counters": counters,
             "gossip_verdicts": verdicts,
