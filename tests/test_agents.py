@@ -19,6 +19,11 @@ from zoonode.client import AsyncClient
 from conftest import ZOONODE
 from nodeproc import running_node
 
+# One request at a time, no kept-alive connection (the node closes idle ones after 5 s); 60 s,
+# not httpx's 5 s: on a loaded 2-core CI machine a node's first query after feedback, with
+# its background check encoding, once took longer (a ReadTimeout, not a wrong answer).
+http = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+
 LESSONS = [
     {
         "text": "When solving geometry problems with intersections, validate that solutions lie "
@@ -58,7 +63,7 @@ def conforms(answer, schema_name: str) -> None:
 
 def test_openapi_document_lists_exactly_the_served_routes(nodes):
     a, _ = nodes
-    served = httpx.get(f"{a.url}/openapi.json").json()
+    served = http.get(f"{a.url}/openapi.json").json()
     assert served == openapi_document()
     jsonschema.Draft202012Validator.check_schema({"components": served["components"]})
     documented = {(path, method.upper()) for path, ops in served["paths"].items() for method in ops}
@@ -72,7 +77,7 @@ def test_openapi_document_lists_exactly_the_served_routes(nodes):
 def test_batch_share_keeps_good_items_and_reports_bad_ones(nodes):
     a, _ = nodes
     bad = {"text": "x", "domain": "Not A Domain"}
-    r = httpx.post(
+    r = http.post(
         f"{a.url}/v1/experiences/batch",
         json={"experiences": [*LESSONS, bad, LESSONS[0]]},
         headers=a.auth,
@@ -84,29 +89,29 @@ def test_batch_share_keeps_good_items_and_reports_bad_ones(nodes):
     assert [x.get("outcome") for x in results] == ["accepted"] * 3 + [None, "duplicate"]
     assert results[3]["error"]["code"] == "bad_domain"
     assert results[4]["id"] == results[0]["id"]
-    assert httpx.post(f"{a.url}/v1/experiences/batch", json={"experiences": []}).status_code == 401
-    status = httpx.get(f"{a.url}/v1/status").json()
+    assert http.post(f"{a.url}/v1/experiences/batch", json={"experiences": []}).status_code == 401
+    status = http.get(f"{a.url}/v1/status").json()
     conforms(status, "Status")
     assert status["counts"]["active"] == 3
 
 
 def test_query_get_and_errors_conform(nodes):
     a, _ = nodes
-    answer = httpx.post(
+    answer = http.post(
         f"{a.url}/v1/query",
         json={"text": "geometry problem with intersecting segments"},
         timeout=60,
     ).json()
     conforms(answer, "Selection")
     assert answer["selected"][0]["domain"] == "math.geometry"
-    got = httpx.get(f"{a.url}/v1/experiences/{answer['selected'][0]['id']}").json()
+    got = http.get(f"{a.url}/v1/experiences/{answer['selected'][0]['id']}").json()
     conforms(got, "StoredRecord")
     assert got["peer"] == "local"
-    conforms(httpx.get(f"{a.url}/v1/peers").json(), "Peers")
+    conforms(http.get(f"{a.url}/v1/peers").json(), "Peers")
     for bad in (
-        httpx.post(f"{a.url}/v1/query", json={"text": "x", "k": 0}),
-        httpx.post(f"{a.url}/v1/query", content=b"{"),
-        httpx.get(f"{a.url}/v1/experiences/{'ab' * 32}"),
+        http.post(f"{a.url}/v1/query", json={"text": "x", "k": 0}),
+        http.post(f"{a.url}/v1/query", content=b"{"),
+        http.get(f"{a.url}/v1/experiences/{'ab' * 32}"),
     ):
         assert bad.status_code in (400, 404, 422)
         conforms(bad.json(), "Error")
@@ -115,7 +120,7 @@ def test_query_get_and_errors_conform(nodes):
 def test_context_is_the_dso_injection_prompt(nodes):
     a, _ = nodes
     task = "Solve this geometry problem: where do the segments AB and CD intersect?"
-    r = httpx.post(f"{a.url}/v1/context", json={"task": task, "k": 2}, timeout=60)
+    r = http.post(f"{a.url}/v1/context", json={"task": task, "k": 2}, timeout=60)
     conforms(r.json(), "Context")
     prompt = r.json()["prompt"]
     lines = prompt.splitlines()
@@ -127,7 +132,7 @@ def test_context_is_the_dso_injection_prompt(nodes):
     out = a.cli("context", task, "--k", "2").stdout
     assert out.startswith("# Learned Experiences") and task in out
     unrelated = "zzzz qqqq xxxx"
-    r = httpx.post(f"{a.url}/v1/context", json={"task": unrelated}, timeout=60).json()
+    r = http.post(f"{a.url}/v1/context", json={"task": unrelated}, timeout=60).json()
     assert r.pop("floor") >= r.pop("established_floor") >= 0.3  # the floors it used
     assert r == {"prompt": unrelated, "experiences": []}
 
@@ -154,8 +159,8 @@ def test_export_then_import_into_another_node_keeps_authorship(nodes, tmp_path):
     assert f"mixed.jsonl:{n + 2}: bad_signature" in out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == {"accepted": n, "errors": 2}
 
-    a_author = httpx.get(f"{a.url}/v1/status").json()["author"]
-    copy = httpx.get(f"{b.url}/v1/experiences/{exported[0]['id']}").json()
+    a_author = http.get(f"{a.url}/v1/status").json()["author"]
+    copy = http.get(f"{b.url}/v1/experiences/{exported[0]['id']}").json()
     assert copy["author"] == a_author and copy["peer"] == "import"
     again = b.cli("import", str(dump))  # idempotent
     assert json.loads(again.stdout.splitlines()[-1]) == {"duplicate": n, "errors": 0}
@@ -240,7 +245,7 @@ def test_mcp_over_streamable_http_on_the_node(nodes):
     from mcp.client.streamable_http import streamable_http_client
 
     a, _ = nodes
-    assert httpx.post(f"{a.url}/mcp", json={}).status_code == 401
+    assert http.post(f"{a.url}/mcp", json={}).status_code == 401
 
     async def main():
         async with (
@@ -266,43 +271,43 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
         "domain": "cooking.bread",
         "confidence": 0.7,
     }
-    theirs = httpx.post(f"{b.url}/v1/experiences", json=lesson, headers=b.auth).json()["id"]
+    theirs = http.post(f"{b.url}/v1/experiences", json=lesson, headers=b.auth).json()["id"]
     line = next(
         json.loads(x)
-        for x in httpx.get(f"{b.url}/v1/export").text.splitlines()
+        for x in http.get(f"{b.url}/v1/export").text.splitlines()
         if json.loads(x)["id"] == theirs
     )
-    imported = httpx.post(f"{a.url}/v1/records", json={"wires": [line["wire"]]}, headers=a.auth)
+    imported = http.post(f"{a.url}/v1/records", json={"wires": [line["wire"]]}, headers=a.auth)
     assert imported.json()["results"][0]["id"] == theirs
     url = f"{a.url}/v1/experiences/{theirs}/feedback"
 
-    assert httpx.post(url, json={"verdict": "helpful"}).status_code == 401
-    first = httpx.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
+    assert http.post(url, json={"verdict": "helpful"}).status_code == 401
+    first = http.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
     assert first.status_code == 201, first.text
     conforms(first.json(), "FeedbackOut")
     assert first.json()["outcome"] == "accepted"
-    same = httpx.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
+    same = http.post(url, json={"verdict": "helpful", "task": "bake bread"}, headers=a.auth)
     assert same.status_code == 200 and same.json()["outcome"] == "unchanged"
     assert same.json()["id"] == first.json()["id"]  # no new record, nothing gossiped
     conforms(same.json(), "FeedbackOut")
-    bad = httpx.post(url, json={"verdict": "great"}, headers=a.auth)
+    bad = http.post(url, json={"verdict": "great"}, headers=a.auth)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "wrong_type"
-    typo = httpx.post(url, json={"verdict": "harmful", "taks": "bake"}, headers=a.auth)
+    typo = http.post(url, json={"verdict": "harmful", "taks": "bake"}, headers=a.auth)
     assert typo.status_code == 422 and typo.json()["error"]["code"] == "unknown_field"
     assert "taks" in typo.json()["error"]["message"]
-    nan = httpx.post(url, content=b'{"verdict": "harmful", "x": NaN}', headers=a.auth)
+    nan = http.post(url, content=b'{"verdict": "harmful", "x": NaN}', headers=a.auth)
     assert nan.status_code == 422 and nan.json()["error"]["code"] == "unknown_field"
-    slash = httpx.post(url + "/", json={"verdict": "harmful"}, headers=a.auth)
+    slash = http.post(url + "/", json={"verdict": "harmful"}, headers=a.auth)
     assert slash.status_code == 404 and slash.json()["error"]["code"] == "not_found"
-    envelope = httpx.post(f"{a.url}/v1/records", json={"wires": [], "wire": []}, headers=a.auth)
+    envelope = http.post(f"{a.url}/v1/records", json={"wires": [], "wire": []}, headers=a.auth)
     assert envelope.status_code == 422 and envelope.json()["error"]["code"] == "unknown_field"
-    assert httpx.get(f"{a.url}/v1/status/").json()["error"]["code"] == "not_found"
-    missing = httpx.post(
+    assert http.get(f"{a.url}/v1/status/").json()["error"]["code"] == "not_found"
+    missing = http.post(
         f"{a.url}/v1/experiences/{'0' * 64}/feedback", json={"verdict": "helpful"}, headers=a.auth
     )
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-    own = httpx.post(f"{a.url}/v1/experiences", json=LESSONS[0], headers=a.auth).json()["id"]
-    refused = httpx.post(
+    own = http.post(f"{a.url}/v1/experiences", json=LESSONS[0], headers=a.auth).json()["id"]
+    refused = http.post(
         f"{a.url}/v1/experiences/{own}/feedback", json={"verdict": "helpful"}, headers=a.auth
     )
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "own_lesson"
@@ -323,13 +328,13 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
         usage = a.cli("feedback", theirs, *flags, check=False)
         assert usage.returncode == 2 and "exactly one" in usage.stderr
 
-    found = httpx.post(f"{a.url}/v1/query", json={"text": "bread dough rise", "k": 3}).json()
+    found = http.post(f"{a.url}/v1/query", json={"text": "bread dough rise", "k": 3}).json()
     [item] = [s for s in found["selected"] if s["id"] == theirs] or [None]
     if item is not None:  # a's own harmful verdict may keep it out; if shown, it is explained
         assert item["trust"]["harmful"] == 1
-    status = httpx.get(f"{a.url}/v1/status").json()
+    status = http.get(f"{a.url}/v1/status").json()
     assert status["trust"]["votes"] >= 0 and "recomputed_at" in status["trust"]
-    prompt = httpx.post(f"{a.url}/v1/context", json={"task": "solve a geometry problem"}).json()
+    prompt = http.post(f"{a.url}/v1/context", json={"task": "solve a geometry problem"}).json()
     assert f"id {prompt['experiences'][0]}" in prompt["prompt"]
 
     async def main():
@@ -344,7 +349,7 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     ok, own_rated = anyio.run(main)
     assert not ok.is_error and json.loads(ok.content[0].text)["previous"] == "harmful"
     assert own_rated.is_error and "own_lesson" in own_rated.content[0].text
-    metrics = httpx.get(f"{a.url}/metrics").text
+    metrics = http.get(f"{a.url}/metrics").text
     assert 'zoonode_events_total{kind="feedback",reason="replaced"}' in metrics
     for gauge in ("trust_votes", "trust_voters", "trust_authors", "trust_recompute_seconds",
                   "trust_recomputed_timestamp_seconds", "feedback_untrusted_max"):  # fmt: skip
