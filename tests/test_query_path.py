@@ -177,6 +177,15 @@ def test_a_query_checks_on_demand_only_the_answers_its_checked_lessons_cannot_gi
     node.lock.release()
 
 
+def vectors_at(q: np.ndarray, cosines, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors at exactly these cosines to the unit vector ``q`` (random otherwise)."""
+    noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
+    noise -= np.outer(noise @ q, q)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    c = np.asarray(cosines, np.float32)[:, None]
+    return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+
+
 def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_path, encoder):
     """The node's own lessons match a query weakly (0.31-0.37: their floor follows them down
     to 0.3). Lessons of brand-new identities matching it at 0.85 raise only the floor of
@@ -189,11 +198,7 @@ def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_pa
     q = encoder.encode_compact(QUERY)[0]
 
     def at(cosines) -> np.ndarray:
-        noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
-        noise -= np.outer(noise @ q, q)
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        c = np.asarray(cosines, np.float32)[:, None]
-        return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+        return vectors_at(q, cosines, rng)
 
     for policy in ("bootstrap", "never", "always"):
         for lures in (1, 12):
@@ -269,16 +274,12 @@ def test_a_flood_of_distinct_fresh_lessons_cannot_push_established_ones_out_of_t
     cosine x standing factor over the whole store, so the own lessons (factor 1) outrank the
     lures (0.2) and answer under "never" and "bootstrap". Before, the pool held the 150 lures
     by raw cosine alone: the answer was empty ("never") or the lures alone ("bootstrap"):
-    issue 26 review."""
+    issue 25, second review."""
     rng = np.random.default_rng(26)
     q = encoder.encode_compact(QUERY)[0]
 
     def at(cosines) -> np.ndarray:
-        noise = rng.normal(size=(len(cosines), q.size)).astype(np.float32)
-        noise -= np.outer(noise @ q, q)
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        c = np.asarray(cosines, np.float32)[:, None]
-        return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
+        return vectors_at(q, cosines, rng)
 
     for policy in ("never", "bootstrap"):
         for keys in (1, 20):

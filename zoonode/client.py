@@ -153,25 +153,17 @@ class _Requests:
 
     @staticmethod
     def query(text, k, domain, min_confidence, federated) -> tuple:
-        body = {
-            "text": text,
-            "k": k,
-            "domain": domain,
-            "min_confidence": min_confidence,
-            "federated": federated,
-        }
-        return "POST", "/v1/query", _json(body)
+        return _Requests._ask("/v1/query", "text", text, k, domain, min_confidence, federated)
 
     @staticmethod
     def context(task, k, domain, min_confidence, federated) -> tuple:
-        body = {
-            "task": task,
-            "k": k,
-            "domain": domain,
-            "min_confidence": min_confidence,
-            "federated": federated,
-        }
-        return "POST", "/v1/context", _json(body)
+        return _Requests._ask("/v1/context", "task", task, k, domain, min_confidence, federated)
+
+    @staticmethod
+    def _ask(path, field, text, k, domain, min_confidence, federated) -> tuple:
+        """/v1/query and /v1/context take the same options; only the text's name differs."""
+        body = {field: text, "k": k, "domain": domain, "min_confidence": min_confidence}
+        return "POST", path, _json(body | {"federated": federated})
 
     @staticmethod
     def export(domain: str | None) -> tuple:
