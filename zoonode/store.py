@@ -289,13 +289,6 @@ CANDIDATE_VECTOR = 14
 candidate_row = _row  # a Row from a candidate_fields tuple
 
 CACHE_KB = 64 * 1024  # SQLite page cache per store
-# Reads through a memory map of the database file, up to this many bytes (SQLite's
-# mmap_size): a query reads ~190 candidate rows scattered over the file, each a page that at
-# 100k lessons (~430 MB) is mostly not in the 64 MB page cache; through the map such a page
-# costs no read() call and no copy (the rows' read: ~1.6 -> ~1.1 ms at 100k). The mapped
-# pages are the OS's file cache, shared and reclaimable, but they count in the process's RSS
-# (RssFile) once touched. Writes still go through the WAL.
-MMAP_BYTES = 1 << 30
 FIRST_SEEN_CACHE = 65_536  # authors whose first acceptance is kept in memory (~10 MB)
 
 
@@ -341,7 +334,6 @@ class Store:
             # 64 MB of page cache (default 2 MB): at 1M records the id, author and cluster
             # indexes no longer fit in 2 MB and every insert re-reads their pages.
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KB}")
-            self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
             self.db.executescript(_SCHEMA)
             self._migrate()
         except sqlite3.DatabaseError as exc:
