@@ -237,6 +237,60 @@ def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_pa
             node.kb.close()
 
 
+def test_where_nobody_is_established_the_early_cut_takes_the_best_lessons_floor(tmp_path, encoder):
+    """A node whose lessons are all fresh identities' (imported; no lesson of its own, none
+    trusted: ``standing_bound`` under 1): twelve lessons at 0.85 (more than the floor probe)
+    set the floor of all candidates at 0.4, and the forty at 0.31-0.33 are surely under it,
+    so their rows are not read (before, the cut fell to the lowest floor, 0.3, and read them:
+    at 100k lessons of 64 new authors, ~30 more rows a query). Once the node holds a lesson
+    of its own (an established author may then answer further down, with a floor as low as
+    0.3), they are read again. The answers are the same, and the count under the floor (the
+    own lesson, at 0.2, is one more)."""
+    rng = np.random.default_rng(13)
+    q = encoder.encode_compact(QUERY)[0]
+    node = Node(node_config(tmp_path / "n"), encoder=encoder)
+    strong = vectors_at(q, np.linspace(0.86, 0.84, 12), rng)
+    weak = vectors_at(q, np.linspace(0.33, 0.31, 40), rng)
+    vectors = np.concatenate([strong, weak])
+    records = [
+        sign_lessons(
+            encoder,
+            Ed25519PrivateKey.generate(),
+            [{"text": f"imported lesson {i}", "domain": "ops.databases"}],
+            vectors[i : i + 1],
+        )[0]
+        for i in range(len(vectors))
+    ]
+    node.kb.ingest([Incoming(r, v, "import") for r, v in zip(records, vectors, strict=True)])
+    weak_seqs = {node.kb.store.get(r.id).seq for r in records[12:]}
+    read: list[int] = []
+    fields = node.kb.store.candidate_fields
+
+    def counted(seqs):
+        read.extend(int(s) for s in seqs)
+        return fields(seqs)
+
+    node.kb.store.candidate_fields = counted
+
+    def ask():
+        read.clear()
+        selection, _ = trio.run(partial(node.query, vector=q, k=5))
+        return selection, set(read)
+
+    fresh, fresh_read = ask()
+    assert not fresh_read & weak_seqs
+    assert len(fresh.selected) == 5 and fresh.floor == 0.4
+    assert fresh.down_weighted.get("below_similarity_floor") == 40, fresh.down_weighted
+    mine = vectors_at(q, [0.2], rng)
+    own = sign_lessons(encoder, node.key, [{"text": "own", "domain": "ops.databases"}], mine)
+    node.kb.ingest([Incoming(own[0], mine[0], "local")])
+    after, after_read = ask()
+    assert weak_seqs <= after_read
+    assert [s.candidate.id for s in after.selected] == [s.candidate.id for s in fresh.selected]
+    assert after.down_weighted.get("below_similarity_floor") == 41, after.down_weighted
+    node.kb.close()
+
+
 def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):
     """Six distinct lessons of one near-duplicate cluster (pairwise cosine ~0.92: one
     cluster at 0.9, yet apart enough to answer side by side under ``answer_duplicate``

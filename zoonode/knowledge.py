@@ -754,7 +754,11 @@ class KnowledgeBase:
                         query, k, filters, dedupe, weigh, per_cluster, pending, overflow
                     )
                 found = self._found(kept[:k], dedupe and sizes, floor, overflow)
-                return replace(found, below_floor=found.below_floor + early)
+                # Those cut early rank under every kept one: counted only where the k
+                # candidates had room for them (as if read), so a query never reports more
+                # than k considered, cut or not.
+                room = max(0, k - min(k, len(kept)))
+                return replace(found, below_floor=found.below_floor + min(early, room))
             if fetch >= 4096:
                 overflow.clear()
                 kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending, overflow)

@@ -145,7 +145,10 @@ class Query:
             among these, one further down may set it as low as the lowest floor (not
             ``complete``); with none at all, the checked ones are all newer authors', kept
             against the floor of all candidates: at least the best checked one's (a waiting
-            one may fail its check and leave, nor is it cut)."""
+            one may fail its check and leave, nor is it cut). Where no author holding a
+            lesson here can be established (``standing_bound`` under 1: e.g. a node whose
+            lessons are all imported from fresh identities), none further down can either:
+            the best checked one's bounds the floor from these few too."""
             checked = [(s, a) for s, a, waiting in entries if not waiting]
             if not checked:
                 return None
@@ -157,11 +160,13 @@ class Query:
             established = [s for s, a in checked if standing[a] >= 1.0]
             if established:
                 best = max(established)
-            elif not complete:
+            elif not complete and bound[0] >= 1.0:
                 return lowest_floor(sel.min_similarity, sel.floor_min)
             else:
                 best = max(s for s, _ in checked)
             return similarity_floor(best, sel.min_similarity, sel.floor_min, sel.floor_margin)
+
+        bound = [1.0]  # standing_bound, read in the knowledge-base thread (local)
 
         def local() -> tuple[np.ndarray, Found, bool]:
             # While the background check encodes (one thread), one thread here too: two
@@ -171,6 +176,7 @@ class Query:
             q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
             t1 = time.perf_counter()
             marks["encode"] = t1 - t0
+            bound[0] = self.standing_bound()
             found = node.kb.find(
                 q,
                 k=sel.candidates,
@@ -179,7 +185,7 @@ class Query:
                 # No author's factor exceeds this: where every author is fresh the search
                 # keeps its width; where an established one may hold lessons, a flood of
                 # newcomers' lessons cannot hide theirs (KnowledgeBase.find).
-                max_factor=self.factor_bound(),
+                max_factor=standing_factor(sel.newcomer_weight, bound[0]),
                 per_cluster=sel.cluster_members,
                 pending=True,
                 # Selection drops every candidate under its floor, never lower than this: a
@@ -300,7 +306,7 @@ class Query:
         author's standing for the rest of the query (``_candidates``). The pool is the best by
         cosine x this factor over the whole store, not among the best by cosine alone: a
         flood of distinct fresh lessons cannot push the node's own weak ones out of it
-        (KnowledgeBase.find widens up to ``factor_bound``; issue 26 review)."""
+        (KnowledgeBase.find widens up to the factor of ``standing_bound``; issue 26 review)."""
         node = self.node
         newcomer_weight = node.cfg.selection.newcomer_weight
         distinct = set(authors)
@@ -312,17 +318,17 @@ class Query:
             factor[a] = standing_factor(newcomer_weight, standing[a])
         return np.array([factor[a] for a in authors])
 
-    def factor_bound(self) -> float:
-        """An upper bound of ``_weigh``'s factor for any author of a lesson this node holds
-        (KnowledgeBase.find widens a search until no lesson it has not read could outrank its
-        pool). Knowledge-base thread. 1 where an author of standing 1 may hold lessons (our
+    def standing_bound(self) -> float:
+        """An upper bound of :meth:`standing` for any author of a lesson this node holds, in
+        [0, 1]. Knowledge-base thread. 1 where an author of standing 1 may hold lessons (our
         identity or a trusted author has been accepted, or trust gives anyone standing);
-        otherwise the factor of the oldest author's time standing (authors' standing grows
-        with time alone). Cost: a primary-key lookup per trusted author and one index lookup
-        (the oldest author's time), ~10 us; the trust's best standing is read once per
-        recompute (O(identities))."""
+        otherwise the oldest author's time standing (authors' standing grows with time alone)
+        or the best trust standing, whichever is higher. Under 1: no established author holds
+        a lesson here (the query's floor of checked candidates then follows the best of them,
+        ``answer``). Cost: a primary-key lookup per trusted author and one index lookup (the
+        oldest author's time), ~10 us; the trust's best standing is read once per recompute
+        (O(identities))."""
         node = self.node
-        nw = node.cfg.selection.newcomer_weight
         if node.kb.authors_first_seen({node.author, *node.trusted_authors}):
             return 1.0
         trust = node.feedback.trust
@@ -338,7 +344,7 @@ class Query:
         oldest = node.kb.store.oldest_first_seen()
         maturity_ms = int(node.cfg.selection.maturity_days * 86_400_000)
         best = max(best, author_standing(oldest, now_ms(), maturity_ms))
-        return standing_factor(nw, min(1.0, best))
+        return min(1.0, best)
 
     def _candidates(
         self,
