@@ -278,3 +278,41 @@ def test_a_request_head_over_max_head_is_refused_and_closed(node):
         sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Pad: " + padding)  # unended
         got, _ = _until_closed(sock, 30)
     assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+
+
+# -- 5. MCP tool errors: one shape, CODE: MESSAGE, whoever refused ---------------------------
+def test_every_mcp_tool_error_reads_code_colon_message(node):
+    """A refused argument, a refusal by the node (no such experience, a bad id), an unknown
+    tool: all read as the API words them, none with the SDK's "Error executing tool" prefix.
+    Over the node's streamable HTTP endpoint."""
+    import httpx2
+    from mcp import Client as McpClient
+    from mcp.client.streamable_http import streamable_http_client
+
+    missing = "ab" * 32
+    api = httpx.get(f"{node.url}/v1/experiences/{missing}", timeout=60)
+    assert api.status_code == 404
+    not_found = f"{api.json()['error']['code']}: {api.json()['error']['message']}"
+    calls = [
+        ("get_experience", {"id": missing}),
+        ("get_experience", {"id": "nope"}),
+        ("rate_experience", {"id": missing, "verdict": "helpful"}),
+        ("search_experiences", {"query": TASK, "k": 0}),
+        ("search_experiences", {"query": TASK, "domain": "Bad!"}),
+        ("no_such_tool", {}),
+    ]
+
+    async def main():
+        async with (
+            httpx2.AsyncClient(headers=node.auth, timeout=60) as http,
+            McpClient(streamable_http_client(f"{node.url}/mcp", http_client=http)) as client,
+        ):
+            return [await client.call_tool(name, args) for name, args in calls]
+
+    results = anyio.run(main)
+    texts = [r.content[0].text for r in results]
+    assert all(r.is_error for r in results), texts
+    assert texts[0] == not_found
+    codes = [t.split(": ", 1)[0] for t in texts]  # before: "Error executing tool NAME" for some
+    assert codes == ["not_found", "bad_id", "not_found", "out_of_range", "bad_domain",
+                     "unknown_tool"], texts  # fmt: skip
