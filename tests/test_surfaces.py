@@ -85,7 +85,7 @@ def test_context_takes_min_confidence_from_the_client_and_the_cli(node):
         bad = node.cli(verb, TASK, "--min-confidence", "1.5", check=False)
         assert bad.returncode == 1
         assert bad.stderr.strip() == (
-            "error: 422 out_of_range: min_confidence must be at most 1.0, got 1.5"
+            "error: out_of_range: min_confidence must be at most 1.0, got 1.5"
         )
 
 
