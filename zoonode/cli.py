@@ -477,7 +477,14 @@ def query(
     answer = _call(
         client.query, text, k=k, domain=domain, min_confidence=min_confidence, federated=federated
     )
-    typer.echo(json.dumps(answer, indent=2) if as_json else query_view(answer))
+    filters = []  # in words, for "no lesson matches the filter (...)"
+    if domain is not None:
+        filters.append(f"domain {domain}")
+    if min_confidence is not None:
+        filters.append(f"confidence at least {min_confidence:g}")
+    typer.echo(
+        json.dumps(answer, indent=2) if as_json else query_view(answer, filters=", ".join(filters))
+    )
 
 
 @app.command()
