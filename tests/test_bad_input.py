@@ -207,7 +207,7 @@ def test_undecodable_command_line_bytes_are_one_line_of_bad_text(node, args):
     )
     lines = out.stderr.decode("utf-8", "replace").strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1, out.stderr
-    assert lines[0].startswith("error: 422 bad_text: "), lines
+    assert lines[0].startswith("error: bad_text: "), lines
     assert state(node) == before
 
 
@@ -363,7 +363,7 @@ def test_a_domain_filter_that_is_not_a_domain_is_bad_domain(node, domain):
     refused(node, r, 422, "bad_domain", before)
     out = node.cli("query", "sql", "--domain", domain, check=False)
     assert out.returncode == 1 and out.stderr.strip() == (
-        "error: 422 bad_domain: domain must be dotted lowercase words like 'math.geometry', "
+        "error: bad_domain: domain must be dotted lowercase words like 'math.geometry', "
         f"got {domain!r}"
     )
 

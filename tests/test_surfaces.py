@@ -1,6 +1,7 @@
 """A fresh-clone review of what operators and agents touch, against a real `zoonode start`
 process: /v1/context's options through the client and the CLI, unknown MCP arguments, the
-CLI's words for the selection's reason codes, and slow clients on the HTTP server."""
+CLI's words for the selection's reason codes and floors (and a filter that matches nothing),
+slow clients on the HTTP server, and the one shape of MCP tool errors."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_context_takes_min_confidence_from_the_client_and_the_cli(node):
         bad = node.cli(verb, TASK, "--min-confidence", "1.5", check=False)
         assert bad.returncode == 1
         assert bad.stderr.strip() == (
-            "error: 422 out_of_range: min_confidence must be at most 1.0, got 1.5"
+            "error: out_of_range: min_confidence must be at most 1.0, got 1.5"
         )
 
 
@@ -177,7 +178,7 @@ def test_mcp_arguments_of_the_wrong_type_are_refused_as_the_api_refuses_them(nod
     assert state(node) == before
 
 
-# -- 3. the CLI's human view words the reason codes; --json keeps them -----------------------
+# -- 3. the CLI's human view words the reason codes and the floors; --json keeps them --------
 def test_the_cli_words_every_reason_code_and_json_keeps_the_codes(node):
     answer = json.loads(node.cli("query", TASK, "--k", "2", "--json").stdout)
     shown = [code for code, n in answer["down_weighted"].items() if n]
@@ -196,6 +197,62 @@ def test_every_reason_the_selection_gives_has_words():
     assert codes <= set(humanview.REASONS), codes - set(humanview.REASONS)
     view = humanview.query_view({"selected": [], "considered": 3, "down_weighted": {"new_x": 2}})
     assert "2 new x" in view  # a newer node's code: words, not an identifier
+
+
+def test_the_cli_prints_the_similarity_floors_the_query_used(node):
+    """`--json` has floor and established_floor; the human view says them in one line."""
+    answer = json.loads(node.cli("query", TASK, "--json").stdout)
+    floor, established = answer["floor"], answer["established_floor"]
+    human = node.cli("query", TASK).stdout
+    line = f"similarity floor {floor:.2f}"
+    if f"{established:.2f}" != f"{floor:.2f}":
+        line += f" (established authors' lessons: {established:.2f})"
+    assert f"  {line}\n" in human, human
+
+
+def test_the_floor_line_names_the_lower_floor_only_when_it_differs():
+    base = {"selected": [], "considered": 7, "down_weighted": {}}
+    both = humanview.query_view({**base, "floor": 0.4, "established_floor": 0.3})
+    assert "similarity floor 0.40 (established authors' lessons: 0.30)" in both
+    one = humanview.query_view({**base, "floor": 0.4, "established_floor": 0.4})
+    assert "similarity floor 0.40\n" in one + "\n" and "established" not in one
+    older = humanview.query_view(base)  # a node from before the floors were in the answer
+    assert "floor" not in older
+
+
+def test_the_reasons_line_does_not_count_the_selected_among_the_left_out():
+    """low_reputation counts kept candidates of authors not yet established, the selected
+    one among them: it is not on the "left out" line, and the line it is on says some of
+    them may be selected."""
+    lesson = {"text": "t", "relevance": 0.5, "agreement": 1.0, "standing": 0.0,
+              "domain": "a.b", "confidence": 0.5, "author": "ab" * 32, "id": "cd" * 32}  # fmt: skip
+    view = humanview.query_view(
+        {"selected": [lesson], "considered": 40,
+         "down_weighted": {"below_similarity_floor": 39, "low_reputation": 1}},
+    )  # fmt: skip
+    lines = view.splitlines()
+    left_out = next(x for x in lines if "left out" in x)
+    assert "39 below the similarity floor" in left_out and "standing" not in left_out
+    weighed = next(x for x in lines if humanview.REASONS["low_reputation"] in x)
+    assert "not left out" in weighed and "may be among the selected" in weighed
+    for code, words in humanview.REASONS.items():  # each code on the line that is true of it
+        shown = humanview.query_view(
+            {"selected": [], "considered": 2, "down_weighted": {code: 2}}
+        ).splitlines()[-1]
+        assert f"2 {words}" in shown
+        assert shown.startswith("  left out: ") == (code in humanview.LEFT_OUT), shown
+
+
+def test_a_filter_that_matches_nothing_says_so(node):
+    """No lesson in the domain: considered 0, and the human view says the filter matched
+    nothing (not a floor: with no candidate there was none to set)."""
+    answer = json.loads(node.cli("query", TASK, "--domain", "no.such", "--json").stdout)
+    assert answer["selected"] == [] and answer["considered"] == 0
+    assert answer["floor"] == pytest.approx(0.3)  # floor_min: the API's numbers unchanged
+    human = node.cli("query", TASK, "--domain", "no.such").stdout
+    assert human.strip() == "no lesson matches the filter (domain no.such)", human
+    both = node.cli("query", TASK, "--domain", "no.such", "--min-confidence", "0.5").stdout
+    assert "(domain no.such, confidence at least 0.5)" in both
 
 
 # -- 4. slow clients: a head or a body that never comes holds nothing for long --------------
@@ -278,3 +335,41 @@ def test_a_request_head_over_max_head_is_refused_and_closed(node):
         sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Pad: " + padding)  # unended
         got, _ = _until_closed(sock, 30)
     assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+
+
+# -- 5. MCP tool errors: one shape, CODE: MESSAGE, whoever refused ---------------------------
+def test_every_mcp_tool_error_reads_code_colon_message(node):
+    """A refused argument, a refusal by the node (no such experience, a bad id), an unknown
+    tool: all read as the API words them, none with the SDK's "Error executing tool" prefix.
+    Over the node's streamable HTTP endpoint."""
+    import httpx2
+    from mcp import Client as McpClient
+    from mcp.client.streamable_http import streamable_http_client
+
+    missing = "ab" * 32
+    api = httpx.get(f"{node.url}/v1/experiences/{missing}", timeout=60)
+    assert api.status_code == 404
+    not_found = f"{api.json()['error']['code']}: {api.json()['error']['message']}"
+    calls = [
+        ("get_experience", {"id": missing}),
+        ("get_experience", {"id": "nope"}),
+        ("rate_experience", {"id": missing, "verdict": "helpful"}),
+        ("search_experiences", {"query": TASK, "k": 0}),
+        ("search_experiences", {"query": TASK, "domain": "Bad!"}),
+        ("no_such_tool", {}),
+    ]
+
+    async def main():
+        async with (
+            httpx2.AsyncClient(headers=node.auth, timeout=60) as http,
+            McpClient(streamable_http_client(f"{node.url}/mcp", http_client=http)) as client,
+        ):
+            return [await client.call_tool(name, args) for name, args in calls]
+
+    results = anyio.run(main)
+    texts = [r.content[0].text for r in results]
+    assert all(r.is_error for r in results), texts
+    assert texts[0] == not_found
+    codes = [t.split(": ", 1)[0] for t in texts]  # before: "Error executing tool NAME" for some
+    assert codes == ["not_found", "bad_id", "not_found", "out_of_range", "bad_domain",
+                     "unknown_tool"], texts  # fmt: skip

@@ -77,6 +77,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _api_fail(exc) -> typer.Exit:
+    """A ClientError as ``error: CODE: MESSAGE``, the form of every other error line: the
+    code is what a script matches (the HTTP status is the transport's, and ``no_node`` or
+    ``unreachable`` have none); exit 1."""
+    return _fail(f"{exc.code}: {exc.message}")
+
+
 def _config(config: Path | None, data_dir: Path | None, **sections: dict):
     from zoonode.config import ConfigError, load_config
 
@@ -367,7 +374,7 @@ def _client(
     try:
         client = kind.from_data_dir(_config(config, data_dir).data_path)
     except ClientError as exc:
-        raise _fail(str(exc)) from exc
+        raise _api_fail(exc) from exc
     if token:
         client.http.headers["authorization"] = f"Bearer {token}"
     return client
@@ -379,7 +386,7 @@ def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:
-        raise _fail(str(exc)) from exc
+        raise _api_fail(exc) from exc
 
 
 @app.command()
@@ -470,7 +477,14 @@ def query(
     answer = _call(
         client.query, text, k=k, domain=domain, min_confidence=min_confidence, federated=federated
     )
-    typer.echo(json.dumps(answer, indent=2) if as_json else query_view(answer))
+    filters = []  # in words, for "no lesson matches the filter (...)"
+    if domain is not None:
+        filters.append(f"domain {domain}")
+    if min_confidence is not None:
+        filters.append(f"confidence at least {min_confidence:g}")
+    typer.echo(
+        json.dumps(answer, indent=2) if as_json else query_view(answer, filters=", ".join(filters))
+    )
 
 
 @app.command()
@@ -580,7 +594,7 @@ def export(
                 n += 1
                 bar.update()
     except ClientError as exc:
-        raise _fail(str(exc)) from exc
+        raise _api_fail(exc) from exc
     finally:
         if out:
             sink.close()

@@ -14,15 +14,27 @@ WIDTH = 88
 # node's) is shown with spaces for underscores rather than as a bare identifier.
 REASONS = {
     "below_similarity_floor": "below the similarity floor (not about this query)",
-    "low_reputation": "by authors of low standing (new to this node), down-weighted",
+    "low_reputation": "by authors not yet established here, their vote and score lowered",
     "newcomer_on_probation": "by authors new to this node, held back behind established ones",
     "vouched_alone": "by newer authors let answer alone, vouched for by this node's trust",
-    "near_duplicate_merged": "merged into a near-duplicate",
+    "near_duplicate_merged": "grouped with a near-duplicate (one vote in the centre)",
     "author_capped": "authors with several lessons, their weight shared",
-    "author_slot_limit": "left out: their authors had filled their answer slots",
-    "near_duplicate_in_answer": "left out as near-copies of a lesson already in the answer",
+    "author_slot_limit": "whose authors had filled their answer slots",
+    "near_duplicate_in_answer": "near-copies of a lesson already in the answer",
     "cluster_member_limit": "more near-duplicates of a lesson already among the candidates",
 }
+# The reasons that count candidates left out of the answer; the others (low_reputation,
+# vouched_alone, near_duplicate_merged, author_capped) count candidates (or authors) that
+# were weighed differently but stayed in the running, so some of them may be selected.
+LEFT_OUT = frozenset(
+    {
+        "below_similarity_floor",
+        "cluster_member_limit",
+        "newcomer_on_probation",
+        "author_slot_limit",
+        "near_duplicate_in_answer",
+    }
+)
 
 
 def reason_text(code: str) -> str:
@@ -49,8 +61,18 @@ def short(hex_id: str, n: int = 12) -> str:
     return hex_id[:n]
 
 
-def query_view(answer: dict[str, Any], legend: bool = True) -> str:
-    """``POST /v1/query``'s answer as a few lines per lesson, most useful first."""
+def floors_text(answer: dict[str, Any]) -> str:
+    """The query's similarity floors (``floor``, ``established_floor``) in words."""
+    text = f"similarity floor {answer['floor']:.2f}"
+    established = answer.get("established_floor", answer["floor"])
+    if f"{established:.2f}" != f"{answer['floor']:.2f}":
+        text += f" (established authors' lessons: {established:.2f})"
+    return text
+
+
+def query_view(answer: dict[str, Any], legend: bool = True, filters: str = "") -> str:
+    """``POST /v1/query``'s answer as a few lines per lesson, most useful first. ``filters``:
+    the query's filters in words (``domain math``), empty when none was given."""
     lines = []
     selected = answer.get("selected", [])
     for i, s in enumerate(selected, 1):
@@ -84,13 +106,31 @@ def query_view(answer: dict[str, Any], legend: bool = True) -> str:
         lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
     considered = answer.get("considered", 0)
     if not selected:
-        lines.append(f"no lesson selected ({considered} considered)")
+        if considered == 0 and filters:
+            lines.append(f"no lesson matches the filter ({filters})")
+        else:
+            lines.append(f"no lesson selected ({considered} considered)")
     else:
         lines.append("")
         lines.append(f"{len(selected)} selected of {considered} considered")
-    reasons = [f"{n} {reason_text(key)}" for key, n in answer.get("down_weighted", {}).items() if n]
-    if reasons:
-        lines.append("  " + "; ".join(reasons))
+    if considered and "floor" in answer:
+        lines.append("  " + floors_text(answer))
+    counts = {key: n for key, n in answer.get("down_weighted", {}).items() if n}
+    left_out = [f"{n} {reason_text(key)}" for key, n in counts.items() if key in LEFT_OUT]
+    if left_out:
+        lines.append("  left out: " + "; ".join(left_out))
+    weighed = [
+        f"{n} {reason_text(key)}"
+        for key, n in counts.items()
+        if key in REASONS and key not in LEFT_OUT
+    ]
+    if weighed:
+        lines.append(
+            "  weighed, not left out (some may be among the selected): " + "; ".join(weighed)
+        )
+    other = [f"{n} {reason_text(key)}" for key, n in counts.items() if key not in REASONS]
+    if other:
+        lines.append("  also: " + "; ".join(other))
     if legend and selected:
         lines += textwrap.wrap(QUERY_LEGEND, WIDTH)
     return "\n".join(lines)

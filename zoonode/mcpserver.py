@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import anyio
 import mcp_types as types
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -65,28 +65,38 @@ class _Server(MCPServer):
         model can read and correct, worded with the API's codes (``wrong_type: k must be an
         integer, got a string``). An argument the tool does not define is refused as a key
         an API body does not define is (``unknown_field``), not dropped unseen: ``limit``
-        for ``k`` would otherwise answer with 5 lessons and no word about it."""
+        for ``k`` would otherwise answer with 5 lessons and no word about it. Every tool
+        error reads ``CODE: MESSAGE``, the node's refusals too (``not_found: no such
+        experience``), without the SDK's "Error executing tool NAME: " prefix; an unknown
+        tool is ``unknown_tool``, a crash ``internal`` (its text withheld, as the API's)."""
         tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            model = tool.fn_metadata.arg_model
-            names = [field.alias or key for key, field in model.model_fields.items()]
-            try:
-                inputs.check_fields(arguments or {}, names)
-                # No coercion, as the API's bodies (inputs._Strict): true is not k = 1,
-                # "0.5" is not a number; the same fault, the same code (wrong_type).
-                model.model_validate(arguments or {}, strict=True)
-            except inputs.InputError as exc:
-                raise ToolError(f"{exc.code}: {exc.message}") from None
-            except ValidationError as exc:
-                err = inputs.validation_error(exc)
-                raise ToolError(f"{err.code}: {err.message}") from None
+        if tool is None:  # the SDK's own words would be "Unknown tool: NAME"
+            raise ToolError(f"unknown_tool: {name} is not a tool of this server")
+        model = tool.fn_metadata.arg_model
+        names = [field.alias or key for key, field in model.model_fields.items()]
+        try:
+            inputs.check_fields(arguments or {}, names)
+            # No coercion, as the API's bodies (inputs._Strict): true is not k = 1,
+            # "0.5" is not a number; the same fault, the same code (wrong_type).
+            model.model_validate(arguments or {}, strict=True)
+        except inputs.InputError as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+        except ValidationError as exc:
+            err = inputs.validation_error(exc)
+            raise ToolError(f"{err.code}: {err.message}") from None
         try:
             return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:  # a crash: logged with its traceback, text withheld
+            raise UnexpectedToolError(f"internal: internal error in {name}") from exc.__cause__
         except ToolError as exc:
+            # The SDK prefixes what a tool raises with "Error executing tool NAME: "; the
+            # model reads the same "CODE: MESSAGE" whether its arguments or the node refused.
             cause = exc.__cause__
             if isinstance(cause, ValidationError):
                 err = inputs.validation_error(cause)
                 raise ToolError(f"{err.code}: {err.message}") from cause
+            if isinstance(cause, _ApiToolError):
+                raise _ApiToolError(str(cause)) from cause.__cause__
             raise
 
     async def get_prompt(
@@ -109,6 +119,10 @@ class _Server(MCPServer):
         return await super().get_prompt(name, arguments, context)
 
 
+class _ApiToolError(ToolError):
+    """A tool's refusal in the API's words (``CODE: MESSAGE``), shown to the model as is."""
+
+
 def _invalid_params(exc: inputs.InputError) -> MCPError:
     return MCPError(
         code=types.INVALID_PARAMS, message=f"{exc.code}: {exc.message}", data={"code": exc.code}
@@ -124,7 +138,7 @@ def build_server(client: AsyncClient) -> MCPServer:
         try:
             return await coro
         except ClientError as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from exc
+            raise _ApiToolError(f"{exc.code}: {exc.message}") from exc
 
     @server.tool()
     async def search_experiences(
