@@ -414,7 +414,7 @@ class AntiEntropy:
         asked for and not yet queued, or an empty backlog where ``max_pending`` is under one
         ``get``: else sync never fetched)."""
         node = self.node
-        waiting = node.kb.backlog.total + node.ingest.queued() + self._asked
+        waiting = node.kb.backlog.total + node.ingest.queued_lessons + self._asked
         return waiting + min(MAX_GET_ROOM, node.bounds.total) <= node.bounds.total
 
 
