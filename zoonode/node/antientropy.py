@@ -4,8 +4,10 @@ records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we l
 digest: experiences (no ``type``, the default) and feedback (``"type": "feedback"``); a peer
 that answers ``unknown_type`` for feedback (an older node) is asked again after
 ``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue;
-``SYNC_PARALLEL`` differing buckets are fetched at a time, and a round that brought records is
-followed by the next at once (a joining node catches up at the store's pace, not one round per
+``SYNC_PARALLEL`` differing buckets are fetched at a time, each with up to ``GET_AHEAD`` ``get``
+requests in flight whose answers are decoded and their signatures verified in worker threads
+(``DECODE_THREADS``, off the event loop), and a round that brought records is followed by the
+next at once (a joining node catches up at the store's pace, not one round per
 interval). Fetching experiences stops when the backlog of records waiting for the embedding
 check is full for their authors (they are fetched after it drains); feedback has its own
 queue and is never held back by that backlog. A peer that does not serve sync (another
