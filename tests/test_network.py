@@ -630,9 +630,10 @@ def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
 
 def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(tmp_path, encoder):
     """Sync asks several ``get``s of a page at once and verifies answers in a worker thread:
-    with the background check held, a joining node fetches up to ``max_pending`` and no
-    further (no record fetched only to be ignored for the backlog), and once the check runs
-    again every record of the peer is stored, each accepted once."""
+    with the background check held, a joining node fetches exactly up to ``max_pending`` and
+    no further (no record fetched only to be ignored for the backlog), and once the check has
+    made room again (a ``get``'s worth starts a round) every record of the peer is stored,
+    each accepted once."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from zoonode.experiences import sign_lessons
@@ -662,13 +663,13 @@ def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(t
             [c] = await start_nodes(
                 nursery, encoder, [tmp_path / "c"], ingest={"max_pending": bound}
             )
-            c.antientropy.interval = 0.5
+            c.antientropy.interval = 1.0  # a round that found no room: the next one soon
             ids = [i.record.id for i in items]
             async with c.checker._encoder_slot:  # no check: what is fetched stays pending
                 await c.connect(b.info().addrs[0])
-                await wait_until(
-                    lambda: c.kb.backlog.total >= bound - 128, 60, "sync up to the bound"
-                )
+                # Up to the bound itself, not one ``get`` short of it (the last ``get``s ask
+                # only what fits), all within rounds that follow each other at once.
+                await wait_until(lambda: c.kb.backlog.total >= bound, 30, "sync up to the bound")
                 await trio.sleep(2)  # rounds go on: they must not fetch past the bound
                 assert c.kb.backlog.total <= bound
                 assert c.ingest.queued() == 0 and c.antientropy._asked == 0

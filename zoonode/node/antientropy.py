@@ -82,7 +82,7 @@ class AntiEntropy:
         self.interval = SYNC_INTERVAL
         self.unsupported_retry = UNSUPPORTED_RETRY
         self._decoders = trio.CapacityLimiter(DECODE_THREADS)
-        self._asked = 0  # experiences asked for by ``get`` and not yet queued (``_room``)
+        self._asked = 0  # experiences asked for by ``get`` and not yet queued (``_room_left``)
 
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
@@ -219,14 +219,17 @@ class AntiEntropy:
         """digest -> ids of differing buckets -> get what we lack, for one record type
         (``experience`` or ``feedback``), ``SYNC_PARALLEL`` buckets at a time (each costs two
         or more request round trips; one at a time, a joining node waited on the network).
-        Experiences stop while the backlog has no room (``_room``); feedback never does.
+        Experiences start with a get's worth of room (``_room``) and stop when the backlog has
+        none left (``_room_left``); feedback never does.
         Returns how many records were queued; raises RpcError (the first a bucket met), or
         ValueError on a malformed answer."""
         from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
 
         node = self.node
         if kind == "experience":
-            digest, base, room = node.digest, {}, self._room
+            if not self._room():  # a round starts with a get's worth of room (no busy rounds)
+                return 0
+            digest, base, room = node.digest, {}, self._has_room
         else:
             digest, base, room = node.feedback_digest, {"type": kind}, _always
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
@@ -308,13 +311,15 @@ class AntiEntropy:
         failure: list[Exception] = []
         fetched = 0
 
-        counted = kind == "experience"  # asked for and not yet queued: ``_room`` sees them
+        counted = kind == "experience"  # asked for and not yet queued: ``_room_left`` sees them
 
         async def fetch(send) -> None:
             async with send:
                 for wanted in todo:  # shared: each chunk is asked once, by one fetcher
                     if failure or not room():
                         break
+                    if counted:  # no more than the backlog has room for
+                        wanted = wanted[: self._room_left()]
                     asked = len(wanted) if counted else 0
                     self._asked += asked
                     try:
@@ -412,12 +417,22 @@ class AntiEntropy:
         return fetched
 
     def _room(self) -> bool:
-        """Room in the backlog for a newcomer's records (one ``get``'s worth spare beyond those
-        asked for and not yet queued, or an empty backlog where ``max_pending`` is under one
-        ``get``: else sync never fetched)."""
+        """Room in the backlog to start a round (one ``get``'s worth spare, or an empty backlog
+        where ``max_pending`` is under one ``get``: else sync never fetched)."""
+        return self._room_left() >= min(MAX_GET_ROOM, self.node.bounds.total)
+
+    def _has_room(self) -> bool:
+        return self._room_left() > 0
+
+    def _room_left(self) -> int:
+        """Newcomers' records the backlog can still take: ``max_pending`` less those waiting
+        for the check, in the ingest queue (the batch being stored included) and asked for by
+        ``get`` and not yet queued. A round goes on while there is any (its last ``get``s ask
+        only as many), so a joiner fetches up to the bound, not to one ``get`` short of it
+        and then the rest an interval later."""
         node = self.node
         waiting = node.kb.backlog.total + node.ingest.queued_lessons + self._asked
-        return waiting + min(MAX_GET_ROOM, node.bounds.total) <= node.bounds.total
+        return node.bounds.total - waiting
 
 
 def _unknown(table, ids: list[bytes]) -> list[bytes]:
