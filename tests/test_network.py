@@ -626,3 +626,59 @@ def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
             nursery.cancel_scope.cancel()
 
     run_trio(main, 120)
+
+
+def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(tmp_path, encoder):
+    """Sync asks several ``get``s of a page at once and verifies answers in a worker thread:
+    with the background check held, a joining node fetches exactly up to ``max_pending`` and
+    no further (no record fetched only to be ignored for the backlog), and once the check has
+    made room again (a ``get``'s worth starts a round) every record of the peer is stored,
+    each accepted once."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from zoonode.experiences import sign_lessons
+    from zoonode.store import Incoming
+
+    texts = [f"Lesson {i}: check the inputs of step {i} before running the job" for i in range(8)]
+    compact = encoder.encode_compact(texts)
+    keys = [Ed25519PrivateKey.generate() for _ in range(6)]
+    per_key = 120  # 720 records, one hour of creation: one page of ids, six gets
+    created = int(time.time() * 1000) - 600_000
+    items = []
+    for k, key in enumerate(keys):
+        rows = [
+            {"text": texts[i % len(texts)], "domain": f"sync.d{k}.{i}", "confidence": 0.5}
+            for i in range(per_key)
+        ]
+        vectors = compact[[i % len(texts) for i in range(per_key)]]
+        records = sign_lessons(encoder, key, rows, vectors, created + k)
+        items += [Incoming(r, v) for r, v in zip(records, vectors, strict=True)]
+    bound = 300
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [b] = await start_nodes(nursery, encoder, [tmp_path / "b"])
+            await b.in_kb(b.kb.ingest, items)
+            b.note_stored([i.record for i in items])
+            [c] = await start_nodes(
+                nursery, encoder, [tmp_path / "c"], ingest={"max_pending": bound}
+            )
+            c.antientropy.interval = 1.0  # a round that found no room: the next one soon
+            ids = [i.record.id for i in items]
+            async with c.checker._encoder_slot:  # no check: what is fetched stays pending
+                await c.connect(b.info().addrs[0])
+                # Up to the bound itself, not one ``get`` short of it (the last ``get``s ask
+                # only what fits), all within rounds that follow each other at once.
+                await wait_until(lambda: c.kb.backlog.total >= bound, 30, "sync up to the bound")
+                await trio.sleep(2)  # rounds go on: they must not fetch past the bound
+                assert c.kb.backlog.total <= bound
+                assert c.ingest.queued() == 0 and c.antientropy._asked == 0
+                assert c.counters["sync:ignore:backlog"] == 0
+            await wait_until(
+                lambda: all(c.kb.store.has(i) for i in ids), 150, "every record by sync"
+            )
+            assert c.counters["sync:accept:ok"] == len(ids)
+            assert c.counters["sync:ignore:backlog"] == 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 240)

@@ -198,6 +198,32 @@ def check_records(
     verdict; the rest of each record's checks (banned, backlog bound, author rate) run as its
     verdict is taken from the iterator, so a caller that queues each accepted record before
     taking the next one has the bounds see it, as with :func:`check_record` one at a time."""
+    prepared = prepare_records(wires, known_many, decoder, stop_at_reject=stop_at_reject)
+    yield from verdicts_of(
+        prepared, policy, now_ms, limiter, banned, backlog, stop_at_reject=stop_at_reject
+    )
+
+
+@dataclass
+class Prepared:
+    """:func:`prepare_records`'s result: each wire decoded and verified (or its REJECT), and
+    the ids among them already known."""
+
+    decoded: list[SignedRecord | Checked]
+    held: set[bytes]
+
+
+def prepare_records(
+    wires: Sequence[bytes],
+    known_many: Callable[[list[bytes]], set[bytes]],
+    decoder: Callable[[bytes], SignedRecord] = decode,
+    *,
+    stop_at_reject: bool = True,
+) -> Prepared:
+    """The first half of :func:`check_records`, the costly one: the strict decode and the
+    Ed25519 signature of every wire (up to the first REJECT with ``stop_at_reject``), and one
+    ``known_many`` lookup. It holds no rate or bound state, so it may run off the event loop
+    (sync does it in a worker thread); :func:`verdicts_of` takes the rest."""
     decoded: list[SignedRecord | Checked] = []
     for wire in wires:
         try:
@@ -207,9 +233,23 @@ def check_records(
             if stop_at_reject:
                 break
     ids = [r.id for r in decoded if not isinstance(r, Checked)]
-    held = known_many(ids) if ids else set()
-    known = held.__contains__
-    for item in decoded:
+    return Prepared(decoded, known_many(ids) if ids else set())
+
+
+def verdicts_of(
+    prepared: Prepared,
+    policy: Policy,
+    now_ms: int,
+    limiter: AuthorLimiter,
+    banned: Callable[[bytes], bool] = lambda a: False,
+    backlog: Callable[[SignedRecord], bool] = lambda r: True,
+    *,
+    stop_at_reject: bool = True,
+) -> Iterator[Checked]:
+    """The second half of :func:`check_records`: each prepared record's remaining checks
+    (space, time, known, banned, backlog bound, author rate), lazily, in order."""
+    known = prepared.held.__contains__
+    for item in prepared.decoded:
         result = (
             item
             if isinstance(item, Checked)

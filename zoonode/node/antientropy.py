@@ -4,8 +4,10 @@ records to peers, and every ``SYNC_INTERVAL`` per connected peer fetch what we l
 digest: experiences (no ``type``, the default) and feedback (``"type": "feedback"``); a peer
 that answers ``unknown_type`` for feedback (an older node) is asked again after
 ``UNSUPPORTED_RETRY``. Fetched records are validated like gossip and join their queue;
-``SYNC_PARALLEL`` differing buckets are fetched at a time, and a round that brought records is
-followed by the next at once (a joining node catches up at the store's pace, not one round per
+``SYNC_PARALLEL`` differing buckets are fetched at a time, each with up to ``GET_AHEAD`` ``get``
+requests in flight whose answers are decoded and their signatures verified in worker threads
+(``DECODE_THREADS``, off the event loop), and a round that brought records is followed by the
+next at once (a joining node catches up at the store's pace, not one round per
 interval). Fetching experiences stops when the backlog of records waiting for the embedding
 check is full for their authors (they are fetched after it drains); feedback has its own
 queue and is never held back by that backlog. A peer that does not serve sync (another
@@ -28,13 +30,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from zoonode.experiences import now_ms
+from zoonode.net.sync import MAX_GET
 from zoonode.net.validation import (
     AuthorLimiter,
     Checked,
+    Prepared,
     Reason,
     Verdict,
-    check_record,
-    check_records,
+    prepare_records,
+    verdicts_of,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ SYNC_INTERVAL = 30.0  # seconds between rounds with one peer
 ROUND_TIMEOUT = 120.0
 MAX_GET_ROOM = 128  # one ``get`` of records
 SYNC_PARALLEL = 4  # buckets fetched at a time from one peer
+GET_AHEAD = 2  # ``get`` requests of one bucket in flight while the answer before is queued
+DECODE_THREADS = 2  # worker threads decoding and verifying ``get`` answers, all peers together
 
 
 UNSUPPORTED_RETRY = 600.0  # seconds before asking again a peer that does not serve sync
@@ -75,6 +81,8 @@ class AntiEntropy:
         self.peers: OrderedDict[str, PeerSync] = OrderedDict()
         self.interval = SYNC_INTERVAL
         self.unsupported_retry = UNSUPPORTED_RETRY
+        self._decoders = trio.CapacityLimiter(DECODE_THREADS)
+        self._asked = 0  # experiences asked for by ``get`` and not yet queued (``_room_left``)
 
     async def serve(self, peer: str, req: dict) -> dict[str, Any]:
         """One request of NETWORK.md §6: ``digest``, ``ids`` or ``get``."""
@@ -211,14 +219,17 @@ class AntiEntropy:
         """digest -> ids of differing buckets -> get what we lack, for one record type
         (``experience`` or ``feedback``), ``SYNC_PARALLEL`` buckets at a time (each costs two
         or more request round trips; one at a time, a joining node waited on the network).
-        Experiences stop while the backlog has no room (``_room``); feedback never does.
+        Experiences start with a get's worth of room (``_room``) and stop when the backlog has
+        none left (``_room_left``); feedback never does.
         Returns how many records were queued; raises RpcError (the first a bucket met), or
         ValueError on a malformed answer."""
         from zoonode.net.rpc import SYNC_PROTOCOL, RpcError, request
 
         node = self.node
         if kind == "experience":
-            digest, base, room = node.digest, {}, self._room
+            if not self._room():  # a round starts with a get's worth of room (no busy rounds)
+                return 0
+            digest, base, room = node.digest, {}, self._has_room
         else:
             digest, base, room = node.feedback_digest, {"type": kind}, _always
         limiter = AuthorLimiter(rate=1e9, burst=1e9)  # backlog, not a live flood
@@ -279,79 +290,160 @@ class AntiEntropy:
         return fetched
 
     async def _fetch_missing(self, peer, kind: str, ids: list[bytes], limiter, room) -> int:
-        """``get`` the ids of one page we do not know, validate them and queue them."""
+        """``get`` the ids of one page we do not know, validate them and queue them. Up to
+        ``GET_AHEAD`` gets are in flight (each under the request's timeout) while an answer
+        before them is queued, and at most ``GET_AHEAD`` answers wait to be queued; each
+        fetcher asks again only when the backlog has room. An experience answer is decoded
+        and its signatures verified in a worker thread (``prepare_records``), not on the
+        event loop; each record's bounds (backlog, author rate) are still taken as it is
+        queued, one answer after the other."""
+        node = self.node
+        if kind == "experience":
+            table = node.kb.store
+            missing = await node.in_kb(_unknown, table, ids)
+        else:  # nor verdicts fetched before whose lesson is still not held (NETWORK.md §4.7)
+            missing = await node.in_kb(node.feedback.worth_fetching, ids)
+        chunks = [missing[i : i + MAX_GET] for i in range(0, len(missing), MAX_GET)]
+        if not chunks:
+            return 0
+        todo = iter(chunks)
+        send, recv = trio.open_memory_channel[Any](0)
+        failure: list[Exception] = []
+        fetched = 0
+
+        counted = kind == "experience"  # asked for and not yet queued: ``_room_left`` sees them
+
+        async def fetch(send) -> None:
+            async with send:
+                for wanted in todo:  # shared: each chunk is asked once, by one fetcher
+                    if failure or not room():
+                        break
+                    if counted:  # no more than the backlog has room for
+                        wanted = wanted[: self._room_left()]
+                    asked = len(wanted) if counted else 0
+                    self._asked += asked
+                    try:
+                        answer = await self._get(peer, kind, wanted)
+                        await send.send((answer, asked))
+                    except Exception as exc:  # raised below, outside the nursery
+                        self._asked -= asked
+                        failure.append(exc)
+                        break
+                    except BaseException:  # cancelled: never handed over
+                        self._asked -= asked
+                        raise
+
+        async with trio.open_nursery() as nursery:
+            async with send:
+                for _ in range(min(GET_AHEAD, len(chunks))):
+                    nursery.start_soon(fetch, send.clone())
+            async with recv:
+                try:
+                    async for answer, asked in recv:
+                        try:
+                            fetched += await self._queue(peer, kind, answer, limiter)
+                        finally:
+                            self._asked -= asked
+                except Exception as exc:
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        return fetched
+
+    async def _get(self, peer, kind: str, wanted: list[bytes]) -> Any:
+        """One ``get`` of ``wanted`` (at most ``MAX_GET`` ids), and for experiences the costly
+        half of the checks (decode, signature, known) in a worker thread. A peer that sends
+        more records than were asked has the surplus dropped before any is decoded."""
         from zoonode.net.rpc import SYNC_PROTOCOL, request
-        from zoonode.net.sync import MAX_GET
+
+        node = self.node
+        base = {} if kind == "experience" else {"type": kind}
+        got = await request(node.host, peer, SYNC_PROTOCOL, {"op": "get", "ids": wanted, **base})
+        wires = got.get("wires", [])
+        if not isinstance(wires, list):
+            raise ValueError("get answer without a list of wires")
+        wires = wires[: len(wanted)]
+        if kind != "experience":
+            return wires
+        return await trio.to_thread.run_sync(
+            _prepare, wires, node.kb.store.known_many, limiter=self._decoders
+        )
+
+    async def _queue(self, peer, kind: str, answer: Any, limiter: AuthorLimiter) -> int:
+        """The rest of one answer's checks, each record's as it is queued; returns how many
+        were queued."""
         from zoonode.net.validation import check_feedback
 
         node = self.node
+        verdicts: Iterable[Checked]
         if kind == "experience":
-            table, base = node.kb.store, {}
-            check, enqueue = check_record, node.ingest.enqueue
-            extra: dict[str, Any] = {"backlog": node.backlog_admits}
-            prefix = "sync"
-        else:
-            table, base = node.kb.store.feedback, {"type": kind}
-            check, enqueue = check_feedback, node.feedback.enqueue
-            extra = node.feedback.check_extra()
-            prefix = "sync_feedback"
-        fetched = 0
-        if kind == "experience":
-            missing = await node.in_kb(lambda: [i for i in ids if not table.known(i)])
-        else:  # nor verdicts fetched before whose lesson is still not held (NETWORK.md §4.7)
-            missing = await node.in_kb(node.feedback.worth_fetching, ids)
-        for chunk in range(0, len(missing), MAX_GET):
-            if not room():
-                break
-            got = await request(
-                node.host,
-                peer,
-                SYNC_PROTOCOL,
-                {"op": "get", "ids": missing[chunk : chunk + MAX_GET], **base},
+            enqueue, prefix = node.ingest.enqueue, "sync"
+            verdicts = verdicts_of(
+                answer,
+                node.policy,
+                now_ms(),
+                limiter,
+                node.banned.__contains__,
+                node.backlog_admits,
+                stop_at_reject=False,
             )
-            wires = got.get("wires", [])
-            verdicts: Iterable[Checked]
-            if kind == "experience":  # one known lookup for the whole answer, lazily
-                verdicts = check_records(
-                    wires,
+        else:
+            enqueue, prefix = node.feedback.enqueue, "sync_feedback"
+            extra = node.feedback.check_extra()
+            table = node.kb.store.feedback
+            verdicts = [
+                check_feedback(
+                    wire,
                     node.policy,
                     now_ms(),
-                    table.known_many,
+                    table.known,
                     limiter,
                     node.banned.__contains__,
-                    stop_at_reject=False,
                     **extra,
                 )
-            else:
-                verdicts = [
-                    check(
-                        wire,
-                        node.policy,
-                        now_ms(),
-                        table.known,
-                        limiter,
-                        node.banned.__contains__,
-                        **extra,
-                    )
-                    for wire in wires
-                ]
-            for checked in verdicts:
-                node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
-                if checked.reason == Reason.UNKNOWN_TARGET:
-                    node.feedback.note_unheld(checked.record)
-                elif checked.reason == Reason.FEEDBACK_FULL:
-                    node.feedback.note_refused(checked.record)
-                if checked.verdict is Verdict.ACCEPT:
-                    await enqueue(checked.record, str(peer))
-                    fetched += 1
+                for wire in answer
+            ]
+        fetched = 0
+        for checked in verdicts:
+            node.counters[f"{prefix}:{checked.verdict.value}:{checked.reason}"] += 1
+            if checked.reason == Reason.UNKNOWN_TARGET:
+                node.feedback.note_unheld(checked.record)
+            elif checked.reason == Reason.FEEDBACK_FULL:
+                node.feedback.note_refused(checked.record)
+            if checked.verdict is Verdict.ACCEPT:
+                await enqueue(checked.record, str(peer))
+                fetched += 1
         return fetched
 
     def _room(self) -> bool:
-        """Room in the backlog for a newcomer's records (one ``get``'s worth spare, or an
-        empty backlog where ``max_pending`` is under one ``get``: else sync never fetched)."""
+        """Room in the backlog to start a round (one ``get``'s worth spare, or an empty backlog
+        where ``max_pending`` is under one ``get``: else sync never fetched)."""
+        return self._room_left() >= min(MAX_GET_ROOM, self.node.bounds.total)
+
+    def _has_room(self) -> bool:
+        return self._room_left() > 0
+
+    def _room_left(self) -> int:
+        """Newcomers' records the backlog can still take: ``max_pending`` less those waiting
+        for the check, in the ingest queue (the batch being stored included) and asked for by
+        ``get`` and not yet queued. A round goes on while there is any (its last ``get``s ask
+        only as many), so a joiner fetches up to the bound, not to one ``get`` short of it
+        and then the rest an interval later."""
         node = self.node
-        waiting = node.kb.backlog.total + node.ingest.queued()
-        return waiting + min(MAX_GET_ROOM, node.bounds.total) <= node.bounds.total
+        waiting = node.kb.backlog.total + node.ingest.queued_lessons + self._asked
+        return node.bounds.total - waiting
+
+
+def _unknown(table, ids: list[bytes]) -> list[bytes]:
+    """Knowledge-base thread: the ids of ``ids`` neither held nor tombstoned, in order."""
+    held = table.known_many(ids)
+    return [i for i in ids if i not in held]
+
+
+def _prepare(wires: list, known_many) -> Prepared:
+    """Worker thread: decode and verify one ``get`` answer (every wire gets its verdict)."""
+    return prepare_records(wires, known_many, stop_at_reject=False)
 
 
 def _always() -> bool:
