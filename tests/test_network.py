@@ -682,3 +682,34 @@ def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(t
             nursery.cancel_scope.cancel()
 
     run_trio(main, 240)
+
+
+def test_a_frame_that_is_not_a_pubsub_rpc_resets_the_stream_not_the_node(tmp_path, encoder):
+    """Seven bytes on a gossipsub stream (a length prefix and a body that does not parse as a
+    pubsub RPC) went up out of py-libp2p's reader and stopped the node (fresh-clone review).
+    Now that peer's pubsub stream is reset and counted (``gossip_malformed_rpc``), and the
+    node goes on: it still delivers a record to an honest peer."""
+    import hashlib
+
+    from libp2p.custom_types import TProtocol
+    from minimal_peer import MinimalPeer
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, encoder, [tmp_path / "a", tmp_path / "b"])
+            evil = MinimalPeer(hashlib.sha256(b"evil peer").digest())
+            await nursery.start(evil.run)
+            await evil.connect(a.info().addrs[0])
+            stream = await evil.host.new_stream(
+                a.host.get_id(), [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+            )
+            await stream.write(b"\x06" + b"\xff" * 6)
+            await wait_until(lambda: a.metrics()["gossip_malformed_rpc"] == 1, 10, "reset")
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            [(record_id, outcome)] = await a.publish([LESSON])
+            assert outcome == "accepted"
+            await wait_until(lambda: b.kb.store.has(record_id), what="delivery to b")
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
