@@ -628,12 +628,9 @@ def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
     run_trio(main, 120)
 
 
-def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(tmp_path, encoder):
-    """Sync asks several ``get``s of a page at once and verifies answers in a worker thread:
-    with the background check held, a joining node fetches exactly up to ``max_pending`` and
-    no further (no record fetched only to be ignored for the backlog), and once the check has
-    made room again (a ``get``'s worth starts a round) every record of the peer is stored,
-    each accepted once."""
+def signed_items(encoder, keys: int, per_key: int) -> list:
+    """``keys`` x ``per_key`` records of fresh authors created ten minutes ago (eight texts
+    and their exact vectors, each record in a domain of its own), as ``Incoming``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from zoonode.experiences import sign_lessons
@@ -641,18 +638,26 @@ def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(t
 
     texts = [f"Lesson {i}: check the inputs of step {i} before running the job" for i in range(8)]
     compact = encoder.encode_compact(texts)
-    keys = [Ed25519PrivateKey.generate() for _ in range(6)]
-    per_key = 120  # 720 records, one hour of creation: one page of ids, six gets
     created = int(time.time() * 1000) - 600_000
     items = []
-    for k, key in enumerate(keys):
+    for k in range(keys):
         rows = [
             {"text": texts[i % len(texts)], "domain": f"sync.d{k}.{i}", "confidence": 0.5}
             for i in range(per_key)
         ]
         vectors = compact[[i % len(texts) for i in range(per_key)]]
-        records = sign_lessons(encoder, key, rows, vectors, created + k)
+        records = sign_lessons(encoder, Ed25519PrivateKey.generate(), rows, vectors, created + k)
         items += [Incoming(r, v) for r, v in zip(records, vectors, strict=True)]
+    return items
+
+
+def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(tmp_path, encoder):
+    """Sync asks several ``get``s of a page at once and verifies answers in a worker thread:
+    with the background check held, a joining node fetches exactly up to ``max_pending`` and
+    no further (no record fetched only to be ignored for the backlog), and once the check has
+    made room again (a ``get``'s worth starts a round) every record of the peer is stored,
+    each accepted once."""
+    items = signed_items(encoder, 6, 120)  # 720 records: one page of ids, six gets
     bound = 300
 
     async def main():
@@ -682,3 +687,61 @@ def test_pipelined_sync_gets_store_every_record_and_never_fetch_past_the_bound(t
             nursery.cancel_scope.cancel()
 
     run_trio(main, 240)
+
+
+def test_a_frame_that_is_not_a_pubsub_rpc_resets_the_stream_not_the_node(tmp_path, encoder):
+    """Seven bytes on a gossipsub stream (a length prefix and a body that does not parse as a
+    pubsub RPC) went up out of py-libp2p's reader and stopped the node (fresh-clone review).
+    Now that peer's pubsub stream is reset and counted (``gossip_malformed_rpc``), and the
+    node goes on: it still delivers a record to an honest peer."""
+    import hashlib
+
+    from libp2p.custom_types import TProtocol
+    from minimal_peer import MinimalPeer
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, encoder, [tmp_path / "a", tmp_path / "b"])
+            evil = MinimalPeer(hashlib.sha256(b"evil peer").digest())
+            await nursery.start(evil.run)
+            await evil.connect(a.info().addrs[0])
+            stream = await evil.host.new_stream(
+                a.host.get_id(), [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+            )
+            await stream.write(b"\x06" + b"\xff" * 6)
+            await wait_until(lambda: a.metrics()["gossip_malformed_rpc"] == 1, 10, "reset")
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            [(record_id, outcome)] = await a.publish([LESSON])
+            assert outcome == "accepted"
+            await wait_until(lambda: b.kb.store.has(record_id), what="delivery to b")
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_sync_held_back_by_the_backlog_goes_on_once_it_has_room(tmp_path, encoder):
+    """A joiner whose ``max_pending`` (40) is far under what its peer holds (240): each round
+    fills the backlog; the next starts as soon as the check has made a get's worth of room,
+    not the sync interval (30 s) later. Before, it paused ~30 s wherever the round after a
+    fill found no room (fresh-clone review: 50 records every 30 s, ~1.7 records/s)."""
+    items = signed_items(encoder, 4, 60)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [b] = await start_nodes(nursery, encoder, [tmp_path / "b"])
+            await b.in_kb(b.kb.ingest, items)
+            b.note_stored([i.record for i in items])
+            [c] = await start_nodes(nursery, encoder, [tmp_path / "c"], ingest={"max_pending": 40})
+            assert c.antientropy.interval == 30.0
+            ids = [i.record.id for i in items]
+            async with c.checker._encoder_slot:  # the check held: the round after a fill
+                await c.connect(b.info().addrs[0])  # finds no room
+                await wait_until(lambda: c.kb.backlog.total >= 40, 30, "the first fill")
+                await trio.sleep(2)
+            # The check goes on: the rest within seconds, not after the interval (28 s left).
+            await wait_until(lambda: all(c.kb.store.has(i) for i in ids), 20, "every record")
+            assert c.counters["sync:ignore:backlog"] == 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)

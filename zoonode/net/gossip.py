@@ -25,6 +25,7 @@ Choices against py-libp2p 0.8.1's defaults (notes/py-libp2p-0.8.1.md):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -80,6 +81,7 @@ class GossipStats:
     not_forwarded: int = 0  # messages whose records were all ignored
     reader_wait_s: float = 0.0  # time the subscription reader spent handing records over
     queue_full: int = 0  # messages ignored because the ingest queue had no room for them
+    malformed_rpc: int = 0  # pubsub streams reset for an RPC the library could not handle
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -246,6 +248,9 @@ class Gossip:
             validation_cache_size=4096,
         )
         self.pubsub.counter = time.time_ns()  # pitfall 5, in case ids ever use seqno
+        self.pubsub.continuously_read_stream = self._guarded_reader(
+            self.pubsub.continuously_read_stream
+        )
         # Ids of messages the validator ignored: the router's forwarding skips them.
         self._ignored: OrderedDict[bytes, None] = OrderedDict()
         forward = self.router.publish
@@ -261,6 +266,30 @@ class Gossip:
             await forward(msg_forwarder, msg)
 
         self.router.publish = forward_unless_ignored
+
+    def _guarded_reader(
+        self, read: Callable[[object], Awaitable[None]]
+    ) -> Callable[[object], Awaitable[None]]:
+        """py-libp2p's pubsub stream reader, made safe against what a peer sends: the library
+        catches only its stream errors and an oversized RPC, so a frame that does not parse as
+        a pubsub RPC (protobuf's DecodeError: seven bytes did it) or a control message its
+        router fails on went up through the swarm and stopped the node. Here any such error
+        resets that peer's pubsub stream and drops it from pubsub's peers, as the library does
+        for an oversized RPC (the connection and sync stay; the peer may open a new stream),
+        and counts it (``GossipStats.malformed_rpc``, ``/metrics``). Cancellation passes."""
+
+        async def guarded(stream) -> None:
+            try:
+                await read(stream)
+            except Exception as exc:  # anything a peer's bytes can raise
+                peer = stream.muxed_conn.peer_id
+                self.stats.malformed_rpc += 1
+                log.info("pubsub stream of %s reset: %s: %s", peer, type(exc).__name__, exc)
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                self.pubsub._handle_dead_peer(peer)
+
+        return guarded
 
     def add_feedback(
         self,

@@ -68,6 +68,9 @@ class PeerSync:
     next_round: float = 0.0
     failures: int = 0
     feedback_after: float = 0.0  # monotonic time before which feedback is not asked again
+    # The last round stopped (or did not start) for a full backlog: the next starts as soon as
+    # it has a get's worth of room again, not an interval later.
+    held: bool = False
 
 
 class AntiEntropy:
@@ -131,11 +134,15 @@ class AntiEntropy:
             for peer in self.node.connected_peers():
                 key = str(peer)
                 entry = self.peers.get(key) or self._track(key)
-                if time.monotonic() >= entry.next_round:
+                # Held back by the backlog: again once it has room (with max_pending under
+                # what a peer holds, a joiner otherwise paused an interval at every fill).
+                room_again = entry.held and entry.state == "ok" and self._room()
+                if room_again or time.monotonic() >= entry.next_round:
                     entry.next_round = time.monotonic() + self.interval  # until the round ends
                     fetched = 0
                     with trio.move_on_after(ROUND_TIMEOUT):
                         fetched = await self.sync_with(peer)
+                    entry.held = not self._room()
                     if fetched and entry.state == "ok":
                         # More may be waiting: the next round at once (a full backlog makes
                         # it fetch nothing, and then the interval applies).

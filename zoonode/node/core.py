@@ -367,6 +367,7 @@ class Node:
             "messages_out": self.gossip.stats.messages_out,
             "messages_not_forwarded": self.gossip.stats.not_forwarded,
             "gossip_reader_wait_s": self.gossip.stats.reader_wait_s,
+            "gossip_malformed_rpc": self.gossip.stats.malformed_rpc,
             "ingest_queue": self.ingest.queued(),
             "backlog": self.checker.status(),
             "replica": len(self.kb.replica),
