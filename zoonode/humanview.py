@@ -25,7 +25,8 @@ REASONS = {
 }
 # The reasons that count candidates left out of the answer; the others (low_reputation,
 # vouched_alone, near_duplicate_merged, author_capped) count candidates (or authors) that
-# were weighed differently but stayed in the running, so some of them may be selected.
+# were weighed differently, selected or not: some may be selected, and a newer author's
+# lesson counts under low_reputation and, if it was then held back, newcomer_on_probation.
 LEFT_OUT = frozenset(
     {
         "below_similarity_floor",
@@ -126,7 +127,8 @@ def query_view(answer: dict[str, Any], legend: bool = True, filters: str = "") -
     ]
     if weighed:
         lines.append(
-            "  weighed, not left out (some may be among the selected): " + "; ".join(weighed)
+            "  weighed (some may be among the selected, some also on the line above): "
+            + "; ".join(weighed)
         )
     other = [f"{n} {reason_text(key)}" for key, n in counts.items() if key not in REASONS]
     if other:
