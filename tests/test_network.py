@@ -710,6 +710,10 @@ def test_a_frame_that_is_not_a_pubsub_rpc_resets_the_stream_not_the_node(tmp_pat
             )
             await stream.write(b"\x06" + b"\xff" * 6)
             await wait_until(lambda: a.metrics()["gossip_malformed_rpc"] == 1, 10, "reset")
+            from zoonode.api import _NodeCollector
+
+            exported = {f.name: f for f in _NodeCollector(a).collect()}
+            assert exported["zoonode_gossip_malformed_rpc"].samples[0].value == 1
             await b.connect(a.info().addrs[0])
             await wait_meshed(a, b)
             [(record_id, outcome)] = await a.publish([LESSON])

@@ -226,6 +226,11 @@ class _NodeCollector:
             "zoonode_ingest_queue", "Validated records queued for the store", m["ingest_queue"]
         )
         yield CounterMetricFamily(
+            "zoonode_gossip_malformed_rpc",
+            "Peers' pubsub streams reset for an RPC the gossip library could not handle",
+            value=m["gossip_malformed_rpc"],
+        )
+        yield CounterMetricFamily(
             "zoonode_gossip_reader_wait_seconds",
             "Time the gossip reader waited for room in the ingest queue",
             value=m["gossip_reader_wait_s"],
