@@ -749,3 +749,34 @@ def test_sync_held_back_by_the_backlog_goes_on_once_it_has_room(tmp_path, encode
             nursery.cancel_scope.cancel()
 
     run_trio(main, 180)
+
+
+def test_a_node_joining_after_a_large_batch_reads_every_gossip_rpc_whole(tmp_path, encoder):
+    """Two writers on one pubsub stream (py-libp2p's per-peer queue and its router's direct
+    writes) interleaved the frames of a large RPC: a node that joined a devnet right after a
+    200-lesson batch read 2-32 RPCs it could not parse in 25 s (fresh-clone review; before the
+    reader was guarded, the first one stopped it). Writes are one at a time per stream now."""
+    lessons = [
+        {
+            "text": f"When a network call is flaky, retry it with backoff and jitter, case {i}",
+            "domain": "ops.network",
+        }
+        for i in range(200)
+    ]
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, encoder, [tmp_path / "a", tmp_path / "b"])
+            await b.connect(a.info().addrs[0])
+            await wait_meshed(a, b)
+            published = await b.publish(lessons)
+            [c] = await start_nodes(nursery, encoder, [tmp_path / "c"])
+            await c.connect(b.info().addrs[0])
+            ids = [record_id for record_id, _ in published]
+            await wait_until(lambda: all(c.kb.store.has(i) for i in ids), 60, "every lesson")
+            await trio.sleep(3)
+            assert c.metrics()["gossip_malformed_rpc"] == 0
+            assert a.metrics()["gossip_malformed_rpc"] == 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 180)

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import weakref
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,25 @@ class GossipStats:
     queue_full: int = 0  # messages ignored because the ingest queue had no room for them
     malformed_rpc: int = 0  # pubsub streams reset for an RPC the library could not handle
     verdicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _one_writer_per_stream(write: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:
+    """py-libp2p's ``Pubsub.write_msg`` with one write at a time per stream. The library
+    writes a peer's RPCs from its per-peer queue task and, for published messages and some
+    control messages, straight from the router: two writers on one yamux stream interleave
+    the frames of a large RPC (a batch of records is ~200 KB), and the receiver reads a
+    length prefix followed by another RPC's bytes (protobuf DecodeError; a node that joined
+    after a 200-lesson batch counted 2-26 such resets in 25 s)."""
+    locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def write_msg(stream, rpc_msg) -> bool:
+        lock = locks.get(stream)
+        if lock is None:
+            lock = locks[stream] = trio.Lock()
+        async with lock:
+            return await write(stream, rpc_msg)
+
+    return write_msg
 
 
 class FloodMeter:
@@ -251,6 +271,7 @@ class Gossip:
         self.pubsub.continuously_read_stream = self._guarded_reader(
             self.pubsub.continuously_read_stream
         )
+        self.pubsub.write_msg = _one_writer_per_stream(self.pubsub.write_msg)
         # Ids of messages the validator ignored: the router's forwarding skips them.
         self._ignored: OrderedDict[bytes, None] = OrderedDict()
         forward = self.router.publish
