@@ -617,7 +617,11 @@ def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
             await nursery.start(a2.run)
             assert a2.peer_id == a.peer_id
             await wait_meshed(a2, b, timeout=30)
-            assert b.counters["discovery:redialled"] >= 1
+            # b dialled a2 on its own (a2 does not know b). Under load the dial can connect
+            # and still count as failed (its deadline passes during the handshake): both
+            # count b's own redials (a CI run saw the mesh form with redialled 0).
+            redials = b.counters["discovery:redialled"] + b.counters["discovery:redial_failed"]
+            assert redials >= 1
             [(rid, outcome)] = await a2.publish(
                 [{"text": "Restart the bootstrap peer last when upgrading", "domain": "ops.x"}]
             )
@@ -722,33 +726,6 @@ def test_a_frame_that_is_not_a_pubsub_rpc_resets_the_stream_not_the_node(tmp_pat
             nursery.cancel_scope.cancel()
 
     run_trio(main)
-
-
-def test_sync_held_back_by_the_backlog_goes_on_once_it_has_room(tmp_path, encoder):
-    """A joiner whose ``max_pending`` (40) is far under what its peer holds (240): each round
-    fills the backlog; the next starts as soon as the check has made a get's worth of room,
-    not the sync interval (30 s) later. Before, it paused ~30 s wherever the round after a
-    fill found no room (fresh-clone review: 50 records every 30 s, ~1.7 records/s)."""
-    items = signed_items(encoder, 4, 60)
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            [b] = await start_nodes(nursery, encoder, [tmp_path / "b"])
-            await b.in_kb(b.kb.ingest, items)
-            b.note_stored([i.record for i in items])
-            [c] = await start_nodes(nursery, encoder, [tmp_path / "c"], ingest={"max_pending": 40})
-            assert c.antientropy.interval == 30.0
-            ids = [i.record.id for i in items]
-            async with c.checker._encoder_slot:  # the check held: the round after a fill
-                await c.connect(b.info().addrs[0])  # finds no room
-                await wait_until(lambda: c.kb.backlog.total >= 40, 30, "the first fill")
-                await trio.sleep(2)
-            # The check goes on: the rest within seconds, not after the interval (28 s left).
-            await wait_until(lambda: all(c.kb.store.has(i) for i in ids), 20, "every record")
-            assert c.counters["sync:ignore:backlog"] == 0
-            nursery.cancel_scope.cancel()
-
-    run_trio(main, 180)
 
 
 def test_a_node_joining_after_a_large_batch_reads_every_gossip_rpc_whole(tmp_path, encoder):
