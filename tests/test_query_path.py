@@ -186,6 +186,21 @@ def vectors_at(q: np.ndarray, cosines, rng: np.random.Generator) -> np.ndarray:
     return (c * q + np.sqrt(1 - c**2) * noise).astype(np.float32)
 
 
+def store_lessons(
+    node: Node, encoder, text: str, vectors: np.ndarray, peer: str = "local", authors: int = 0
+) -> list:
+    """Lessons "``text`` i" (domain ops.databases) at ``vectors``, signed by the node's own
+    key, or with ``authors`` > 0 by that many fresh keys (the lessons split in order), stored
+    in ``node`` as received from ``peer``; returns the records, in the vectors' order."""
+    keys = [node.key] if not authors else [Ed25519PrivateKey.generate() for _ in range(authors)]
+    records: list = []
+    for key, part in zip(keys, np.array_split(np.arange(len(vectors)), len(keys)), strict=True):
+        items = [{"text": f"{text} {i}", "domain": "ops.databases"} for i in part]
+        records += sign_lessons(encoder, key, items, vectors[part])
+    node.kb.ingest([Incoming(r, v, peer) for r, v in zip(records, vectors, strict=True)])
+    return records
+
+
 def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_path, encoder):
     """The node's own lessons match a query weakly (0.31-0.37: their floor follows them down
     to 0.3). Lessons of brand-new identities matching it at 0.85 raise only the floor of
@@ -206,21 +221,9 @@ def test_a_fresh_identity_cannot_raise_the_floor_over_established_answers(tmp_pa
                 node_config(tmp_path / f"{policy}-{lures}", selection={"newcomers_alone": policy}),
                 encoder=encoder,
             )
-            own = at(np.linspace(0.37, 0.31, 6))
-            items = [{"text": f"own lesson {i}", "domain": "ops.databases"} for i in range(6)]
-            mine = sign_lessons(encoder, node.key, items, own)
-            node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, own, strict=True)])
+            mine = store_lessons(node, encoder, "own lesson", at(np.linspace(0.37, 0.31, 6)))
             baits = at(np.linspace(0.86, 0.84, lures))
-            fresh = [
-                sign_lessons(
-                    encoder,
-                    Ed25519PrivateKey.generate(),
-                    [{"text": f"ask in our forum {i}", "domain": "ops.databases"}],
-                    baits[i : i + 1],
-                )[0]
-                for i in range(lures)
-            ]
-            node.kb.ingest([Incoming(r, v, "gossip") for r, v in zip(fresh, baits, strict=True)])
+            store_lessons(node, encoder, "ask in our forum", baits, "gossip", authors=lures)
 
             for k in (5, 8):
                 selection, _ = trio.run(partial(node.query, vector=q, k=k))
@@ -252,16 +255,9 @@ def test_where_nobody_is_established_the_early_cut_takes_the_best_lessons_floor(
     strong = vectors_at(q, np.linspace(0.86, 0.84, 12), rng)
     weak = vectors_at(q, np.linspace(0.33, 0.31, 40), rng)
     vectors = np.concatenate([strong, weak])
-    records = [
-        sign_lessons(
-            encoder,
-            Ed25519PrivateKey.generate(),
-            [{"text": f"imported lesson {i}", "domain": "ops.databases"}],
-            vectors[i : i + 1],
-        )[0]
-        for i in range(len(vectors))
-    ]
-    node.kb.ingest([Incoming(r, v, "import") for r, v in zip(records, vectors, strict=True)])
+    records = store_lessons(
+        node, encoder, "imported lesson", vectors, "import", authors=len(vectors)
+    )
     weak_seqs = {node.kb.store.get(r.id).seq for r in records[12:]}
     read: list[int] = []
     fields = node.kb.store.candidate_fields
@@ -281,9 +277,7 @@ def test_where_nobody_is_established_the_early_cut_takes_the_best_lessons_floor(
     assert not fresh_read & weak_seqs
     assert len(fresh.selected) == 5 and fresh.floor == 0.4
     assert fresh.down_weighted.get("below_similarity_floor") == 40, fresh.down_weighted
-    mine = vectors_at(q, [0.2], rng)
-    own = sign_lessons(encoder, node.key, [{"text": "own", "domain": "ops.databases"}], mine)
-    node.kb.ingest([Incoming(own[0], mine[0], "local")])
+    store_lessons(node, encoder, "own lesson", vectors_at(q, [0.2], rng))
     after, after_read = ask()
     assert weak_seqs <= after_read
     assert [s.candidate.id for s in after.selected] == [s.candidate.id for s in fresh.selected]
@@ -309,9 +303,7 @@ def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):
     pairs = (members @ members.T)[np.triu_indices(6, 1)]
     assert pairs.min() > 0.9 and pairs.max() < 0.95
     node = Node(node_config(tmp_path / "n"), encoder=encoder)
-    items = [{"text": f"near lesson {i}", "domain": "ops.databases"} for i in range(6)]
-    mine = sign_lessons(encoder, node.key, items, members)
-    node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, members, strict=True)])
+    mine = store_lessons(node, encoder, "near lesson", members)
     assert len({node.kb.get(r.id).cluster for r in mine}) == 1  # the premise: one cluster
     selection, _ = trio.run(partial(node.query, vector=q, k=5))
     assert selection.down_weighted.get("cluster_member_limit") == 3, selection.down_weighted
@@ -341,17 +333,10 @@ def test_a_flood_of_distinct_fresh_lessons_cannot_push_established_ones_out_of_t
                 node_config(tmp_path / f"{policy}-{keys}", selection={"newcomers_alone": policy}),
                 encoder=encoder,
             )
-            own = at(np.linspace(0.44, 0.30, 6))
-            items = [{"text": f"own lesson {i}", "domain": "ops.databases"} for i in range(6)]
-            mine = sign_lessons(encoder, node.key, items, own)
-            node.kb.ingest([Incoming(r, v, "local") for r, v in zip(mine, own, strict=True)])
+            mine = store_lessons(node, encoder, "own lesson", at(np.linspace(0.44, 0.30, 6)))
             baits = at(np.linspace(0.84, 0.45, 220))  # all above the own lessons
-            fresh = []
-            for part in np.array_split(np.arange(220), keys):
-                lures = [{"text": f"ask in our forum {i}", "domain": "ops.databases"} for i in part]
-                fresh += sign_lessons(encoder, Ed25519PrivateKey.generate(), lures, baits[part])
+            fresh = store_lessons(node, encoder, "ask in our forum", baits, "gossip", authors=keys)
             assert len({r.experience.author for r in fresh}) == keys
-            node.kb.ingest([Incoming(r, v, "gossip") for r, v in zip(fresh, baits, strict=True)])
 
             for k in (5, 8):
                 selection, _ = trio.run(partial(node.query, vector=q, k=k))
