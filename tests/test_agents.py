@@ -324,9 +324,10 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     assert id_line == f"verdict {json.loads(out.stdout)['id']}"
     retask = a.cli("feedback", theirs, "--harmful", "--task", "other")  # a new task: new record
     assert retask.stdout.startswith(f"replaced harmful on {theirs} (was harmful)")
-    for flags in (["--harmful", "--helpful"], []):
+    for flags, code in ((["--harmful", "--helpful"], "bad_request"), ([], "missing_field")):
         usage = a.cli("feedback", theirs, *flags, check=False)
-        assert usage.returncode == 2 and "exactly one" in usage.stderr
+        assert usage.returncode == 2 and usage.stderr.startswith(f"error: {code}: ")
+        assert "exactly one" in usage.stderr
 
     found = http.post(f"{a.url}/v1/query", json={"text": "bread dough rise", "k": 3}).json()
     [item] = [s for s in found["selected"] if s["id"] == theirs] or [None]

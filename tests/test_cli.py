@@ -101,3 +101,26 @@ def test_create_refuses_a_bad_confidence_with_the_apis_code(tmp_path):
         assert out.returncode == 1, out.stdout
         assert out.stderr.startswith(f"error: {code}: confidence"), out.stderr
         assert not out.stdout
+
+
+def test_usage_errors_of_feedback_and_import_carry_a_code(tmp_path):
+    """`error: CODE: MESSAGE` as every other refusal (fresh-clone review: these two had no
+    code): a feedback without its verdict is the API's missing_field, two verdicts are
+    bad_request; a file that is not there is not_found, one that cannot be read unreadable.
+    Exit 2 (a bad argument), said before any node is looked for (none runs here)."""
+    data = ["--data-dir", str(tmp_path / "none")]
+    target = "ab" * 32
+    cases = [
+        (["feedback", target, *data], "missing_field: a verdict is required: give exactly one of "
+         "--helpful, --harmful, --withdraw"),
+        (["feedback", target, "--harmful", "--helpful", *data], "bad_request: give exactly one of "
+         "--helpful, --harmful, --withdraw, not --helpful and --harmful"),
+        (["import", str(tmp_path / "absent.jsonl"), *data],
+         f"not_found: cannot read {tmp_path / 'absent.jsonl'}: No such file or directory"),
+        (["import", str(tmp_path), *data], f"unreadable: cannot read {tmp_path}: Is a directory"),
+        (["experience", "verify", str(tmp_path / "absent")],
+         f"not_found: cannot read {tmp_path / 'absent'}: No such file or directory"),
+    ]  # fmt: skip
+    for args, message in cases:
+        out = run(*args)
+        assert (out.returncode, out.stderr) == (2, f"error: {message}\n"), (args, out.stderr)

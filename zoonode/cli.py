@@ -77,6 +77,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _unreadable(path: Path, exc: OSError) -> typer.Exit:
+    """A file argument the command cannot read: ``not_found`` (the API's code for what is not
+    there) or ``unreadable`` (a folder, no permission), exit 2 as any bad argument."""
+    code = "not_found" if isinstance(exc, FileNotFoundError) else "unreadable"
+    return _fail(f"{code}: cannot read {path}: {exc.strerror or exc}", 2)
+
+
 def _api_fail(exc) -> typer.Exit:
     """A ClientError as ``error: CODE: MESSAGE``, the form of every other error line: the
     code is what a script matches (the HTTP status is the transport's, and ``no_node`` or
@@ -293,7 +300,7 @@ def experience_verify(
     try:
         data = file.read_bytes()
     except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}", 2) from exc
+        raise _unreadable(file, exc) from exc
     data = _maybe_hex(data)
     try:
         record = decode(data)
@@ -428,6 +435,9 @@ def revoke(
     typer.echo(json.dumps(answer) if as_json else write_view(answer))
 
 
+VERDICT_FLAGS = {"helpful": "--helpful", "harmful": "--harmful", "withdrawn": "--withdraw"}
+
+
 @app.command()
 def feedback(
     record_id: Annotated[str, typer.Argument(metavar="ID", help="The experience's hex id.")],
@@ -449,8 +459,18 @@ def feedback(
 
     chosen = [name for name, on in (("helpful", helpful), ("harmful", harmful),
                                     ("withdrawn", withdraw)) if on]  # fmt: skip
-    if len(chosen) != 1:
-        raise _fail("give exactly one of --helpful, --harmful, --withdraw", code=2)
+    if not chosen:  # the API's code for a body without its verdict
+        raise _fail(
+            "missing_field: a verdict is required: give exactly one of --helpful, --harmful, "
+            "--withdraw",
+            code=2,
+        )
+    if len(chosen) > 1:
+        raise _fail(
+            "bad_request: give exactly one of --helpful, --harmful, --withdraw, not "
+            + " and ".join(VERDICT_FLAGS[name] for name in chosen),
+            code=2,
+        )
     client = _client(url, token, data_dir, config)
     answer = _call(client.feedback, record_id, chosen[0], task)
     typer.echo(json.dumps(answer) if as_json else feedback_view(answer))
@@ -557,11 +577,11 @@ def import_(
 
     from zoonode.transfer import import_lines
 
-    client = _client(url, token, data_dir, config)
-    try:
+    try:  # the file first: a bad argument is said before the node is looked for
         lines = file.read_bytes().splitlines()  # each line decoded on its own: errors per line
     except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc.strerror}", code=2) from exc
+        raise _unreadable(file, exc) from exc
+    client = _client(url, token, data_dir, config)
     with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as bar:
         report = _call(import_lines, client, lines, batch, bar.update)
     for line_no, code, message in report.errors:
