@@ -291,7 +291,7 @@ def test_agents_report_outcomes_over_http_cli_and_mcp(nodes):
     assert same.json()["id"] == first.json()["id"]  # no new record, nothing gossiped
     conforms(same.json(), "FeedbackOut")
     bad = http.post(url, json={"verdict": "great"}, headers=a.auth)
-    assert bad.status_code == 422 and bad.json()["error"]["code"] == "wrong_type"
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "out_of_range"
     typo = http.post(url, json={"verdict": "harmful", "taks": "bake"}, headers=a.auth)
     assert typo.status_code == 422 and typo.json()["error"]["code"] == "unknown_field"
     assert "taks" in typo.json()["error"]["message"]

@@ -119,6 +119,25 @@ def test_lesson_items_are_checked_like_signing_checks_them(item, code):
     assert code_of(inputs.lesson, item, SPACE) == code
 
 
+@pytest.mark.parametrize(
+    ("verdict", "error"),
+    [
+        ("great", "out_of_range: verdict must be one of 'helpful', 'harmful', 'withdrawn', "
+         "got 'great'"),
+        ("Helpful", "out_of_range: verdict must be one of 'helpful', 'harmful', 'withdrawn', "
+         "got 'Helpful'"),
+        (1, "wrong_type: verdict must be a string, got the number 1"),
+        (None, "missing_field: verdict is required"),
+    ],
+)  # fmt: skip
+def test_a_verdict_outside_its_choices_is_out_of_range_and_lists_them(verdict, error):
+    """As the wire's verdict (-1, 0, 1) and op: a value of the right type outside the set is
+    out_of_range, the message listing the set (it was wrong_type, in pydantic's words)."""
+    with pytest.raises(InputError) as caught:
+        inputs.validate(inputs.FeedbackIn, {"verdict": verdict})
+    assert str(caught.value) == error
+
+
 def test_k_from_prompt_text():
     assert inputs.k_argument("7") == 7
     assert inputs.k_argument(" 7 ") == 7 and inputs.k_argument("+7") == 7

@@ -178,6 +178,39 @@ def test_mcp_arguments_of_the_wrong_type_are_refused_as_the_api_refuses_them(nod
     assert state(node) == before
 
 
+def test_a_verdict_outside_its_choices_reads_the_same_over_http_and_mcp(node):
+    """A verdict that is not helpful, harmful or withdrawn is out_of_range with the choices
+    listed (as the wire's verdict), not wrong_type in pydantic's words; nothing is stored."""
+    from mcp import Client as McpClient
+    from mcp import StdioServerParameters
+
+    url = f"{node.url}/v1/experiences/{node.ids[1]}/feedback"
+    verdicts = ["great", 5]
+    http = [httpx.post(url, json={"verdict": v}, headers=node.auth, timeout=60) for v in verdicts]
+    assert [r.status_code for r in http] == [422, 422]
+    said = [f"{r.json()['error']['code']}: {r.json()['error']['message']}" for r in http]
+    assert said == [
+        "out_of_range: verdict must be one of 'helpful', 'harmful', 'withdrawn', got 'great'",
+        "wrong_type: verdict must be a string, got the number 5",
+    ]
+    params = StdioServerParameters(command=ZOONODE, args=["mcp", "--data-dir", str(node.data)])
+    before = state(node), httpx.get(f"{node.url}/v1/status").json()["trust"]["stored"]
+
+    async def main():
+        async with McpClient(params) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            calls = [
+                await client.call_tool("rate_experience", {"id": node.ids[1], "verdict": v})
+                for v in verdicts
+            ]
+            return tools["rate_experience"].input_schema, calls
+
+    schema, results = anyio.run(main)
+    assert [(r.is_error, r.content[0].text) for r in results] == [(True, e) for e in said]
+    assert schema["properties"]["verdict"]["enum"] == ["helpful", "harmful", "withdrawn"]
+    assert (state(node), httpx.get(f"{node.url}/v1/status").json()["trust"]["stored"]) == before
+
+
 # -- 3. the CLI's human view words the reason codes and the floors; --json keeps them --------
 def test_the_cli_words_every_reason_code_and_json_keeps_the_codes(node):
     answer = json.loads(node.cli("query", TASK, "--k", "2", "--json").stdout)

@@ -199,11 +199,14 @@ class ContextIn(_Strict):
     federated: bool = False
 
 
+Verdict = Literal["helpful", "harmful", "withdrawn"]  # a feedback record's -1, 0, 1 in words
+
+
 class FeedbackIn(_Strict):
     """``POST /v1/experiences/{id}/feedback``: an agent's verdict on a lesson it used;
     ``task`` (optional) is the task text, sent as its SHA-256 only."""
 
-    verdict: Literal["helpful", "harmful", "withdrawn"]
+    verdict: Verdict
     task: Annotated[str, _query_text("task")] | None = None
 
 
@@ -288,7 +291,8 @@ def validation_error(exc: ValidationError, where: str = "") -> InputError:
         return from_protocol(cause)
     if kind == "extra_forbidden":
         return _unknown_field(path)
-    if kind == "missing" or (value is None and kind.endswith("_type")):  # null: absent
+    null = value is None and kind.endswith(("_type", "literal_error"))
+    if kind == "missing" or null:  # null: absent
         return _missing_field(path)
     if kind == "finite_number":
         return InputError(422, "non_finite", f"{path} must be a finite number, got {_show(value)}")
@@ -296,6 +300,13 @@ def validation_error(exc: ValidationError, where: str = "") -> InputError:
         key, words = _BOUND[kind]
         return InputError(
             422, "out_of_range", f"{path} must be {words} {ctx.get(key)}, got {_show(value)}"
+        )
+    if kind == "literal_error":  # one of a few words (a verdict); as the wire's verdict and op,
+        if not isinstance(value, str):  # a value outside the set is out_of_range
+            return InputError(422, "wrong_type", f"{path} must be a string, got {kind_of(value)}")
+        choices = str(ctx.get("expected", "")).replace(" or ", ", ")
+        return InputError(
+            422, "out_of_range", f"{path} must be one of {choices}, got {_show(value)}"
         )
     if kind == "float_type" and type(value) is int:  # an int too large for a float
         return InputError(422, "out_of_range", f"{path} is out of range: {_show(value)}")

@@ -180,7 +180,7 @@ def build_server(client: AsyncClient) -> MCPServer:
         return await call(client.share(text, domain, confidence, examples, source_model))
 
     @server.tool()
-    async def rate_experience(id: str, verdict: str, task: str | None = None) -> dict:
+    async def rate_experience(id: str, verdict: inputs.Verdict, task: str | None = None) -> dict:
         """Report whether a lesson you used helped: verdict "helpful" (it was the relevant
         advice and it worked), "harmful" (it misled you) or "withdrawn" (cancel your earlier
         verdict). id: the 64-hex-character id shown with the lesson. task: optional, the task
