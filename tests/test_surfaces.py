@@ -289,6 +289,40 @@ def test_a_filter_that_matches_nothing_says_so(node):
     assert "(domain no.such, confidence at least 0.5)" in both
 
 
+def test_context_and_mcp_search_say_a_filter_matched_nothing_as_query_does(node):
+    """/v1/context answers `considered` as /v1/query does (0: the filter matched nothing);
+    `zoonode context` says so on stderr in query's words (stdout stays the prompt, just the
+    task); MCP search_experiences says so in a `note`. A filter that matches says nothing."""
+    from mcp import Client as McpClient
+    from mcp import StdioServerParameters
+
+    words = "no lesson matches the filter (domain no.such, confidence at least 0.5)"
+    body = {"task": TASK, "domain": "no.such", "min_confidence": 0.5}
+    empty = httpx.post(f"{node.url}/v1/context", json=body, timeout=60).json()
+    assert empty["experiences"] == [] and empty["considered"] == 0
+    body["domain"] = "physics"
+    found = httpx.post(f"{node.url}/v1/context", json=body, timeout=60).json()
+    assert found["experiences"] and found["considered"] >= len(found["experiences"])
+    out = node.cli("context", TASK, "--domain", "no.such", "--min-confidence", "0.5")
+    assert out.stderr == words + "\n" and out.stdout.strip() == empty["prompt"].strip()
+    assert node.cli("context", TASK, "--domain", "physics").stderr == ""
+    query = node.cli("query", TASK, "--domain", "no.such", "--min-confidence", "0.5").stdout
+    assert query.strip() == words  # the same words as the query's human view
+    params = StdioServerParameters(command=ZOONODE, args=["mcp", "--data-dir", str(node.data)])
+
+    async def main():
+        async with McpClient(params) as client:
+            args = {"query": TASK, "min_confidence": 0.5}
+            return [
+                await client.call_tool("search_experiences", {**args, "domain": domain})
+                for domain in ("no.such", "physics")
+            ]
+
+    nothing, something = [json.loads(r.content[0].text) for r in anyio.run(main)]
+    assert nothing["considered"] == 0 and nothing["note"] == words
+    assert something["experiences"] and "note" not in something
+
+
 # -- 4. slow clients: a head or a body that never comes holds nothing for long --------------
 def _address(node) -> tuple[str, int]:
     host, port = node.url.removeprefix("http://").rsplit(":", 1)

@@ -486,6 +486,7 @@ def create_app(
             {
                 "prompt": render_context(body.task, lessons),
                 "experiences": [s.candidate.id.hex() for s in selection.selected],
+                "considered": selection.considered,  # 0 with a filter: it matched nothing
                 **_floors_json(selection),
             }
         )

@@ -491,20 +491,14 @@ def query(
 ) -> None:
     """Robustly selected experiences for a task: per lesson its text, domain, author, and why
     it was picked (relevance, agreement, standing); then what was left out and why."""
-    from zoonode.humanview import query_view
+    from zoonode.humanview import filters_text, query_view
 
     client = _client(url, token, data_dir, config)
     answer = _call(
         client.query, text, k=k, domain=domain, min_confidence=min_confidence, federated=federated
     )
-    filters = []  # in words, for "no lesson matches the filter (...)"
-    if domain is not None:
-        filters.append(f"domain {domain}")
-    if min_confidence is not None:
-        filters.append(f"confidence at least {min_confidence:g}")
-    typer.echo(
-        json.dumps(answer, indent=2) if as_json else query_view(answer, filters=", ".join(filters))
-    )
+    filters = filters_text(domain, min_confidence)  # for "no lesson matches the filter (...)"
+    typer.echo(json.dumps(answer, indent=2) if as_json else query_view(answer, filters=filters))
 
 
 @app.command()
@@ -549,12 +543,21 @@ def context(
     config: ConfigOpt = None,
 ) -> None:
     """Print the DSO context-injection prompt for TASK (experiences, then the task), ready
-    to prepend to an LLM prompt; just the task when no held lesson is relevant."""
+    to prepend to an LLM prompt; just the task when no held lesson is relevant (and, on
+    stderr, when --domain or --min-confidence matched no lesson, that they did not)."""
+    from zoonode.humanview import filters_text, no_match_text
+
     client = _client(url, None, data_dir, config)
     answer = _call(
         client.context, task, k=k, domain=domain, min_confidence=min_confidence, federated=federated
     )
-    typer.echo(json.dumps(answer, indent=2) if as_json else answer["prompt"])
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    hint = no_match_text(answer, filters_text(domain, min_confidence))
+    if hint:  # stderr: stdout is the prompt, piped to a model
+        typer.echo(hint, err=True)
+    typer.echo(answer["prompt"])
 
 
 @app.command("import")

@@ -71,6 +71,24 @@ def floors_text(answer: dict[str, Any]) -> str:
     return text
 
 
+def filters_text(domain: str | None = None, min_confidence: float | None = None) -> str:
+    """A query's filters in words (``domain math, confidence at least 0.8``); "" for none."""
+    words = []
+    if domain is not None:
+        words.append(f"domain {domain}")
+    if min_confidence is not None:
+        words.append(f"confidence at least {min_confidence:g}")
+    return ", ".join(words)
+
+
+def no_match_text(answer: dict[str, Any], filters: str) -> str | None:
+    """What a query or context answer says when its filters matched no lesson (nothing was
+    considered, with filters given), else None: ``no lesson matches the filter (...)``."""
+    if filters and answer.get("considered") == 0:
+        return f"no lesson matches the filter ({filters})"
+    return None
+
+
 def query_view(answer: dict[str, Any], legend: bool = True, filters: str = "") -> str:
     """``POST /v1/query``'s answer as a few lines per lesson, most useful first. ``filters``:
     the query's filters in words (``domain math``), empty when none was given."""
@@ -107,10 +125,9 @@ def query_view(answer: dict[str, Any], legend: bool = True, filters: str = "") -
         lines.append(f"    id {s['id']}")  # whole: `zoonode revoke ID` takes no shorter one
     considered = answer.get("considered", 0)
     if not selected:
-        if considered == 0 and filters:
-            lines.append(f"no lesson matches the filter ({filters})")
-        else:
-            lines.append(f"no lesson selected ({considered} considered)")
+        lines.append(
+            no_match_text(answer, filters) or f"no lesson selected ({considered} considered)"
+        )
     else:
         lines.append("")
         lines.append(f"{len(selected)} selected of {considered} considered")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from zoonode import inputs
 from zoonode.client import AsyncClient, ClientError
+from zoonode.humanview import filters_text, no_match_text
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -154,13 +155,15 @@ def build_server(client: AsyncClient) -> MCPServer:
         domain prefix such as "math.geometry". federated: also ask connected peers.
         """
         result = await call(client.query(query, k, domain, min_confidence, federated))
-        return {
+        found = {
             "experiences": [_brief(s) for s in result["selected"]],
             "considered": result["considered"],
             "down_weighted": result["down_weighted"],
             "floor": result["floor"],
             "established_floor": result["established_floor"],
         }
+        hint = no_match_text(result, filters_text(domain, min_confidence))
+        return {**found, "note": hint} if hint else found
 
     @server.tool()
     async def share_experience(
