@@ -368,6 +368,20 @@ def test_a_domain_filter_that_is_not_a_domain_is_bad_domain(node, domain):
     )
 
 
+@pytest.mark.parametrize("params", [{"foo": "1"}, {"domian": "software"}, {"domain": "a", "x": ""}])
+def test_an_unknown_export_parameter_is_unknown_field_as_in_a_body(node, params):
+    """GET /v1/export ignored parameters it does not define (a misspelt domain exported
+    everything); refused now with the code and words of a body's unknown key."""
+    unknown = next(name for name in params if name != "domain")
+    r = httpx.get(f"{node.url}/v1/export", params=params, timeout=60)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == {
+        "code": "unknown_field",
+        "message": f"{unknown} is not a field of this request",
+    }
+    assert httpx.get(f"{node.url}/v1/export", params={"domain": "software"}).status_code == 200
+
+
 # -- found in review: a bearer header with non-ASCII bytes was a 500 ----------------------------
 @pytest.mark.parametrize("path", ["/v1/experiences", "/v1/experiences/batch", "/mcp"])
 @pytest.mark.parametrize("value", [b"Bearer \xe9", b"Bearer \xff\xfe", "Bearer é".encode()])

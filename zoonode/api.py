@@ -496,6 +496,8 @@ def create_app(
         return response
 
     async def export(request: Request) -> Response:
+        # a parameter it does not define is refused as a body's unknown key (?domian=x)
+        inputs.check_fields(dict(request.query_params), ["domain"])
         domain = request.query_params.get("domain") or None
         if domain is not None:
             try:
