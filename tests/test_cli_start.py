@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from zoonode.humanview import feedback_view, query_view, status_view
+from zoonode.humanview import feedback_view, import_view, query_view, status_view
 
 from conftest import ZOONODE
 
@@ -110,6 +110,16 @@ def test_feedback_and_trust_views():
     assert line in view
     assert "recomputed 1970-01-01 00:00:00 UTC" in view
     assert "time known still decides" in view and "0.01 s" in view
+
+
+def test_import_view_counts_in_words_accepted_first():
+    """`zoonode import`'s last line, for people (it was the raw JSON of the counts)."""
+    summary = {"pending": 1, "duplicate": 2, "accepted": 38, "errors": 2}
+    assert import_view(summary, "f.jsonl") == (
+        "f.jsonl: 38 accepted, 2 duplicate, 1 pending, 2 failed"
+    )
+    assert import_view({"duplicate": 3, "errors": 0}, "f.jsonl") == "f.jsonl: 3 duplicate"
+    assert import_view({"errors": 0}, "empty.jsonl") == "empty.jsonl: no lessons in it"
 
 
 def test_status_view_says_how_to_join_when_alone():

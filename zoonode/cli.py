@@ -564,6 +564,9 @@ def context(
 def import_(
     file: Annotated[Path, typer.Argument(help="JSON lines: lessons, or an export's records.")],
     batch: Annotated[int, typer.Option(min=1, max=256, help="Items per request.")] = 64,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the counts as JSON instead.")
+    ] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
@@ -574,10 +577,12 @@ def import_(
     A line with a "wire" (as `zoonode export` writes) is a signed record and keeps its author;
     any other line is a lesson {text, domain, confidence, examples, source_model} that this
     node signs. Bad lines are reported with their line numbers and the good ones are kept;
-    the exit status is 1 if any line failed.
+    the exit status is 1 if any line failed. Ends with FILE: N accepted, N duplicate, N failed
+    (--json: {"accepted": N, "duplicate": N, "errors": N}).
     """
     from tqdm import tqdm
 
+    from zoonode.humanview import import_view
     from zoonode.transfer import import_lines
 
     try:  # the file first: a bad argument is said before the node is looked for
@@ -589,7 +594,8 @@ def import_(
         report = _call(import_lines, client, lines, batch, bar.update)
     for line_no, code, message in report.errors:
         typer.echo(f"{file}:{line_no}: {code}: {message}", err=True)
-    typer.echo(json.dumps(report.summary()))
+    summary = report.summary()
+    typer.echo(json.dumps(summary) if as_json else import_view(summary, str(file)))
     if report.errors:
         raise typer.Exit(1)
 

@@ -226,6 +226,20 @@ def write_view(answer: dict[str, Any]) -> str:
     return f"{answer['outcome']} {answer['id']}"
 
 
+def import_view(summary: dict[str, int], source: str) -> str:
+    """``zoonode import``'s last line: ``FILE: 38 accepted, 2 duplicate, 2 failed`` (each
+    failed line is on stderr above it, ``FILE:LINE: code: message``)."""
+    first = ("accepted", "duplicate")
+    outcomes = sorted(
+        ((key, n) for key, n in summary.items() if key != "errors" and n),
+        key=lambda item: (first.index(item[0]) if item[0] in first else len(first), item[0]),
+    )
+    parts = [f"{n} {outcome}" for outcome, n in outcomes]
+    if summary.get("errors"):
+        parts.append(f"{summary['errors']} failed")
+    return f"{source}: {', '.join(parts) or 'no lessons in it'}"
+
+
 def feedback_view(answer: dict[str, Any]) -> str:
     """``POST /v1/experiences/{id}/feedback``'s answer: ``OUTCOME VERDICT on TARGET`` (with
     the verdict it replaced), then the signed verdict's id."""
