@@ -93,23 +93,61 @@ def by_id(answers: list[dict], rid) -> dict | None:
     return next((a for a in answers if a.get("id") == rid and "id" in a), None)
 
 
+INITIALIZE = {
+    "protocolVersion": "2025-06-18",
+    "capabilities": {},
+    "clientInfo": {"name": "fuzz", "version": "1"},
+}
+
+
 @pytest.fixture(scope="module")
-def mcp(tmp_path_factory):
-    with running_node(tmp_path_factory.mktemp("mcpnode")) as node:
-        server = McpProcess(node.data)
-        init = server.request(
-            "initialize",
-            {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "fuzz", "version": "1"},
-            },
-        )
-        assert "result" in init, init
-        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        yield server
-        server.close()
-        assert server.proc.returncode == 0, server.proc.stderr.read().decode()
+def node(tmp_path_factory):
+    with running_node(tmp_path_factory.mktemp("mcpnode")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def mcp(node):
+    server = McpProcess(node.data)
+    init = server.request("initialize", INITIALIZE)
+    assert "result" in init, init
+    server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    yield server
+    server.close()
+    assert server.proc.returncode == 0, server.proc.stderr.read().decode()
+
+
+def test_calls_still_running_at_end_of_input_are_answered_before_exit(node):
+    """A host that pipes its lines and closes stdin at once: the calls still running at end
+    of input finish and are answered (the SDK answered them -32000 "Connection closed"); a
+    call the host cancelled is not waited for."""
+    call = {"name": "search_experiences", "arguments": {"query": "sql injection", "k": 2}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+        {"jsonrpc": "2.0", "id": "three", "method": "prompts/get",
+         "params": {"name": "inject_experiences", "arguments": {"task": "avoid sql injection"}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": call},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 4}},
+    ]  # fmt: skip
+    out = subprocess.run(
+        [ZOONODE, "mcp", "--data-dir", str(node.data)],
+        input="".join(json.dumps(line) + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert "result" in by_id(answers, 1)
+    search = by_id(answers, 2)
+    assert "error" not in search and search["result"]["isError"] is False, search
+    assert json.loads(search["result"]["content"][0]["text"])["considered"] == 0
+    prompt = by_id(answers, "three")
+    assert "error" not in prompt, prompt
+    assert prompt["result"]["messages"][0]["content"]["text"].endswith("avoid sql injection")
+    assert all(a.get("error", {}).get("code") != -32000 for a in answers), answers
 
 
 def parse_error(mcp: McpProcess, line: bytes) -> dict:

@@ -392,8 +392,10 @@ def _rpc_error(rid: Any, code: int, exc: inputs.InputError) -> types.JSONRPCErro
 async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None):
     """The MCP SDK's stdio transport, with every line checked by :func:`check_line` first:
     a bad line is answered with a JSON-RPC error instead of being dropped in silence, and
-    the connection goes on. While it serves, fd 1 points at stderr, so stray prints cannot
-    corrupt the protocol stream. Yields (read stream, write stream) for ``Server.run``."""
+    the connection goes on. At end of input the requests still running are answered before
+    the read stream closes (at most EOF_DRAIN_S). While it serves, fd 1 points at stderr, so
+    stray prints cannot corrupt the protocol stream. Yields (read stream, write stream) for
+    ``Server.run``."""
     saved_stdout: int | None = None
     if stdin is None:
         stdin = os.fdopen(os.dup(0), "rb")
@@ -405,12 +407,18 @@ async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None =
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
     answers = write_send.clone()  # the reader's own answers to lines it refused
     too_long = inputs.InputError(413, "too_large", f"message over {MAX_MESSAGE_BYTES} bytes")
+    in_flight = _InFlight()
 
     async def reader() -> None:
         async with read_send, answers:
             while True:
                 line = await anyio.to_thread.run_sync(_read_line, stdin, abandon_on_cancel=True)
                 if line is None:
+                    # End of input (a piped host): the SDK would answer the calls still
+                    # running with -32000 "Connection closed"; they finish and are answered
+                    # first, then the server stops.
+                    with anyio.move_on_after(EOF_DRAIN_S):
+                        await in_flight.drained()
                     return
                 if line is _TOO_LONG:
                     checked = _rpc_error(None, types.PARSE_ERROR, too_long)
@@ -419,6 +427,7 @@ async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None =
                 else:
                     continue
                 if isinstance(checked, SessionMessage):
+                    in_flight.received(checked.message)
                     await read_send.send(checked)
                 elif checked is not None:
                     await answers.send(SessionMessage(checked))
@@ -427,6 +436,7 @@ async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None =
         async with write_recv:
             async for item in write_recv:
                 await anyio.to_thread.run_sync(_write_message, stdout, item.message)
+                in_flight.sent(item.message)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -442,6 +452,43 @@ async def checked_stdio(stdin: BinaryIO | None = None, stdout: BinaryIO | None =
 
 
 _TOO_LONG = b"(a line over MAX_MESSAGE_BYTES)"
+# At end of stdin, how long the calls still running may take to be answered: a tool is one
+# or two API calls, each bounded by the client's 60 s timeout.
+EOF_DRAIN_S = 150.0
+
+
+class _InFlight:
+    """The host's requests the server has not answered yet (by id), for end of input."""
+
+    def __init__(self) -> None:
+        self.ids: set[Any] = set()
+        self.changed = anyio.Event()
+
+    def received(self, message: Any) -> None:
+        if isinstance(message, types.JSONRPCRequest):
+            self.ids.add(_id_key(message.id))
+        elif isinstance(message, types.JSONRPCNotification) and (
+            message.method == "notifications/cancelled"
+        ):  # a cancelled request gets no answer: not waited for
+            self.ids.discard(_id_key((message.params or {}).get("requestId")))
+            self._wake()
+
+    def sent(self, message: Any) -> None:
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            self.ids.discard(_id_key(message.id))
+            self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def drained(self) -> None:
+        while self.ids:
+            await self.changed.wait()
+
+
+def _id_key(rid: Any) -> tuple[str, Any]:
+    return (type(rid).__name__, rid)  # 1 and "1" are two ids
 
 
 def _read_line(stream: BinaryIO) -> bytes | None:
