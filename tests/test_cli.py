@@ -124,3 +124,27 @@ def test_usage_errors_of_feedback_and_import_carry_a_code(tmp_path):
     for args, message in cases:
         out = run(*args)
         assert (out.returncode, out.stderr) == (2, f"error: {message}\n"), (args, out.stderr)
+
+
+def test_devnet_says_when_it_reuses_an_earlier_base_dir(tmp_path):
+    """`devnet --base-dir` over an earlier run's folder reuses its nodes' data; its first line
+    says so (it did silently). A fresh folder says nothing of the kind (the README tour's
+    first line, checked by test_readme_tour). Stopped once the line is read: the rest of the
+    start is the tour's."""
+    base = tmp_path / "net"
+    assert run("keygen", "--data-dir", str(base / "node1")).returncode == 0  # an earlier node1
+    proc = subprocess.Popen(
+        [ZOONODE, "devnet", "--nodes", "2", "--base-dir", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first == (
+        f"zoonode devnet: reusing the data of an earlier run in {base} (node1: identities, "
+        "lessons, peers); a new --base-dir starts afresh\n"
+    )

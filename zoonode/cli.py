@@ -721,6 +721,12 @@ def devnet(
         if busy:
             raise _fail(f"{busy[0]} is in use by another node (a devnet already runs there?)")
     base = (base_dir or Path(tempfile.mkdtemp(prefix="zoonode-devnet-"))).resolve()
+    earlier = [f"node{i}" for i in range(nodes) if _holds_files(base / f"node{i}")]
+    if earlier:  # the nodes keep their identities and lessons: said, not silently
+        typer.echo(
+            f"zoonode devnet: reusing the data of an earlier run in {base} "
+            f"({', '.join(earlier)}: identities, lessons, peers); a new --base-dir starts afresh"
+        )
     try:
         trio.run(run_devnet, nodes, base)
     finally:
@@ -729,6 +735,10 @@ def devnet(
             typer.echo(f"devnet stopped; removed {base} (--keep keeps it)")
         else:
             typer.echo(f"devnet stopped; data kept in {base}")
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 @space_app.command("info")
