@@ -134,6 +134,7 @@ def test_context_is_the_dso_injection_prompt(nodes):
     unrelated = "zzzz qqqq xxxx"
     r = http.post(f"{a.url}/v1/context", json={"task": unrelated}, timeout=60).json()
     assert r.pop("floor") >= r.pop("established_floor") >= 0.3  # the floors it used
+    assert type(r.pop("considered")) is int  # as /v1/query answers it
     assert r == {"prompt": unrelated, "experiences": []}
 
 
