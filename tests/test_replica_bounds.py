@@ -4,6 +4,9 @@ the whole index, and every backend must answer that."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -75,3 +78,21 @@ def test_hnswlib_refusing_k_answers_what_it_can(tmp_path):
     assert (seqs[sims == -np.inf] == -1).all()
     one, _ = replica.search(vectors[1], k=300)
     assert one[0] == 2  # its own vector first
+
+
+def test_an_onnx_encoder_loads_after_a_usearch_replica():
+    """onnxruntime imported after usearch crashed the process (SIGSEGV): a script that opens a
+    knowledge base first and an ONNX encoder second died without a traceback."""
+    script = (
+        "import numpy as np\n"
+        "from zoonode.replica import Replica\n"
+        "r = Replica(8)\n"
+        "r.add(np.arange(1, 3), np.eye(2, 8, dtype=np.float32))\n"
+        "import onnxruntime\n"
+        "print('loaded', onnxruntime.__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded onnxruntime" in done.stdout

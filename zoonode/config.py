@@ -167,7 +167,7 @@ class StoreConfig:
     snapshot_every: Count = 10_000
     hnsw_m: Annotated[int, _range(ge=2, le=256)] = 16
     hnsw_ef_construction: Annotated[int, _range(ge=1, le=100_000)] = 200
-    hnsw_ef_search: Annotated[int, _range(ge=1, le=100_000)] = 256
+    hnsw_ef_search: Annotated[int, _range(ge=1, le=100_000)] = 128
     # or "hnswlib", "faiss-ivf" (README: side by side)
     replica_backend: Literal["usearch-i8", "hnswlib", "faiss-ivf"] = "usearch-i8"
     # faiss-ivf only: inverted lists, about sqrt(expected records)
@@ -242,7 +242,7 @@ NEWCOMERS_ALONE = ("bootstrap", "always", "never")
 @dataclass(frozen=True)
 class SelectionConfig:
     k: Annotated[int, _range(ge=1, le=50)] = 5  # the API's k range
-    candidates: Annotated[int, _range(ge=1, le=100_000)] = 150
+    candidates: Annotated[int, _range(ge=1, le=100_000)] = 100
     # the similarity floor; lowered per query down to floor_min ...
     min_similarity: Cosine = 0.4
     # ... when the best candidate is under min_similarity + floor_margin

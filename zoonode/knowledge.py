@@ -672,6 +672,7 @@ class KnowledgeBase:
         floor: FloorOf | None = None,
         sizes: bool = True,
         max_factor: float = 1.0,
+        wires: bool = True,
     ) -> Found:
         """:meth:`search`, where ``floor`` (:data:`FloorOf`: a lower bound of the caller's
         similarity floor from some of its candidates) leaves out the checked hits that score
@@ -679,6 +680,8 @@ class KnowledgeBase:
         ``Found.below_floor`` counts them. Hits waiting for the check are kept. ``sizes``
         False: every hit's ``cluster_size`` is 1, not read (a caller that reports it for a
         few hits alone reads theirs, ``Store.cluster_sizes``: ~0.4 ms for ~150 at 100k).
+        ``wires`` False: every hit's ``row.wire`` is None, not read (a caller that returns a
+        few of ~150 hits reads theirs, ``Store.wires_by_seq``: reading all cost ~0.8 ms at 100k).
 
         With ``weigh``, the ``k`` kept are the best by cosine x factor over everything above
         the floor (a threshold algorithm): the replica ranks by cosine alone, so the search
@@ -714,14 +717,15 @@ class KnowledgeBase:
                     waiting = waiting[near >= nth]
             # The checked candidates' floor bounds the caller's from below with records
             # waiting too (a waiting one can only raise the best, or fail and leave).
+            read: dict[int, tuple] = {}  # candidate_fields already read (the floor's probe)
             if floor is not None and len(seqs):
-                seqs, early = self._above_floor(seqs, sims, query, filters, floor)
+                seqs, early = self._above_floor(seqs, sims, query, filters, floor, read)
             if len(waiting):
                 both = np.concatenate([seqs, waiting])
                 seqs = np.fromiter(dict.fromkeys(both.tolist()), np.int64)
             overflow.clear()
             kept = self._keep(
-                seqs, query, filters, dedupe, k, weigh, per_cluster, pending, overflow
+                seqs, query, filters, dedupe, k, weigh, per_cluster, pending, overflow, read
             )
             # The replica's candidates reach under the caller's floor (some were cut before
             # their rows were read, or the last is under the floor the lessons kept so far
@@ -753,7 +757,7 @@ class KnowledgeBase:
                     kept = self._exact(
                         query, k, filters, dedupe, weigh, per_cluster, pending, overflow
                     )
-                found = self._found(kept[:k], dedupe and sizes, floor, overflow)
+                found = self._found(kept[:k], dedupe and sizes, floor, overflow, wires)
                 # Those cut early rank under every kept one: counted only where the k
                 # candidates had room for them (as if read), so a query never reports more
                 # than k considered, cut or not.
@@ -762,7 +766,7 @@ class KnowledgeBase:
             if fetch >= 4096:
                 overflow.clear()
                 kept = self._exact(query, k, filters, dedupe, weigh, per_cluster, pending, overflow)
-                return self._found(kept, dedupe and sizes, floor, overflow)
+                return self._found(kept, dedupe and sizes, floor, overflow, wires)
             # Wider for the weighted rank alone (the pool is full): at most WEIGHED_FETCH_CAP.
             fetch = min(fetch * 4, WEIGHED_FETCH_CAP) if len(kept) >= k else fetch * 4
 
@@ -783,6 +787,7 @@ class KnowledgeBase:
         query: np.ndarray,
         filters: Filters,
         floor: FloorOf,
+        read: dict[int, tuple] | None = None,
     ) -> tuple[np.ndarray, int]:
         """The replica's candidates (``seqs``, best first by the replica's scores ``sims``)
         less those surely under the caller's floor, and how many those are: their rows are
@@ -793,10 +798,13 @@ class KnowledgeBase:
         candidates, at their exact scores (a revoked or evicted lesson the replica still
         holds does not count); a candidate is surely under it when its replica score is more
         than the replica's error (``APPROX_MARGIN``, 0 for exact backends) below it. No floor
-        from those: nothing is left out."""
+        from those: nothing is left out. ``read`` receives the probe's fields (for
+        :meth:`_keep`: not read twice)."""
         margin = 0.0 if self.replica.exact_scores else APPROX_MARGIN
         probe = seqs[:FLOOR_PROBE].tolist()
         fields = self.store.candidate_fields(probe)
+        if read is not None:
+            read.update(fields)
         entries = [
             (
                 float(np.frombuffer(f[CANDIDATE_VECTOR], np.float32) @ query),
@@ -829,11 +837,13 @@ class KnowledgeBase:
         sizes: bool,
         floor: FloorOf | None,
         overflow: Sequence[float] = (),
+        wires: bool = True,
     ) -> Found:
         """Hits of the kept candidates (minus those under ``floor``): their Rows, and (if
         ``sizes``) their clusters' sizes read for these alone. ``overflow``: scores of the
         cluster members left out beyond ``per_cluster`` (:meth:`_keep`), counted as such where
-        they clear the floor, under it otherwise."""
+        they clear the floor, under it otherwise. ``wires``: the hits' signed bytes read
+        (None otherwise)."""
         below = 0
         cut = None
         if floor is not None and kept:
@@ -846,6 +856,9 @@ class KnowledgeBase:
                 kept = [e for e in kept if e[1][CANDIDATE_PENDING] or e[2] >= cut]
                 below = before - len(kept)
         held = self.store.cluster_sizes(list({g for g, *_ in kept if g > 0})) if sizes else {}
+        if wires and kept:
+            got = self.store.wires_by_seq([f[CANDIDATE_SEQ] for _, f, _, _ in kept])
+            kept = [(g, (*f[:2], got.get(f[0]), *f[3:]), sim, v) for g, f, sim, v in kept]
         hits = [Hit(candidate_row(f), sim, held.get(g, 1), vector) for g, f, sim, vector in kept]
         limited = sum(1 for sim in overflow if cut is None or sim >= cut)
         return Found(hits, below + len(overflow) - limited, limited)
@@ -861,15 +874,21 @@ class KnowledgeBase:
         per_cluster: int = 1,
         pending: bool = False,
         overflow: list[float] | None = None,
+        read: dict[int, tuple] | None = None,
     ) -> list[_Kept]:
         """The best ``limit`` active, matching candidates by exact inner product, at most
         ``per_cluster`` per cluster, with their vectors; pending ones only if ``pending``, and
         never in place of a checked member of their cluster among the candidates. One read of
         the candidates (``Store.candidate_fields``); Rows are made for the hits alone.
         ``overflow`` receives the scores of the members left out beyond ``per_cluster``
-        (ranked before the ``limit``-th kept one)."""
+        (ranked before the ``limit``-th kept one). ``read``: candidates' fields already read
+        (``Store.candidate_fields``), not read again."""
         order = seqs.tolist() if isinstance(seqs, np.ndarray) else [int(s) for s in seqs]
-        fields = self.store.candidate_fields(order)
+        if read:
+            fields = self.store.candidate_fields([s for s in order if s not in read])
+            fields.update((s, read[s]) for s in order if s in read)
+        else:
+            fields = self.store.candidate_fields(order)
         check = not filters.empty
         found = []
         for s in order:

@@ -153,10 +153,20 @@ class _Hnswlib:
             raise OSError(errno.ENOSPC, f"hnswlib wrote {written} of {expected} bytes", str(path))
 
 
+def _onnxruntime_first() -> None:
+    """Import onnxruntime (where installed) before usearch: onnxruntime 1.32 crashes the
+    process (SIGSEGV in its import) when usearch 2.26 was imported first, and the encoder
+    (``encoder.runtime = "onnx"``) may load after a replica, e.g. a script that opens a
+    knowledge base and then an encoder. Imported in the other order, both work."""
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+
+
 class _UsearchI8:
     exact_scores = False
 
     def __init__(self, dim: int, m: int, ef_construction: int, threads: int) -> None:
+        _onnxruntime_first()
         from usearch.index import Index
 
         # "cos" on unit vectors is the inner product, scaled back from usearch's int8 units.

@@ -195,8 +195,10 @@ class Query:
                 # would drop them (~120 of 150 candidates at 20k); it counts them. Not with
                 # peers' answers to come: an established one among them may lower it.
                 floor=None if federated else floor_of,
-                # Cluster sizes only for the answers (choose): they are reported, not used.
+                # Cluster sizes and signed bytes only for the answers (choose): they are
+                # reported, not used.
                 sizes=False,
+                wires=False,
             )
             alone = self.newcomers_may_answer_alone()
             marks["search"] = time.perf_counter() - t1
@@ -245,10 +247,22 @@ class Query:
             # Only the selected few are decoded: decoding all 150 candidates cost ~17 ms per
             # query, more than the search itself. Stored records were verified when they were
             # accepted; peers' answers were decoded strictly (federated_candidates).
-            rows = {h.row.id: h.row for h in hits}
+            seqs = {h.row.id: h.row.seq for h in hits}
+            wires = node.kb.store.wires_by_seq(
+                [seqs[s.candidate.id] for s in selection.selected if s.candidate.id not in records]
+            )
+            gone = [  # evicted since the search (a federated query waits for its peers)
+                s
+                for s in selection.selected
+                if s.candidate.id not in records and seqs[s.candidate.id] not in wires
+            ]
+            if gone:
+                selection = replace(
+                    selection, selected=[s for s in selection.selected if s not in gone]
+                )
             chosen = {
                 s.candidate.id: records.get(s.candidate.id)
-                or decode_stored(rows[s.candidate.id].wire, s.candidate.id)
+                or decode_stored(wires[seqs[s.candidate.id]], s.candidate.id)
                 for s in selection.selected
             }
             held = node.kb.store.feedback.votes_on(list(chosen)) if votes else {}
