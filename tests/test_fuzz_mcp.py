@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from zoonode.inputs import InputError, invalid_unicode_at, parse_json
 
 from conftest import ZOONODE
-from nodeproc import running_node
 
 FUZZ_EXAMPLES = 150
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
@@ -94,22 +93,22 @@ def by_id(answers: list[dict], rid) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def mcp(tmp_path_factory):
-    with running_node(tmp_path_factory.mktemp("mcpnode")) as node:
-        server = McpProcess(node.data)
-        init = server.request(
-            "initialize",
-            {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "fuzz", "version": "1"},
-            },
-        )
-        assert "result" in init, init
-        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        yield server
-        server.close()
-        assert server.proc.returncode == 0, server.proc.stderr.read().decode()
+def mcp(shared_node):
+    """An MCP stdio server process on the session's shared node (conftest)."""
+    server = McpProcess(shared_node.data)
+    init = server.request(
+        "initialize",
+        {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "fuzz", "version": "1"},
+        },
+    )
+    assert "result" in init, init
+    server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    yield server
+    server.close()
+    assert server.proc.returncode == 0, server.proc.stderr.read().decode()
 
 
 def parse_error(mcp: McpProcess, line: bytes) -> dict:
