@@ -21,6 +21,18 @@ def encoder():
     return Encoder.default()
 
 
+@pytest.fixture(scope="session")
+def shared_node(tmp_path_factory):
+    """One real `zoonode start` process (default settings, HTTP API on a free port) shared by
+    test_bad_input, test_fuzz_api and test_fuzz_mcp, whose tests compare the node's state
+    before and after each request or check only the shape of answers: a node start-up loads
+    the encoder (~10-25 s on a 2-core box), once instead of three times."""
+    from nodeproc import running_node
+
+    with running_node(tmp_path_factory.mktemp("shared_node")) as node:
+        yield node
+
+
 @pytest.fixture()
 def key():
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

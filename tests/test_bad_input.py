@@ -16,7 +16,6 @@ import pytest
 from zoonode.inputs import ENVELOPE_DEPTH, MAX_DEPTH
 
 from conftest import ZOONODE
-from nodeproc import running_node
 
 GOOD = {
     "text": "When a unit test is flaky, look for state shared between tests before adding retries",
@@ -28,11 +27,12 @@ DIGITS_5000 = "9" * 5000  # past Python's int-from-text limit (4300 digits)
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    with running_node(tmp_path_factory.mktemp("badinput")) as running:
-        seeded = httpx.post(f"{running.url}/v1/experiences", json=GOOD, headers=running.auth)
-        assert seeded.status_code == 201, seeded.text
-        yield running
+def node(shared_node):
+    """The session's shared node (conftest), seeded with one lesson: every case compares the
+    node's state before and after its request."""
+    seeded = httpx.post(f"{shared_node.url}/v1/experiences", json=GOOD, headers=shared_node.auth)
+    assert seeded.status_code == 201, seeded.text
+    return shared_node
 
 
 def state(node) -> tuple:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -260,6 +261,15 @@ def test_a_full_filesystem_for_real(small_disk):
         stop(proc)
 
 
+def storage_full(url: str) -> float:
+    """Records whose check met a full disk (``check:storage_full`` in /metrics)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.search(
+        r'^zoonode_events_total\{kind="check",reason="storage_full"\} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_full_disk_while_peers_records_wait_for_the_check(small_disk, encoder):
     """The background embedding check meets a full filesystem (it used to stop the node:
     StorageFull escaped the checker's task). The checked batch stays pending, queries go on
@@ -283,7 +293,11 @@ def test_a_full_disk_while_peers_records_wait_for_the_check(small_disk, encoder)
         r = httpx.post(f"{url}/v1/records", json={"wires": wires}, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
         filler = fill(small_disk, keep=0)
-        time.sleep(6)  # > FULL_RETRY_S: the check has met the full disk
+        # Until the check has met the full disk (counted; it retries after FULL_RETRY_S).
+        wait_for_full = time.monotonic() + 60
+        while storage_full(url) == 0:
+            assert time.monotonic() < wait_for_full, "the check never met the full disk"
+            time.sleep(0.2)
         status = httpx.get(f"{url}/v1/status", timeout=30).json()
         assert status["backlog"]["pending"] > 0
         found = httpx.post(f"{url}/v1/query", json={"text": TEXTS[0]}, timeout=60)

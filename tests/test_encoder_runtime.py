@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from zoonode.config import ConfigError, load_config
-from zoonode.native.encoder import Encoder, EncoderError, batch_order, reference_texts
+from zoonode.native.encoder import (
+    Encoder,
+    EncoderError,
+    batch_order,
+    default_cache_dir,
+    reference_texts,
+)
 from zoonode.native.onnxrt import onnx_file
 
 from nodeproc import running_node
@@ -25,8 +31,16 @@ def _texts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("encoder-cache")
+def onnx_cache(tmp_path_factory, encoder):
+    """A cache dir of this module's own, seeded with the graph that an earlier test's node
+    process exported into the user's cache when there is one (an export takes 10-30 s of
+    CPU; exporting is tested by test_a_cached_graph_is_reused_and_a_wrong_one_exported_again,
+    and the start-up probe checks a seeded graph as any cached one)."""
+    cache = tmp_path_factory.mktemp("encoder-cache")
+    exported = onnx_file(default_cache_dir(), encoder.backbone.weights_sha256)
+    if exported.exists():
+        shutil.copy(exported, cache / exported.name)
+    return cache
 
 
 @pytest.fixture(scope="module")

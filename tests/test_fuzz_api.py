@@ -20,8 +20,6 @@ from schemathesis.checks import (
 
 from zoonode.api import openapi_document
 
-from nodeproc import running_node
-
 EXAMPLES = 25  # per operation and generation mode
 CHECKS = [
     not_a_server_error,
@@ -49,11 +47,12 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def fuzzed_node(tmp_path_factory):
-    with running_node(tmp_path_factory.mktemp("fuzz")) as node:
-        lesson = {"text": "Check the units of measured values before adding them", "domain": "a"}
-        assert httpx.post(f"{node.url}/v1/experiences", json=lesson, headers=node.auth).is_success
-        yield node
+def fuzzed_node(shared_node):
+    """The session's shared node (conftest) with a lesson to find."""
+    node = shared_node
+    lesson = {"text": "Check the units of measured values before adding them", "domain": "a"}
+    assert httpx.post(f"{node.url}/v1/experiences", json=lesson, headers=node.auth).is_success
+    return node
 
 
 @pytest.mark.parametrize(("label", "mode"), CASES)
