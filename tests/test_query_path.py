@@ -14,7 +14,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, sign_lessons
-from zoonode.knowledge import KnowledgeBase, pool_complete
+from zoonode.knowledge import Filters, KnowledgeBase, pool_complete
 from zoonode.node import Node
 from zoonode.protocol import public_key_bytes
 from zoonode.store import Incoming
@@ -283,6 +283,33 @@ def test_where_nobody_is_established_the_early_cut_takes_the_best_lessons_floor(
     assert [s.candidate.id for s in after.selected] == [s.candidate.id for s in fresh.selected]
     assert after.down_weighted.get("below_similarity_floor") == 41, after.down_weighted
     node.kb.close()
+
+
+def test_a_filter_counts_only_the_lessons_it_matches(tmp_path, encoder):
+    """A min_confidence filter matching one of 30 lessons: the answer counts that one as
+    considered, and none under the floor. Before, the rows the early floor cut left unread
+    were counted under the floor whether they matched the filter or not: "1 selected of 5
+    considered; 4 below the similarity floor" (issue 25 review)."""
+    rng = np.random.default_rng(5)
+    q = encoder.encode_compact(QUERY)[0]
+    node = Node(node_config(tmp_path / "node"), encoder=encoder)
+    cosines = np.concatenate([[0.85], np.linspace(0.8, 0.5, 9), np.linspace(0.38, 0.2, 20)])
+    items = [
+        {"text": f"lesson {i}", "domain": "ops.databases", "confidence": 0.99 if i == 0 else 0.5}
+        for i in range(len(cosines))
+    ]
+    vectors = vectors_at(q, cosines, rng)
+    records = sign_lessons(encoder, node.key, items, vectors)
+    node.kb.ingest([Incoming(r, v, "local") for r, v in zip(records, vectors, strict=True)])
+    sure = Filters(min_confidence=0.95)
+    selection, _ = trio.run(partial(node.query, vector=q, k=5, filters=sure))
+    assert [s.candidate.id for s in selection.selected] == [records[0].id]
+    assert selection.considered == 1
+    assert selection.down_weighted.get("below_similarity_floor", 0) == 0
+    # Unfiltered, the same node still cuts and counts its weak lessons under the floor.
+    selection, _ = trio.run(partial(node.query, vector=q, k=5))
+    assert len(selection.selected) == 5
+    assert selection.down_weighted["below_similarity_floor"] >= 1
 
 
 def test_cluster_members_beyond_the_limit_are_counted(tmp_path, encoder):

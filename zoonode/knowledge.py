@@ -761,7 +761,10 @@ class KnowledgeBase:
                 # Those cut early rank under every kept one: counted only where the k
                 # candidates had room for them (as if read), so a query never reports more
                 # than k considered, cut or not.
-                room = max(0, k - min(k, len(kept)))
+                # Under a filter they are not counted: unread, they may not match it (a
+                # min_confidence filter matching 1 of 52 lessons reported 41 under the
+                # floor: issue 25 review).
+                room = max(0, k - min(k, len(kept))) if filters.empty else 0
                 return replace(found, below_floor=found.below_floor + min(early, room))
             if fetch >= 4096:
                 overflow.clear()
