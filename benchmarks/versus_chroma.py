@@ -401,7 +401,8 @@ def main() -> None:
         "--window",
         type=int,
         default=1536,
-        help="lessons per timed ingest window (the first from this many lessons, the others just below each size)",
+        help="lessons per timed ingest window (the first from this many lessons, the others "
+        "just below each size)",
     )
     parser.add_argument(
         "--modes",
