@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from zoonode.native.encoder import Encoder
@@ -52,7 +53,7 @@ from zoonode.net.validation import (
 )
 from zoonode.protocol import decode
 from zoonode.sim.scenario import Scenario
-from zoonode.sim.workload import Workload, build_workload
+from zoonode.sim.workload import CODE_CHUNK, Workload, build_workload
 
 WARMUP_S = 2.0
 EMBEDDING_THRESHOLD = 0.9
@@ -366,11 +367,24 @@ class ScaleSim:
 
     def _agrees(self, record) -> float:
         if record.id not in self._agreement:
-            text = record.experience.text
-            vector = self.wl.text_vectors[text]
-            [verdict] = self.rule([record.experience.code], vector[None], self.space_info)
-            self._agreement[record.id] = verdict.score
+            self.check_embeddings([record])
         return self._agreement[record.id]
+
+    def check_embeddings(self, records: list) -> None:
+        """The embedding check's score of each record not yet scored, ``CODE_CHUNK`` records
+        per call of the rule (one matrix product for a chunk instead of one per record)."""
+        todo = list({r.id: r for r in records if r.id not in self._agreement}.values())
+        for start in range(0, len(todo), CODE_CHUNK):
+            chunk = todo[start : start + CODE_CHUNK]
+            texts = np.stack([self.wl.text_vectors[r.experience.text] for r in chunk])
+            try:
+                verdicts = self.rule([r.experience.code for r in chunk], texts, self.space_info)
+            except ValueError:  # a malformed code: those records are scored one at a time
+                if len(chunk) == 1:
+                    raise
+                continue
+            for r, verdict in zip(chunk, verdicts, strict=True):
+                self._agreement[r.id] = verdict.score
 
     # -- processes -----------------------------------------------------------------------------
     def publish(self, index: int, data: bytes) -> None:
@@ -499,6 +513,11 @@ class ScaleSim:
     # -- run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None) -> None:
         self._wire_of = {r.id: r.wire for rs in self.wl.honest.values() for r in rs}
+        # Every record a node may store (the honest lessons and the attack records that
+        # decode), scored up front in chunks: a node's check reads the score when it runs.
+        records = [r for rs in self.wl.honest.values() for r in rs]
+        records += attack_records(self.decode, self.wl)
+        self.check_embeddings([r for r in records if r.experience.text in self.wl.text_vectors])
 
         for i in self.wl.honest:
             self.env.process(self.honest_publisher(i))
@@ -539,6 +558,7 @@ def run_scale(
     bad = attack_records(sim.decode, workload)
     records_by_id = {r.id: r for rs in workload.honest.values() for r in rs}
     records_by_id |= {r.id: r for r in bad}
+    workload.fill_code_vectors(list(records_by_id.values()))  # what trusting nodes decode
     agents = agent_outcomes(
         workload,
         servable,
