@@ -242,7 +242,9 @@ NEWCOMERS_ALONE = ("bootstrap", "always", "never")
 @dataclass(frozen=True)
 class SelectionConfig:
     k: Annotated[int, _range(ge=1, le=50)] = 5  # the API's k range
-    candidates: Annotated[int, _range(ge=1, le=100_000)] = 100
+    # at most the widest search a query makes (knowledge.WEIGHED_FETCH_CAP): 100,000 was
+    # accepted and made every query ~90x slower at 100k lessons (review of issue 25)
+    candidates: Annotated[int, _range(ge=1, le=4096)] = 100
     # the similarity floor; lowered per query down to floor_min ...
     min_similarity: Cosine = 0.4
     # ... when the best candidate is under min_similarity + floor_margin
