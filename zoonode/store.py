@@ -240,7 +240,7 @@ class InsertResult:
 class Row:
     seq: int
     id: bytes
-    wire: bytes
+    wire: bytes | None  # None where read as a query candidate (Store.candidate_fields)
     op: Op
     author: bytes
     domain: str
@@ -790,15 +790,7 @@ class Store:
         )
 
     def rows_by_seq(self, seqs: Sequence[int]) -> dict[int, Row]:
-        out: dict[int, Row] = {}
-        for start in range(0, len(seqs), 900):  # SQLite's bound-parameter limit
-            chunk = [int(s) for s in seqs[start : start + 900]]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM records WHERE seq IN ({marks})", chunk
-            ):
-                out[r[0]] = _row(r)
-        return out
+        return {r[0]: _row(r) for r in self._by_seq(_ROW_COLUMNS, seqs)}
 
     def rows_with_vectors(self, seqs: Sequence[int]) -> dict[int, tuple[Row, np.ndarray]]:
         """Rows and their stored compact vectors in one read: the query path's candidates.
@@ -806,18 +798,17 @@ class Store:
         Reading the vector column here is ~2x cheaper than ``hnswlib.get_items`` afterwards."""
         return {
             r[0]: (_row(r), np.frombuffer(r[-1], np.float32))
-            for r in self._with_vectors(_ROW_COLUMNS, seqs)
+            for r in self._by_seq(f"{_ROW_COLUMNS}, vector", seqs, "AND vector IS NOT NULL")
         }
 
-    def _with_vectors(self, columns: str, seqs: Sequence[int]) -> Iterator[tuple]:
-        """``columns`` and the vector of those of ``seqs`` stored with a vector."""
-        for start in range(0, len(seqs), 900):  # SQLite's bound-parameter limit
+    def _by_seq(self, columns: str, seqs: Sequence[int], where: str = "") -> Iterator[tuple]:
+        """``columns`` of the records of ``seqs`` held (and matching ``where``), in chunks of
+        SQLite's bound-parameter limit."""
+        for start in range(0, len(seqs), 900):
             chunk = [int(s) for s in seqs[start : start + 900]]
             marks = ",".join("?" * len(chunk))
             yield from self.db.execute(
-                f"SELECT {columns}, vector FROM records "
-                f"WHERE seq IN ({marks}) AND vector IS NOT NULL",
-                chunk,
+                f"SELECT {columns} FROM records WHERE seq IN ({marks}) {where}", chunk
             )
 
     def candidate_fields(self, seqs: Sequence[int]) -> dict[int, tuple]:
@@ -827,18 +818,14 @@ class Store:
         needs the signed bytes of the few it returns alone (:meth:`wires_by_seq`). ``candidate_row``
         makes a Row of one: building ~190 Rows cost ~0.8 ms a query, and reading ~160 wires
         ~0.8 ms at 100k lessons."""
-        return {r[0]: r for r in self._with_vectors(_CANDIDATE_COLUMNS, seqs)}
+        return {
+            r[0]: r
+            for r in self._by_seq(f"{_CANDIDATE_COLUMNS}, vector", seqs, "AND vector IS NOT NULL")
+        }
 
     def wires_by_seq(self, seqs: Sequence[int]) -> dict[int, bytes]:
         """seq -> the stored signed bytes, for those of ``seqs`` held."""
-        out: dict[int, bytes] = {}
-        for start in range(0, len(seqs), 900):
-            chunk = [int(s) for s in seqs[start : start + 900]]
-            marks = ",".join("?" * len(chunk))
-            out.update(
-                self.db.execute(f"SELECT seq, wire FROM records WHERE seq IN ({marks})", chunk)
-            )
-        return out
+        return dict(self._by_seq("seq, wire", seqs))
 
     def vectors_since(
         self, seq: int, batch: int = 4096, pending: bool = False
