@@ -185,3 +185,53 @@ def test_cli_against_the_node(node):
         timeout=60,
     )
     assert missing.returncode == 1 and "unreachable" in missing.stderr
+
+
+def _exchange(sock, request: bytes) -> tuple[bytes, bytes, int]:
+    """Send ``request``; read the answer: (head, body, how many recv calls it took)."""
+    sock.sendall(request)
+    data, reads = b"", 0
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+        reads += 1
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    if request.startswith(b"HEAD "):
+        return head, b"", reads
+    while len(body) < length:
+        body += sock.recv(65536)
+        reads += 1
+    return head, body, reads
+
+
+def test_a_sized_answer_leaves_in_one_write(node):
+    """zoonode.hypercorn_h11: a JSON answer's head and body go out in one send, so the client's
+    first read holds all of it (two sends: the first read, woken by the head, gets the head
+    alone nearly every time). Keep-alive, HEAD and a streamed export work as before."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = node[0]
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reads = []
+        for _ in range(20):  # one keep-alive connection
+            head, body, count = _exchange(sock, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert json.loads(body)["replica"] >= 0
+            reads.append(count)
+        assert reads == [1] * 20
+        head, body, _ = _exchange(sock, b"HEAD /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b""
+        head, body, count = _exchange(sock, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404") and json.loads(body)["error"]["code"] == "not_found"
+        assert count == 1
+    with httpx.stream("GET", f"{url}/v1/export") as streamed:
+        assert streamed.status_code == 200
+        assert "content-length" not in streamed.headers  # streamed: not held back
+        assert all(json.loads(line)["id"] for line in streamed.iter_lines() if line)

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from zoonode import inputs
+from zoonode import hypercorn_h11, inputs
 from zoonode.context import Lesson, render_context
 from zoonode.inputs import InputError
 from zoonode.knowledge import Filters
@@ -651,6 +651,7 @@ async def serve_api(node: Node, listen: str, *, task_status) -> None:
     from hypercorn.config import Config as HyperConfig
     from hypercorn.trio import serve
 
+    hypercorn_h11.install()  # a sized answer's head and body in one write
     token = load_or_create_token(node.cfg.data_path)
     api = node.cfg.api
     config = HyperConfig()
