@@ -63,9 +63,12 @@ K = 10
 BATCH = 256  # lessons per API request (zoonode's MAX_BATCH)
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB from /proc: ``VmRSS`` (all of it), ``RssAnon`` (its
+    own heap) or ``RssFile`` (file pages it maps: a memory-mapped database's pages count
+    here, though the kernel's page cache holds them either way and may drop them)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -381,6 +384,8 @@ def measure_queries(systems: list, corpus, size: int, passes: int = 2) -> dict[s
                 else {}
             ),
             "rss MB": rss_mb(s.pid),
+            "rss anon MB": rss_mb(s.pid, "RssAnon"),
+            "rss file MB": rss_mb(s.pid, "RssFile"),
             "disk MB": s.disk(),
             "load average (1 min) during queries": [round(x, 2) for x in load],
         }

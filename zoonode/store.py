@@ -292,7 +292,6 @@ CANDIDATE_VECTOR = 14
 candidate_row = _row  # a Row from a candidate_fields tuple (its wire None until read)
 
 CACHE_KB = 64 * 1024  # SQLite page cache per store
-MMAP_BYTES = 0x7FFF0000  # SQLITE_MAX_MMAP_SIZE, the most a default build maps
 FIRST_SEEN_CACHE = 65_536  # authors whose first acceptance is kept in memory (~10 MB)
 
 
@@ -338,11 +337,9 @@ class Store:
             # 64 MB of page cache (default 2 MB): at 1M records the id, author and cluster
             # indexes no longer fit in 2 MB and every insert re-reads their pages.
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KB}")
-            # Reads through a memory map of the file (SQLite's limit, ~2 GiB: the first
-            # ~500k records; later pages are read as before): a query's ~110 candidate rows
-            # cost ~0.9 ms instead of ~1.4 at 100k lessons, a copy per page saved. Writes still
-            # go through write(), so a full disk is the same SQLITE_FULL as before.
-            self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            # No memory map (PRAGMA mmap_size), tried three times: ~0.3-0.5 ms a query at 100k
+            # lessons (paired A/B) for ~370 MB more RSS (the mapped pages count as the
+            # process's): benchmarks/results/versus-chroma-c229521.json.
             self.db.executescript(_SCHEMA)
             self._migrate()
         except sqlite3.DatabaseError as exc:
