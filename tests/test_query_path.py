@@ -248,10 +248,10 @@ def test_where_nobody_is_established_the_early_cut_takes_the_best_lessons_floor(
     at 100k lessons of 64 new authors, ~30 more rows a query). Once the node holds a lesson
     of its own (an established author may then answer further down, with a floor as low as
     0.3), they are read again. The answers are the same, and the count under the floor (the
-    own lesson, at 0.2, is one more)."""
+    own lesson, at 0.2, is one more). 100 candidates: room for all 53 lessons."""
     rng = np.random.default_rng(13)
     q = encoder.encode_compact(QUERY)[0]
-    node = Node(node_config(tmp_path / "n"), encoder=encoder)
+    node = Node(node_config(tmp_path / "n", selection={"candidates": 100}), encoder=encoder)
     strong = vectors_at(q, np.linspace(0.86, 0.84, 12), rng)
     weak = vectors_at(q, np.linspace(0.33, 0.31, 40), rng)
     vectors = np.concatenate([strong, weak])

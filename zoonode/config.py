@@ -244,7 +244,8 @@ class SelectionConfig:
     k: Annotated[int, _range(ge=1, le=50)] = 5  # the API's k range
     # at most the widest search a query makes (knowledge.WEIGHED_FETCH_CAP): 100,000 was
     # accepted and made every query ~90x slower at 100k lessons (review of issue 25)
-    candidates: Annotated[int, _range(ge=1, le=4096)] = 100
+    # 50 (100 before, 150 before that): benchmarks/README.md, issue 25's latency work
+    candidates: Annotated[int, _range(ge=1, le=4096)] = 50
     # the similarity floor; lowered per query down to floor_min ...
     min_similarity: Cosine = 0.4
     # ... when the best candidate is under min_similarity + floor_margin
