@@ -235,3 +235,30 @@ def test_a_sized_answer_leaves_in_one_write(node):
         assert streamed.status_code == 200
         assert "content-length" not in streamed.headers  # streamed: not held back
         assert all(json.loads(line)["id"] for line in streamed.iter_lines() if line)
+
+
+def test_http2_is_refused_and_cannot_stop_the_node(node):
+    """zoonode.hypercorn_h11: Hypercorn's HTTP/2 crashed ``serve()`` (and so the node) on a body
+    arriving after the app had answered (pgjones/hypercorn#329): an unauthenticated HTTP/2
+    POST of 60-70 kB stopped the node (review of issue 25). Now HTTP/2 with prior knowledge
+    fails at the client, an ``Upgrade: h2c`` is answered in HTTP/1.1, and the node serves on."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = node[0]
+    for path, body in (("/v1/query", b"x" * 70_000), ("/v1/experiences", b"x" * 60_000)):
+        with (
+            pytest.raises(httpx.HTTPError),
+            httpx.Client(http2=True, http1=False, timeout=10) as h2,
+        ):
+            h2.post(f"{url}{path}", content=body)
+        assert httpx.get(f"{url}/v1/status", timeout=10).status_code == 200
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        head, body, _ = _exchange(
+            sock,
+            b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        )
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["replica"] >= 0
+    assert httpx.get(f"{url}/v1/status", timeout=10).status_code == 200

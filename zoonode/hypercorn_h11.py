@@ -1,4 +1,14 @@
-"""Hypercorn's HTTP/1.1 protocol, sending a sized answer's head and body in one write.
+"""Hypercorn's HTTP/1.1 protocol: HTTP/1.1 only, a sized answer's head and body in one write.
+
+**HTTP/1.1 only.** Hypercorn switches a plain-TCP connection to HTTP/2 when a client asks
+(``Upgrade: h2c``) or just starts speaking it (the ``PRI * HTTP/2.0`` preface), and its
+HTTP/2 code raises out of ``serve()`` on request data that arrives after the app has already
+answered (a 401 or 413 to a large body: ``KeyError`` in ``hypercorn/protocol/h2.py``,
+pgjones/hypercorn#329, open with unmerged fixes): one unauthenticated request stopped the whole
+node (found by a fresh review of issue 25). The API is documented as HTTP/1.1, so the switch is
+refused: an ``Upgrade: h2c`` header is ignored and the request answered in HTTP/1.1 (RFC 9110
+§7.8 lets a server ignore Upgrade); the HTTP/2 preface is an ordinary request for ``*`` (a JSON
+404) and the binary frames after it a malformed request (400, connection closed).
 
 Hypercorn (0.17-0.18) writes a response's head as soon as the app starts it and its body
 with a second ``send``. On loopback each send wakes the client, and on this project's 2-core
@@ -26,7 +36,8 @@ _installed = False
 
 
 def install() -> bool:
-    """Install the one-write protocol (idempotent); returns whether it is in place."""
+    """Install the HTTP/1.1-only, one-write protocol (idempotent); returns whether it is in
+    place."""
     global _installed
     if _installed:
         return True
@@ -70,6 +81,9 @@ def install() -> bool:
                     raise
                 return
             await self.send(RawData(data=data))
+
+        async def _check_protocol(self, event) -> None:
+            """Neither ``Upgrade: h2c`` nor the HTTP/2 preface switches protocol (above)."""
 
         async def stream_send(self, event) -> None:
             if isinstance(event, StreamClosed) and self._held:
