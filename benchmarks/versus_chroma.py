@@ -437,6 +437,13 @@ def main() -> None:
         "client's): the same on both, so the comparison is of the stores, not the runtimes",
     )
     args = parser.parse_args()
+    if min(args.sizes) < 2 * args.window:
+        # The first window (from --window lessons) and the last one below each size would
+        # overlap: the second would ingest lessons already stored (a review ran --sizes 2000).
+        parser.error(
+            f"every size must be at least twice --window ({2 * args.window}): "
+            f"e.g. --sizes {min(args.sizes)} --window {min(args.sizes) // 2}"
+        )
     os.environ["ZOONODE_ENCODER__THREADS"] = str(args.threads)  # the node processes
     os.environ["ZOONODE_ENCODER__RUNTIME"] = args.runtime
     import torch
