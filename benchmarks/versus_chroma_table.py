@@ -131,10 +131,21 @@ def tables(after: dict, before: dict | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--after", type=Path, default=HERE / "results" / "versus-chroma.json")
+    parser = argparse.ArgumentParser(
+        description="Rewrite the zoonode-vs-Chroma tables in benchmarks/README.md (between the "
+        "versus-chroma markers) from result JSON."
+    )
     parser.add_argument(
-        "--before", type=Path, default=HERE / "results" / "versus-chroma-before.json"
+        "--after",
+        type=Path,
+        default=HERE / "results" / "versus-chroma.json",
+        help="the run the tables and ratios show (default: results/versus-chroma.json)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=HERE / "results" / "versus-chroma-before.json",
+        help='an earlier run shown in "before" columns, where the file exists',
     )
     args = parser.parse_args()
     after = json.loads(args.after.read_text())
