@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -347,10 +347,20 @@ class AntiEntropy:
             async with recv:
                 try:
                     async for answer, asked in recv:
+                        # Each record leaves ``_asked`` as it joins the ingest queue's count,
+                        # not after the whole answer: counted in both, it left a concurrent
+                        # get asking too few, and a round ended short of the bound.
+                        left = [asked]
+
+                        def counted(left=left) -> None:
+                            if left[0] > 0:
+                                left[0] -= 1
+                                self._asked -= 1
+
                         try:
-                            fetched += await self._queue(peer, kind, answer, limiter)
+                            fetched += await self._queue(peer, kind, answer, limiter, counted)
                         finally:
-                            self._asked -= asked
+                            self._asked -= left[0]
                 except Exception as exc:
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
@@ -377,7 +387,14 @@ class AntiEntropy:
             _prepare, wires, node.kb.store.known_many, limiter=self._decoders
         )
 
-    async def _queue(self, peer, kind: str, answer: Any, limiter: AuthorLimiter) -> int:
+    async def _queue(
+        self,
+        peer,
+        kind: str,
+        answer: Any,
+        limiter: AuthorLimiter,
+        counted: Callable[[], None] | None = None,
+    ) -> int:
         """The rest of one answer's checks, each record's as it is queued; returns how many
         were queued."""
         from zoonode.net.validation import check_feedback
@@ -419,7 +436,10 @@ class AntiEntropy:
             elif checked.reason == Reason.FEEDBACK_FULL:
                 node.feedback.note_refused(checked.record)
             if checked.verdict is Verdict.ACCEPT:
-                await enqueue(checked.record, str(peer))
+                if kind == "experience":
+                    await enqueue(checked.record, str(peer), counted)
+                else:
+                    await enqueue(checked.record, str(peer))
                 fetched += 1
         return fetched
 
@@ -438,7 +458,7 @@ class AntiEntropy:
         only as many), so a joiner fetches up to the bound, not to one ``get`` short of it
         and then the rest an interval later."""
         node = self.node
-        waiting = node.kb.backlog.total + node.ingest.queued_lessons + self._asked
+        waiting = node.ingest.waiting() + self._asked
         return node.bounds.total - waiting
 
 

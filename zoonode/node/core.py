@@ -272,7 +272,7 @@ class Node:
         backlog, queued = self.kb.backlog, self.ingest
         author = record.experience.author
         return backlog_admits(
-            backlog.total + queued.queued_lessons,
+            queued.waiting(),
             backlog.of(author) + queued.queued_of[author],
             author in backlog.vouched,
             self.bounds,

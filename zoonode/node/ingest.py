@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -58,6 +58,10 @@ class Ingest:
         # otherwise a burst is admitted against counts that lag by up to the whole queue.
         self.queued_of: Counter[bytes] = Counter()
         self.queued_lessons = 0
+        # The backlog's size when the batch being stored started (None: none is): that batch
+        # is still in ``queued_lessons`` while ``KnowledgeBase.ingest`` adds it to the backlog,
+        # so the sum counted it twice for a moment (``waiting``).
+        self._storing_from: int | None = None
         self._stores: deque[tuple[float, int]] = deque()  # (time, records) of store batches
 
     # -- our own lessons ----------------------------------------------------------------------
@@ -178,12 +182,17 @@ class Ingest:
             except trio.WouldBlock:  # not expected: admission leaves the room
                 await self._send.send((checked.record, forwarder))
 
-    async def enqueue(self, record: SignedRecord, peer: str) -> None:
+    async def enqueue(
+        self, record: SignedRecord, peer: str, counted: Callable[[], None] | None = None
+    ) -> None:
         """A record fetched by sync, already validated like gossip. Sync takes at most half
-        the queue, so that gossip always finds room."""
+        the queue, so that gossip always finds room. ``counted`` is called the moment the
+        record counts as queued (sync stops counting it as asked for: never both)."""
         while self.queued() >= INGEST_QUEUE // 2:
             await trio.sleep(0.01)
         self._count(record, 1)
+        if counted is not None:
+            counted()
         await self._send.send((record, peer))
 
     def _count(self, record: SignedRecord, step: int) -> None:
@@ -194,6 +203,14 @@ class Ingest:
         if self.queued_of[author] <= 0:
             del self.queued_of[author]
         self.queued_lessons += step
+
+    def waiting(self) -> int:
+        """Peers' lessons waiting for the embedding check, stored or in this queue, each
+        once: what the backlog bound (``ingest.max_pending``) counts. Trio thread."""
+        total = self.node.kb.backlog.total
+        if self._storing_from is not None:  # the batch being stored is counted as queued
+            total = min(total, self._storing_from)
+        return total + self.queued_lessons
 
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
@@ -216,18 +233,27 @@ class Ingest:
                 except trio.WouldBlock:
                     break
             try:
-                stored = await self.node.in_kb(self.store_pending, batch)
+                stored = await self.node.in_kb(self._store_queued, batch)
             except StorageFull as exc:
+                self._storing_from = None
                 self._uncount(batch)
                 # Not stored, so not in the digest: sync fetches them again once there is room.
                 self.node.counters["ingest:storage_full"] += len(batch)
                 log.warning("%d peer records dropped: %s", len(batch), exc)
                 continue
+            self._storing_from = None
             self._uncount(batch)  # stored now: counted by the backlog itself
             self._stored(len(stored))
             self.node.note_stored(stored)
             self.node.checker.active()
             self.node.checker.notify()
+
+    def _store_queued(self, batch: list[tuple[SignedRecord, str]]) -> list[SignedRecord]:
+        """Knowledge-base thread: :meth:`store_pending` for a batch of the queue, the backlog's
+        size noted first (nothing else changes the backlog while this thread works: ``waiting``
+        counts the batch once)."""
+        self._storing_from = self.node.kb.backlog.total
+        return self.store_pending(batch)
 
     def _stored(self, records: int) -> None:
         self._stores.append((time.monotonic(), records))
