@@ -22,8 +22,9 @@ subclass that holds the head of a response whose size is known (``content-length
 first body bytes or its end, then sends both at once. Streamed answers (no
 ``content-length``: ``/v1/export``'s NDJSON, server-sent events) leave as before, head first,
 so a client sees their head at once. Where this Hypercorn lacks the hook (a later release
-moved it), nothing is changed and answers leave in two writes, as before;
-``tests/test_api.py`` notices.
+moved it; hypercorn is pinned below 0.19 for that reason), nothing is changed: answers leave
+in two writes and HTTP/2 is served again, so :func:`install` logs a warning;
+``tests/test_api.py`` fails.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ def install() -> bool:
         from hypercorn.protocol.events import StreamClosed
         from hypercorn.protocol.h11 import H11Protocol
     except ImportError as exc:  # pragma: no cover - a Hypercorn without these modules
-        log.info("hypercorn: answers leave in two writes (%s)", exc)
+        log.warning("hypercorn: HTTP/2 not refused, answers in two writes (%s)", exc)
         return False
     if getattr(protocol, "H11Protocol", None) is not H11Protocol or not hasattr(
         H11Protocol, "_send_h11_event"
     ):  # pragma: no cover - a Hypercorn laid out otherwise
-        log.info("hypercorn: answers leave in two writes (no H11Protocol hook)")
+        log.warning("hypercorn: HTTP/2 not refused, answers in two writes (no H11Protocol hook)")
         return False
 
     class OneWriteH11Protocol(H11Protocol):
