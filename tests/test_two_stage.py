@@ -31,7 +31,7 @@ from zoonode.net.validation import (
     check_record,
     code_vectors,
 )
-from zoonode.node.checker import CheckThread, may_start
+from zoonode.node.checker import CHECK_THREADS, CheckThread, may_start, query_threads
 from zoonode.protocol import (
     Experience,
     Feedback,
@@ -479,6 +479,65 @@ def test_waiting_records_above_the_replicas_last_take_its_place_not_an_extra_rea
     )[:10]
     assert [h.row.id for h in hits] == [i for _, i in best]
     kb.close()
+
+
+def test_waiting_records_of_newer_authors_rank_by_weight_and_do_not_widen_the_search(
+    tmp_path, encoder, key
+):
+    """With ``weigh``, waiting records enter the fetch by their weighted rank, as ``_keep``
+    ranks them: a newer author's (factor 0.2) scoring above the replica's last candidate does
+    not push a checked lesson out. Cut by cosine alone they did: the k-th kept was then a
+    waiting one, the pool could not be shown complete, and the search widened 4x (2 replica
+    searches and ~330 rows a query at 100k while a backlog drained). One search here, and the
+    hits are the best k by cosine x factor."""
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(8)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    texts = [f"lesson number {i} on topic {i % 7}" for i in range(80)]
+    records = create_experiences(encoder, key, [{"text": t, "domain": "a.b"} for t in texts])
+    checked_scores = np.linspace(0.8, 0.5, 80)  # k=50 fetches 66 from the replica
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records, checked_scores, strict=True)])
+    newer = Ed25519PrivateKey.generate()
+    waiting = create_experiences(
+        encoder, newer, [{"text": f"a newer lesson {i}", "domain": "a.b"} for i in range(40)]
+    )
+    waiting_scores = np.linspace(0.95, 0.45, 40)  # ~30 above the 66th checked one
+    kb.ingest(
+        [
+            Incoming(r, at(s), "peer", pending=i)
+            for i, (r, s) in enumerate(zip(waiting, waiting_scores, strict=True))
+        ]
+    )
+    mine = public_key_bytes(key)
+
+    def weigh(authors):
+        return np.array([1.0 if a == mine else 0.2 for a in authors])
+
+    searches: list[int] = []
+    search = kb.replica.search
+    kb.replica.search = lambda query, k: searches.append(k) or search(query, k=k)
+    found = kb.find(q, k=50, pending=True, weigh=weigh, dedupe=False, max_factor=1.0)
+    kb.replica.search = search
+    assert searches == [66], searches
+    scored = [(s, r.id) for r, s in zip(records, checked_scores, strict=True)]
+    scored += [(0.2 * s, r.id) for r, s in zip(waiting, waiting_scores, strict=True)]
+    assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:50]]
+    kb.close()
+
+
+def test_a_query_encodes_with_every_thread_unless_a_check_at_normal_priority_runs_beside():
+    assert query_threads(0, check_niced=False) is None  # nothing waits: the encoder's own
+    assert query_threads(0, check_niced=True) is None
+    assert query_threads(5, check_niced=True) is None  # the niced check yields the core
+    assert query_threads(5, check_niced=False) == CHECK_THREADS == 1
 
 
 def key_author(key) -> bytes:

@@ -699,25 +699,25 @@ class KnowledgeBase:
             exhausted = len(seqs) < fetch
             early = 0  # candidates left out before their rows are read (_above_floor)
             waiting = np.zeros(0, np.int64)
+            read: dict[int, tuple] = {}  # candidate_fields already read (not read twice)
             if pending and len(self.pending_index):
                 # Only waiting records that would be among the replica's ``fetch`` if they
                 # were in it: one scoring under its last candidate is not read, and where
-                # waiting ones score above it, the best ``fetch`` of both together are the
-                # candidates (as if in one index: the rows read stay ``fetch``, not up to
-                # twice that; while a backlog of relevant records drained, a query read
-                # ~300 rows instead of ~180, ~5 ms at 100k: benchmarks/drain_query.py).
+                # waiting ones rank above it, the best ``fetch`` of both together are the
+                # candidates (as if in one index: the rows read stay ~``fetch``; while a
+                # backlog of relevant records drained, a query read ~300 rows instead of
+                # ~180, ~5 ms at 100k: benchmarks/drain_query.py).
                 cut = pending_floor
                 if not exhausted and len(sims):
                     last = float(sims.min())
                     cut = last if cut is None else max(cut, last)
                 waiting, near = self.pending_index.search(query, fetch, cut)
                 if not exhausted and len(waiting):
-                    nth = np.partition(np.concatenate([sims, near]), -fetch)[-fetch]
-                    seqs, sims = seqs[sims >= nth], sims[sims >= nth]
-                    waiting = waiting[near >= nth]
+                    waiting, sims, seqs = self._merge_waiting(
+                        seqs, sims, waiting, near, fetch, weigh, max_factor, read
+                    )
             # The checked candidates' floor bounds the caller's from below with records
             # waiting too (a waiting one can only raise the best, or fail and leave).
-            read: dict[int, tuple] = {}  # candidate_fields already read (the floor's probe)
             if floor is not None and len(seqs):
                 seqs, early = self._above_floor(seqs, sims, query, filters, floor, read)
             if len(waiting):
@@ -772,6 +772,43 @@ class KnowledgeBase:
                 return self._found(kept, dedupe and sizes, floor, overflow, wires)
             # Wider for the weighted rank alone (the pool is full): at most WEIGHED_FETCH_CAP.
             fetch = min(fetch * 4, WEIGHED_FETCH_CAP) if len(kept) >= k else fetch * 4
+
+    def _merge_waiting(
+        self,
+        seqs: np.ndarray,
+        sims: np.ndarray,
+        waiting: np.ndarray,
+        near: np.ndarray,
+        fetch: int,
+        weigh: Weigh | None,
+        max_factor: float,
+        read: dict[int, tuple],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best ``fetch`` of the replica's candidates (``seqs``, ``sims``) and the waiting
+        ones (``waiting``, their exact scores ``near``) together, ranked as :meth:`_keep` ranks
+        them: with ``weigh``, a waiting record by its cosine x its author's factor (its
+        fields are read for that, into ``read``: ``_keep`` reads them anyway) and a checked
+        one by its cosine x ``max_factor`` (the most its unread author's factor can be). Cut
+        by cosine alone, the waiting records of newer authors (factor 0.2) pushed checked
+        lessons out of the fetch although they rank far under them; the pool then looked
+        incomplete and the search widened 4x (at 100k while 8,000 records drained: 2 replica
+        searches and ~330 rows a query instead of 1 and ~70, search 20 ms instead of 8).
+        Returns (waiting, sims, seqs), each cut; a checked one is left out only where
+        ``fetch`` candidates surely outrank it, so the replica's last score still bounds
+        every candidate not returned. Knowledge-base thread."""
+        ranked = near
+        if weigh is not None:
+            fields = self.store.candidate_fields(waiting.tolist())
+            read.update(fields)
+            live = np.fromiter((s in fields for s in waiting.tolist()), bool, len(waiting))
+            waiting, near = waiting[live], near[live]
+            authors = [fields[s][CANDIDATE_AUTHOR] for s in waiting.tolist()]
+            ranked = near * weigh(authors) if authors else near
+        mine = sims * max_factor if weigh is not None else sims
+        if len(mine) + len(ranked) <= fetch:
+            return waiting, sims, seqs
+        nth = np.partition(np.concatenate([mine, ranked]), -fetch)[-fetch]
+        return waiting[ranked >= nth], sims[mine >= nth], seqs[mine >= nth]
 
     def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
         """Whether the replica's last candidate (``sims``: the replica's scores) is surely

@@ -102,6 +102,17 @@ def may_start(waited_s: float, batch_s: float, burst: bool, busy: bool) -> bool:
     return not (burst or busy)
 
 
+def query_threads(waiting: int, check_niced: bool) -> int | None:
+    """Encoder threads for a query's encodes (its text, its on-demand checks) with
+    ``waiting`` records in the backlog: the encoder's own (None) when nothing waits or the
+    background check's encodes are niced (they yield the core: one thread cost a query ~3 ms
+    while 8,000 records drained at 100k, benchmarks/drain_query.py); one
+    (``CHECK_THREADS``) beside a check at normal priority (``ingest.check_nice`` 0, or nice
+    unavailable), as two encodes sharing 2 cores stall on each other's thread barrier.
+    Pure."""
+    return CHECK_THREADS if waiting and not check_niced else None
+
+
 class RateMeter:
     """Events per second over a sliding window (the check rate shown in status)."""
 
@@ -248,9 +259,19 @@ class Checker:
                 return
             await trio.sleep(0.005)
 
+    def threads(self) -> int | None:
+        """The encoder threads for a query's encodes (its text, its on-demand checks):
+        :func:`query_threads` of this node's backlog and check priority."""
+        if self.process is not None:
+            niced = self.node.cfg.ingest.check_nice > 0
+        else:
+            niced = self.thread.niced
+        return query_threads(self.node.kb.backlog.total, niced)
+
     def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
         """Knowledge-base thread: check these records now if they still wait (a query's
-        selected few, one encoder batch), and report every one's fate."""
+        selected few, one encoder batch with the query's threads, :meth:`threads`), and
+        report every one's fate."""
         node = self.node
         seqs = [int(s) for s in seqs]
         rows = node.kb.pending(len(seqs), seqs)
@@ -258,7 +279,7 @@ class Checker:
         removed: set[int] = set()
         if rows:
             texts = [decode(r.wire).experience.text for r in rows]
-            compact = node.encoder.encode_compact(texts, len(texts), False, CHECK_THREADS)
+            compact = node.encoder.encode_compact(texts, len(texts), False, self.threads())
             try:
                 outcome = self._apply(rows, compact, "on_demand")
             except StorageFull as exc:  # a query is a read: it goes on without these records

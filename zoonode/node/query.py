@@ -30,7 +30,6 @@ from zoonode.experiences import now_ms
 from zoonode.knowledge import Filters, Found, Hit
 from zoonode.native.head import CANONICAL_DIM
 from zoonode.net.validation import AuthorLimiter, Verdict, check_record
-from zoonode.node.checker import CHECK_THREADS
 from zoonode.protocol import (
     Op,
     ProtocolError,
@@ -169,10 +168,9 @@ class Query:
         bound = [1.0]  # standing_bound, read in the knowledge-base thread (local)
 
         def local() -> tuple[np.ndarray, Found, bool]:
-            # While the background check encodes (one thread), one thread here too: two
-            # encodes then share 2 cores without stalling on each other's thread barrier.
-            threads = CHECK_THREADS if node.kb.backlog.total else None
+            # The encoder's threads, or one beside a check at normal priority (query_threads).
             t0 = time.perf_counter()
+            threads = node.checker.threads()
             q = node.encoder.encode_compact(text, threads=threads)[0] if vector is None else vector
             t1 = time.perf_counter()
             marks["encode"] = t1 - t0
