@@ -17,7 +17,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from zoonode.experiences import create_experiences, create_revocation, now_ms
-from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase
+from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase, waiting_complete
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
 from zoonode.net.validation import (
@@ -481,15 +481,13 @@ def test_waiting_records_above_the_replicas_last_take_its_place_not_an_extra_rea
     kb.close()
 
 
-def test_waiting_records_of_newer_authors_rank_by_weight_and_do_not_widen_the_search(
-    tmp_path, encoder, key
-):
-    """With ``weigh``, waiting records enter the fetch by their weighted rank, as ``_keep``
-    ranks them: a newer author's (factor 0.2) scoring above the replica's last candidate does
-    not push a checked lesson out. Cut by cosine alone they did: the k-th kept was then a
-    waiting one, the pool could not be shown complete, and the search widened 4x (2 replica
-    searches and ~330 rows a query at 100k while a backlog drained). One search here, and the
-    hits are the best k by cosine x factor."""
+def test_waiting_records_of_newer_authors_do_not_widen_the_search(tmp_path, encoder, key):
+    """With ``weigh``, the waiting records above the replica's last candidate are candidates
+    beside its ``fetch``: a newer author's (factor 0.2) does not push a checked lesson out.
+    Cut by cosine to the best ``fetch`` of both they did: the k-th kept was then a waiting
+    one, the pool could not be shown complete, and the search widened 4x (2 replica searches
+    and ~330 rows a query at 100k while a backlog drained). One search here, and the hits
+    are the best k by cosine x factor."""
     dim = encoder.space_info.hidden
     rng = np.random.default_rng(8)
     q = np.zeros(dim, np.float32)
@@ -530,6 +528,129 @@ def test_waiting_records_of_newer_authors_rank_by_weight_and_do_not_widen_the_se
     scored = [(s, r.id) for r, s in zip(records, checked_scores, strict=True)]
     scored += [(0.2 * s, r.id) for r, s in zip(waiting, waiting_scores, strict=True)]
     assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:50]]
+    kb.close()
+
+
+def weighed_kb(tmp_path, encoder, key, checked_scores, groups, seed=8):
+    """A knowledge base with checked lessons of ``key`` (factor 1) at these cosines to a
+    query, and waiting records of other authors: ``groups`` name -> (factor, cosines).
+    Returns (kb, query, weigh, every record's (weighted score, id))."""
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(seed)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    items = [{"text": f"lesson {i}", "domain": "a.b"} for i in range(len(checked_scores))]
+    records = create_experiences(encoder, key, items)
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(records, checked_scores, strict=True)])
+    scored = [(float(s), r.id) for r, s in zip(records, checked_scores, strict=True)]
+    factor = {public_key_bytes(key): 1.0}
+    rank = 0
+    for name, (f, scores) in groups.items():
+        other = Ed25519PrivateKey.generate()
+        factor[public_key_bytes(other)] = f
+        items = [{"text": f"{name} {i}", "domain": "a.b"} for i in range(len(scores))]
+        waiting = create_experiences(encoder, other, items)
+        kb.ingest(
+            [
+                Incoming(r, at(s), "peer", pending=rank + i)
+                for i, (r, s) in enumerate(zip(waiting, scores, strict=True))
+            ]
+        )
+        rank += len(scores)
+        scored += [(f * float(s), r.id) for r, s in zip(waiting, scores, strict=True)]
+    return kb, q, lambda authors: np.array([factor[a] for a in authors]), scored
+
+
+def test_waiting_complete_bounds_the_unread_waiting_records():
+    # k-th kept at cosine 0.8: unread waiting records score up to 0.85, any factor up to 1
+    assert not waiting_complete(1.0, 0.8, 0.85, 1.0)
+    assert waiting_complete(1.0, 0.9, 0.85, 1.0)
+    assert waiting_complete(0.995, 0.9, 0.85, 1.0)  # within FACTOR_SLACK of the bound
+    assert not waiting_complete(0.5, 0.9, 0.5, 1.0)  # 0.45 < 0.5
+    assert waiting_complete(0.5, 0.9, 0.4, 1.0)
+    assert waiting_complete(0.2, 0.9, 0.85, 0.2)  # every author fresh: cosine order
+
+
+@pytest.mark.parametrize(
+    "checked, groups",
+    [
+        # a flood of more waiting records than one fetch hid an established author's
+        (
+            np.linspace(0.99, 0.6, 80),
+            {
+                "flood": (0.2, np.linspace(0.97, 0.93, 50)),
+                "known": (1.0, np.linspace(0.92, 0.90, 30)),
+            },
+        ),
+        (
+            np.linspace(0.8, 0.5, 80),
+            {
+                "flood": (0.2, np.linspace(0.95, 0.90, 66)),
+                "known": (1.0, np.linspace(0.88, 0.85, 20)),
+            },
+        ),
+        # the replica exhausted, the pending index not
+        (
+            np.linspace(0.8, 0.5, 30),
+            {
+                "flood": (0.2, np.linspace(0.95, 0.90, 70)),
+                "known": (1.0, np.linspace(0.88, 0.85, 20)),
+            },
+        ),
+        # more than the pending index returns at once (WAITING_READ x fetch = 264)
+        (
+            np.linspace(0.99, 0.6, 80),
+            {
+                "flood": (0.2, np.linspace(0.97, 0.93, 300)),
+                "known": (1.0, np.linspace(0.92, 0.90, 30)),
+            },
+        ),
+        (
+            np.linspace(0.8, 0.5, 30),
+            {
+                "flood": (0.2, np.linspace(0.95, 0.90, 280)),
+                "known": (1.0, np.linspace(0.88, 0.85, 20)),
+            },
+        ),
+    ],
+)
+def test_a_weighed_search_finds_the_best_k_whatever_floods_the_pending_index(
+    tmp_path, encoder, key, checked, groups
+):
+    """The hits of a weighed search with records waiting are the best k by cosine x factor,
+    where more waiting records than one fetch score above the replica's last (a fresh
+    review found 14, 50 and 20 of the best 50 missing in the first three cases), and more
+    than the pending index returns at once (the rest unread: the search widens)."""
+    kb, q, weigh, scored = weighed_kb(tmp_path, encoder, key, checked, groups)
+    found = kb.find(q, k=50, pending=True, weigh=weigh, dedupe=False, max_factor=1.0)
+    assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:50]]
+    kb.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_weighed_search_with_records_waiting_equals_brute_force(tmp_path, encoder, key, seed):
+    """Random cosines and factors: the best k by cosine x factor, as a scan of every
+    record would rank them."""
+    rng = np.random.default_rng(100 + seed)
+    groups = {
+        f"author{j}": (
+            float(rng.choice([0.2, 0.5, 1.0])),
+            rng.uniform(0.3, 0.99, int(rng.integers(5, 90))),
+        )
+        for j in range(int(rng.integers(1, 4)))
+    }
+    checked = rng.uniform(0.3, 0.99, int(rng.integers(10, 150)))
+    kb, q, weigh, scored = weighed_kb(tmp_path, encoder, key, checked, groups, seed)
+    k = int(rng.choice([5, 20, 50]))
+    found = kb.find(q, k=k, pending=True, weigh=weigh, dedupe=False, max_factor=1.0)
+    assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:k]]
     kb.close()
 
 

@@ -70,6 +70,10 @@ FLOOR_PROBE = 8
 # the pool found so far is accepted (``KnowledgeBase.pools_capped`` counts it) rather than
 # reading every row of the store.
 WEIGHED_FETCH_CAP = 4096
+# Waiting records a search reads per replica candidate it fetches, at most (find): while
+# 8,000 records drained at 100k, ~110 of them scored above the replica's 66th candidate for a
+# typical query; reading only 66 left the rest unread, and the whole search widened 4x.
+WAITING_READ = 4
 # Factors this close to the bound count as the bound (pool_complete): 1 % of a factor is ~2 h
 # of standing at 7 days' maturity; an unread lesson it could let outrank the k-th one scores
 # within ~1 % of it.
@@ -303,6 +307,19 @@ class Found:
     hits: list[Hit]
     below_floor: int = 0
     cluster_member_limit: int = 0
+
+
+def waiting_complete(
+    kth_factor: float, kth_score: float, truncated: float, max_factor: float
+) -> bool:
+    """Whether the ``k``-th kept candidate (its author's factor, its exact cosine) outranks
+    every waiting record the pending index left unread, whose cosine is at most
+    ``truncated`` (the last it returned, exact) and whose factor at most ``max_factor``
+    (1 for an unweighed search). Factors within ``FACTOR_SLACK`` of the bound count as the
+    bound (as in :func:`pool_complete`). Pure."""
+    if kth_factor >= max_factor - FACTOR_SLACK:
+        return kth_score >= truncated
+    return kth_factor * kth_score >= truncated * max_factor
 
 
 def pool_complete(
@@ -699,25 +716,38 @@ class KnowledgeBase:
             exhausted = len(seqs) < fetch
             early = 0  # candidates left out before their rows are read (_above_floor)
             waiting = np.zeros(0, np.int64)
-            read: dict[int, tuple] = {}  # candidate_fields already read (not read twice)
+            # The last (exact) score of the waiting records where the pending index returned
+            # all it may: more may wait under it, unread (None: none unread above the cut).
+            truncated: float | None = None
             if pending and len(self.pending_index):
                 # Only waiting records that would be among the replica's ``fetch`` if they
-                # were in it: one scoring under its last candidate is not read, and where
-                # waiting ones rank above it, the best ``fetch`` of both together are the
-                # candidates (as if in one index: the rows read stay ~``fetch``; while a
-                # backlog of relevant records drained, a query read ~300 rows instead of
-                # ~180, ~5 ms at 100k: benchmarks/drain_query.py).
+                # were in it: one scoring under its last candidate is not read.
                 cut = pending_floor
                 if not exhausted and len(sims):
                     last = float(sims.min())
                     cut = last if cut is None else max(cut, last)
-                waiting, near = self.pending_index.search(query, fetch, cut)
-                if not exhausted and len(waiting):
-                    waiting, sims, seqs = self._merge_waiting(
-                        seqs, sims, waiting, near, fetch, weigh, max_factor, read
-                    )
+                # Up to WAITING_READ x ``fetch`` of them: a backlog of relevant records is
+                # often more than one fetch above the replica's last, and leaving some unread
+                # widens the whole search (see ``truncated`` below).
+                waiting, near = self.pending_index.search(query, WAITING_READ * fetch, cut)
+                if len(waiting) >= WAITING_READ * fetch:
+                    truncated = float(near.min())
+                if not exhausted and len(waiting) and weigh is None:
+                    # Unweighed, the best ``fetch`` of both together are the candidates, as
+                    # if in one index (the rows read stay ``fetch``; while a backlog of
+                    # relevant records drained a query read ~300 rows instead of ~180).
+                    # Weighed, every one returned is a candidate beside the replica's
+                    # ``fetch``: cut by cosine, the waiting records of newer authors (factor
+                    # 0.2) pushed checked lessons out although they rank far under them,
+                    # the pool looked incomplete and the search widened 4x (at 100k while
+                    # 8,000 records drained: 2 replica searches and ~330 candidates a query
+                    # instead of 1 and ~70, search 20 ms instead of 8; drain_query.py).
+                    nth = np.partition(np.concatenate([sims, near]), -fetch)[-fetch]
+                    seqs, sims = seqs[sims >= nth], sims[sims >= nth]
+                    waiting = waiting[near >= nth]
             # The checked candidates' floor bounds the caller's from below with records
             # waiting too (a waiting one can only raise the best, or fail and leave).
+            read: dict[int, tuple] = {}  # candidate_fields already read (the floor's probe)
             if floor is not None and len(seqs):
                 seqs, early = self._above_floor(seqs, sims, query, filters, floor, read)
             if len(waiting):
@@ -733,17 +763,34 @@ class KnowledgeBase:
             # search is done, filtered or not: no wider search, no brute force over every
             # row a broad filter matches (~1 s a query at 100k lessons).
             floored = early > 0 or self._reached_floor(kept, sims, floor)
+            kth_factor = (
+                float(weigh([kept[k - 1][1][CANDIDATE_AUTHOR]])[0])
+                if weigh is not None and len(kept) >= k
+                else 1.0
+            )
             complete = len(kept) >= k and (
                 weigh is None
                 or not len(sims)
                 or pool_complete(
-                    float(weigh([kept[k - 1][1][CANDIDATE_AUTHOR]])[0]),
+                    kth_factor,
                     kept[k - 1][2],
                     float(sims.min()),
                     max_factor,
                     0.0 if self.replica.exact_scores else APPROX_MARGIN,
                 )
             )
+            if truncated is not None:
+                # Waiting records the pending index left unread score up to ``truncated``:
+                # the replica's end is not the search's, the floor is reached only where they
+                # are under the replica's last too, and the pool is complete only where none
+                # of them could outrank the k-th kept one (a flood of ``fetch`` waiting
+                # records on a topic hid an established author's waiting ones: review).
+                exhausted = False
+                if not len(sims) or truncated > float(sims.min()):
+                    floored = False
+                complete = complete and waiting_complete(
+                    kth_factor, kept[k - 1][2], truncated, max_factor if weigh else 1.0
+                )
             capped = len(kept) >= k and not (exhausted or floored) and fetch >= WEIGHED_FETCH_CAP
             if not complete and capped:
                 # A flood of low-weight lessons around one query: accept the pool (the best by
@@ -772,43 +819,6 @@ class KnowledgeBase:
                 return self._found(kept, dedupe and sizes, floor, overflow, wires)
             # Wider for the weighted rank alone (the pool is full): at most WEIGHED_FETCH_CAP.
             fetch = min(fetch * 4, WEIGHED_FETCH_CAP) if len(kept) >= k else fetch * 4
-
-    def _merge_waiting(
-        self,
-        seqs: np.ndarray,
-        sims: np.ndarray,
-        waiting: np.ndarray,
-        near: np.ndarray,
-        fetch: int,
-        weigh: Weigh | None,
-        max_factor: float,
-        read: dict[int, tuple],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The best ``fetch`` of the replica's candidates (``seqs``, ``sims``) and the waiting
-        ones (``waiting``, their exact scores ``near``) together, ranked as :meth:`_keep` ranks
-        them: with ``weigh``, a waiting record by its cosine x its author's factor (its
-        fields are read for that, into ``read``: ``_keep`` reads them anyway) and a checked
-        one by its cosine x ``max_factor`` (the most its unread author's factor can be). Cut
-        by cosine alone, the waiting records of newer authors (factor 0.2) pushed checked
-        lessons out of the fetch although they rank far under them; the pool then looked
-        incomplete and the search widened 4x (at 100k while 8,000 records drained: 2 replica
-        searches and ~330 rows a query instead of 1 and ~70, search 20 ms instead of 8).
-        Returns (waiting, sims, seqs), each cut; a checked one is left out only where
-        ``fetch`` candidates surely outrank it, so the replica's last score still bounds
-        every candidate not returned. Knowledge-base thread."""
-        ranked = near
-        if weigh is not None:
-            fields = self.store.candidate_fields(waiting.tolist())
-            read.update(fields)
-            live = np.fromiter((s in fields for s in waiting.tolist()), bool, len(waiting))
-            waiting, near = waiting[live], near[live]
-            authors = [fields[s][CANDIDATE_AUTHOR] for s in waiting.tolist()]
-            ranked = near * weigh(authors) if authors else near
-        mine = sims * max_factor if weigh is not None else sims
-        if len(mine) + len(ranked) <= fetch:
-            return waiting, sims, seqs
-        nth = np.partition(np.concatenate([mine, ranked]), -fetch)[-fetch]
-        return waiting[ranked >= nth], sims[mine >= nth], seqs[mine >= nth]
 
     def _reached_floor(self, kept: list[_Kept], sims: np.ndarray, floor: FloorOf | None) -> bool:
         """Whether the replica's last candidate (``sims``: the replica's scores) is surely
