@@ -634,6 +634,64 @@ def test_a_weighed_search_finds_the_best_k_whatever_floods_the_pending_index(
     kb.close()
 
 
+def test_a_flood_of_waiting_records_on_one_topic_costs_a_query_a_bounded_read(
+    tmp_path, encoder, key
+):
+    """3,000 newer authors' waiting records on one topic, above every checked lesson: the
+    search reads at most WAITING_READ_CAP of them and accepts the pool there (counted in
+    ``pools_capped``), never a scan of the store. Without the cap such floods cost a query
+    22,600 rows and up to a scan of every row (0.7-2.8 s; second review)."""
+    from zoonode.experiences import sign_lessons
+    from zoonode.knowledge import WAITING_READ_CAP
+
+    dim = encoder.space_info.hidden
+    rng = np.random.default_rng(9)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1.0
+
+    def at(score: float) -> np.ndarray:
+        u = rng.standard_normal(dim).astype(np.float32)
+        u[0] = 0.0
+        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
+
+    kb = KnowledgeBase(tmp_path, encoder.space, dim)
+    compact = encoder.encode_compact(["a lesson"])
+    checked = sign_lessons(
+        encoder,
+        key,
+        [{"text": f"lesson {i}", "domain": "a.b"} for i in range(100)],
+        np.repeat(compact, 100, 0),
+    )
+    cosines = np.linspace(0.9, 0.5, 100)
+    kb.ingest([Incoming(r, at(s)) for r, s in zip(checked, cosines, strict=True)])
+    newer = Ed25519PrivateKey.generate()
+    flood = sign_lessons(
+        encoder,
+        newer,
+        [{"text": f"flood {i}", "domain": "a.b"} for i in range(3000)],
+        np.repeat(compact, 3000, 0),
+    )
+    scores = rng.uniform(0.92, 0.97, 3000)
+    pairs = enumerate(zip(flood, scores, strict=True))
+    kb.ingest([Incoming(r, at(s), "peer", pending=i) for i, (r, s) in pairs])
+    mine = public_key_bytes(key)
+
+    def weigh(authors):
+        return np.array([1.0 if a == mine else 0.2 for a in authors])
+
+    rows: list[int] = []
+    reads, exact = kb.store.candidate_fields, kb._exact
+    kb.store.candidate_fields = lambda seqs: rows.append(len(seqs)) or reads(seqs)
+    kb._exact = lambda *a, **kw: pytest.fail("a scan of the store")
+    found = kb.find(q, k=50, pending=True, weigh=weigh, dedupe=False, max_factor=1.0)
+    kb.store.candidate_fields, kb._exact = reads, exact
+    assert kb.pools_capped == 1
+    assert sum(rows) <= 66 + 264 + 264 + WAITING_READ_CAP, rows
+    # The checked lessons still outrank the whole flood (0.5 > 0.2 x 0.97).
+    assert [h.row.id for h in found.hits] == [r.id for r in checked[:50]]
+    kb.close()
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_weighed_search_with_records_waiting_equals_brute_force(tmp_path, encoder, key, seed):
     """Random cosines and factors: the best k by cosine x factor, as a scan of every

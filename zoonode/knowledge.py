@@ -74,6 +74,9 @@ WEIGHED_FETCH_CAP = 4096
 # 8,000 records drained at 100k, ~110 of them scored above the replica's 66th candidate for a
 # typical query; reading only 66 left the rest unread, and the whole search widened 4x.
 WAITING_READ = 4
+# The most waiting records one search reads (a flood on one topic: the pool is then accepted,
+# ``KnowledgeBase.pools_capped`` counts it, as at WEIGHED_FETCH_CAP).
+WAITING_READ_CAP = 1024
 # Factors this close to the bound count as the bound (pool_complete): 1 % of a factor is ~2 h
 # of standing at 7 days' maturity; an unread lesson it could let outrank the k-th one scores
 # within ~1 % of it.
@@ -719,6 +722,7 @@ class KnowledgeBase:
             # The last (exact) score of the waiting records where the pending index returned
             # all it may: more may wait under it, unread (None: none unread above the cut).
             truncated: float | None = None
+            waiting_read = 0
             if pending and len(self.pending_index):
                 # Only waiting records that would be among the replica's ``fetch`` if they
                 # were in it: one scoring under its last candidate is not read.
@@ -729,8 +733,9 @@ class KnowledgeBase:
                 # Up to WAITING_READ x ``fetch`` of them: a backlog of relevant records is
                 # often more than one fetch above the replica's last, and leaving some unread
                 # widens the whole search (see ``truncated`` below).
-                waiting, near = self.pending_index.search(query, WAITING_READ * fetch, cut)
-                if len(waiting) >= WAITING_READ * fetch:
+                waiting_read = min(WAITING_READ * fetch, WAITING_READ_CAP)
+                waiting, near = self.pending_index.search(query, waiting_read, cut)
+                if len(waiting) >= waiting_read:
                     truncated = float(near.min())
                 if not exhausted and len(waiting) and weigh is None:
                     # Unweighed, the best ``fetch`` of both together are the candidates, as
@@ -779,18 +784,6 @@ class KnowledgeBase:
                     0.0 if self.replica.exact_scores else APPROX_MARGIN,
                 )
             )
-            if truncated is not None:
-                # Waiting records the pending index left unread score up to ``truncated``:
-                # the replica's end is not the search's, the floor is reached only where they
-                # are under the replica's last too, and the pool is complete only where none
-                # of them could outrank the k-th kept one (a flood of ``fetch`` waiting
-                # records on a topic hid an established author's waiting ones: review).
-                exhausted = False
-                if not len(sims) or truncated > float(sims.min()):
-                    floored = False
-                complete = complete and waiting_complete(
-                    kth_factor, kept[k - 1][2], truncated, max_factor if weigh else 1.0
-                )
             capped = len(kept) >= k and not (exhausted or floored) and fetch >= WEIGHED_FETCH_CAP
             if not complete and capped:
                 # A flood of low-weight lessons around one query: accept the pool (the best by
@@ -798,6 +791,24 @@ class KnowledgeBase:
                 # row of the store (_exact without a filter: ~1 s a query at 100k lessons).
                 self.pools_capped += 1
                 complete = True
+            if (complete or exhausted or floored) and truncated is not None:
+                # Waiting records the pending index left unread score up to ``truncated``: the
+                # search is done only where they are under the floor the replica reached, or
+                # none could outrank the k-th kept one (a flood of waiting records on a topic
+                # hid an established author's waiting ones: review). Otherwise read more of
+                # them, up to WAITING_READ_CAP; there, accept the pool as at
+                # WEIGHED_FETCH_CAP (a flood of 17,000 waiting records on one topic cost a
+                # query 22,600 rows and 0.7 s, or a scan of the store, when the wider reads
+                # went on to _exact: second review).
+                under = floored and len(sims) > 0 and truncated <= float(sims.min())
+                outranked = len(kept) >= k and waiting_complete(
+                    kth_factor, kept[k - 1][2], truncated, max_factor if weigh else 1.0
+                )
+                if not (under or outranked):
+                    if waiting_read < WAITING_READ_CAP:
+                        fetch *= 4
+                        continue
+                    self.pools_capped += 1
             if complete or exhausted or floored:
                 if len(kept) < k and not filters.empty and not floored:
                     overflow.clear()
