@@ -559,8 +559,12 @@ def test_peers_that_do_not_sync_or_left_are_logged_once_and_counted(
                 [sys.executable, str(script), seed, node.info().addrs[0]], stdout=subprocess.PIPE
             )
             try:
-                with trio.fail_after(30):
-                    line = await proc.stdout.receive_some()
+                line = b""
+                with trio.fail_after(30):  # one line; a pipe read may return part of it
+                    while b"\n" not in line:
+                        chunk = await proc.stdout.receive_some()
+                        assert chunk, line  # the peer exited
+                        line += chunk
                 assert line.startswith(b"joined "), line
                 pid = line.split()[1].decode()
                 peer_id = ID.from_base58(pid)
@@ -617,11 +621,15 @@ def test_a_bootstrap_peer_that_restarts_is_redialled(tmp_path, encoder):
             await nursery.start(a2.run)
             assert a2.peer_id == a.peer_id
             await wait_meshed(a2, b, timeout=30)
-            # b dialled a2 on its own (a2 does not know b). Under load the dial can connect
-            # and still count as failed (its deadline passes during the handshake): both
-            # count b's own redials (a CI run saw the mesh form with redialled 0).
+            # b dialled a2 on its own (a2 does not know b): by its redials, or by
+            # py-libp2p's own auto-connector (which dials the peerstore's peers and won the
+            # race in a CI run: redialled 0); either way b's connection is outbound. Under
+            # load a redial can connect and still count as failed (its deadline passes
+            # during the handshake).
             redials = b.counters["discovery:redialled"] + b.counters["discovery:redial_failed"]
-            assert redials >= 1
+            conns = b.host.get_network().get_connections(a2.host.get_id())
+            outbound = any(c.muxed_conn.is_initiator for c in conns)
+            assert redials >= 1 or outbound, (redials, outbound)
             [(rid, outcome)] = await a2.publish(
                 [{"text": "Restart the bootstrap peer last when upgrading", "domain": "ops.x"}]
             )
