@@ -16,7 +16,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from zoonode.experiences import create_experiences, create_revocation, now_ms
+from zoonode.experiences import create_experiences, create_revocation, now_ms, sign_lessons
 from zoonode.knowledge import DB_FILE, NEWCOMER_RANK, KnowledgeBase, waiting_complete
 from zoonode.native.codec import compress_many
 from zoonode.native.head import lift
@@ -488,45 +488,20 @@ def test_waiting_records_of_newer_authors_do_not_widen_the_search(tmp_path, enco
     one, the pool could not be shown complete, and the search widened 4x (2 replica searches
     and ~330 rows a query at 100k while a backlog drained). One search here, and the hits
     are the best k by cosine x factor."""
-    dim = encoder.space_info.hidden
-    rng = np.random.default_rng(8)
-    q = np.zeros(dim, np.float32)
-    q[0] = 1.0
-
-    def at(score: float) -> np.ndarray:
-        u = rng.standard_normal(dim).astype(np.float32)
-        u[0] = 0.0
-        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
-
-    kb = KnowledgeBase(tmp_path, encoder.space, dim)
-    texts = [f"lesson number {i} on topic {i % 7}" for i in range(80)]
-    records = create_experiences(encoder, key, [{"text": t, "domain": "a.b"} for t in texts])
-    checked_scores = np.linspace(0.8, 0.5, 80)  # k=50 fetches 66 from the replica
-    kb.ingest([Incoming(r, at(s)) for r, s in zip(records, checked_scores, strict=True)])
-    newer = Ed25519PrivateKey.generate()
-    waiting = create_experiences(
-        encoder, newer, [{"text": f"a newer lesson {i}", "domain": "a.b"} for i in range(40)]
+    # k=50 fetches 66 from the replica; ~30 waiting ones score above the 66th checked one
+    kb, q, weigh, scored = weighed_kb(
+        tmp_path,
+        encoder,
+        key,
+        np.linspace(0.8, 0.5, 80),
+        {"newer": (0.2, np.linspace(0.95, 0.45, 40))},
     )
-    waiting_scores = np.linspace(0.95, 0.45, 40)  # ~30 above the 66th checked one
-    kb.ingest(
-        [
-            Incoming(r, at(s), "peer", pending=i)
-            for i, (r, s) in enumerate(zip(waiting, waiting_scores, strict=True))
-        ]
-    )
-    mine = public_key_bytes(key)
-
-    def weigh(authors):
-        return np.array([1.0 if a == mine else 0.2 for a in authors])
-
     searches: list[int] = []
     search = kb.replica.search
     kb.replica.search = lambda query, k: searches.append(k) or search(query, k=k)
     found = kb.find(q, k=50, pending=True, weigh=weigh, dedupe=False, max_factor=1.0)
     kb.replica.search = search
     assert searches == [66], searches
-    scored = [(s, r.id) for r, s in zip(records, checked_scores, strict=True)]
-    scored += [(0.2 * s, r.id) for r, s in zip(waiting, waiting_scores, strict=True)]
     assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:50]]
     kb.close()
 
@@ -534,20 +509,25 @@ def test_waiting_records_of_newer_authors_do_not_widen_the_search(tmp_path, enco
 def weighed_kb(tmp_path, encoder, key, checked_scores, groups, seed=8):
     """A knowledge base with checked lessons of ``key`` (factor 1) at these cosines to a
     query, and waiting records of other authors: ``groups`` name -> (factor, cosines).
-    Returns (kb, query, weigh, every record's (weighted score, id))."""
+    Records are signed without encoding their texts (``sign_lessons``): only the indexed
+    vectors matter here. Returns (kb, query, weigh, every record's (weighted score, id))."""
     dim = encoder.space_info.hidden
     rng = np.random.default_rng(seed)
     q = np.zeros(dim, np.float32)
     q[0] = 1.0
+    compact = encoder.encode_compact(["a lesson"])
 
     def at(score: float) -> np.ndarray:
         u = rng.standard_normal(dim).astype(np.float32)
         u[0] = 0.0
         return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
 
+    def signed(author, name: str, n: int):
+        items = [{"text": f"{name} {i}", "domain": "a.b"} for i in range(n)]
+        return sign_lessons(encoder, author, items, np.repeat(compact, n, 0))
+
     kb = KnowledgeBase(tmp_path, encoder.space, dim)
-    items = [{"text": f"lesson {i}", "domain": "a.b"} for i in range(len(checked_scores))]
-    records = create_experiences(encoder, key, items)
+    records = signed(key, "lesson", len(checked_scores))
     kb.ingest([Incoming(r, at(s)) for r, s in zip(records, checked_scores, strict=True)])
     scored = [(float(s), r.id) for r, s in zip(records, checked_scores, strict=True)]
     factor = {public_key_bytes(key): 1.0}
@@ -555,14 +535,9 @@ def weighed_kb(tmp_path, encoder, key, checked_scores, groups, seed=8):
     for name, (f, scores) in groups.items():
         other = Ed25519PrivateKey.generate()
         factor[public_key_bytes(other)] = f
-        items = [{"text": f"{name} {i}", "domain": "a.b"} for i in range(len(scores))]
-        waiting = create_experiences(encoder, other, items)
-        kb.ingest(
-            [
-                Incoming(r, at(s), "peer", pending=rank + i)
-                for i, (r, s) in enumerate(zip(waiting, scores, strict=True))
-            ]
-        )
+        waiting = signed(other, name, len(scores))
+        pairs = enumerate(zip(waiting, scores, strict=True))
+        kb.ingest([Incoming(r, at(s), "peer", pending=rank + i) for i, (r, s) in pairs])
         rank += len(scores)
         scored += [(f * float(s), r.id) for r, s in zip(waiting, scores, strict=True)]
     return kb, q, lambda authors: np.array([factor[a] for a in authors]), scored
@@ -578,47 +553,26 @@ def test_waiting_complete_bounds_the_unread_waiting_records():
     assert waiting_complete(0.2, 0.9, 0.85, 0.2)  # every author fresh: cosine order
 
 
+def flood_case(checked, flood, known):
+    """(checked cosines, groups): a newer author's flood (factor 0.2) and an established
+    author's waiting records (factor 1), each (first, last, count) spaced evenly."""
+    return np.linspace(*checked), {
+        "flood": (0.2, np.linspace(*flood)),
+        "known": (1.0, np.linspace(*known)),
+    }
+
+
 @pytest.mark.parametrize(
     "checked, groups",
     [
         # a flood of more waiting records than one fetch hid an established author's
-        (
-            np.linspace(0.99, 0.6, 80),
-            {
-                "flood": (0.2, np.linspace(0.97, 0.93, 50)),
-                "known": (1.0, np.linspace(0.92, 0.90, 30)),
-            },
-        ),
-        (
-            np.linspace(0.8, 0.5, 80),
-            {
-                "flood": (0.2, np.linspace(0.95, 0.90, 66)),
-                "known": (1.0, np.linspace(0.88, 0.85, 20)),
-            },
-        ),
+        flood_case((0.99, 0.6, 80), (0.97, 0.93, 50), (0.92, 0.90, 30)),
+        flood_case((0.8, 0.5, 80), (0.95, 0.90, 66), (0.88, 0.85, 20)),
         # the replica exhausted, the pending index not
-        (
-            np.linspace(0.8, 0.5, 30),
-            {
-                "flood": (0.2, np.linspace(0.95, 0.90, 70)),
-                "known": (1.0, np.linspace(0.88, 0.85, 20)),
-            },
-        ),
+        flood_case((0.8, 0.5, 30), (0.95, 0.90, 70), (0.88, 0.85, 20)),
         # more than the pending index returns at once (WAITING_READ x fetch = 264)
-        (
-            np.linspace(0.99, 0.6, 80),
-            {
-                "flood": (0.2, np.linspace(0.97, 0.93, 300)),
-                "known": (1.0, np.linspace(0.92, 0.90, 30)),
-            },
-        ),
-        (
-            np.linspace(0.8, 0.5, 30),
-            {
-                "flood": (0.2, np.linspace(0.95, 0.90, 280)),
-                "known": (1.0, np.linspace(0.88, 0.85, 20)),
-            },
-        ),
+        flood_case((0.99, 0.6, 80), (0.97, 0.93, 300), (0.92, 0.90, 30)),
+        flood_case((0.8, 0.5, 30), (0.95, 0.90, 280), (0.88, 0.85, 20)),
     ],
 )
 def test_a_weighed_search_finds_the_best_k_whatever_floods_the_pending_index(
@@ -641,44 +595,12 @@ def test_a_flood_of_waiting_records_on_one_topic_costs_a_query_a_bounded_read(
     search reads at most WAITING_READ_CAP of them and accepts the pool there (counted in
     ``pools_capped``), never a scan of the store. Without the cap such floods cost a query
     22,600 rows and up to a scan of every row (0.7-2.8 s; second review)."""
-    from zoonode.experiences import sign_lessons
     from zoonode.knowledge import WAITING_READ_CAP
 
-    dim = encoder.space_info.hidden
-    rng = np.random.default_rng(9)
-    q = np.zeros(dim, np.float32)
-    q[0] = 1.0
-
-    def at(score: float) -> np.ndarray:
-        u = rng.standard_normal(dim).astype(np.float32)
-        u[0] = 0.0
-        return (score * q + np.sqrt(1 - score**2) * u / np.linalg.norm(u)).astype(np.float32)
-
-    kb = KnowledgeBase(tmp_path, encoder.space, dim)
-    compact = encoder.encode_compact(["a lesson"])
-    checked = sign_lessons(
-        encoder,
-        key,
-        [{"text": f"lesson {i}", "domain": "a.b"} for i in range(100)],
-        np.repeat(compact, 100, 0),
+    flood = np.random.default_rng(9).uniform(0.92, 0.97, 3000)
+    kb, q, weigh, scored = weighed_kb(
+        tmp_path, encoder, key, np.linspace(0.9, 0.5, 100), {"flood": (0.2, flood)}
     )
-    cosines = np.linspace(0.9, 0.5, 100)
-    kb.ingest([Incoming(r, at(s)) for r, s in zip(checked, cosines, strict=True)])
-    newer = Ed25519PrivateKey.generate()
-    flood = sign_lessons(
-        encoder,
-        newer,
-        [{"text": f"flood {i}", "domain": "a.b"} for i in range(3000)],
-        np.repeat(compact, 3000, 0),
-    )
-    scores = rng.uniform(0.92, 0.97, 3000)
-    pairs = enumerate(zip(flood, scores, strict=True))
-    kb.ingest([Incoming(r, at(s), "peer", pending=i) for i, (r, s) in pairs])
-    mine = public_key_bytes(key)
-
-    def weigh(authors):
-        return np.array([1.0 if a == mine else 0.2 for a in authors])
-
     rows: list[int] = []
     reads, exact = kb.store.candidate_fields, kb._exact
     kb.store.candidate_fields = lambda seqs: rows.append(len(seqs)) or reads(seqs)
@@ -688,7 +610,7 @@ def test_a_flood_of_waiting_records_on_one_topic_costs_a_query_a_bounded_read(
     assert kb.pools_capped == 1
     assert sum(rows) <= 66 + 264 + 264 + WAITING_READ_CAP, rows
     # The checked lessons still outrank the whole flood (0.5 > 0.2 x 0.97).
-    assert [h.row.id for h in found.hits] == [r.id for r in checked[:50]]
+    assert [h.row.id for h in found.hits] == [i for _, i in sorted(scored, reverse=True)[:50]]
     kb.close()
 
 
