@@ -732,6 +732,41 @@ def test_records_in_the_ingest_queue_count_toward_the_backlog_bounds(tmp_path, e
     run_trio(main)
 
 
+def test_a_batch_being_stored_counts_once_toward_its_authors_bound(tmp_path, encoder):
+    """While a batch of the ingest queue is being stored, its records are both in the backlog
+    and still counted as queued: the per-author count must take them once (it took them
+    twice, and refused an author's third record under max_pending_per_author 3)."""
+    import trio
+
+    from zoonode.node import Node
+
+    from netutil import node_config, run_trio
+
+    cfg = node_config(tmp_path / "n", ingest={"max_pending": 10, "max_pending_per_author": 3})
+    x = Ed25519PrivateKey.generate()
+    texts = [f"Lesson {i}: pin the version of tool {i} in the lock file" for i in range(3)]
+    xs = create_experiences(encoder, x, [{"text": t, "domain": "a"} for t in texts])
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = Node(cfg, encoder=encoder)
+            await nursery.start(node.run)
+            async with node.checker._encoder_slot:  # no check: what is stored stays pending
+                async with node._kb_lock:
+                    for r in xs[:2]:
+                        await node.ingest.enqueue(r, "a-peer")
+                    # The knowledge-base side of a store, caught before the queue side
+                    # uncounts the batch (we hold the lock: no other store runs).
+                    node.ingest._store_queued([(r, "a-peer") for r in xs[:2]])
+                    author = xs[0].experience.author
+                    assert node.kb.backlog.of(author) == 2 and node.ingest.queued_of[author] == 2
+                    assert node.backlog_admits(xs[2])
+                    assert node.ingest.waiting_of(author) == 2 and node.ingest.waiting() == 2
+                nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
 def test_sync_has_room_when_max_pending_is_under_one_get(tmp_path, encoder):
     """max_pending under one sync ``get`` (128): sync said "backlog full" with nothing waiting
     and never fetched (a real node with max_pending 120 stayed at 534 of 900 records)."""
@@ -877,7 +912,8 @@ def test_the_check_thread_runs_niced_and_leaves_every_other_thread_alone():
 
     async def main():
         tid, nice = await niced.run(where)
-        assert (tid, nice) == (niced.tid, min(base + 19, 19)) and niced.niced
+        assert (tid, nice) == (niced.tid, min(base + 19, 19))
+        assert niced.niced == (base < 19)  # read back: a process at 19 already gains nothing
         assert tid != threading.get_native_id()
         assert (await niced.run(where))[0] == tid  # always the same thread
         assert (await plain.run(where))[1] == base and not plain.niced
@@ -898,5 +934,22 @@ def test_the_check_thread_runs_niced_and_leaves_every_other_thread_alone():
         assert (await niced.run(where))[0] == tid
         await niced.aclose()
         await plain.aclose()
+        # Started from a thread already at nice 19 (a node run under `nice -n 19`), the check
+        # thread is not lower than the node's: not "niced" (queries then leave it a core).
+        at_19 = {}
+
+        def from_a_niced_thread() -> None:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            late = CheckThread(19)
+            late._thread = threading.Thread(target=late._loop, daemon=True)
+            late._thread.start()
+            late._jobs.put(None)
+            late._thread.join(5)
+            at_19["niced"] = late.niced
+
+        helper = threading.Thread(target=from_a_niced_thread)
+        helper.start()
+        helper.join(10)
+        assert at_19 == {"niced": False}
 
     trio.run(main)

@@ -348,6 +348,9 @@ def test_the_background_check_can_encode_in_a_niced_worker_process(tmp_path, enc
             assert proc.is_alive() and proc.pid != os.getpid()
             if sys.platform.startswith("linux"):
                 assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(base + 19, 19)
+                # The priority read back, not the setting: a node already at 19 gains nothing.
+                assert node.checker.process.niced == (base < 19)
+                assert node.checker.threads() is None or base == 19
             assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
             exact = encoder.encode_compact([i["text"] for i in items])
             found = node.kb.store.rows_with_vectors([node.kb.get(r.id).seq for r in honest])

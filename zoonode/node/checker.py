@@ -262,10 +262,7 @@ class Checker:
     def threads(self) -> int | None:
         """The encoder threads for a query's encodes (its text, its on-demand checks):
         :func:`query_threads` of this node's backlog and check priority."""
-        if self.process is not None:
-            niced = self.node.cfg.ingest.check_nice > 0
-        else:
-            niced = self.thread.niced
+        niced = self.process.niced if self.process is not None else self.thread.niced
         return query_threads(self.node.kb.backlog.total, niced)
 
     def check_now(self, seqs: Sequence[int]) -> CheckOutcome:
@@ -392,7 +389,8 @@ class CheckThread:
             try:
                 now = os.getpriority(os.PRIO_PROCESS, tid)
                 os.setpriority(os.PRIO_PROCESS, tid, min(now + self.nice, 19))
-                self.niced = True
+                # Lower than the rest of the node only if it was not at 19 already.
+                self.niced = os.getpriority(os.PRIO_PROCESS, tid) > now
             except OSError as exc:  # e.g. a sandbox without setpriority
                 log.info("background check runs at normal priority: %s", exc)
         while True:

@@ -80,15 +80,29 @@ class CheckProcess:
         self.threads = threads
         self.proc = None
         self.conn = None
-        self.worker_nice: int | None = None  # the worker's nice, once started
+        self.worker_nice: int | None = None  # the worker's nice, read back once started
+        self.base_nice: int | None = None  # the starting thread's (the node's) nice
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def niced(self) -> bool:
+        """Whether the worker runs at a lower priority than the node: its nice as read back
+        from the worker, not the setting's (a renice the kernel refused, or a node itself
+        started at nice 19, leaves it at the node's). False until it has started: it loads
+        the encoder at the node's priority."""
+        return (
+            self.worker_nice is not None
+            and self.base_nice is not None
+            and self.worker_nice > self.base_nice
+        )
+
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self.base_nice = os.getpriority(os.PRIO_PROCESS, 0)  # the worker inherits this
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(
             target=serve,
@@ -143,6 +157,7 @@ class CheckProcess:
                 self.proc.kill()
                 self.proc.join(5)
         self.proc = self.conn = None
+        self.worker_nice = None
 
     def close(self) -> None:
         """Ask the worker to exit, then make sure it did (it also exits on EOF). Safe to

@@ -273,7 +273,7 @@ class Node:
         author = record.experience.author
         return backlog_admits(
             queued.waiting(),
-            backlog.of(author) + queued.queued_of[author],
+            queued.waiting_of(author),
             author in backlog.vouched,
             self.bounds,
         )

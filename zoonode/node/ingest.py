@@ -60,8 +60,10 @@ class Ingest:
         self.queued_lessons = 0
         # The backlog's size when the batch being stored started (None: none is): that batch
         # is still in ``queued_lessons`` while ``KnowledgeBase.ingest`` adds it to the backlog,
-        # so the sum counted it twice for a moment (``waiting``).
+        # so the sum counted it twice for a moment (``waiting``); and by author, for the
+        # authors of that batch (``waiting_of``).
         self._storing_from: int | None = None
+        self._storing_of: dict[bytes, int] = {}
         self._stores: deque[tuple[float, int]] = deque()  # (time, records) of store batches
 
     # -- our own lessons ----------------------------------------------------------------------
@@ -212,6 +214,15 @@ class Ingest:
             total = min(total, self._storing_from)
         return total + self.queued_lessons
 
+    def waiting_of(self, author: bytes) -> int:
+        """This author's lessons waiting for the embedding check, stored or in this queue,
+        each once: what ``ingest.max_pending_per_author`` counts. Trio thread."""
+        stored = self.node.kb.backlog.of(author)
+        before = self._storing_of.get(author)
+        if before is not None:  # the batch being stored is counted as queued
+            stored = min(stored, before)
+        return stored + self.queued_of[author]
+
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
 
@@ -235,13 +246,13 @@ class Ingest:
             try:
                 stored = await self.node.in_kb(self._store_queued, batch)
             except StorageFull as exc:
-                self._storing_from = None
+                self._storing_from, self._storing_of = None, {}
                 self._uncount(batch)
                 # Not stored, so not in the digest: sync fetches them again once there is room.
                 self.node.counters["ingest:storage_full"] += len(batch)
                 log.warning("%d peer records dropped: %s", len(batch), exc)
                 continue
-            self._storing_from = None
+            self._storing_from, self._storing_of = None, {}
             self._uncount(batch)  # stored now: counted by the backlog itself
             self._stored(len(stored))
             self.node.note_stored(stored)
@@ -252,7 +263,9 @@ class Ingest:
         """Knowledge-base thread: :meth:`store_pending` for a batch of the queue, the backlog's
         size noted first (nothing else changes the backlog while this thread works: ``waiting``
         counts the batch once)."""
-        self._storing_from = self.node.kb.backlog.total
+        backlog = self.node.kb.backlog
+        self._storing_of = {r.experience.author: backlog.of(r.experience.author) for r, _ in batch}
+        self._storing_from = backlog.total
         return self.store_pending(batch)
 
     def _stored(self, records: int) -> None:
