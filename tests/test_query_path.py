@@ -388,6 +388,8 @@ def test_a_weighed_search_widens_until_no_unread_lesson_could_outrank_its_pool(t
     assert not pool_complete(0.2, 0.5, 0.05, 1.0, 0.05)  # 0.10 is not under 0.10
     assert pool_complete(0.2, 0.5, 0.05, 1.0, 0.0)  # an exact backend has no error
     assert pool_complete(0.2, 0.01, -0.3, 1.0, 0.05)  # a negative cosine ranks at most 0
+    # A negative k-th: an unread one at -0.5 with factor 0.2 ranks -0.1, above 1 x -0.2.
+    assert not pool_complete(1.0, -0.2, -0.5, 1.0, 0.0)
 
     rng = np.random.default_rng(27)
     q = encoder.encode_compact(QUERY)[0]

@@ -551,6 +551,10 @@ def test_waiting_complete_bounds_the_unread_waiting_records():
     assert not waiting_complete(0.5, 0.9, 0.5, 1.0)  # 0.45 < 0.5
     assert waiting_complete(0.5, 0.9, 0.4, 1.0)
     assert waiting_complete(0.2, 0.9, 0.85, 0.2)  # every author fresh: cosine order
+    # Negative cosines: an unread one at -0.5 with a factor near 0 ranks near 0, above -0.2.
+    assert not waiting_complete(1.0, -0.2, -0.5, 1.0)
+    assert not waiting_complete(0.5, -0.2, -0.5, 1.0)
+    assert waiting_complete(0.5, 0.1, -0.5, 1.0)  # 0.05 >= 0
 
 
 def flood_case(checked, flood, known):

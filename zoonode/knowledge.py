@@ -319,10 +319,12 @@ def waiting_complete(
     every waiting record the pending index left unread, whose cosine is at most
     ``truncated`` (the last it returned, exact) and whose factor at most ``max_factor``
     (1 for an unweighed search). Factors within ``FACTOR_SLACK`` of the bound count as the
-    bound (as in :func:`pool_complete`). Pure."""
+    bound (as in :func:`pool_complete`). Factors are in [0, ``max_factor``]: an unread
+    record ranks at most ``truncated x max_factor``, or 0 where ``truncated`` is negative
+    (a low factor then ranks a negative cosine higher). Pure."""
     if kth_factor >= max_factor - FACTOR_SLACK:
-        return kth_score >= truncated
-    return kth_factor * kth_score >= truncated * max_factor
+        kth_factor = max_factor  # within the slack: as the bound, the cosines decide
+    return kth_factor * kth_score >= (truncated * max_factor if truncated > 0 else 0.0)
 
 
 def pool_complete(
@@ -334,8 +336,10 @@ def pool_complete(
     replica's last score) plus its error ``margin`` and whose factor at most ``max_factor``.
     Where no unseen author can weigh more than the ``k``-th (``kth_factor >= max_factor``: one
     author, or every author fresh), the replica's order is trusted as for unweighed searches;
-    within ``FACTOR_SLACK`` too (authors met minutes apart differ by ~1e-5)."""
-    if kth_factor >= max_factor - FACTOR_SLACK:
+    within ``FACTOR_SLACK`` too (authors met minutes apart differ by ~1e-5); but not where the
+    ``k``-th's cosine is negative: a lower factor ranks a negative cosine higher, so the
+    bound below decides (unreachable from a node, whose floor is >= 0.3)."""
+    if kth_factor >= max_factor - FACTOR_SLACK and kth_score >= 0:
         return True
     bound = last + margin
     # Factors are in [0, 1]: a negative cosine ranks at most 0 whatever its author.
