@@ -9,6 +9,7 @@ import os
 import sqlite3
 import sys
 import threading
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -28,8 +29,10 @@ from zoonode.net.validation import (
     Reason,
     Verdict,
     backlog_admits,
+    check_message,
     check_record,
     code_vectors,
+    encode_batch,
 )
 from zoonode.node.checker import CHECK_THREADS, CheckThread, may_start, query_threads
 from zoonode.protocol import (
@@ -108,8 +111,10 @@ def test_backlog_bounds_ignore_newcomers_over_the_total_and_anyone_over_their_sh
     assert backlog_admits(9, 2, False, bounds)
     assert not backlog_admits(10, 0, False, bounds)  # a newcomer waits for the drain
     assert backlog_admits(10, 0, True, bounds)  # an author vouched for by a check does not
-    assert backlog_admits(50, 2, True, bounds)
+    assert backlog_admits(15, 2, True, bounds)
     assert not backlog_admits(0, 3, True, bounds)  # ... up to its own share
+    assert not backlog_admits(20, 0, True, bounds)  # ... and nobody past twice the total
+    assert bounds.hard == 20 and backlog_admits(19, 0, True, bounds)
     [record] = create_experiences(encoder, key, [{"text": TEXTS[0], "domain": "a.b"}])
     limiter = AuthorLimiter(rate=1.0, burst=1.0)
     policy = Policy(space=encoder.space)
@@ -119,6 +124,43 @@ def test_backlog_bounds_ignore_newcomers_over_the_total_and_anyone_over_their_sh
     # Ignored for the backlog before the rate limit: no token spent, the next try passes.
     later = check_record(record.wire, policy, now, lambda _: False, limiter)
     assert later.verdict is Verdict.ACCEPT
+
+
+def test_one_gossip_message_cannot_carry_records_past_the_backlog_bounds(encoder):
+    """The records of one message are all validated before any is queued: each one's bound
+    counts those accepted before it in the message, and those of earlier messages not yet
+    handed over (``ahead``). A fresh review sent 30 records of one author in one message to
+    a node with max_pending_per_author 10 and all 30 were stored."""
+    bounds = BacklogBounds(total=6, per_author=3)
+    x, y = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    texts = [f"Lesson {i}: retry step {i} once before you report it failed" for i in range(5)]
+    xs = create_experiences(encoder, x, [{"text": t, "domain": "a"} for t in texts])
+    ys = create_experiences(encoder, y, [{"text": t, "domain": "b"} for t in texts])
+    policy = Policy(space=encoder.space)
+    now = xs[0].experience.created_at
+
+    def admits(record, ahead):  # a node with nothing waiting yet: only ``ahead`` counts
+        author = record.experience.author
+        return backlog_admits(ahead.total(), ahead[author], False, bounds)
+
+    def check(data, ahead=None):
+        limiter = AuthorLimiter(rate=100.0, burst=100.0)
+        return check_message(
+            data, policy, now, lambda _: False, limiter, backlog=admits, ahead=ahead
+        )
+
+    outcome = check(encode_batch([r.wire for r in xs]))
+    assert outcome.verdict is Verdict.ACCEPT
+    assert [c.reason for c in outcome.checked] == [Reason.OK] * 3 + [Reason.BACKLOG] * 2
+    # Two authors: the total (6) is reached after 3 of x and 3 of y.
+    mixed = [r.wire for pair in zip(xs, ys, strict=True) for r in pair]
+    outcome = check(encode_batch(mixed))
+    assert [c.reason for c in outcome.checked].count(Reason.OK) == 6
+    # Earlier messages' lessons, accepted but not handed over, count as well.
+    earlier = Counter({xs[0].experience.author: 2})
+    outcome = check(encode_batch([r.wire for r in xs]), ahead=earlier)
+    assert [c.reason for c in outcome.checked].count(Reason.OK) == 1
+    assert earlier == Counter({xs[0].experience.author: 2})  # not changed
 
 
 # -- replica ------------------------------------------------------------------------------------

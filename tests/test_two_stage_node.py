@@ -324,6 +324,39 @@ def test_the_background_check_encodes_in_a_niced_thread_of_its_own(tmp_path, enc
     run_trio(main, 120)
 
 
+def test_one_gossip_message_stores_no_more_than_the_bounds_allow(tmp_path, encoder):
+    """Six lessons of one newcomer in one gossip message to a node taking at most 2 waiting
+    records per author: 2 are stored, 4 ignored (reason backlog), nobody penalised. The
+    message's records were all validated against the same counts, and all 6 were stored
+    (a fresh review: 30 of one author under max_pending_per_author 10)."""
+    key = Ed25519PrivateKey.generate()
+    records = create_experiences(encoder, key, lessons(6))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            [sender] = await start_nodes(nursery, encoder, [tmp_path / "s"])
+            b = await start_node(
+                nursery, encoder, tmp_path / "b", max_pending_per_author=2, check_rate=0.01
+            )
+            sender.gossip.pubsub.set_topic_validator(sender.gossip.topic, lambda *_: True, False)
+            for node, other in ((b, sender), (sender, b)):  # gossip alone: no sync rounds
+                node.antientropy.peers[other.peer_id] = PeerSync("ok", float("inf"))
+            await b.connect(sender.info().addrs[0])
+            await wait_meshed(sender, b)
+            verdicts = b.gossip.stats.verdicts
+            data = encode_batch([r.wire for r in records])
+            await sender.gossip.pubsub.publish(sender.gossip.topic, data)
+            await wait_until(lambda: verdicts["ignore:backlog"] == 4, what="4 ignored")
+            await wait_until(lambda: sum(b.kb.store.has(r.id) for r in records) == 2, 30, "2")
+            await trio.sleep(0.5)  # nothing more arrives
+            assert sum(b.kb.store.has(r.id) for r in records) == 2
+            score = b.gossip.router.scorer.score(sender.host.get_id(), [sender.gossip.topic])
+            assert score >= 0
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
+
+
 def test_the_background_check_can_encode_in_a_niced_worker_process(tmp_path, encoder):
     """``ingest.check_process``: the background check re-encodes in a worker process of its
     own (the node's encoder settings, the whole process niced), promotes the honest records

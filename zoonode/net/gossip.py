@@ -30,7 +30,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections import OrderedDict, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +49,7 @@ from zoonode.net.validation import (
     check_message,
     encode_batch,
 )
-from zoonode.protocol import SignedRecord
+from zoonode.protocol import Op, SignedRecord
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,33 @@ class Channel:
     # not yet handed over is ignored (reason backlog) before it is accepted, never lost after.
     room: Callable[[], int] | None = None
     inflight: int = 0  # records accepted by the validator, not yet handed to on_records
+    # Of those, the lessons that will wait for the embedding check, by author: they count
+    # toward the backlog bounds of the next messages' validation (experience topic).
+    inflight_of: Counter[bytes] = field(default_factory=Counter)
     # Validated messages wait here for the subscription reader; bounded, oldest dropped
     # (a message validated but never delivered, e.g. a duplicate, must not leak).
     pending: OrderedDict[bytes, tuple[list[Checked], str]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[bytes](10_000)
+
+
+def _waiting_authors(accepted: list[Checked]) -> Counter[bytes]:
+    """The authors of the lessons among ``accepted`` that will wait for the embedding check
+    (experience records but revocations; none on the feedback topic)."""
+    return Counter(
+        c.record.experience.author
+        for c in accepted
+        if isinstance(c.record, SignedRecord) and c.record.experience.op is not Op.REVOKE
+    )
+
+
+def _handed_over(channel: Channel, accepted: list[Checked]) -> None:
+    """``accepted`` left the channel's pending messages (delivered, or dropped unread)."""
+    channel.inflight -= len(accepted)
+    channel.inflight_of.subtract(_waiting_authors(accepted))
+    for author in [a for a, n in channel.inflight_of.items() if n <= 0]:
+        del channel.inflight_of[author]
 
 
 class Gossip:
@@ -200,7 +221,7 @@ class Gossip:
         on_records: Callable[[list[Checked], str], Awaitable[None]],
         *,
         flood_rate: float = 50.0,
-        backlog: Callable[[SignedRecord], bool] = lambda r: True,
+        backlog: Callable[[SignedRecord, Counter[bytes]], bool] | None = None,
         room: Callable[[], int] = lambda: 1 << 30,
         known_many: Callable[[list[bytes]], set[bytes]] | None = None,
     ) -> None:
@@ -237,6 +258,7 @@ class Gossip:
                 self.banned,
                 backlog=self.backlog,
                 known_many=self.known_many,
+                ahead=self.channels[self.topic].inflight_of,
             ),
             on_records,
             self.stats,
@@ -388,8 +410,9 @@ class Gossip:
         if accepted:
             channel.pending[message_id] = (accepted, str(forwarder))
             channel.inflight += len(accepted)
+            channel.inflight_of.update(_waiting_authors(accepted))
             while len(channel.pending) > MAX_PENDING:
-                channel.inflight -= len(channel.pending.popitem(last=False)[1][0])
+                _handed_over(channel, channel.pending.popitem(last=False)[1][0])
         elif forwarder != self.host.get_id():  # our own publishes of stored records go out
             if any(c.reason not in NO_PENALTY for c in outcome.checked):
                 self.meter.hit(forwarder, time.monotonic())  # nothing new: toward a flood
@@ -424,7 +447,7 @@ class Gossip:
         while True:
             msg = await subscription.get()
             accepted, forwarder = channel.pending.pop(content_message_id(msg), ([], ""))
-            channel.inflight -= len(accepted)
+            _handed_over(channel, accepted)
             if accepted:
                 started = time.monotonic()
                 await channel.on_records(accepted, forwarder)

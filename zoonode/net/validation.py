@@ -17,6 +17,7 @@ pending record can be returned (README, "Ingest in two stages"). Its pure half i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -27,7 +28,14 @@ import numpy as np
 
 from zoonode.native.codec import decompress_many
 from zoonode.native.head import lower
-from zoonode.protocol import ProtocolError, SignedFeedback, SignedRecord, decode, decode_feedback
+from zoonode.protocol import (
+    Op,
+    ProtocolError,
+    SignedFeedback,
+    SignedRecord,
+    decode,
+    decode_feedback,
+)
 
 if TYPE_CHECKING:
     from zoonode.native.space import Space
@@ -137,18 +145,24 @@ class BacklogBounds:
 
     ``total``: over it, records of *newcomers* (authors none of whose records has passed the
     check here) are ignored until the backlog drains; ``per_author``: over it, that author's
-    records are ignored, whoever it is. Authors with a checked record may exceed ``total``
-    up to ``per_author`` each, so the hard bound is ``total`` plus their share."""
+    records are ignored, whoever it is. Authors with a checked record may go on past
+    ``total``, each up to ``per_author``, but nobody past :attr:`hard` (twice ``total``):
+    one checked lesson per identity does not buy a Sybil crowd an unbounded backlog."""
 
     total: int = 100_000
     per_author: int = 10_000
+
+    @property
+    def hard(self) -> int:
+        """The backlog's hard bound, vouched authors included: ``2 x total``."""
+        return 2 * self.total
 
 
 def backlog_admits(
     pending_total: int, pending_of_author: int, vouched: bool, bounds: BacklogBounds
 ) -> bool:
     """Whether one more unchecked record of this author may be stored now."""
-    if pending_of_author >= bounds.per_author:
+    if pending_of_author >= bounds.per_author or pending_total >= bounds.hard:
         return False
     return vouched or pending_total < bounds.total
 
@@ -379,29 +393,42 @@ def check_message(
     banned: Callable[[bytes], bool] = lambda a: False,
     check: Callable[..., Checked] = check_record,
     known_many: Callable[[list[bytes]], set[bytes]] | None = None,
+    backlog: Callable[[SignedRecord, Counter[bytes]], bool] | None = None,
+    ahead: Counter[bytes] | None = None,
     **extra: Callable,
 ) -> MessageVerdict:
     """Validate one gossip message's data: the batch framing, then each record in order with
-    ``check`` (``check_record`` on the experience topic, with its ``backlog`` bound: see
-    :func:`check_record`; ``check_feedback`` with its ``standing`` lookup on the feedback
-    topic); ``extra`` keyword arguments go to ``check``. ``known_many`` (experience topic):
-    the known test for the whole message in one lookup (:func:`check_records`), instead of
-    ``known`` per record."""
+    ``check`` (``check_record`` on the experience topic; ``check_feedback`` with its
+    ``standing`` lookup on the feedback topic); ``extra`` keyword arguments go to ``check``.
+    ``known_many`` (experience topic): the known test for the whole message in one lookup
+    (:func:`check_records`), instead of ``known`` per record.
+
+    ``backlog(record, ahead)`` (experience topic): the backlog bound (:func:`check_record`),
+    told the lessons accepted and not yet queued, by author: ``ahead`` (earlier messages not
+    yet handed over; not changed here), then this message's before this record. They are not
+    queued until the whole message is accepted, so a bound read from the node's counts alone
+    let one message of 256 records past it (a fresh review: 30 of one author stored under
+    ``max_pending_per_author`` 10)."""
     try:
         wires = decode_batch(data)
     except ValueError as exc:
         return MessageVerdict(Verdict.REJECT, str(exc.args[0]), [], [])
+    ahead = Counter(ahead)  # and this message's lessons accepted so far, by author
+    if backlog is not None:
+        extra = {**extra, "backlog": lambda r: backlog(r, ahead)}
     if known_many is not None and check is check_record:
-        checked = list(check_records(wires, policy, now_ms, known_many, limiter, banned, **extra))
-        if checked and checked[-1].verdict is Verdict.REJECT:
-            return MessageVerdict(Verdict.REJECT, checked[-1].reason, [], checked)
+        results = check_records(wires, policy, now_ms, known_many, limiter, banned, **extra)
     else:
-        checked = []
-        for wire in wires:
-            result = check(wire, policy, now_ms, known, limiter, banned, **extra)
-            checked.append(result)
-            if result.verdict is Verdict.REJECT:
-                return MessageVerdict(Verdict.REJECT, result.reason, [], checked)
+        results = (check(w, policy, now_ms, known, limiter, banned, **extra) for w in wires)
+    checked = []
+    for result in results:  # lazily: each verdict is counted before the next one is taken
+        checked.append(result)
+        if result.verdict is Verdict.REJECT:
+            return MessageVerdict(Verdict.REJECT, result.reason, [], checked)
+        if backlog is not None and result.verdict is Verdict.ACCEPT:
+            experience = result.record.experience
+            if experience.op is not Op.REVOKE:  # a revocation never waits for the check
+                ahead[experience.author] += 1
     accepted = [c for c in checked if c.verdict is Verdict.ACCEPT]
     if accepted:
         return MessageVerdict(Verdict.ACCEPT, Reason.OK, accepted, checked)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -263,17 +263,19 @@ class Node:
         if not await self.dial_bootstrap([addr]):
             raise ConnectionError(f"could not connect to {addr}")
 
-    def backlog_admits(self, record: SignedRecord) -> bool:
+    def backlog_admits(self, record: SignedRecord, ahead: Counter[bytes] | None = None) -> bool:
         """May this record wait for the embedding check now (``ingest`` bounds)? Read on the
         trio thread from the in-memory backlog counts, records in the ingest queue included:
-        no SQLite in the validator."""
+        no SQLite in the validator. ``ahead``: lessons by author accepted before this one and
+        not queued yet (the rest of its gossip message: ``check_message``)."""
         if record.experience.op is Op.REVOKE:
             return True  # stored without the check
         backlog, queued = self.kb.backlog, self.ingest
         author = record.experience.author
+        ahead = ahead or Counter()
         return backlog_admits(
-            queued.waiting(),
-            queued.waiting_of(author),
+            queued.waiting() + ahead.total(),
+            queued.waiting_of(author) + ahead[author],
             author in backlog.vouched,
             self.bounds,
         )
