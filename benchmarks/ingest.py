@@ -198,7 +198,8 @@ class NodeProc:
         for line in self.http.get("/metrics").text.splitlines():
             if (line.startswith(name + " ") or line.startswith(name + "{")) and labels in line:
                 return float(line.rsplit(" ", 1)[1])
-        return float("nan")
+        # A counter with no sample for these labels was never incremented: 0. A gauge: unknown.
+        return 0.0 if name.endswith("_total") else float("nan")
 
     def on_demand(self) -> float:
         """Records checked on demand so far (from /metrics: no table scan, unlike status)."""
@@ -452,17 +453,18 @@ def encoder_rate(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size", type=int, default=100_000)
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--sync-size", type=int, default=100_000)
-    parser.add_argument("--baseline-ref", default="")
-    parser.add_argument("--baseline-records", type=int, default=2048)
-    parser.add_argument("--baseline-s", type=float, default=60.0)
-    parser.add_argument("--query-s", type=float, default=60.0)
-    parser.add_argument("--drain-s", type=float, default=30.0)
-    parser.add_argument("--skip", nargs="*", default=[], help="records gossip sync baseline")
-    parser.add_argument("--texts", choices=["lessons", "short"], default="lessons")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add = parser.add_argument
+    add("--size", type=int, default=100_000, help="checked lessons the node holds first")
+    add("--records", type=int, default=20_000, help="new records fed by /v1/records and gossip")
+    add("--sync-size", type=int, default=100_000, help="records the peer holds for sync catch-up")
+    add("--baseline-ref", default="", help="git ref of the one-stage node to compare with")
+    add("--baseline-records", type=int, default=2048, help="records fed to the baseline node")
+    add("--baseline-s", type=float, default=60.0, help="most seconds for the baseline run")
+    add("--query-s", type=float, default=60.0, help="seconds of queries while the backlog drains")
+    add("--drain-s", type=float, default=30.0, help="seconds to watch the backlog drain")
+    add("--skip", nargs="*", default=[], help="parts to leave out: records gossip sync baseline")
+    add("--texts", choices=["lessons", "short"], default="lessons", help="which real texts to sign")
     parser.add_argument("--name", default="ingest", help="results/NAME.json")
     parser.add_argument("--threads", type=int, default=0, help="encoder.threads of every node")
     args = parser.parse_args()

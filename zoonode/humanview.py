@@ -173,9 +173,16 @@ def status_view(status: dict[str, Any]) -> str:
     if backlog:
         lines.append(
             f"checks   {backlog['pending']} waiting for the embedding check "
-            f"({backlog['check_rate']:g}/s); {backlog['promoted']} passed, "
+            f"({backlog['check_rate']:g}/s); since start {backlog['promoted']} passed, "
             f"{backlog['rejected']} failed, {backlog['on_demand']} checked on demand, "
             f"{backlog.get('deferred', 0)} left to the background"
+        )
+        lines.append(
+            f"backlog  {backlog.get('pending_authors', 0)} authors waiting; bounds "
+            f"{backlog.get('max_pending', '?')} in total for newcomers, "
+            f"{backlog.get('max_pending_per_author', '?')} per author; since start "
+            f"{backlog.get('purged', 0)} purged with a banned author, "
+            f"{backlog.get('ignored', 0)} ignored over the bounds"
         )
     if status.get("banned"):
         lines.append(
