@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_two_stage import hijack
+
+from zoonode.experiences import create_experience
 
 from conftest import ZOONODE
 from nodeproc import running_node
@@ -185,6 +190,77 @@ def test_cli_against_the_node(node):
         timeout=60,
     )
     assert missing.returncode == 1 and "unreachable" in missing.stderr
+
+
+def test_feedback_on_a_pending_record_checks_it_first_as_a_read_does(tmp_path, encoder):
+    """(review LOW) Feedback treats its target as ``GET /v1/experiences/{id}`` does: a record
+    still waiting for the embedding check is checked first. A pending hijack is 404
+    ``not_found``, exactly as an id the node does not hold, and no verdict is signed, stored
+    or sent (it was 201 while GET answered 404); the CLI, through the same node method, says
+    ``not_found`` too; an honest pending record is checked, promoted, and rated (201). The
+    background check is held back (one batch, then 100 s of rest) so the records wait."""
+    texts = [
+        "Read the first frame of a traceback before editing any code",
+        "Pin dependency versions in CI so that a new release cannot break a commit",
+        "Check the sign of the divisor before dividing both sides of an inequality",
+    ]
+    first, honest = (
+        create_experience(encoder, Ed25519PrivateKey.generate(), t, "code.debugging", 0.5)
+        for t in texts[:2]
+    )
+    bad = [  # two hijackers: the first one's ban does not purge the second's record
+        hijack(encoder, Ed25519PrivateKey.generate(), f"Buy cheap watches, offer {i}", texts[i])
+        for i in (0, 2)
+    ]
+    env = {"ZOONODE_INGEST__CHECK_RATE": "0.01", "ZOONODE_INGEST__CHECK_BATCH": "1"}
+    with running_node(tmp_path, env) as running:
+        url, auth = running.url, running.auth
+
+        def post(path: str, body: dict) -> httpx.Response:
+            return httpx.post(f"{url}{path}", json=body, headers=auth, timeout=60)
+
+        def backlog() -> dict:
+            return httpx.get(f"{url}/v1/status", timeout=60).json()["backlog"]
+
+        def stored() -> int:
+            return httpx.get(f"{url}/v1/status", timeout=60).json()["trust"]["stored"]
+
+        def rate(record_id: str, verdict: str = "helpful") -> httpx.Response:
+            return post(f"/v1/experiences/{record_id}/feedback", {"verdict": verdict})
+
+        post("/v1/records", {"wires": [first.wire.hex()]})
+        for _ in range(600):  # its one batch, then the check rests for 100 s
+            if backlog()["checked"] == 1:
+                break
+            time.sleep(0.1)
+        assert backlog()["checked"] == 1
+        answer = post("/v1/records", {"wires": [r.wire.hex() for r in [honest, *bad]]})
+        assert all(r.get("pending") for r in answer.json()["results"]), answer.text
+        assert backlog()["pending"] == 3
+
+        missing = "ab" * 32
+        unknown = rate(missing)
+        read = httpx.get(f"{url}/v1/experiences/{missing}", timeout=60)
+        assert unknown.status_code == read.status_code == 404
+        assert unknown.json()["error"]["code"] == read.json()["error"]["code"] == "not_found"
+        refused = rate(bad[0].id.hex())
+        assert refused.status_code == 404, refused.text
+        assert refused.json() == unknown.json()  # the same answer as for an id not held
+        assert stored() == 0  # nothing signed, stored or sent
+        assert httpx.get(f"{url}/v1/experiences/{bad[0].id.hex()}").status_code == 404
+        status = backlog()
+        assert (status["rejected"], status["on_demand"], status["pending"]) == (1, 1, 2)
+        cli = running.cli("feedback", bad[1].id.hex(), "--harmful", check=False)
+        assert cli.returncode == 1 and cli.stderr.startswith("error: not_found:"), cli.stderr
+        assert stored() == 0 and backlog()["rejected"] == 2
+
+        accepted = rate(honest.id.hex())
+        assert accepted.status_code == 201, accepted.text
+        assert accepted.json()["outcome"] == "accepted" and stored() == 1
+        got = httpx.get(f"{url}/v1/experiences/{honest.id.hex()}", timeout=60)
+        assert got.status_code == 200 and got.json()["status"] == "active"
+        status = backlog()
+        assert (status["promoted"], status["pending"], status["on_demand"]) == (2, 0, 3)
 
 
 def _exchange(sock, request: bytes) -> tuple[bytes, bytes, int]:

@@ -23,13 +23,15 @@ import httpx
 import numpy as np
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_two_stage import hijack
+from test_two_stage import hijack, pending_items
 
+from zoonode.embedcheck import Standing
 from zoonode.experiences import create_experience, create_experiences, sign_lessons
 from zoonode.net.validation import encode_batch
 from zoonode.node import Node
 from zoonode.node.antientropy import PeerSync
-from zoonode.protocol import public_key_bytes
+from zoonode.node.checker import CHECK_THREADS
+from zoonode.protocol import decode, public_key_bytes
 from zoonode.store import Store
 
 from conftest import ZOONODE
@@ -287,6 +289,86 @@ async def start_node(nursery, encoder, data: Path, **ingest) -> Node:
     node = Node(node_config(data, ingest=ingest), encoder=encoder)
     await nursery.start(node.run)
     return node
+
+
+def leaning(encoder, rule, key, text: str, other: str):
+    """``key``'s honest lesson whose code leans towards another text, by the least lean that
+    fails ``rule`` (not decisively: it still agrees with its own text): what an honest peer
+    on another backbone sends now and then."""
+    own, towards = encoder.encode_compact([text, other])
+    for lean in (2.5, 3.0, 4.0, 5.0, 6.0, 8.0):
+        code = own + lean * towards
+        item = {"text": text, "domain": "science.plots", "confidence": 0.5}
+        [record] = sign_lessons(encoder, key, [item], (code / np.linalg.norm(code))[None])
+        [verdict] = rule([record.experience.code], own[None], encoder.space_info)
+        if not verdict.accept:
+            assert not verdict.ban, verdict  # the premise: a strike, not a decisive failure
+            return record
+    raise AssertionError(f"no lean fails the check: {text}")
+
+
+def test_a_record_checked_on_demand_while_its_batch_encodes_is_judged_once(tmp_path, encoder):
+    """(review MEDIUM) A background batch reads its rows, then encodes them outside the
+    knowledge-base lock; a query checks some of them on demand meanwhile; then the batch's
+    verdicts apply. Each record is judged and counted once: the honest author with three
+    non-decisive failures stands at 3 strikes of 4 checked (not 6 of 7, which banned it),
+    and ``checked`` is ``promoted + rejected``. A hijacker's second record, purged with its
+    ban by the same batch, counts as purged, not checked."""
+    items = lessons(7)
+    honest_key, hijacker = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    author = public_key_bytes(honest_key)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            node = await start_node(nursery, encoder, tmp_path / "a")
+            checker = node.checker
+            strikes = [
+                leaning(encoder, checker.rule, honest_key, items[i]["text"], items[i + 3]["text"])
+                for i in range(3)
+            ]
+            [honest] = create_experiences(encoder, honest_key, items[6:7])
+            bad = [
+                hijack(encoder, hijacker, f"Buy cheap watches, offer {i}", items[i]["text"])
+                for i in range(2)
+            ]
+            codes = [r.experience.code for r in bad]
+            texts = encoder.encode_compact([r.experience.text for r in bad])
+            assert all(v.ban for v in checker.rule(codes, texts, encoder.space_info))
+            # The background loop sleeps on its event: stored without waking it.
+            await wait_until(lambda: checker._work.statistics().tasks_waiting == 1)
+            records = [*strikes, honest, *bad]
+            await node.in_kb(node.kb.ingest, pending_items(encoder, records))
+            # The background loop's batch: read, then encoded outside the lock ...
+            rows = await node.in_kb(checker._next, [])
+            assert {r.id for r in rows} == {r.id for r in records}
+            compact = encoder.encode_compact(
+                [decode(r.wire).experience.text for r in rows], len(rows), False, CHECK_THREADS
+            )
+            # ... while a query checks the three leaning records on demand.
+            seqs = {r.id: r.seq for r in rows}
+            on_demand = [seqs[r.id] for r in strikes]
+            outcome = await node.in_kb(checker.check_now, on_demand)
+            assert outcome.removed == set(on_demand) and not outcome.vectors
+            assert checker.standings[author] == Standing(checked=3, failed=3)
+            # Then the batch's verdicts apply.
+            applied = await node.in_kb(checker._apply, rows, compact, "background")
+            assert set(applied.vectors) == {seqs[honest.id]}
+            assert applied.removed == {seqs[r.id] for r in bad}
+            # Each record judged once: 3 strikes of 4 checked, no ban (P = 0.027).
+            assert checker.standings[author] == Standing(checked=4, failed=3)
+            assert author not in node.banned
+            assert author not in node.kb.store.banned_authors()
+            assert checker.standings[public_key_bytes(hijacker)] == Standing(1, 1)
+            assert public_key_bytes(hijacker) in node.banned
+            status = checker.status()
+            assert (status["promoted"], status["rejected"], status["purged"]) == (1, 4, 1)
+            assert status["checked"] == 5 == status["promoted"] + status["rejected"]
+            assert (node.counters["check:on_demand"], node.counters["check:background"]) == (3, 2)
+            assert sum(n for _, n in checker.meter.events) == 5
+            assert status["pending"] == 0 and not node.kb.get(honest.id).pending
+            nursery.cancel_scope.cancel()
+
+    run_trio(main, 120)
 
 
 def test_the_background_check_encodes_in_a_niced_thread_of_its_own(tmp_path, encoder):

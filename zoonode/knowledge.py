@@ -529,6 +529,11 @@ class KnowledgeBase:
         """The next ``limit`` records for the checker, or those of ``seqs`` still pending."""
         return self.store.pending_rows(limit, seqs)
 
+    def pending_seqs(self, seqs: Sequence[int]) -> set[int]:
+        """Those of ``seqs`` still pending (the checker: which of a batch read earlier a query
+        has not checked meanwhile)."""
+        return self.store.pending_seqs(seqs)
+
     def promote(self, rows: Sequence[Row], vectors: np.ndarray) -> list[int]:
         """Checked records become active with their texts' exact vectors (store, then
         replica); each joins the near-duplicate cluster its exact vector falls in, among

@@ -626,6 +626,11 @@ class Store:
         )
         return [_row(r) for r in rows]
 
+    def pending_seqs(self, seqs: Sequence[int]) -> set[int]:
+        """Those of ``seqs`` still waiting for the embedding check: one read of the seqs
+        alone (by primary key), not of their rows."""
+        return {r[0] for r in self._by_seq("seq", seqs, "AND pending IS NOT NULL")}
+
     def pending_by_author(self) -> dict[bytes, int]:
         """How many records of each author wait for the check (start-up: the backlog)."""
         return dict(

@@ -295,23 +295,40 @@ class Checker:
         return CheckOutcome(vectors, removed)
 
     def _apply(self, rows: list[Row], compact: np.ndarray, how: str) -> CheckOutcome:
-        """Knowledge-base thread: the rule's verdicts, applied to store, replica and bans."""
+        """Knowledge-base thread: the rule's verdicts, applied to store, replica and bans.
+
+        Only the rows still pending now are judged (their authors' standings) and counted: a
+        background batch reads its rows, then encodes them outside the knowledge-base lock,
+        and a query may check some of them on demand meanwhile (or a ban purge them); those
+        were judged there, and judging them again counted one non-decisive failure as two
+        strikes. A row purged by an earlier row's ban in this call is skipped too (purged)."""
         node = self.node
         kb = node.kb
+        waiting = kb.pending_seqs([r.seq for r in rows])
+        if len(waiting) < len(rows):
+            keep = [i for i, r in enumerate(rows) if r.seq in waiting]
+            log.debug("%d of %d checked elsewhere meanwhile", len(rows) - len(keep), len(rows))
+            rows, compact = [rows[i] for i in keep], compact[keep]
+        if not rows:
+            return CheckOutcome({}, set())
         codes = [decode(r.wire).experience.code for r in rows]
         verdicts = self.rule(codes, compact, node.encoder.space_info)
         good = [i for i, v in enumerate(verdicts) if v.accept]
         promoted = set(kb.promote([rows[i] for i in good], compact[good]))
         vectors = {rows[i].seq: compact[i] for i in good if rows[i].seq in promoted}
         removed: set[int] = set()
+        judged = 0
         for row, verdict in zip(rows, verdicts, strict=True):
+            if row.seq in removed:  # purged with its author, banned on an earlier row
+                continue
             standing, ban = self._judge(row.author, verdict.accept, verdict.ban)
+            judged += 1
             if verdict.accept:
                 continue
             if ban and row.author not in node.banned:  # first: a full disk retries
                 kb.store.ban(row.author, Reason.EMBEDDING_MISMATCH)  # the whole step
             if not kb.remove([row], Reason.EMBEDDING_MISMATCH):
-                continue  # already handled elsewhere
+                continue  # not expected: it was pending at the start of this call
             removed.add(row.seq)
             node.counters[f"check:{how}:rejected"] += 1
             log.warning(
@@ -328,8 +345,8 @@ class Checker:
                 removed |= {r.seq for r in purged}
                 node.counters["check:purged"] += len(purged)
         node.counters[f"check:{how}:promoted"] += len(promoted)
-        node.counters[f"check:{how}"] += len(rows)
-        self.meter.add(len(rows))
+        node.counters[f"check:{how}"] += judged
+        self.meter.add(judged)
         return CheckOutcome(vectors, removed)
 
     def _explain(self, verdict) -> str:

@@ -324,17 +324,20 @@ class Node:
             self.checker.active()
 
     async def experience(self, record_id: bytes) -> Row | None:
-        """One stored record by id, for ``GET /v1/experiences/{id}``: a record still waiting
-        for the embedding check is checked first (None if it fails)."""
+        """One stored record by id, for ``GET /v1/experiences/{id}`` (:meth:`read_by_id`)."""
+        return await self.in_kb(self.read_by_id, record_id)
 
-        def get() -> Row | None:
+    def read_by_id(self, record_id: bytes) -> Row | None:
+        """Knowledge-base thread: the stored record ``record_id`` as every read or use by id
+        sees it (``GET /v1/experiences/{id}``, feedback on it): a record still waiting for the
+        embedding check is checked first, on demand; None if it fails (or its check could not
+        be recorded: a full disk), as for an id not held."""
+        row = self.kb.get(record_id)
+        if row is not None and row.pending:
+            if row.seq in self.checker.check_now([row.seq]).removed:
+                return None
             row = self.kb.get(record_id)
-            if row is not None and row.pending:
-                self.checker.check_now([row.seq])
-                row = self.kb.get(record_id)
-            return row
-
-        return await self.in_kb(get)
+        return row
 
     async def export_page(
         self, after_seq: int, limit: int, domain: str | None = None

@@ -123,16 +123,18 @@ class Feedback:
         """Sign, store and gossip this node's verdict on the experience ``target``.
 
         Returns {id, target, verdict, outcome (accepted: first verdict on it; replaced: the
-        previous one no longer stands), previous (its verdict or None)}. Raises RateRefused:
-        ``not_found`` (no such experience here), ``not_a_lesson`` (a revocation),
-        ``own_lesson`` (a vote on our own lesson counts for nothing), ``rate_limited`` (over
-        ``network.feedback_rate``); and StorageFull. The same verdict (and task) as the one
-        that stands answers outcome ``unchanged`` with the standing verdict's id: nothing is
-        signed, sent or counted against the rate."""
+        previous one no longer stands), previous (its verdict or None)}. The target is read
+        as ``GET /v1/experiences/{id}`` reads it (``Node.read_by_id``): a record still waiting
+        for the embedding check is checked first. Raises RateRefused: ``not_found`` (no such
+        experience here, or one that failed its check: nothing is signed, stored or sent),
+        ``not_a_lesson`` (a revocation), ``own_lesson`` (a vote on our own lesson counts for
+        nothing), ``rate_limited`` (over ``network.feedback_rate``); and StorageFull. The
+        same verdict (and task) as the one that stands answers outcome ``unchanged`` with the
+        standing verdict's id: nothing is signed, sent or counted against the rate."""
         node = self.node
 
         def work() -> tuple[SignedFeedback, FeedbackResult, int | None] | dict[str, Any]:
-            row = node.kb.get(target)
+            row = node.read_by_id(target)  # a pending target is checked first, as GET does
             if row is None:
                 raise RateRefused("not_found", "no such experience on this node")
             if row.op is Op.REVOKE:
