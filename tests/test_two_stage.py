@@ -808,6 +808,14 @@ def test_a_batch_being_stored_counts_once_toward_its_authors_bound(tmp_path, enc
                     assert node.kb.backlog.of(author) == 2 and node.ingest.queued_of[author] == 2
                     assert node.backlog_admits(xs[2])
                     assert node.ingest.waiting_of(author) == 2 and node.ingest.waiting() == 2
+                    # Sync's admission (no ``ahead``) counts gossip's lessons accepted and
+                    # not handed over yet too.
+                    in_flight = node.gossip.channels[node.gossip.topic].inflight_of
+                    in_flight[author] += 1
+                    try:
+                        assert not node.backlog_admits(xs[2])
+                    finally:
+                        del in_flight[author]
                 nursery.cancel_scope.cancel()
 
     run_trio(main)

@@ -267,12 +267,14 @@ class Node:
         """May this record wait for the embedding check now (``ingest`` bounds)? Read on the
         trio thread from the in-memory backlog counts, records in the ingest queue included:
         no SQLite in the validator. ``ahead``: lessons by author accepted before this one and
-        not queued yet (the rest of its gossip message: ``check_message``)."""
+        not queued yet (earlier gossip messages and the rest of its own: ``check_message``);
+        by default (sync) those of gossip messages accepted and not yet handed over."""
         if record.experience.op is Op.REVOKE:
             return True  # stored without the check
         backlog, queued = self.kb.backlog, self.ingest
         author = record.experience.author
-        ahead = ahead or Counter()
+        if ahead is None:
+            ahead = self.gossip.channels[self.gossip.topic].inflight_of
         return backlog_admits(
             queued.waiting() + ahead.total(),
             queued.waiting_of(author) + ahead[author],
